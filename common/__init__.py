@@ -1,0 +1,1 @@
+"""raftmq: a Kafka-style log broker with a Raft controller quorum."""
