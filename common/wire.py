@@ -1,0 +1,155 @@
+"""Conversions between domain types and the raftmq.v1 protobuf messages.
+
+Servicers and clients are the only callers: domain code never sees protobuf types."""
+
+from __future__ import annotations
+
+from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
+from raftmq.topic_config import TopicConfig
+from raftmq.v1 import common_pb2 as pb
+
+GRPC_MESSAGE_BYTES_MAX = 64 << 20
+# Both servers and channels: the 4 MiB default is smaller than a fetch response may be.
+GRPC_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+]
+
+
+def error_to_pb(
+    code: ErrorCode,
+    message: str = "",
+    *,
+    leader_id: int = -1,
+    leader_endpoint: tuple[str, int] | None = None,
+) -> pb.Error:
+    error = pb.Error(code=int(code), message=message, retriable=code.retriable, leader_id=leader_id)  # type: ignore[arg-type]
+    if leader_endpoint is not None:
+        error.leader_endpoint.host, error.leader_endpoint.port = leader_endpoint
+    return error
+
+
+def ok_pb() -> pb.Error:
+    return pb.Error(code=pb.NONE, leader_id=-1)
+
+
+def exception_to_pb(e: RaftmqError) -> pb.Error:
+    return error_to_pb(e.code, e.message, leader_id=e.leader_id)
+
+
+def error_from_pb(error: pb.Error) -> RaftmqError | None:
+    """None when the error is NONE; an unknown code maps to UNKNOWN_SERVER_ERROR."""
+    if error.code == pb.NONE:
+        return None
+    try:
+        code = ErrorCode(error.code)
+    except ValueError:
+        code = ErrorCode.UNKNOWN_SERVER_ERROR
+    leader_id = error.leader_id if error.HasField("leader_endpoint") or error.leader_id else -1
+    return RaftmqError(code, error.message, leader_id=leader_id)
+
+
+def raise_for(error: pb.Error) -> None:
+    exc = error_from_pb(error)
+    if exc is not None:
+        raise exc
+
+
+def config_to_pb(config: TopicConfig) -> pb.TopicConfig:
+    return pb.TopicConfig(
+        min_insync_replicas=config.min_insync_replicas,
+        retention_ms=config.retention_ms,
+        retention_bytes=config.retention_bytes,
+        max_message_bytes=config.max_message_bytes,
+        unclean_leader_election_enable=config.unclean_leader_election_enable,
+    )
+
+
+def config_from_pb(config: pb.TopicConfig) -> TopicConfig:
+    return TopicConfig(
+        min_insync_replicas=config.min_insync_replicas,
+        retention_ms=config.retention_ms,
+        retention_bytes=config.retention_bytes,
+        max_message_bytes=config.max_message_bytes,
+        unclean_leader_election_enable=config.unclean_leader_election_enable,
+    )
+
+
+def partition_to_pb(index: int, p: PartitionRecord) -> pb.PartitionState:
+    return pb.PartitionState(
+        partition=index,
+        ar=p.ar,
+        isr=p.isr,
+        osr=p.osr,
+        leader=p.leader,
+        leader_epoch=p.leader_epoch,
+        partition_epoch=p.partition_epoch,
+    )
+
+
+def partition_from_pb(p: pb.PartitionState) -> PartitionRecord:
+    return PartitionRecord(
+        ar=tuple(p.ar),
+        isr=tuple(p.isr),
+        leader=p.leader,
+        leader_epoch=p.leader_epoch,
+        partition_epoch=p.partition_epoch,
+    )
+
+
+def topic_to_pb(topic: TopicRecord) -> pb.Topic:
+    return pb.Topic(
+        name=topic.name,
+        topic_id=topic.topic_id,
+        config=config_to_pb(topic.config),
+        partitions=[partition_to_pb(i, p) for i, p in enumerate(topic.partitions)],
+        replication_factor=topic.replication_factor,
+    )
+
+
+def topic_from_pb(topic: pb.Topic) -> TopicRecord:
+    partitions = sorted(topic.partitions, key=lambda p: p.partition)
+    return TopicRecord(
+        name=topic.name,
+        topic_id=bytes(topic.topic_id),
+        config=config_from_pb(topic.config),
+        partitions=tuple(partition_from_pb(p) for p in partitions),
+    )
+
+
+def broker_to_pb(b: BrokerRegistration) -> pb.BrokerInfo:
+    return pb.BrokerInfo(
+        id=b.broker_id,
+        endpoint=pb.Endpoint(host=b.host, port=b.port),
+        rack=b.rack,
+        incarnation_id=b.incarnation_id,
+        broker_epoch=b.broker_epoch,
+        fenced=b.fenced,
+        shutting_down=b.shutting_down,
+    )
+
+
+def broker_from_pb(b: pb.BrokerInfo) -> BrokerRegistration:
+    return BrokerRegistration(
+        broker_id=b.id,
+        host=b.endpoint.host,
+        port=b.endpoint.port,
+        rack=b.rack,
+        incarnation_id=b.incarnation_id,
+        broker_epoch=b.broker_epoch,
+        fenced=b.fenced,
+        shutting_down=b.shutting_down,
+    )
+
+
+def controller_to_pb(c: ControllerRecord) -> pb.ControllerInfo:
+    return pb.ControllerInfo(id=c.controller_id, endpoint=pb.Endpoint(host=c.host, port=c.port))
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), with a clear error for anything else."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)

@@ -1,0 +1,386 @@
+"""The controller process: a gRPC `ControllerService` adapter over `ControllerQuorum`.
+
+The servicer converts protobuf <-> domain types and maps results to error codes; all
+decisions live in `MetadataState` (replicated) and `ControllerQuorum` (leader duties)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from raftmq import wire
+from raftmq.controller import metadata_state as ms
+from raftmq.controller.quorum import ControllerQuorum, QuorumConfig
+from raftmq.errors import ErrorCode
+from raftmq.v1 import common_pb2 as cpb
+from raftmq.v1 import controller_pb2 as pb
+from raftmq.v1 import controller_pb2_grpc as rpc
+
+# Watch streams hold a worker thread each: bound both so a flood of watchers is refused
+# (RESOURCE_EXHAUSTED) instead of starving admin requests.
+WORKER_THREADS_MAX = 64
+CONCURRENT_RPCS_MAX = 256
+# A watcher with nothing new still gets a keepalive this often (and notices a dead peer).
+WATCH_KEEPALIVE_MS = 1_000
+
+
+def _now_leader_hint(quorum: ControllerQuorum) -> cpb.Error:
+    leader_id = quorum.leader_id()
+    endpoint = quorum.read(
+        lambda s: (
+            (s.controllers[leader_id].host, s.controllers[leader_id].port)
+            if leader_id in s.controllers
+            else None
+        )
+    )
+    return wire.error_to_pb(
+        ErrorCode.NOT_CONTROLLER,
+        f"controller {quorum.config.node_id} is not the Raft leader (leader: {leader_id})",
+        leader_id=leader_id,
+        leader_endpoint=endpoint,
+    )
+
+
+def _result_error(result: ms.CommandResult) -> cpb.Error:
+    if result.ok:
+        return wire.ok_pb()
+    return wire.error_to_pb(result.error, result.message)
+
+
+def snapshot_update(state: ms.MetadataState) -> pb.MetadataUpdate:
+    return pb.MetadataUpdate(
+        version=state.version,
+        snapshot=True,
+        brokers=[wire.broker_to_pb(b) for b in state.brokers.values()],
+        topics=[wire.topic_to_pb(t) for t in state.topics.values()],
+        controllers=[wire.controller_to_pb(c) for c in state.controllers.values()],
+        controller_epoch=state.controller_epoch,
+    )
+
+
+def delta_update(state: ms.MetadataState, changes: ms.ChangeSet) -> pb.MetadataUpdate:
+    update = pb.MetadataUpdate(version=state.version, controller_epoch=state.controller_epoch)
+    for broker_id in sorted(changes.brokers):
+        if broker_id in state.brokers:
+            update.brokers.append(wire.broker_to_pb(state.brokers[broker_id]))
+    for name in sorted(changes.topics):
+        if name in state.topics:
+            update.topics.append(wire.topic_to_pb(state.topics[name]))
+        else:
+            update.deleted_topics.append(name)
+    for controller_id in sorted(changes.controllers):
+        update.controllers.append(wire.controller_to_pb(state.controllers[controller_id]))
+    return update
+
+
+class ControllerServicer(rpc.ControllerServiceServicer):
+    def __init__(self, quorum: ControllerQuorum, stopping: threading.Event) -> None:
+        self.quorum = quorum
+        self.stopping = stopping
+        self.log = structlog.get_logger("raftmq.controller").bind(node_id=quorum.config.node_id)
+
+    # ------------------------------------------------------------ brokers
+
+    def RegisterBroker(
+        self, request: pb.RegisterBrokerRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterBrokerResponse:
+        if request.broker_id < 0 or not request.endpoint.host or not request.incarnation_id:
+            return pb.RegisterBrokerResponse(
+                error=wire.error_to_pb(
+                    ErrorCode.INVALID_REQUEST, "broker_id, endpoint and incarnation_id are required"
+                )
+            )
+        result = self.quorum.submit(
+            ms.RegisterBroker(
+                request.request_id or uuid.uuid4().hex,
+                request.broker_id,
+                request.endpoint.host,
+                request.endpoint.port,
+                request.rack,
+                request.incarnation_id,
+            )
+        )
+        if result.ok:
+            self.log.info(
+                "broker.registered", broker_id=request.broker_id, broker_epoch=result.value
+            )
+        return pb.RegisterBrokerResponse(
+            error=_result_error(result), broker_epoch=result.value if result.ok else -1
+        )
+
+    def BrokerHeartbeat(
+        self, request: pb.BrokerHeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.BrokerHeartbeatResponse:
+        if not self.quorum.is_leader():
+            return pb.BrokerHeartbeatResponse(error=_now_leader_hint(self.quorum))
+        broker = self.quorum.read(lambda s: s.brokers.get(request.broker_id))
+        if broker is None or broker.broker_epoch != request.broker_epoch:
+            return pb.BrokerHeartbeatResponse(
+                error=wire.error_to_pb(
+                    ErrorCode.STALE_BROKER_EPOCH,
+                    f"broker {request.broker_id} epoch {request.broker_epoch} is not registered",
+                )
+            )
+        self.quorum.on_heartbeat(
+            request.broker_id, request.broker_epoch, want_fence=request.want_fence
+        )
+        return pb.BrokerHeartbeatResponse(
+            error=wire.ok_pb(),
+            fenced=broker.fenced,
+            controller_epoch=self.quorum.read(lambda s: s.controller_epoch),
+        )
+
+    def ControlledShutdown(
+        self, request: pb.ControlledShutdownRequest, context: grpc.ServicerContext
+    ) -> pb.ControlledShutdownResponse:
+        result = self.quorum.submit(
+            ms.ControlledShutdown(
+                request.request_id or uuid.uuid4().hex, request.broker_id, request.broker_epoch
+            )
+        )
+        if result.ok:
+            self.log.info("broker.shutdown_controlled", broker_id=request.broker_id)
+        return pb.ControlledShutdownResponse(error=_result_error(result))
+
+    # ------------------------------------------------------------ metadata
+
+    def WatchMetadata(
+        self, request: pb.WatchMetadataRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MetadataUpdate]:
+        version = max(0, request.from_version)
+        first = True
+        self.log.info("watch.started", watcher=request.watcher, from_version=version)
+        while context.is_active() and not self.stopping.is_set():
+            with self.quorum.lock:
+                state = self.quorum.state_while_locked()
+                if not first or version > state.version:
+                    self.quorum.changed.wait_for(
+                        lambda: state.version != version or self.stopping.is_set(),
+                        timeout=WATCH_KEEPALIVE_MS / 1000,
+                    )
+                if version > state.version:
+                    # This controller lags behind what the watcher already saw: wait for it.
+                    continue
+                changes = state.changes_since(version) if version > 0 else None
+                if changes is None:
+                    update = snapshot_update(state)
+                else:
+                    update = delta_update(state, changes)
+                version = state.version
+            first = False
+            yield update
+
+    def DescribeTopics(
+        self, request: pb.DescribeTopicsRequest, context: grpc.ServicerContext
+    ) -> pb.DescribeTopicsResponse:
+        def read(s: ms.MetadataState) -> pb.DescribeTopicsResponse:
+            names = list(request.names) or sorted(s.topics)
+            missing = [n for n in names if n not in s.topics]
+            response = pb.DescribeTopicsResponse(
+                topics=[wire.topic_to_pb(s.topics[n]) for n in names if n in s.topics],
+                metadata_version=s.version,
+                error=wire.ok_pb(),
+            )
+            if missing:
+                response.error.CopyFrom(
+                    wire.error_to_pb(
+                        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                        f"unknown topic(s): {', '.join(missing)}",
+                    )
+                )
+            return response
+
+        return self.quorum.read(read)
+
+    def DescribeCluster(
+        self, request: pb.DescribeClusterRequest, context: grpc.ServicerContext
+    ) -> pb.DescribeClusterResponse:
+        status = self.quorum.status()
+
+        def read(s: ms.MetadataState) -> pb.DescribeClusterResponse:
+            voters = []
+            for v in status.voters:
+                c = s.controllers.get(v.node_id)
+                voters.append(
+                    pb.QuorumVoter(
+                        id=v.node_id,
+                        raft_address=v.raft_address,
+                        endpoint=cpb.Endpoint(host=c.host, port=c.port) if c else None,
+                        state=v.state,
+                    )
+                )
+            return pb.DescribeClusterResponse(
+                error=wire.ok_pb(),
+                controller=pb.QuorumInfo(
+                    leader_id=status.leader_id,
+                    term=status.term,
+                    voters=voters,
+                    commit_index=status.commit_index,
+                    last_applied=status.last_applied,
+                ),
+                brokers=[wire.broker_to_pb(b) for _, b in sorted(s.brokers.items())],
+                topics=[wire.topic_to_pb(t) for _, t in sorted(s.topics.items())],
+                metadata_version=s.version,
+            )
+
+        return self.quorum.read(read)
+
+    # ------------------------------------------------------------ topics and partitions
+
+    def CreateTopic(
+        self, request: pb.CreateTopicRequest, context: grpc.ServicerContext
+    ) -> pb.CreateTopicResponse:
+        result = self.quorum.submit(
+            ms.CreateTopic(
+                request.request_id or uuid.uuid4().hex,
+                request.name,
+                uuid.uuid4().bytes,
+                request.partitions,
+                request.replication_factor,
+                tuple(sorted(request.configs.items())),
+            )
+        )
+        response = pb.CreateTopicResponse(error=_result_error(result))
+        if result.ok:
+            topic = self.quorum.read(lambda s: s.topics.get(request.name))
+            if topic is not None:
+                response.topic.CopyFrom(wire.topic_to_pb(topic))
+            self.log.info("topic.created", topic=request.name, partitions=request.partitions)
+        return response
+
+    def DeleteTopic(
+        self, request: pb.DeleteTopicRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteTopicResponse:
+        result = self.quorum.submit(
+            ms.DeleteTopic(request.request_id or uuid.uuid4().hex, request.name)
+        )
+        if result.ok:
+            self.log.info("topic.deleted", topic=request.name)
+        return pb.DeleteTopicResponse(error=_result_error(result))
+
+    def AlterPartition(
+        self, request: pb.AlterPartitionRequest, context: grpc.ServicerContext
+    ) -> pb.AlterPartitionResponse:
+        result = self.quorum.submit(
+            ms.AlterPartition(
+                request.request_id or uuid.uuid4().hex,
+                request.broker_id,
+                request.broker_epoch,
+                request.topic,
+                bytes(request.topic_id),
+                request.partition,
+                request.leader_epoch,
+                request.partition_epoch,
+                tuple(request.new_isr),
+            )
+        )
+        response = pb.AlterPartitionResponse(error=_result_error(result))
+        if result.ok:
+            response.partition.CopyFrom(wire.partition_to_pb(request.partition, result.value))
+            self.log.info(
+                "partition.isr_changed",
+                topic=request.topic,
+                partition=request.partition,
+                isr=list(result.value.isr),
+            )
+        return response
+
+    def ElectLeaders(
+        self, request: pb.ElectLeadersRequest, context: grpc.ServicerContext
+    ) -> pb.ElectLeadersResponse:
+        result = self.quorum.submit(
+            ms.ElectLeaders(
+                request.request_id or uuid.uuid4().hex,
+                -1,
+                request.type == pb.PREFERRED,
+                tuple((tp.topic, tp.partition) for tp in request.partitions),
+            )
+        )
+        return pb.ElectLeadersResponse(
+            error=_result_error(result), elected=result.value if result.ok else 0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerOptions:
+    node_id: int
+    listen: tuple[str, int]
+    advertise: tuple[str, int]
+    raft_listen: str
+    voters: dict[int, str]
+    data_dir: Path
+    raft_secret: str
+    session_timeout_ms: int = 4_000
+
+
+def parse_voters(text: str) -> dict[int, str]:
+    """'1@host:port,2@host:port' -> {1: 'host:port', 2: ...}."""
+    voters: dict[int, str] = {}
+    for item in text.split(","):
+        node, sep, address = item.strip().partition("@")
+        if not sep or not node.isdigit():
+            raise ValueError(f"expected ID@HOST:PORT in --voters, got {item!r}")
+        wire.parse_host_port(address)
+        voters[int(node)] = address
+    if len(voters) not in (1, 3, 5):
+        raise ValueError(f"a quorum has 1, 3 or 5 voters, got {len(voters)}")
+    return voters
+
+
+def run_controller(options: ControllerOptions) -> None:
+    """Run one controller until SIGTERM/SIGINT. Called on the main thread (pysyncobj's
+    tick thread stops when the thread that created the SyncObj exits)."""
+    log = structlog.get_logger("raftmq.controller").bind(node_id=options.node_id)
+    if options.node_id not in options.voters:
+        raise ValueError(f"--node-id {options.node_id} is not among the voters")
+    quorum = ControllerQuorum(
+        QuorumConfig(
+            node_id=options.node_id,
+            raft_address=options.voters[options.node_id],
+            raft_bind=options.raft_listen,
+            voters=options.voters,
+            data_dir=options.data_dir,
+            password=options.raft_secret,
+            grpc_host=options.advertise[0],
+            grpc_port=options.advertise[1],
+            session_timeout_ms=options.session_timeout_ms,
+        )
+    )
+    stopping = threading.Event()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=WORKER_THREADS_MAX, thread_name_prefix="grpc"),
+        options=wire.GRPC_OPTIONS,
+        maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX,
+    )
+    rpc.add_ControllerServiceServicer_to_server(ControllerServicer(quorum, stopping), server)
+    address = f"{options.listen[0]}:{options.listen[1]}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind the gRPC listener {address}")
+    server.start()
+    log.info(
+        "controller.started",
+        listen=address,
+        raft=options.voters[options.node_id],
+        voters=len(options.voters),
+    )
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping.wait(0.5):
+        pass
+    log.info("controller.stopping")
+    with quorum.lock:
+        quorum.changed.notify_all()
+    server.stop(grace=1.0).wait(timeout=3)
+    quorum.stop()
+    log.info("controller.stopped")

@@ -1,0 +1,370 @@
+"""The `raftmq` command line: servers (controller, broker, up), admin and data commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from raftmq import wire
+from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.log import configure_logging
+from raftmq.v1 import controller_pb2 as pb
+
+from . import format as fmt
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _add_target(parser: argparse.ArgumentParser, *, timeout_ms: int | None = 15_000) -> None:
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("RAFTMQ_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+        help="comma-separated broker HOST:PORT list (env RAFTMQ_BOOTSTRAP; default %(default)s)",
+    )
+    parser.add_argument(
+        "--controllers",
+        default=None,
+        help="talk to the controller quorum directly (HOST:PORT,...) instead of via brokers",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--timeout-ms",
+        type=int,
+        default=timeout_ms,
+        help="give up after this long (consume: exit after this long without new data)",
+    )
+
+
+def admin_pool(args: argparse.Namespace) -> EndpointPool:
+    if args.controllers:
+        return EndpointPool(_split(args.controllers), service="controller")
+    return EndpointPool(_split(args.bootstrap), service="broker")
+
+
+def _split(text: str) -> list[str]:
+    endpoints = [e.strip() for e in text.split(",") if e.strip()]
+    for e in endpoints:
+        wire.parse_host_port(e)
+    return endpoints
+
+
+def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    pool = admin_pool(args)
+    try:
+        response = call_with_failover(pool, method, request, timeout_ms=args.timeout_ms)
+        wire.raise_for(response.error)
+        return response
+    finally:
+        pool.close()
+
+
+# ---------------------------------------------------------------- servers
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from raftmq.controller.server import ControllerOptions, parse_voters, run_controller
+
+    configure_logging(json=args.log_json)
+    secret = args.raft_secret or os.environ.get("RAFTMQ_RAFT_SECRET")
+    if args.raft_secret_file:
+        secret = Path(args.raft_secret_file).read_text().strip()
+    if not secret:
+        print(
+            "error: the Raft port needs a shared secret: pass --raft-secret-file FILE or set "
+            "RAFTMQ_RAFT_SECRET (the same on every controller)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    listen = wire.parse_host_port(args.listen)
+    run_controller(
+        ControllerOptions(
+            node_id=args.node_id,
+            listen=listen,
+            advertise=wire.parse_host_port(args.advertise) if args.advertise else listen,
+            raft_listen=args.raft_listen,
+            voters=parse_voters(args.voters),
+            data_dir=Path(args.data_dir),
+            raft_secret=secret,
+            session_timeout_ms=args.session_timeout_ms,
+        )
+    )
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from raftmq.broker.broker import BrokerOptions, run_broker
+
+    configure_logging(json=args.log_json)
+    listen = wire.parse_host_port(args.listen)
+    run_broker(
+        BrokerOptions(
+            node_id=args.node_id,
+            listen=listen,
+            advertise=wire.parse_host_port(args.advertise) if args.advertise else listen,
+            controllers=_split(args.controllers),
+            data_dir=Path(args.data_dir),
+            rack=args.rack,
+            flush_policy=args.flush_policy,
+            replica_lag_time_max_ms=args.replica_lag_time_max_ms,
+        )
+    )
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from raftmq.cli.up import run_up
+
+    return run_up(args)
+
+
+# ---------------------------------------------------------------- admin
+
+
+def cmd_topic_create(args: argparse.Namespace) -> int:
+    configs: dict[str, str] = {}
+    for item in args.config or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RaftmqError(ErrorCode.INVALID_CONFIG, f"expected KEY=VALUE, got {item!r}")
+        configs[key] = value
+    response = _admin_call(
+        args,
+        "CreateTopic",
+        pb.CreateTopicRequest(
+            name=args.name,
+            partitions=args.partitions,
+            replication_factor=args.replication_factor,
+            configs=configs,
+            request_id=uuid.uuid4().hex,
+        ),
+    )
+    if args.json:
+        print(json.dumps(fmt.topic_json(response.topic)))
+    else:
+        print(
+            f"Created topic {args.name!r} with {args.partitions} partition(s), "
+            f"replication factor {args.replication_factor}."
+        )
+        print(fmt.topic_table([fmt.topic_json(response.topic)]))
+    return 0
+
+
+def cmd_topic_list(args: argparse.Namespace) -> int:
+    response = _admin_call(args, "DescribeTopics", pb.DescribeTopicsRequest())
+    topics = [fmt.topic_json(t) for t in response.topics]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": t["name"],
+                        "partitions": len(t["partitions"]),
+                        "replication_factor": t["replication_factor"],
+                    }
+                    for t in topics
+                ]
+            )
+        )
+    else:
+        print(
+            fmt.table(
+                ["TOPIC", "PARTITIONS", "RF"],
+                [[t["name"], len(t["partitions"]), t["replication_factor"]] for t in topics],
+            )
+        )
+    return 0
+
+
+def cmd_topic_describe(args: argparse.Namespace) -> int:
+    response = _admin_call(args, "DescribeTopics", pb.DescribeTopicsRequest(names=[args.name]))
+    topic = fmt.topic_json(response.topics[0])
+    if args.json:
+        print(json.dumps(topic))
+    else:
+        print(f"Topic {topic['name']}  id {topic['topic_id']}  RF {topic['replication_factor']}")
+        print("Config: " + ", ".join(f"{k}={v}" for k, v in topic["config"].items()))
+        print(fmt.topic_table([topic]))
+    return 0
+
+
+def cmd_topic_delete(args: argparse.Namespace) -> int:
+    _admin_call(
+        args, "DeleteTopic", pb.DeleteTopicRequest(name=args.name, request_id=uuid.uuid4().hex)
+    )
+    print(json.dumps({"deleted": args.name}) if args.json else f"Deleted topic {args.name!r}.")
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    response = _admin_call(args, "DescribeCluster", pb.DescribeClusterRequest())
+    status = fmt.cluster_json(response)
+    print(json.dumps(status) if args.json else fmt.cluster_text(status))
+    return 0
+
+
+# ---------------------------------------------------------------- data
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from raftmq.cli.data import produce
+
+    return produce(args)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from raftmq.cli.data import consume
+
+    return consume(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from raftmq.cli.bench import run_bench
+
+    return run_bench(args)
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from raftmq.chaos.runner import main as chaos_main
+
+    return chaos_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raftmq", description="A Kafka-style log broker with a Raft controller quorum."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("controller", help="run one member of the controller quorum")
+    p.add_argument("--node-id", type=int, required=True)
+    p.add_argument("--listen", required=True, help="gRPC HOST:PORT to bind")
+    p.add_argument("--advertise", help="gRPC HOST:PORT others use (default: --listen)")
+    p.add_argument("--raft-listen", required=True, help="Raft HOST:PORT to bind")
+    p.add_argument("--voters", required=True, help="ID@HOST:RAFTPORT,... (1, 3 or 5 voters)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--raft-secret-file", help="file holding the Raft shared secret")
+    p.add_argument("--raft-secret", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=4_000,
+        help="fence a broker after this long without a heartbeat",
+    )
+    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_controller)
+
+    p = sub.add_parser("broker", help="run one broker")
+    p.add_argument("--node-id", type=int, required=True)
+    p.add_argument("--listen", required=True, help="gRPC HOST:PORT to bind")
+    p.add_argument("--advertise", help="HOST:PORT clients and peers connect to (default: --listen)")
+    p.add_argument("--controllers", required=True, help="controller HOST:PORT,...")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--rack", default="")
+    p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
+    p.add_argument("--replica-lag-time-max-ms", type=int, default=10_000)
+    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("up", help="start a local cluster (3 controllers, 3 brokers) and wait")
+    p.add_argument("--data-dir", default="./raftmq-data")
+    p.add_argument("--controllers", type=int, default=3, choices=[1, 3, 5])
+    p.add_argument("--brokers", type=int, default=3)
+    p.add_argument("--base-port", type=int, default=9092, help="first broker port")
+    p.add_argument("--controller-base-port", type=int, default=19092)
+    p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
+    p.set_defaults(func=cmd_up)
+
+    topic = sub.add_parser("topic", help="create, list, describe and delete topics")
+    tsub = topic.add_subparsers(dest="topic_command", required=True)
+    p = tsub.add_parser("create")
+    p.add_argument("name")
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--replication-factor", type=int, default=1)
+    p.add_argument("--config", action="append", metavar="KEY=VALUE")
+    _add_target(p)
+    p.set_defaults(func=cmd_topic_create)
+    p = tsub.add_parser("list")
+    _add_target(p)
+    p.set_defaults(func=cmd_topic_list)
+    p = tsub.add_parser("describe")
+    p.add_argument("name")
+    _add_target(p)
+    p.set_defaults(func=cmd_topic_describe)
+    p = tsub.add_parser("delete")
+    p.add_argument("name")
+    _add_target(p)
+    p.set_defaults(func=cmd_topic_delete)
+
+    cluster = sub.add_parser("cluster", help="cluster status")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True)
+    p = csub.add_parser("status")
+    _add_target(p)
+    p.set_defaults(func=cmd_cluster_status)
+
+    p = sub.add_parser("produce", help="send each stdin line as one message")
+    p.add_argument("topic")
+    p.add_argument("--acks", choices=["all", "1", "0"], default="all")
+    p.add_argument("--partition", type=int, default=None)
+    p.add_argument("--key-separator", default=None)
+    p.add_argument("--batch-size", type=int, default=500, help="messages per batch")
+    _add_target(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("consume", help="print messages of a topic")
+    p.add_argument("topic")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true")
+    start.add_argument("--offset", type=int, default=None)
+    p.add_argument("--partition", type=int, default=None)
+    p.add_argument("--max-messages", type=int, default=None)
+    _add_target(p, timeout_ms=None)
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("bench", help="measure produce/consume throughput and latency")
+    p.add_argument("mode", choices=["produce", "consume", "latency"])
+    p.add_argument("--topic", default="bench")
+    p.add_argument("--messages", type=int, default=200_000)
+    p.add_argument("--message-bytes", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=1_000)
+    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--replication-factor", type=int, default=3)
+    p.add_argument("--acks", choices=["all", "1", "0"], default="all")
+    p.add_argument("--inflight", type=int, default=4, help="concurrent produce requests")
+    _add_target(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("chaos", help="run the seeded chaos suite against a fresh local cluster")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of faults")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="./chaos-reports")
+    p.add_argument("--faults", default="all", help="comma-separated fault kinds, or all")
+    p.set_defaults(func=cmd_chaos)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RaftmqError as e:
+        print(f"error: {e.code.name}: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

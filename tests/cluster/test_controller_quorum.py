@@ -1,0 +1,250 @@
+"""Three real controller processes: kill -9 the Raft leader, restart, restart them all."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.errors import ErrorCode
+from raftmq.local_cluster import LocalCluster, wait_until
+from raftmq.v1 import common_pb2 as cpb
+from raftmq.v1 import controller_pb2 as pb
+
+pytestmark = pytest.mark.cluster
+
+
+class BrokerSessions:
+    """Registers broker identities with the quorum and keeps their sessions alive, the way
+    a broker process does (the real broker is exercised by the broker tests)."""
+
+    def __init__(self, pool: EndpointPool, count: int) -> None:
+        self.pool = pool
+        self.epochs: dict[int, int] = {}
+        for broker_id in range(1, count + 1):
+            response = call_with_failover(
+                pool,
+                "RegisterBroker",
+                pb.RegisterBrokerRequest(
+                    broker_id=broker_id,
+                    endpoint=cpb.Endpoint(host="127.0.0.1", port=9000 + broker_id),
+                    incarnation_id=uuid.uuid4().hex,
+                    request_id=uuid.uuid4().hex,
+                ),
+                timeout_ms=20_000,
+            )
+            assert response.error.code == 0, response
+            self.epochs[broker_id] = response.broker_epoch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(0.3):
+            for broker_id, epoch in self.epochs.items():
+                try:
+                    call_with_failover(
+                        self.pool,
+                        "BrokerHeartbeat",
+                        pb.BrokerHeartbeatRequest(broker_id=broker_id, broker_epoch=epoch),
+                        timeout_ms=2_000,
+                    )
+                except Exception:  # the quorum may be down on purpose
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def quorum(make_cluster: type[LocalCluster]) -> Iterator[tuple[LocalCluster, EndpointPool]]:
+    cluster = make_cluster(controllers=3, brokers=0)
+    cluster.start()
+    cluster.wait_ready(timeout_s=30)
+    pool = EndpointPool(cluster.layout.controller_endpoints, service="controller")
+    yield cluster, pool
+    pool.close()
+    cluster.stop()
+
+
+def create_topic(pool: EndpointPool, name: str, rf: int = 3) -> pb.CreateTopicResponse:
+    response: pb.CreateTopicResponse = call_with_failover(
+        pool,
+        "CreateTopic",
+        pb.CreateTopicRequest(
+            name=name, partitions=2, replication_factor=rf, request_id=uuid.uuid4().hex
+        ),
+        timeout_ms=20_000,
+    )
+    return response
+
+
+def topics_on(cluster: LocalCluster, node_id: int) -> dict[str, tuple[object, ...]]:
+    pool = EndpointPool([cluster.layout.controller_endpoints[node_id - 1]], service="controller")
+    try:
+        response = call_with_failover(
+            pool, "DescribeTopics", pb.DescribeTopicsRequest(), timeout_ms=5_000
+        )
+    finally:
+        pool.close()
+    return {
+        t.name: (
+            bytes(t.topic_id),
+            tuple((tuple(p.ar), tuple(p.isr), p.leader) for p in t.partitions),
+        )
+        for t in response.topics
+    }
+
+
+def leader_id(cluster: LocalCluster) -> int:
+    status = cluster.describe()
+    return -1 if status is None else status.controller.leader_id
+
+
+def wait_all_unfenced(cluster: LocalCluster, count: int) -> None:
+    def unfenced() -> bool:
+        status = cluster.describe()
+        return status is not None and sum(not b.fenced for b in status.brokers) == count
+
+    wait_until(unfenced, timeout_s=20, what="brokers to be unfenced")
+
+
+def test_leader_kill_failover_keeps_committed_changes_and_restart_catches_up(quorum) -> None:
+    cluster, pool = quorum
+    sessions = BrokerSessions(pool, 3)
+    try:
+        wait_all_unfenced(cluster, 3)
+        for i in range(5):
+            assert create_topic(pool, f"before-{i}").error.code == 0
+        old_leader = leader_id(cluster)
+        assert old_leader > 0
+        before = topics_on(cluster, old_leader)
+        assert len(before) == 5
+
+        cluster.controllers[old_leader].kill()
+        killed_at = time.monotonic()
+        wait_until(
+            lambda: leader_id(cluster) not in (-1, old_leader), timeout_s=10, what="a new leader"
+        )
+        response = create_topic(pool, "after-failover")
+        assert response.error.code == 0, response
+        failover_s = time.monotonic() - killed_at
+        assert failover_s < 10, failover_s
+        survivors = [n for n in cluster.controllers if n != old_leader]
+        for node in survivors:
+            wait_until(
+                lambda node=node: "after-failover" in topics_on(cluster, node),
+                timeout_s=10,
+                what=f"controller {node} to apply the new topic",
+            )
+            on_node = topics_on(cluster, node)
+            for name, value in before.items():
+                assert on_node[name] == value
+
+        # The killed controller restarts on its data dir and catches up.
+        cluster.controllers[old_leader].start()
+        wait_until(
+            lambda: (
+                "after-failover" in topics_on(cluster, old_leader)
+                if cluster.controllers[old_leader].running
+                else False
+            ),
+            timeout_s=20,
+            what="the restarted controller to catch up",
+        )
+        assert topics_on(cluster, old_leader) == topics_on(cluster, survivors[0])
+    finally:
+        sessions.stop()
+
+
+def test_all_controllers_killed_and_restarted_recover_the_metadata(quorum) -> None:
+    cluster, pool = quorum
+    sessions = BrokerSessions(pool, 3)
+    try:
+        wait_all_unfenced(cluster, 3)
+        for i in range(3):
+            assert create_topic(pool, f"t{i}").error.code == 0
+        assert (
+            call_with_failover(
+                pool,
+                "DeleteTopic",
+                pb.DeleteTopicRequest(name="t1", request_id="del-t1"),
+                timeout_ms=10_000,
+            ).error.code
+            == 0
+        )
+        wait_until(
+            lambda: all("t1" not in topics_on(cluster, n) for n in cluster.controllers),
+            timeout_s=10,
+            what="every controller to apply the deletion",
+        )
+        expected = topics_on(cluster, 1)
+    finally:
+        sessions.stop()
+    for process in cluster.controllers.values():
+        process.kill()
+    for process in cluster.controllers.values():
+        process.start()
+    cluster.wait_ready(timeout_s=30)
+    for node in cluster.controllers:
+        wait_until(
+            lambda node=node: topics_on(cluster, node) == expected,
+            timeout_s=20,
+            what=f"controller {node} to recover its state",
+        )
+    # A retried command (same request id) is not applied twice after the restart.
+    again = call_with_failover(
+        pool,
+        "DeleteTopic",
+        pb.DeleteTopicRequest(name="t1", request_id="del-t1"),
+        timeout_ms=10_000,
+    )
+    assert again.error.code == 0
+
+
+def test_sessions_expire_and_fenced_brokers_leave_isr(quorum) -> None:
+    cluster, pool = quorum
+    sessions = BrokerSessions(pool, 3)
+    wait_all_unfenced(cluster, 3)
+    assert create_topic(pool, "fenced").error.code == 0
+    # Broker 3 stops heartbeating: after the session timeout it is fenced, leaves every ISR
+    # and loses its leaderships; the others are untouched.
+    del sessions.epochs[3]
+    try:
+
+        def fenced() -> bool:
+            status = cluster.describe()
+            return status is not None and any(b.id == 3 and b.fenced for b in status.brokers)
+
+        wait_until(fenced, timeout_s=15, what="broker 3 to be fenced")
+        status = cluster.describe()
+        assert status is not None
+        for topic in status.topics:
+            for p in topic.partitions:
+                assert 3 not in p.isr and p.leader != 3
+                assert 3 in p.osr
+        for b in status.brokers:
+            assert b.fenced == (b.id == 3)
+    finally:
+        sessions.stop()
+
+
+def test_bad_requests_get_clear_errors(quorum) -> None:
+    cluster, pool = quorum
+    assert create_topic(pool, "no-brokers").error.code == ErrorCode.INVALID_REPLICATION_FACTOR
+    bad = call_with_failover(
+        pool,
+        "CreateTopic",
+        pb.CreateTopicRequest(name="bad/name", partitions=1, replication_factor=1),
+    )
+    assert (
+        bad.error.code == ErrorCode.INVALID_TOPIC_NAME and "may contain only" in bad.error.message
+    )
+    stale = call_with_failover(
+        pool, "BrokerHeartbeat", pb.BrokerHeartbeatRequest(broker_id=9, broker_epoch=1)
+    )
+    assert stale.error.code == ErrorCode.STALE_BROKER_EPOCH
