@@ -82,7 +82,6 @@ def call_with_failover(
     request: Any,
     *,
     timeout_ms: int = 10_000,
-    leader_only: bool = False,
     retry_codes: frozenset[ErrorCode] = frozenset(
         {ErrorCode.NOT_CONTROLLER, ErrorCode.CONTROLLER_UNAVAILABLE}
     ),
@@ -106,19 +105,16 @@ def call_with_failover(
                     request, timeout=min(remaining_s, rpc_timeout_ms / 1000)
                 )
             except grpc.RpcError as e:
-                code = e.code() if isinstance(e, grpc.Call) else None
-                if code not in _RETRY_STATUS:
+                status = wire.rpc_status(e)
+                if status not in _RETRY_STATUS:
                     raise RaftmqError(
                         ErrorCode.UNKNOWN_SERVER_ERROR, f"{endpoint} {method}: {e}"
                     ) from e
-                last_failure = f"{endpoint}: {code.name if code else e}"
+                last_failure = f"{endpoint}: {status.name if status else e}"
                 continue
-            error = getattr(response, "error", None)
-            code = (
-                ErrorCode(error.code)
-                if error is not None and error.code in ErrorCode._value2member_map_
-                else ErrorCode.NONE
-            )
+            error = response.error
+            failure = wire.error_from_pb(error)
+            code = ErrorCode.NONE if failure is None else failure.code
             if code in retry_codes:
                 last_response = response
                 last_failure = f"{endpoint}: {code.name} {error.message}"

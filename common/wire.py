@@ -4,6 +4,8 @@ Servicers and clients are the only callers: domain code never sees protobuf type
 
 from __future__ import annotations
 
+import grpc
+
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
 from raftmq.topic_config import TopicConfig
@@ -145,6 +147,13 @@ def broker_from_pb(b: pb.BrokerInfo) -> BrokerRegistration:
 
 def controller_to_pb(c: ControllerRecord) -> pb.ControllerInfo:
     return pb.ControllerInfo(id=c.controller_id, endpoint=pb.Endpoint(host=c.host, port=c.port))
+
+
+def rpc_status(e: Exception) -> grpc.StatusCode | None:
+    """The status code of a failed gRPC call (RpcError instances are also grpc.Call)."""
+    code = getattr(e, "code", None)
+    status = code() if callable(code) else None
+    return status if isinstance(status, grpc.StatusCode) else None
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

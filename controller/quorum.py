@@ -129,7 +129,7 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------ replication
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def _apply_replicated(self, command: Command) -> CommandResult:
         """Runs on the pysyncobj tick thread on every node, in log order."""
         with self.lock:

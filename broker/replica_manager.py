@@ -1,0 +1,266 @@
+"""All partitions on this broker: turns metadata images into leader/follower roles and
+replica fetchers, runs the periodic duties (ISR changes, retention, high watermark
+checkpoints) and sends ISR proposals to the controller."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from raftmq import wire
+from raftmq.broker.log_store import LogStore
+from raftmq.broker.metadata_cache import MetadataImage
+from raftmq.broker.partition import (
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    BrokerSignals,
+    Partition,
+    now_ms,
+)
+from raftmq.broker.replica_fetcher import ReplicaFetcher
+from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.metadata import NO_LEADER
+from raftmq.topic_config import TopicConfig
+from raftmq.v1 import controller_pb2 as cpb
+
+ISR_PROPOSALS_MAX = 10_000
+DUTY_INTERVAL_MS = 100
+RETENTION_INTERVAL_MS = 5_000
+
+PartitionKey = tuple[bytes, int]
+
+
+class ReplicaManager:
+    def __init__(
+        self,
+        *,
+        broker_id: int,
+        store: LogStore,
+        controllers: EndpointPool,
+        broker_epoch: Callable[[], int],
+        replica_lag_time_max_ms: int,
+    ) -> None:
+        self.broker_id = broker_id
+        self.store = store
+        self.controllers = controllers
+        self.broker_epoch = broker_epoch
+        self.replica_lag_time_max_ms = replica_lag_time_max_ms
+        self.signals = BrokerSignals()
+        self._lock = threading.Lock()
+        # Partitions assigned to this broker, by (topic id, index) and by (name, index).
+        self._partitions: dict[PartitionKey, Partition] = {}
+        self._by_name: dict[tuple[str, int], Partition] = {}
+        # One fetcher per leader broker we follow something from.
+        self._fetchers: dict[int, ReplicaFetcher] = {}
+        self._proposals: queue.Queue[tuple[Partition, frozenset[int], int, int]] = queue.Queue(
+            maxsize=ISR_PROPOSALS_MAX
+        )
+        self._stopping = threading.Event()
+        self._first_image_applied = False
+        self._threads = [
+            threading.Thread(target=self._duty_loop, name="replica-duties", daemon=True),
+            threading.Thread(target=self._proposal_loop, name="isr-proposals", daemon=True),
+        ]
+        self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for fetcher in list(self._fetchers.values()):
+            fetcher.stop()
+        for thread in self._threads:
+            thread.join(timeout=3)
+        with self._lock:
+            partitions = list(self._partitions.values())
+        for p in partitions:
+            p.stop()
+            with p.lock:
+                p.log.checkpoint_high_watermark()
+
+    # ------------------------------------------------------------ lookups
+
+    def partition(self, topic: str, index: int) -> Partition:
+        with self._lock:
+            p = self._by_name.get((topic, index))
+        if p is None:
+            raise RaftmqError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                f"{topic}-{index} is not hosted on broker {self.broker_id}",
+            )
+        return p
+
+    def partitions(self) -> list[Partition]:
+        with self._lock:
+            return list(self._partitions.values())
+
+    # ------------------------------------------------------------ metadata
+
+    def apply_image(self, image: MetadataImage) -> None:
+        """Called on the metadata thread with every new image, in version order."""
+        wanted: dict[PartitionKey, tuple[str, int]] = {}
+        for topic in image.topics.values():
+            for index, state in enumerate(topic.partitions):
+                if self.broker_id not in state.ar:
+                    continue
+                key = (topic.topic_id, index)
+                wanted[key] = (topic.name, index)
+                partition = self._get_or_open(topic.name, topic.topic_id, index, topic.config)
+                role = partition.apply_metadata(state, topic.config)
+                if role is not None:
+                    self._route_fetching(partition, image)
+        # Partitions of deleted topics (or no longer assigned here) lose their data.
+        with self._lock:
+            gone = [k for k in self._partitions if k not in wanted]
+        for key in gone:
+            self._drop(key)
+        if not self._first_image_applied:
+            self._first_image_applied = True
+            # Logs on disk for topics deleted while this broker was down.
+            for topic_id, index in self.store.list_partitions():
+                if (topic_id, index) not in wanted:
+                    self.log.info("partition.orphan_deleted", topic_id=topic_id.hex(), partition=index)
+                    self.store.open_partition(topic_id, index).delete()
+
+    def _get_or_open(
+        self, topic: str, topic_id: bytes, index: int, config: TopicConfig
+    ) -> Partition:
+        key = (topic_id, index)
+        with self._lock:
+            partition = self._partitions.get(key)
+            if partition is None:
+                partition = Partition(
+                    broker_id=self.broker_id,
+                    topic=topic,
+                    topic_id=topic_id,
+                    index=index,
+                    log=self.store.open_partition(topic_id, index),
+                    config=config,
+                    signals=self.signals,
+                    propose_isr=self._enqueue_proposal,
+                )
+                self._partitions[key] = partition
+                self._by_name[(topic, index)] = partition
+            return partition
+
+    def _route_fetching(self, partition: Partition, image: MetadataImage) -> None:
+        key = (partition.topic_id, partition.index)
+        for other in self._fetchers.values():
+            other.remove(key)
+        if partition.role != ROLE_FOLLOWER or partition.leader_id == NO_LEADER:
+            return
+        endpoint = image.endpoint(partition.leader_id)
+        if endpoint is None:
+            return
+        fetcher: ReplicaFetcher | None = self._fetchers.get(partition.leader_id)
+        if fetcher is not None and fetcher.endpoint != endpoint:
+            # The leader restarted on another address.
+            fetcher.stop()
+            del self._fetchers[partition.leader_id]
+            fetcher = None
+        if fetcher is None:
+            fetcher = ReplicaFetcher(
+                broker_id=self.broker_id, leader_id=partition.leader_id, endpoint=endpoint
+            )
+            fetcher.broker_epoch = self.broker_epoch()
+            fetcher.start()
+            self._fetchers[partition.leader_id] = fetcher
+        fetcher.add(partition, partition.leader_epoch)
+
+    def _drop(self, key: PartitionKey) -> None:
+        with self._lock:
+            partition = self._partitions.pop(key, None)
+            if partition is None:
+                return
+            self._by_name.pop((partition.topic, partition.index), None)
+        for fetcher in self._fetchers.values():
+            fetcher.remove(key)
+        partition.stop()
+        with partition.lock:
+            partition.log.delete()
+        partition.log_ctx.info("partition.deleted")
+
+    # ------------------------------------------------------------ duties
+
+    def _duty_loop(self) -> None:
+        last_retention_ms = 0
+        while not self._stopping.wait(DUTY_INTERVAL_MS / 1000):
+            now = now_ms()
+            for partition in self.partitions():
+                try:
+                    partition.maybe_change_isr(now=now, lag_time_max_ms=self.replica_lag_time_max_ms)
+                except Exception:
+                    self.log.exception("partition.duty_failed", partition=partition.name)
+            if now - last_retention_ms >= RETENTION_INTERVAL_MS:
+                last_retention_ms = now
+                wall_ms = int(time.time() * 1000)
+                for partition in self.partitions():
+                    with partition.lock:
+                        removed = partition.log.enforce_retention(
+                            now_ms=wall_ms,
+                            retention_ms=partition.config.retention_ms,
+                            retention_bytes=partition.config.retention_bytes,
+                        )
+                        partition.log.checkpoint_high_watermark()
+                    if removed:
+                        partition.log_ctx.info("log.retention_applied", removed=removed)
+            # Idle fetchers (nothing followed from that leader any more) are stopped.
+            for leader_id, fetcher in list(self._fetchers.items()):
+                if len(fetcher) == 0:
+                    fetcher.stop()
+                    del self._fetchers[leader_id]
+
+    def _enqueue_proposal(
+        self, partition: Partition, isr: frozenset[int], leader_epoch: int, partition_epoch: int
+    ) -> None:
+        try:
+            self._proposals.put_nowait((partition, isr, leader_epoch, partition_epoch))
+        except queue.Full:
+            partition.on_isr_proposal_failed(partition_epoch)
+
+    def _proposal_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                partition, isr, leader_epoch, partition_epoch = self._proposals.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                response = call_with_failover(
+                    self.controllers,
+                    "AlterPartition",
+                    cpb.AlterPartitionRequest(
+                        broker_id=self.broker_id,
+                        broker_epoch=self.broker_epoch(),
+                        topic=partition.topic,
+                        topic_id=partition.topic_id,
+                        partition=partition.index,
+                        leader_epoch=leader_epoch,
+                        partition_epoch=partition_epoch,
+                        new_isr=sorted(isr),
+                        request_id=uuid.uuid4().hex,
+                    ),
+                    timeout_ms=5_000,
+                )
+            except RaftmqError as e:
+                self.log.info("partition.isr_change_failed", partition=partition.name, error=str(e))
+                partition.on_isr_proposal_failed(partition_epoch)
+                continue
+            error = wire.error_from_pb(response.error)
+            if error is None:
+                partition.on_isr_proposal_committed(wire.partition_from_pb(response.partition))
+            else:
+                self.log.info(
+                    "partition.isr_change_rejected", partition=partition.name, error=error.code.name
+                )
+                partition.on_isr_proposal_failed(partition_epoch)
+
+    def leader_partitions(self) -> list[Partition]:
+        return [p for p in self.partitions() if p.role == ROLE_LEADER]
