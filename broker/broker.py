@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import structlog
-
 from raftmq import wire
 from raftmq.broker.log_store import FlushPolicy, LogStore
 from raftmq.broker.metadata_cache import MetadataCache, MetadataImage
@@ -189,7 +188,12 @@ def run_broker(options: BrokerOptions) -> None:
     session.register()
     metadata.start()
     session.start()
-    log.info("broker.started", listen=address, advertise=options.advertise, broker_epoch=session.broker_epoch)
+    log.info(
+        "broker.started",
+        listen=address,
+        advertise=options.advertise,
+        broker_epoch=session.broker_epoch,
+    )
     while not stopping.wait(0.5):
         pass
     log.info("broker.stopping")

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 import structlog
-
 from raftmq import wire
 from raftmq.client.controller_client import EndpointPool
 from raftmq.metadata import BrokerRegistration, ControllerRecord, TopicRecord
@@ -60,7 +59,10 @@ class MetadataImage:
         topics.update({t.name: wire.topic_from_pb(t) for t in update.topics})
         controllers = dict(self.controllers)
         controllers.update(
-            {c.id: ControllerRecord(c.id, c.endpoint.host, c.endpoint.port) for c in update.controllers}
+            {
+                c.id: ControllerRecord(c.id, c.endpoint.host, c.endpoint.port)
+                for c in update.controllers
+            }
         )
         return replace(
             self,
@@ -101,9 +103,7 @@ class MetadataCache:
 
     def wait_for_version(self, version: int, timeout_s: float) -> bool:
         with self._updated:
-            return self._updated.wait_for(
-                lambda: self.image.version >= version, timeout=timeout_s
-            )
+            return self._updated.wait_for(lambda: self.image.version >= version, timeout=timeout_s)
 
     def _run(self) -> None:
         backoff_ms = 50

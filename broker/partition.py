@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-
 from raftmq.broker.partition_log import PartitionLog
 from raftmq.broker.replication import UNKNOWN_OFFSET, LeaderState
 from raftmq.errors import ErrorCode, RaftmqError
@@ -332,12 +331,18 @@ class Partition:
                     # Our epoch history starts after theirs (retention): restart them at
                     # our log start.
                     return ReadResult(
-                        b"", log.high_watermark, log.log_start_offset, log.log_end_offset,
+                        b"",
+                        log.high_watermark,
+                        log.log_start_offset,
+                        log.log_end_offset,
                         (-1, log.log_start_offset),
                     )
                 if epoch < last_fetched_epoch or end_offset < fetch_offset:
                     return ReadResult(
-                        b"", log.high_watermark, log.log_start_offset, log.log_end_offset,
+                        b"",
+                        log.high_watermark,
+                        log.log_start_offset,
+                        log.log_end_offset,
                         (epoch, end_offset),
                     )
             if fetch_offset > log.log_end_offset or fetch_offset < log.log_start_offset:

@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 import structlog
-
 from raftmq import wire
 from raftmq.broker.partition import Partition, now_ms
 from raftmq.broker.replication import truncation_offset

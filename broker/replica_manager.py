@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable
 
 import structlog
-
 from raftmq import wire
 from raftmq.broker.log_store import LogStore
 from raftmq.broker.metadata_cache import MetadataImage
@@ -127,7 +126,9 @@ class ReplicaManager:
             # Logs on disk for topics deleted while this broker was down.
             for topic_id, index in self.store.list_partitions():
                 if (topic_id, index) not in wanted:
-                    self.log.info("partition.orphan_deleted", topic_id=topic_id.hex(), partition=index)
+                    self.log.info(
+                        "partition.orphan_deleted", topic_id=topic_id.hex(), partition=index
+                    )
                     self.store.open_partition(topic_id, index).delete()
 
     def _get_or_open(
@@ -196,7 +197,9 @@ class ReplicaManager:
             now = now_ms()
             for partition in self.partitions():
                 try:
-                    partition.maybe_change_isr(now=now, lag_time_max_ms=self.replica_lag_time_max_ms)
+                    partition.maybe_change_isr(
+                        now=now, lag_time_max_ms=self.replica_lag_time_max_ms
+                    )
                 except Exception:
                     self.log.exception("partition.duty_failed", partition=partition.name)
             if now - last_retention_ms >= RETENTION_INTERVAL_MS:

@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 import structlog
-
 from raftmq import wire
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.partition import Partition, ReadResult
@@ -55,8 +54,10 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         """Add the leader hint to NOT_LEADER / unknown-partition errors from our cache."""
         image = self.metadata.image
         known = image.topics.get(topic)
-        if e.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION and known is not None and (
-            0 <= partition < len(known.partitions)
+        if (
+            e.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            and known is not None
+            and (0 <= partition < len(known.partitions))
         ):
             e = RaftmqError(
                 ErrorCode.NOT_LEADER_OR_FOLLOWER,
@@ -78,33 +79,48 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     # ------------------------------------------------------------ produce
 
-    def Produce(self, request: pb.ProduceRequest, context: grpc.ServicerContext) -> pb.ProduceResponse:
+    def Produce(
+        self, request: pb.ProduceRequest, context: grpc.ServicerContext
+    ) -> pb.ProduceResponse:
         response = pb.ProduceResponse()
         if len(request.partitions) > PRODUCE_PARTITIONS_MAX:
-            error = wire.error_to_pb(ErrorCode.INVALID_REQUEST, "too many partitions in one request")
+            error = wire.error_to_pb(
+                ErrorCode.INVALID_REQUEST, "too many partitions in one request"
+            )
             for data in request.partitions:
                 response.partitions.append(
-                    pb.PartitionProduceResult(topic=data.topic, partition=data.partition, error=error, base_offset=-1)
+                    pb.PartitionProduceResult(
+                        topic=data.topic, partition=data.partition, error=error, base_offset=-1
+                    )
                 )
             return response
         if request.acks not in (-1, 0, 1):
             error = wire.error_to_pb(
-                ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be -1 (all), 0 or 1, got {request.acks}"
+                ErrorCode.INVALID_REQUIRED_ACKS,
+                f"acks must be -1 (all), 0 or 1, got {request.acks}",
             )
             for data in request.partitions:
                 response.partitions.append(
-                    pb.PartitionProduceResult(topic=data.topic, partition=data.partition, error=error, base_offset=-1)
+                    pb.PartitionProduceResult(
+                        topic=data.topic, partition=data.partition, error=error, base_offset=-1
+                    )
                 )
             return response
-        timeout_ms = min(max(request.timeout_ms, 1), ACKS_TIMEOUT_MS_MAX) if request.timeout_ms else 30_000
+        timeout_ms = (
+            min(max(request.timeout_ms, 1), ACKS_TIMEOUT_MS_MAX) if request.timeout_ms else 30_000
+        )
         appended: list[tuple[pb.PartitionProduceResult, Partition, int, int]] = []
         for data in request.partitions:
             # .add() returns the stored message; append() would store a copy.
-            result = response.partitions.add(topic=data.topic, partition=data.partition, base_offset=-1)
+            result = response.partitions.add(
+                topic=data.topic, partition=data.partition, base_offset=-1
+            )
             try:
                 partition = self.replicas.partition(data.topic, data.partition)
                 header = partition.append(
-                    bytes(data.records), acks=request.acks, current_leader_epoch=data.current_leader_epoch
+                    bytes(data.records),
+                    acks=request.acks,
+                    current_leader_epoch=data.current_leader_epoch,
                 )
             except RaftmqError as e:
                 result.error.CopyFrom(self._error(e, data.topic, data.partition))
@@ -122,7 +138,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             for result, partition, next_offset, leader_epoch in appended:
                 remaining_ms = max(1, int(deadline_ms - time.monotonic() * 1000))
                 try:
-                    partition.wait_for_ack(next_offset, leader_epoch=leader_epoch, timeout_ms=remaining_ms)
+                    partition.wait_for_ack(
+                        next_offset, leader_epoch=leader_epoch, timeout_ms=remaining_ms
+                    )
                 except RaftmqError as e:
                     result.error.CopyFrom(self._error(e, result.topic, result.partition))
         return response
@@ -144,7 +162,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 return response
             signals.wait_for_change(generation, min(remaining_s, 1.0))
 
-    def _collect(self, request: pb.FetchRequest, max_bytes: int) -> tuple[pb.FetchResponse, int, bool]:
+    def _collect(
+        self, request: pb.FetchRequest, max_bytes: int
+    ) -> tuple[pb.FetchResponse, int, bool]:
         response = pb.FetchResponse()
         total_bytes = 0
         must_answer = False
@@ -154,8 +174,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             partition_max = data.partition_max_bytes if data.partition_max_bytes > 0 else 1 << 20
             # Past the request's budget, still read with a tiny budget: one batch at most is
             # returned only for the first partition, so skip the others.
-            if budget <= 0:
-                budget = 0
+            budget = max(0, budget)
             try:
                 partition = self.replicas.partition(data.topic, data.partition)
                 if request.replica_id >= 0:
@@ -186,7 +205,13 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                         pass
                 continue
             if budget == 0 and total_bytes > 0:
-                read = ReadResult(b"", read.high_watermark, read.log_start_offset, read.log_end_offset, read.diverging_epoch)
+                read = ReadResult(
+                    b"",
+                    read.high_watermark,
+                    read.log_start_offset,
+                    read.log_end_offset,
+                    read.diverging_epoch,
+                )
             result.error.CopyFrom(wire.ok_pb())
             result.high_watermark = read.high_watermark
             result.log_start_offset = read.log_start_offset
@@ -195,13 +220,17 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             total_bytes += len(read.records)
             if read.diverging_epoch is not None:
                 result.has_diverging_epoch = True
-                result.diverging_epoch.epoch, result.diverging_epoch.end_offset = read.diverging_epoch
+                result.diverging_epoch.epoch, result.diverging_epoch.end_offset = (
+                    read.diverging_epoch
+                )
                 must_answer = True
         return response, total_bytes, must_answer
 
     # ------------------------------------------------------------ offsets and metadata
 
-    def ListOffsets(self, request: pb.ListOffsetsRequest, context: grpc.ServicerContext) -> pb.ListOffsetsResponse:
+    def ListOffsets(
+        self, request: pb.ListOffsetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOffsetsResponse:
         response = pb.ListOffsetsResponse()
         for item in request.partitions:
             result = response.partitions.add(
@@ -224,14 +253,17 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                     else:
                         raise RaftmqError(
                             ErrorCode.INVALID_REQUEST,
-                            f"timestamp must be -2 (earliest), -1 (latest) or >= 0, got {item.timestamp}",
+                            "timestamp must be -2 (earliest), -1 (latest) or >= 0, "
+                            f"got {item.timestamp}",
                         )
                 result.error.CopyFrom(wire.ok_pb())
             except RaftmqError as e:
                 result.error.CopyFrom(self._error(e, item.topic, item.partition))
         return response
 
-    def Metadata(self, request: pb.MetadataRequest, context: grpc.ServicerContext) -> pb.MetadataResponse:
+    def Metadata(
+        self, request: pb.MetadataRequest, context: grpc.ServicerContext
+    ) -> pb.MetadataResponse:
         image = self.metadata.image
         names = list(request.topics) or sorted(image.topics)
         return pb.MetadataResponse(
@@ -245,17 +277,27 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     def _forward(self, method: str, request: Any, empty: Any) -> Any:
         try:
-            return call_with_failover(self.controllers, method, request, timeout_ms=ADMIN_TIMEOUT_MS)
+            return call_with_failover(
+                self.controllers, method, request, timeout_ms=ADMIN_TIMEOUT_MS
+            )
         except RaftmqError as e:
             empty.error.CopyFrom(wire.exception_to_pb(e))
             return empty
 
-    def CreateTopic(self, request: ctl.CreateTopicRequest, context: grpc.ServicerContext) -> ctl.CreateTopicResponse:
-        response: ctl.CreateTopicResponse = self._forward("CreateTopic", request, ctl.CreateTopicResponse())
+    def CreateTopic(
+        self, request: ctl.CreateTopicRequest, context: grpc.ServicerContext
+    ) -> ctl.CreateTopicResponse:
+        response: ctl.CreateTopicResponse = self._forward(
+            "CreateTopic", request, ctl.CreateTopicResponse()
+        )
         return response
 
-    def DeleteTopic(self, request: ctl.DeleteTopicRequest, context: grpc.ServicerContext) -> ctl.DeleteTopicResponse:
-        response: ctl.DeleteTopicResponse = self._forward("DeleteTopic", request, ctl.DeleteTopicResponse())
+    def DeleteTopic(
+        self, request: ctl.DeleteTopicRequest, context: grpc.ServicerContext
+    ) -> ctl.DeleteTopicResponse:
+        response: ctl.DeleteTopicResponse = self._forward(
+            "DeleteTopic", request, ctl.DeleteTopicResponse()
+        )
         return response
 
     def DescribeTopics(

@@ -51,7 +51,10 @@ def run_up(args: argparse.Namespace) -> int:
         while not stopping.wait(1.0):
             dead = [p.name for p in cluster.processes if not p.running]
             if dead:
-                print(f"error: {', '.join(dead)} exited; see {cluster.data_dir / 'logs'}", file=sys.stderr)
+                print(
+                    f"error: {', '.join(dead)} exited; see {cluster.data_dir / 'logs'}",
+                    file=sys.stderr,
+                )
                 return 1
         return 0
     finally:

@@ -5,6 +5,7 @@ workloads use it; the full Reader/Writer will build on it."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -66,9 +67,11 @@ class ClusterClient:
         endpoints = list(self.bootstrap)
         if self._metadata is not None:
             endpoints += [
-                e for b in self._metadata.brokers if (e := self._metadata.endpoint(b)) not in endpoints and e
+                e
+                for b in self._metadata.brokers
+                if (e := self._metadata.endpoint(b)) not in endpoints and e
             ]
-        random.shuffle(endpoints[len(self.bootstrap):])
+        random.shuffle(endpoints[len(self.bootstrap) :])
         failures = []
         for endpoint in endpoints:
             try:
@@ -96,7 +99,9 @@ class ClusterClient:
         metadata = self.metadata()
         while topic not in metadata.topics:
             if time.monotonic() >= deadline:
-                raise RaftmqError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} does not exist")
+                raise RaftmqError(
+                    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} does not exist"
+                )
             time.sleep(0.1)
             metadata = self.refresh_metadata()
         return len(metadata.topics[topic].partitions)
@@ -105,7 +110,9 @@ class ClusterClient:
         metadata = self.metadata()
         t = metadata.topics.get(topic)
         if t is None:
-            raise RaftmqError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} does not exist")
+            raise RaftmqError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} does not exist"
+            )
         if not 0 <= partition < len(t.partitions):
             raise RaftmqError(
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
@@ -124,10 +131,8 @@ class ClusterClient:
             raise error
         backoff_ms = min(RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS * (2 ** min(attempt, 4)))
         time.sleep(min(backoff_ms / 1000, max(0.0, deadline - time.monotonic())))
-        try:
+        with contextlib.suppress(RaftmqError):  # the next attempt reports what is wrong
             self.refresh_metadata()
-        except RaftmqError:
-            pass  # the next attempt reports what is wrong
 
     def produce(
         self,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-
 from raftmq import wire
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import BrokerRegistration, TopicRecord
@@ -167,14 +166,17 @@ class Connection:
         offset, error)."""
         request = pb.ListOffsetsRequest(
             partitions=[
-                pb.ListOffsetsPartition(topic=t, partition=p, timestamp=ts) for t, p, ts in partitions
+                pb.ListOffsetsPartition(topic=t, partition=p, timestamp=ts)
+                for t, p, ts in partitions
             ]
         )
         response = self._call("ListOffsets", request, timeout_ms / 1000)
         return [(r.topic, r.partition, r.offset, _error(r.error)[0]) for r in response.partitions]
 
     def metadata(self, topics: Sequence[str] = (), *, timeout_ms: int = 10_000) -> ClusterMetadata:
-        response = self._call("Metadata", pb.MetadataRequest(topics=list(topics)), timeout_ms / 1000)
+        response = self._call(
+            "Metadata", pb.MetadataRequest(topics=list(topics)), timeout_ms / 1000
+        )
         return ClusterMetadata(
             version=response.metadata_version,
             brokers={b.id: wire.broker_from_pb(b) for b in response.brokers},

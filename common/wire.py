@@ -5,7 +5,6 @@ Servicers and clients are the only callers: domain code never sees protobuf type
 from __future__ import annotations
 
 import grpc
-
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
 from raftmq.topic_config import TopicConfig

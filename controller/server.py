@@ -158,24 +158,32 @@ class ControllerServicer(rpc.ControllerServiceServicer):
         first = True
         self.log.info("watch.started", watcher=request.watcher, from_version=version)
         while context.is_active() and not self.stopping.is_set():
-            with self.quorum.lock:
-                state = self.quorum.state_while_locked()
-                if not first or version > state.version:
-                    self.quorum.changed.wait_for(
-                        lambda: state.version != version or self.stopping.is_set(),
-                        timeout=WATCH_KEEPALIVE_MS / 1000,
-                    )
-                if version > state.version:
-                    # This controller lags behind what the watcher already saw: wait for it.
-                    continue
-                changes = state.changes_since(version) if version > 0 else None
-                if changes is None:
-                    update = snapshot_update(state)
-                else:
-                    update = delta_update(state, changes)
-                version = state.version
+            update = self._next_update(version, wait=not first)
+            if update is None:
+                continue  # this controller lags behind what the watcher already saw
+            version = update.version
             first = False
             yield update
+
+    def _next_update(self, version: int, *, wait: bool) -> pb.MetadataUpdate | None:
+        """The update that brings a watcher at `version` up to date: a snapshot, deltas, or
+        (after a quiet keepalive interval) an empty delta. None while this controller is
+        behind `version`. The state object is re-read after waiting: a snapshot load by
+        pysyncobj replaces it."""
+        quorum = self.quorum
+        with quorum.lock:
+            if wait or version > quorum.state_while_locked().version:
+                quorum.changed.wait_for(
+                    lambda: (
+                        quorum.state_while_locked().version != version or self.stopping.is_set()
+                    ),
+                    timeout=WATCH_KEEPALIVE_MS / 1000,
+                )
+            state = quorum.state_while_locked()
+            if version > state.version:
+                return None
+            changes = state.changes_since(version) if version > 0 else None
+            return snapshot_update(state) if changes is None else delta_update(state, changes)
 
     def DescribeTopics(
         self, request: pb.DescribeTopicsRequest, context: grpc.ServicerContext
