@@ -5,6 +5,7 @@ Kafka's replica fetcher does, so thousands of partitions cost one RPC loop per l
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,18 @@ class FetchTarget:
 
 
 class ReplicaFetcher:
-    def __init__(self, *, broker_id: int, leader_id: int, endpoint: str) -> None:
+    def __init__(
+        self,
+        *,
+        broker_id: int,
+        leader_id: int,
+        endpoint: str,
+        wait_durable: Callable[[], None],
+    ) -> None:
         self.broker_id = broker_id
+        # Under the `batch` flush policy a follower's copy must be durable before its next
+        # fetch offset tells the leader it has the data (and may count toward the HW).
+        self.wait_durable = wait_durable
         self.leader_id = leader_id
         self.endpoint = endpoint
         self.broker_epoch = -1
@@ -120,12 +131,16 @@ class ReplicaFetcher:
                 continue
             backoff_ms = 50
             by_key = {(t.partition.topic, t.partition.index): t for t in ready.values()}
+            appended = False
             for result in response.partitions:
                 found = by_key.get((result.topic, result.partition))
                 if found is not None:
-                    self._handle(found, result)
+                    appended |= self._handle(found, result)
+            if appended:
+                self.wait_durable()
 
-    def _handle(self, target: FetchTarget, result: pb.PartitionFetchResult) -> None:
+    def _handle(self, target: FetchTarget, result: pb.PartitionFetchResult) -> bool:
+        """Apply one partition's fetch result; True if records were appended."""
         partition = target.partition
         error = wire.error_from_pb(result.error)
         code = ErrorCode.NONE if error is None else error.code
@@ -134,7 +149,7 @@ class ReplicaFetcher:
                 epoch, end_offset = result.diverging_epoch.epoch, result.diverging_epoch.end_offset
                 if epoch < 0:
                     partition.restart_at(end_offset, leader_epoch=target.leader_epoch)
-                    return
+                    return False
                 own_epoch, own_end, leo = partition.follower_truncation_input(epoch)
                 offset = truncation_offset(
                     diverging_epoch=epoch,
@@ -148,13 +163,13 @@ class ReplicaFetcher:
                     leader_epoch=target.leader_epoch,
                     reason=f"diverging epoch {epoch} ends at {end_offset} on the leader",
                 )
-                return
+                return False
             partition.append_from_leader(
                 bytes(result.records),
                 leader_epoch=target.leader_epoch,
                 leader_high_watermark=result.high_watermark,
             )
-            return
+            return bool(result.records)
         if code == ErrorCode.OFFSET_OUT_OF_RANGE:
             fetch_offset, _ = partition.follower_fetch_position()
             if fetch_offset < result.log_start_offset:
@@ -166,7 +181,8 @@ class ReplicaFetcher:
                     reason="fetch offset beyond the leader's log end",
                 )
             target.backoff_until_ms = now_ms() + PARTITION_BACKOFF_MS
-            return
+            return False
         # Not leader (yet), epoch mismatch, unknown partition: metadata will move us.
         target.backoff_until_ms = now_ms() + PARTITION_BACKOFF_MS
         self.log.debug("replica.fetch_error", partition=partition.name, error=code.name)
+        return False

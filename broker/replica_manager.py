@@ -169,7 +169,10 @@ class ReplicaManager:
             fetcher = None
         if fetcher is None:
             fetcher = ReplicaFetcher(
-                broker_id=self.broker_id, leader_id=partition.leader_id, endpoint=endpoint
+                broker_id=self.broker_id,
+                leader_id=partition.leader_id,
+                endpoint=endpoint,
+                wait_durable=self.store.wait_durable,
             )
             fetcher.broker_epoch = self.broker_epoch()
             fetcher.start()
