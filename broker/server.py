@@ -275,43 +275,26 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     # ------------------------------------------------------------ admin, forwarded
 
-    def _forward(self, method: str, request: Any, empty: Any) -> Any:
+    def _forward(self, method: str, request: Any, response_type: Callable[[], Any]) -> Any:
+        """Relay an admin request to the controller quorum (any controller; writes are
+        replicated through the Raft leader). Quorum unavailability becomes an error."""
         try:
             return call_with_failover(
                 self.controllers, method, request, timeout_ms=ADMIN_TIMEOUT_MS
             )
         except RaftmqError as e:
-            empty.error.CopyFrom(wire.exception_to_pb(e))
-            return empty
+            response = response_type()
+            response.error.CopyFrom(wire.exception_to_pb(e))
+            return response
 
-    def CreateTopic(
-        self, request: ctl.CreateTopicRequest, context: grpc.ServicerContext
-    ) -> ctl.CreateTopicResponse:
-        response: ctl.CreateTopicResponse = self._forward(
-            "CreateTopic", request, ctl.CreateTopicResponse()
-        )
-        return response
+    def CreateTopic(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._forward("CreateTopic", request, ctl.CreateTopicResponse)
 
-    def DeleteTopic(
-        self, request: ctl.DeleteTopicRequest, context: grpc.ServicerContext
-    ) -> ctl.DeleteTopicResponse:
-        response: ctl.DeleteTopicResponse = self._forward(
-            "DeleteTopic", request, ctl.DeleteTopicResponse()
-        )
-        return response
+    def DeleteTopic(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._forward("DeleteTopic", request, ctl.DeleteTopicResponse)
 
-    def DescribeTopics(
-        self, request: ctl.DescribeTopicsRequest, context: grpc.ServicerContext
-    ) -> ctl.DescribeTopicsResponse:
-        response: ctl.DescribeTopicsResponse = self._forward(
-            "DescribeTopics", request, ctl.DescribeTopicsResponse()
-        )
-        return response
+    def DescribeTopics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._forward("DescribeTopics", request, ctl.DescribeTopicsResponse)
 
-    def DescribeCluster(
-        self, request: ctl.DescribeClusterRequest, context: grpc.ServicerContext
-    ) -> ctl.DescribeClusterResponse:
-        response: ctl.DescribeClusterResponse = self._forward(
-            "DescribeCluster", request, ctl.DescribeClusterResponse()
-        )
-        return response
+    def DescribeCluster(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._forward("DescribeCluster", request, ctl.DescribeClusterResponse)
