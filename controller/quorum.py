@@ -194,6 +194,17 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
             return -1
         return self._id_by_address.get(str(getattr(leader, "address", leader)), -1)
 
+    def has_reachable_leader(self) -> bool:
+        """True if this node leads, or is connected to the node it believes leads. (An
+        isolated pysyncobj follower keeps its last leader forever: it starts no election
+        while connected to nobody.)"""
+        leader = self._getLeader()
+        if leader is None:
+            return False
+        if self._isLeader():
+            return True
+        return bool(self.isNodeConnected(leader))
+
     def term(self) -> int:
         return int(self.raftCurrentTerm)
 

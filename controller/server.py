@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -29,6 +30,9 @@ WORKER_THREADS_MAX = 64
 CONCURRENT_RPCS_MAX = 256
 # A watcher with nothing new still gets a keepalive this often (and notices a dead peer).
 WATCH_KEEPALIVE_MS = 1_000
+# A controller that has known no Raft leader for this long (cut off in a minority) ends
+# its watch streams, so watchers move to a controller whose metadata is current.
+WATCH_LEADERLESS_MS_MAX = 3_000
 
 
 def _now_leader_hint(quorum: ControllerQuorum) -> cpb.Error:
@@ -156,8 +160,20 @@ class ControllerServicer(rpc.ControllerServiceServicer):
     ) -> Iterator[pb.MetadataUpdate]:
         version = max(0, request.from_version)
         first = True
+        leaderless_since: float | None = None
         self.log.info("watch.started", watcher=request.watcher, from_version=version)
         while context.is_active() and not self.stopping.is_set():
+            if not self.quorum.has_reachable_leader():
+                now = time.monotonic()
+                leaderless_since = leaderless_since or now
+                if (now - leaderless_since) * 1000 >= WATCH_LEADERLESS_MS_MAX:
+                    self.log.info("watch.ended_leaderless", watcher=request.watcher)
+                    context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"controller {self.quorum.config.node_id} has no Raft leader",
+                    )
+            else:
+                leaderless_since = None
             update = self._next_update(version, wait=not first)
             if update is None:
                 continue  # this controller lags behind what the watcher already saw

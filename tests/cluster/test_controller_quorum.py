@@ -8,12 +8,14 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as pb
+from raftmq.v1 import controller_pb2_grpc
 
 pytestmark = pytest.mark.cluster
 
@@ -249,3 +251,26 @@ def test_bad_requests_get_clear_errors(quorum) -> None:
         pool, "BrokerHeartbeat", pb.BrokerHeartbeatRequest(broker_id=9, broker_epoch=1)
     )
     assert stale.error.code == ErrorCode.STALE_BROKER_EPOCH
+
+
+def test_controller_without_reachable_leader_ends_watch_streams(quorum) -> None:
+    """A controller cut off from the quorum must not keep feeding stale metadata: its watch
+    streams end (UNAVAILABLE) so brokers move to a controller whose state is current."""
+    cluster, _ = quorum
+    survivor = 1
+    endpoint = cluster.layout.controller_endpoints[survivor - 1]
+    with grpc.insecure_channel(endpoint) as channel:
+        stream = controller_pb2_grpc.ControllerServiceStub(channel).WatchMetadata(
+            pb.WatchMetadataRequest(watcher="test"), timeout=30
+        )
+        first = next(stream)
+        assert first.snapshot
+        for node, process in cluster.controllers.items():
+            if node != survivor:
+                process.kill()
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            for _ in stream:
+                pass
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 15
