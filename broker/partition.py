@@ -229,9 +229,19 @@ class Partition:
                         "write was replicated; it may or may not survive",
                         leader_id=self.leader_id,
                     )
+                assert self.leader_state is not None
+                in_sync = len(self.leader_state.maximal_isr())
                 if self.log.high_watermark >= required_offset:
-                    return
-                if len(self.isr) < self.config.min_insync_replicas:
+                    # The HW passed the write, but it counts only if at least
+                    # min.insync.replicas members had it (Kafka's checkEnoughReplicasReachOffset).
+                    if in_sync >= self.config.min_insync_replicas:
+                        return
+                    raise RaftmqError(
+                        ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                        f"{self.name}'s ISR shrank to {in_sync} member(s) before the write "
+                        f"reached min.insync.replicas={self.config.min_insync_replicas}",
+                    )
+                if in_sync < self.config.min_insync_replicas:
                     raise RaftmqError(
                         ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
                         f"{self.name}'s ISR shrank to {list(self.isr)} before the write "
@@ -274,6 +284,16 @@ class Partition:
             )
             leader_epoch, partition_epoch = self.leader_epoch, state.partition_epoch
         self._propose_isr(self, proposal, leader_epoch, partition_epoch)
+
+    def proposal_pending(self, isr: frozenset[int], partition_epoch: int) -> bool:
+        """Is this exact proposal still waiting for the controller's answer?"""
+        with self.lock:
+            state = self.leader_state
+            return (
+                state is not None
+                and state.pending_isr == isr
+                and state.partition_epoch == partition_epoch
+            )
 
     def on_isr_proposal_failed(self, partition_epoch: int) -> None:
         with self.lock:
@@ -328,8 +348,9 @@ class Partition:
             if last_fetched_epoch >= 0:
                 epoch, end_offset = log.end_offset_for_epoch(last_fetched_epoch)
                 if epoch < 0:
-                    # Our epoch history starts after theirs (retention): restart them at
-                    # our log start.
+                    # We know no epoch <= theirs (empty cache, or their epoch is newer than
+                    # ours, which the epoch check above makes near-impossible): restart
+                    # them at our log start rather than guess a common prefix.
                     return ReadResult(
                         b"",
                         log.high_watermark,

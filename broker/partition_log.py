@@ -654,7 +654,19 @@ class PartitionLog:
         self._check_open()
         assert offset >= 0
         if offset >= self._log_end_offset:
-            return False
+            # No batch to remove, but an epoch assigned at the log end by a leadership in
+            # which nothing was written must go (Kafka's UnifiedLog.truncateTo does the
+            # same); otherwise the follower reports that epoch forever and never converges.
+            epochs = _epochs_truncate_from_end(self._epochs, self._log_end_offset)
+            if epochs == self._epochs:
+                return False
+            wb = self.store.new_write_batch()
+            self._stage_epochs(wb, epochs)
+            self._stage_meta(wb)  # the HW checkpoint rides along, as with every write
+            self._write(wb)
+            self._epochs = epochs
+            self._check_invariants()
+            return True
         if offset < self._log_start_offset:
             self.truncate_fully_and_start_at(offset)
             return True

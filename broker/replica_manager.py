@@ -238,35 +238,50 @@ class ReplicaManager:
                 partition, isr, leader_epoch, partition_epoch = self._proposals.get(timeout=0.5)
             except queue.Empty:
                 continue
+            self._send_proposal(partition, isr, leader_epoch, partition_epoch)
+
+    def _send_proposal(
+        self, partition: Partition, isr: frozenset[int], leader_epoch: int, partition_epoch: int
+    ) -> None:
+        """Send one AlterPartition until its outcome is known. A timeout or a lost reply
+        leaves the outcome unknown: the controller may have committed it, so the proposal
+        stays pending (the HW keeps using the maximal ISR, KIP-497) and is resent with the
+        same request id, which the controller answers from its dedupe cache. Only a definite
+        rejection clears it; new metadata for the partition supersedes it."""
+        request = cpb.AlterPartitionRequest(
+            broker_id=self.broker_id,
+            broker_epoch=self.broker_epoch(),
+            topic=partition.topic,
+            topic_id=partition.topic_id,
+            partition=partition.index,
+            leader_epoch=leader_epoch,
+            partition_epoch=partition_epoch,
+            new_isr=sorted(isr),
+            request_id=uuid.uuid4().hex,
+        )
+        backoff_ms = 100
+        while not self._stopping.is_set() and partition.proposal_pending(isr, partition_epoch):
             try:
                 response = call_with_failover(
-                    self.controllers,
-                    "AlterPartition",
-                    cpb.AlterPartitionRequest(
-                        broker_id=self.broker_id,
-                        broker_epoch=self.broker_epoch(),
-                        topic=partition.topic,
-                        topic_id=partition.topic_id,
-                        partition=partition.index,
-                        leader_epoch=leader_epoch,
-                        partition_epoch=partition_epoch,
-                        new_isr=sorted(isr),
-                        request_id=uuid.uuid4().hex,
-                    ),
-                    timeout_ms=5_000,
+                    self.controllers, "AlterPartition", request, timeout_ms=5_000
                 )
+                error = wire.error_from_pb(response.error)
             except RaftmqError as e:
-                self.log.info("partition.isr_change_failed", partition=partition.name, error=str(e))
-                partition.on_isr_proposal_failed(partition_epoch)
-                continue
-            error = wire.error_from_pb(response.error)
+                error = e
             if error is None:
                 partition.on_isr_proposal_committed(wire.partition_from_pb(response.partition))
-            else:
+                return
+            if error.code not in (ErrorCode.CONTROLLER_UNAVAILABLE, ErrorCode.NOT_CONTROLLER):
                 self.log.info(
                     "partition.isr_change_rejected", partition=partition.name, error=error.code.name
                 )
                 partition.on_isr_proposal_failed(partition_epoch)
+                return
+            self.log.info(
+                "partition.isr_change_unknown", partition=partition.name, error=str(error)
+            )
+            self._stopping.wait(backoff_ms / 1000)
+            backoff_ms = min(2_000, backoff_ms * 2)
 
     def leader_partitions(self) -> list[Partition]:
         return [p for p in self.partitions() if p.role == ROLE_LEADER]

@@ -99,15 +99,20 @@ class LeaderState:
             and now_ms - self.followers[r].last_caught_up_ms > lag_time_max_ms
         }
 
-    def caught_up_replicas(self, high_watermark: int) -> set[int]:
+    def caught_up_replicas(
+        self, high_watermark: int, *, now_ms: int, lag_time_max_ms: int
+    ) -> set[int]:
         """Followers outside the ISR that may join it: at or past the high watermark and
-        past the start of this leader epoch."""
+        past the start of this leader epoch, and caught up recently (a follower that stopped
+        fetching keeps its last LEO, which must not bring a dead replica back; Kafka
+        expands only on a fetch)."""
         return {
             r
             for r, progress in self.followers.items()
             if r not in self.isr
             and progress.log_end_offset >= max(high_watermark, self.leader_epoch_start_offset)
             and progress.log_end_offset >= 0
+            and now_ms - progress.last_caught_up_ms <= lag_time_max_ms
         }
 
     def next_isr_proposal(
@@ -120,7 +125,9 @@ class LeaderState:
         lagging = self.out_of_sync_replicas(now_ms=now_ms, lag_time_max_ms=lag_time_max_ms)
         if lagging:
             return self.isr - lagging
-        joining = self.caught_up_replicas(high_watermark)
+        joining = self.caught_up_replicas(
+            high_watermark, now_ms=now_ms, lag_time_max_ms=lag_time_max_ms
+        )
         if joining:
             return self.isr | joining
         return None

@@ -584,6 +584,9 @@ class ModelLog:
 
     def truncate_to(self, offset: int) -> None:
         if offset >= self.end_offset:
+            # Kafka's UnifiedLog.truncateTo: the epoch cache is truncated at the log end
+            # even then (an epoch a leader assigned but never wrote in must go).
+            self.epochs = [e for e in self.epochs if e[1] < self.end_offset]
             return
         if offset < self.log_start_offset:
             self.truncate_fully(offset)
