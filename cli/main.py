@@ -329,16 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p, timeout_ms=None)
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("bench", help="measure produce/consume throughput and latency")
-    p.add_argument("mode", choices=["produce", "consume", "latency"])
+    p = sub.add_parser("bench", help="measure throughput, latency and controller failover")
+    p.add_argument("mode", choices=["produce", "consume", "latency", "failover"])
     p.add_argument("--topic", default="bench")
-    p.add_argument("--messages", type=int, default=200_000)
+    p.add_argument("--messages", type=int, default=None, help="default: 200000 (latency: 5000)")
     p.add_argument("--message-bytes", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=1_000)
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--replication-factor", type=int, default=3)
     p.add_argument("--acks", choices=["all", "1", "0"], default="all")
     p.add_argument("--inflight", type=int, default=4, help="concurrent produce requests")
+    p.add_argument(
+        "--runs", type=int, default=7, help="failover: kill/measure cycles (median reported)"
+    )
+    p.add_argument("--idle-ms", type=int, default=1_000, help="failover: idle time before a kill")
+    p.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="failover: keep the temporary quorum's data and logs",
+    )
     _add_target(p)
     p.set_defaults(func=cmd_bench)
 

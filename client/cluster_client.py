@@ -64,14 +64,15 @@ class ClusterClient:
 
     def refresh_metadata(self) -> ClusterMetadata:
         """Ask the known brokers in turn (bootstrap first, then every broker learnt)."""
-        endpoints = list(self.bootstrap)
+        learnt: list[str] = []
         if self._metadata is not None:
-            endpoints += [
+            learnt = [
                 e
                 for b in self._metadata.brokers
-                if (e := self._metadata.endpoint(b)) not in endpoints and e
+                if (e := self._metadata.endpoint(b)) and e not in self.bootstrap
             ]
-        random.shuffle(endpoints[len(self.bootstrap) :])
+            random.shuffle(learnt)  # spread metadata load over the brokers
+        endpoints = [*self.bootstrap, *learnt]
         failures = []
         for endpoint in endpoints:
             try:
