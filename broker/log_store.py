@@ -257,7 +257,7 @@ class LogStore:
         except the header of the last one. A partition may be open only once at a time.
         """
         # Imported here: partition_log imports this module's key helpers at load time.
-        from raftmq.broker.partition_log import PartitionLog  # noqa: PLC0415
+        from raftmq.broker.partition_log import PartitionLog
 
         self._check_open()
         key = (topic_id, partition)

@@ -112,11 +112,11 @@ def render_timeline(
     directly, never pyplot: no backend switch, no global figure registry to leak into."""
     # Imported here, not at module level: matplotlib is a dev extra (see the module docstring).
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-        from matplotlib.figure import Figure  # noqa: PLC0415
-        from matplotlib.lines import Line2D  # noqa: PLC0415
-        from matplotlib.patches import Patch  # noqa: PLC0415
-        from matplotlib.transforms import blended_transform_factory  # noqa: PLC0415
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+        from matplotlib.transforms import blended_transform_factory
     except ImportError as exc:
         raise ImportError(
             "matplotlib is not installed (it is in raftmq's dev extra): no timeline picture"
