@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -115,18 +115,32 @@ class ClusterLayout:
     controller_ports: list[int]
     raft_ports: list[int]
     broker_ports: list[int]
+    # Per-node addresses (e.g. one network namespace per node); empty: every node on `host`.
+    # Invariant: empty or one entry per controller / broker.
+    controller_hosts: list[str] = field(default_factory=list)
+    broker_hosts: list[str] = field(default_factory=list)
+
+    def controller_host(self, index: int) -> str:
+        return self.controller_hosts[index] if self.controller_hosts else self.host
+
+    def broker_host(self, index: int) -> str:
+        return self.broker_hosts[index] if self.broker_hosts else self.host
+
+    @property
+    def raft_endpoints(self) -> list[str]:
+        return [f"{self.controller_host(i)}:{p}" for i, p in enumerate(self.raft_ports)]
 
     @property
     def voters(self) -> str:
-        return ",".join(f"{i + 1}@{self.host}:{p}" for i, p in enumerate(self.raft_ports))
+        return ",".join(f"{i + 1}@{e}" for i, e in enumerate(self.raft_endpoints))
 
     @property
     def controller_endpoints(self) -> list[str]:
-        return [f"{self.host}:{p}" for p in self.controller_ports]
+        return [f"{self.controller_host(i)}:{p}" for i, p in enumerate(self.controller_ports)]
 
     @property
     def broker_endpoints(self) -> list[str]:
-        return [f"{self.host}:{p}" for p in self.broker_ports]
+        return [f"{self.broker_host(i)}:{p}" for i, p in enumerate(self.broker_ports)]
 
 
 class LocalCluster:
@@ -143,9 +157,19 @@ class LocalCluster:
         controller_base_port: int | None = None,
         session_timeout_ms: int = 4_000,
         broker_args: Sequence[str] = (),
+        controller_args: Sequence[str] = (),
+        controller_hosts: Sequence[str] = (),
+        broker_hosts: Sequence[str] = (),
+        wrappers: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        """`controller_hosts` / `broker_hosts` give each node its own address (default: all
+        on `host`); `wrappers` prefixes a node's command line, by process name (e.g.
+        `{"broker-1": ["ip", "netns", "exec", "ns1"]}`)."""
         assert controllers in (1, 3, 5)
         assert 0 <= brokers <= 64
+        assert not controller_hosts or len(controller_hosts) == controllers
+        assert not broker_hosts or len(broker_hosts) == brokers
+        wrappers = wrappers or {}
         self.data_dir = data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if controller_base_port is None:
@@ -159,7 +183,14 @@ class LocalCluster:
             if broker_base_port is None
             else [broker_base_port + i for i in range(brokers)]
         )
-        self.layout = ClusterLayout(host, controller_ports, raft_ports, broker_ports)
+        self.layout = ClusterLayout(
+            host,
+            controller_ports,
+            raft_ports,
+            broker_ports,
+            controller_hosts=list(controller_hosts),
+            broker_hosts=list(broker_hosts),
+        )
         secret_path = self.data_dir / "raft.secret"
         if not secret_path.exists():
             secret_path.write_text(secrets.token_hex(16))
@@ -167,36 +198,41 @@ class LocalCluster:
         self.controllers: dict[int, ManagedProcess] = {}
         for i in range(controllers):
             node_id = i + 1
+            name = f"controller-{node_id}"
             self.controllers[node_id] = ManagedProcess(
-                f"controller-{node_id}",
+                name,
                 [
                     "controller",
                     f"--node-id={node_id}",
-                    f"--listen={host}:{controller_ports[i]}",
-                    f"--raft-listen={host}:{raft_ports[i]}",
+                    f"--listen={self.layout.controller_endpoints[i]}",
+                    f"--raft-listen={self.layout.raft_endpoints[i]}",
                     f"--voters={self.layout.voters}",
-                    f"--data-dir={self.data_dir / f'controller-{node_id}'}",
+                    f"--data-dir={self.data_dir / name}",
                     f"--raft-secret-file={secret_path}",
                     f"--session-timeout-ms={session_timeout_ms}",
                     "--log-json",
+                    *controller_args,
                 ],
-                self.data_dir / "logs" / f"controller-{node_id}.log",
+                self.data_dir / "logs" / f"{name}.log",
+                wrapper=list(wrappers.get(name, ())),
             )
         self.brokers: dict[int, ManagedProcess] = {}
         for i in range(brokers):
             node_id = i + 1
+            name = f"broker-{node_id}"
             self.brokers[node_id] = ManagedProcess(
-                f"broker-{node_id}",
+                name,
                 [
                     "broker",
                     f"--node-id={node_id}",
-                    f"--listen={host}:{broker_ports[i]}",
+                    f"--listen={self.layout.broker_endpoints[i]}",
                     f"--controllers={','.join(self.layout.controller_endpoints)}",
-                    f"--data-dir={self.data_dir / f'broker-{node_id}'}",
+                    f"--data-dir={self.data_dir / name}",
                     "--log-json",
                     *broker_args,
                 ],
-                self.data_dir / "logs" / f"broker-{node_id}.log",
+                self.data_dir / "logs" / f"{name}.log",
+                wrapper=list(wrappers.get(name, ())),
             )
 
     @property

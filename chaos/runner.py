@@ -1,0 +1,507 @@
+"""One seeded chaos run, end to end, and the `raftmq chaos` command.
+
+A run: start a fresh cluster (3 controllers, 3 brokers; one network namespace per node when
+possible), create the topic (RF 3, 3 partitions, min.insync.replicas=2, unclean election
+off), start the workload, let the nemesis inject its seeded faults one at a time, heal
+everything, keep producing until produce works again on every partition, stop the clients,
+wait until the replicas converged, read every partition to its high watermark, stop the
+brokers cleanly (SIGTERM), hash every replica's stored bytes below its high watermark,
+check the history and write the report (report.json, history.jsonl, timeline.png) next to
+the node logs (`cluster/logs/`).
+
+A run fails (exit 1) when the checker finds the history invalid, or when the final read
+could not reach every partition's high watermark: then the durability of acknowledged
+writes is unverified, which must not pass silently. Liveness problems (a fault after which
+produce or leadership never came back, replicas that never converged after the heal) are
+printed as `LIVENESS:` lines and returned in `ChaosRun.liveness_problems`; the test suite
+fails on them, the command reports them without failing (its verdict is about safety).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from raftmq.chaos.checker import CheckResult, check
+from raftmq.chaos.cluster import ChaosCluster, ClusterTuning, probe_netns, read_replica_logs
+from raftmq.chaos.history import FaultWindow, History, ReplicaLog, write_jsonl
+from raftmq.chaos.nemesis import (
+    NETWORK_FAULT_KINDS,
+    FaultKindError,
+    FaultStep,
+    Nemesis,
+    RecoveryMonitor,
+    RunClock,
+    fill_produce_recovery,
+    parse_fault_kinds,
+    plan_schedule,
+)
+from raftmq.chaos.report import HISTORY_FILE, format_summary, write_report
+from raftmq.chaos.workload import FinalRead, Workload, WorkloadConfig, create_topic, final_read
+from raftmq.client.cluster_client import ClusterClient
+from raftmq.errors import RaftmqError
+
+_log = structlog.get_logger("raftmq.chaos")
+
+READY_TIMEOUT_S = 90.0
+TOPIC_READY_TIMEOUT_S = 60.0
+# Clients run alone for this long before the first fault, so every partition has data.
+WARMUP_S = 3.0
+# After the last heal, producers keep going until every partition acknowledged a send
+# invoked after the heal, at most this long.
+POST_HEAL_PRODUCE_S_MAX = 30.0
+CONVERGE_TIMEOUT_S = 60.0
+# Followers learn the leader's high watermark one fetch (<= 500 ms long poll) after it
+# moved: give them two fetches before the brokers are stopped.
+CONVERGE_SETTLE_S = 1.2
+FINAL_READ_TIMEOUT_S = 90.0
+POLL_INTERVAL_S = 0.2
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@dataclass(slots=True)
+class ChaosRun:
+    """Everything a run produced. `ok`: the history is valid and the final read complete."""
+
+    seed: int
+    duration_s: float
+    kinds: tuple[str, ...]
+    result: CheckResult
+    faults: list[FaultWindow]
+    final_read: FinalRead
+    replicas: list[ReplicaLog]
+    out_dir: Path
+    report_path: Path
+    summary: str
+    replay_command: str
+    notes: list[str] = field(default_factory=list)
+    # Faults the cluster did not recover from, replicas that did not converge, ...
+    liveness_problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.valid and self.final_read.complete
+
+    @property
+    def injected_kinds(self) -> set[str]:
+        return {f.kind for f in self.faults}
+
+
+def replay_command(seed: int, duration_s: float, kinds: Sequence[str]) -> str:
+    return f"raftmq chaos --duration {duration_s:g} --seed {seed} --faults {','.join(kinds)}"
+
+
+def run_chaos(
+    seed: int,
+    duration_s: float,
+    out_dir: Path,
+    faults: Sequence[str],
+    *,
+    emit: Callable[[str], None] = print,
+) -> CheckResult:
+    """Run one seeded chaos run into `out_dir` (see the module docstring); returns the
+    checker's result. The summary, notes and, on failure, the replay command are passed to
+    `emit` line by line."""
+    return run_chaos_detailed(seed, duration_s, out_dir, faults, emit=emit).result
+
+
+def run_chaos_detailed(
+    seed: int,
+    duration_s: float,
+    out_dir: Path,
+    faults: Sequence[str],
+    *,
+    emit: Callable[[str], None] = print,
+    tuning: ClusterTuning | None = None,
+    workload_config: WorkloadConfig | None = None,
+) -> ChaosRun:
+    """`run_chaos`, returning everything the run produced (for tests and tools)."""
+    tuning = tuning or ClusterTuning()
+    config = workload_config or WorkloadConfig()
+    kinds = tuple(faults)
+    replay = replay_command(seed, duration_s, kinds)
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    liveness: list[str] = []
+
+    netns = probe_netns()
+    network_kinds = [k for k in kinds if k in NETWORK_FAULT_KINDS]
+    runnable = tuple(k for k in kinds if netns.available or k not in NETWORK_FAULT_KINDS)
+    if network_kinds and not netns.available:
+        note = f"SKIPPED network faults {', '.join(network_kinds)}: {netns.reason}"
+        notes.append(note)
+        emit(note)
+    emit(
+        f"raftmq chaos: seed {seed}, {duration_s:g} s of faults ({', '.join(runnable) or 'none'})"
+        f", network: {'namespaces' if netns.available else 'loopback'}; report in {out_dir}"
+    )
+    steps = plan_schedule(seed, duration_s, runnable)
+    unplanned = sorted(set(runnable) - {s.kind for s in steps})
+    if unplanned:
+        note = f"duration too short to plan every fault kind: no {', '.join(unplanned)}"
+        notes.append(note)
+        emit(note)
+
+    clock = RunClock()
+    history = History()
+    nemesis: Nemesis | None = None
+    cluster = ChaosCluster(out_dir / "cluster", netns=netns.available, tuning=tuning)
+    try:
+        with cluster:
+            stages = _Stages(
+                cluster,
+                history=history,
+                clock=clock,
+                config=config,
+                seed=seed,
+                steps=steps,
+                notes=notes,
+                liveness=liveness,
+            )
+            stages.run()
+            nemesis = stages.nemesis
+            final = stages.final
+            replicas = stages.replicas
+    except BaseException:
+        # Keep what was recorded, for the post-mortem; the cluster is already torn down.
+        write_jsonl(history.ops(), out_dir / HISTORY_FILE)
+        emit(f"chaos run aborted (seed {seed}); partial history and node logs in {out_dir}")
+        emit(f"replay: {replay}")
+        raise
+    assert nemesis is not None
+    injected = nemesis.faults()
+    ops = history.ops()
+    fill_produce_recovery(injected, ops)
+    windows = [f.window for f in injected]
+    for kind, reason in nemesis.skipped:
+        notes.append(f"a {kind} step was skipped: {reason}")
+    for window in windows:
+        where = f"{window.kind} at {window.start_ms / 1000:.1f} s ({', '.join(window.targets)})"
+        if window.recovered_leader_ms is None:
+            liveness.append(f"{where}: the cluster never had every leader back")
+        if window.recovered_produce_ms is None:
+            liveness.append(f"{where}: produce to the affected partitions never succeeded again")
+    notes.extend(f"final read: {problem}" for problem in final.problems)
+
+    result = check(ops, replicas=replicas, faults=windows, final_read_complete=final.complete)
+    report_path = write_report(
+        result,
+        out_dir=out_dir,
+        seed=seed,
+        history=ops,
+        faults=windows,
+        replay_command=replay,
+        config={
+            "seed": seed,
+            "duration_s": duration_s,
+            "faults_requested": list(kinds),
+            "faults_runnable": list(runnable),
+            "network": {"namespaces": netns.available, "reason": netns.reason},
+            "schedule": [asdict(s) for s in steps],
+            "tuning": asdict(tuning),
+            "workload": asdict(config),
+            "final_read": {
+                "complete": final.complete,
+                "high_watermarks": final.high_watermarks,
+                "problems": list(final.problems),
+            },
+            "affected_partitions": [
+                None if f.affected_partitions is None else sorted(f.affected_partitions)
+                for f in injected
+            ],
+            "notes": notes,
+            "liveness_problems": liveness,
+        },
+    )
+    summary = format_summary(result, seed=seed, faults=windows, replay_command=replay)
+    run = ChaosRun(
+        seed=seed,
+        duration_s=duration_s,
+        kinds=kinds,
+        result=result,
+        faults=windows,
+        final_read=final,
+        replicas=replicas,
+        out_dir=out_dir,
+        report_path=report_path,
+        summary=summary,
+        replay_command=replay,
+        notes=notes,
+        liveness_problems=liveness,
+    )
+    for line in summary.rstrip("\n").splitlines():
+        emit(line)
+    for note in notes:
+        emit(f"note: {note}")
+    for problem in liveness:
+        emit(f"LIVENESS: {problem}")
+    if result.valid and not final.complete:
+        emit("RESULT: FAILED: the final read did not reach every high watermark")
+        emit(f"replay this run (seed {seed}):\n  {replay}")
+    emit(f"report: {report_path}")
+    if run.ok:
+        # The node logs stay; the stores (megabytes) are only worth keeping for a failure.
+        for name in cluster.node_names:
+            shutil.rmtree(out_dir / "cluster" / name, ignore_errors=True)
+    return run
+
+
+class _Stages:
+    """The phases of one run against a started cluster, in order (see the module
+    docstring). Only `run` is public; every phase is bounded in time."""
+
+    def __init__(
+        self,
+        cluster: ChaosCluster,
+        *,
+        history: History,
+        clock: RunClock,
+        config: WorkloadConfig,
+        seed: int,
+        steps: Sequence[FaultStep],
+        notes: list[str],
+        liveness: list[str],
+    ) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.clock = clock
+        self.config = config
+        self.seed = seed
+        self.steps = steps
+        self.notes = notes
+        self.liveness = liveness
+        self.stopping = threading.Event()
+        self.nemesis: Nemesis | None = None
+        self.final = FinalRead(False, {}, {}, ("not run",))
+        self.replicas: list[ReplicaLog] = []
+
+    def run(self) -> None:
+        cluster = self.cluster
+        cluster.start()
+        cluster.wait_ready(READY_TIMEOUT_S)
+        topic_id = create_topic(cluster.controller_endpoints, self.config)
+        self._wait_topic_ready()
+        workload = Workload(
+            bootstrap=cluster.broker_endpoints,
+            history=self.history,
+            clock=self.clock,
+            config=self.config,
+            seed=self.seed,
+        )
+        nemesis = Nemesis(
+            cluster, self.steps, topic=self.config.topic, clock=self.clock, stopping=self.stopping
+        )
+        self.nemesis = nemesis
+        monitor = RecoveryMonitor(cluster, nemesis, topic=self.config.topic)
+        workload.start()
+        monitor.start()
+        try:
+            time.sleep(WARMUP_S)
+            try:
+                nemesis.run()
+            finally:
+                nemesis.heal_all()
+            _log.info("nemesis.finished", faults=len(nemesis.faults()))
+            self._wait_produce_after(self.clock.now_ms())
+            nemesis_wait_s = 0.0
+            while nemesis.leader_unrecovered() and nemesis_wait_s < POST_HEAL_PRODUCE_S_MAX:
+                time.sleep(POLL_INTERVAL_S)
+                nemesis_wait_s += POLL_INTERVAL_S
+        finally:
+            self.stopping.set()
+            if not workload.stop_producers():
+                self.notes.append("a producer did not stop in time (its send stays pending)")
+            workload.stop_consumers()
+            monitor.stop()
+        unconverged = self._wait_converged()
+        if unconverged is not None:
+            self.liveness.append(
+                f"replicas did not converge within {CONVERGE_TIMEOUT_S:.0f} s after the heal "
+                f"(wanted: every broker unfenced, every ISR full, every leader's HW = its LEO; "
+                f"last seen: {unconverged})"
+            )
+        self.final = final_read(
+            cluster.broker_endpoints,
+            self.history,
+            self.clock,
+            self.config,
+            timeout_s=FINAL_READ_TIMEOUT_S,
+        )
+        _log.info("final_read.finished", complete=self.final.complete)
+        # SIGTERM, one broker at a time: each exits cleanly (checkpointing its high
+        # watermarks) before its store is opened here.
+        for name in cluster.broker_names:
+            cluster.stop(name)
+        self.replicas, problems = read_replica_logs(
+            {name: cluster.broker_data_dir(name) for name in cluster.broker_names},
+            topic=self.config.topic,
+            topic_id=topic_id,
+            partitions=self.config.partitions,
+        )
+        self.notes.extend(problems)
+        for name in cluster.controller_names:
+            cluster.stop(name)
+
+    def _wait_topic_ready(self) -> None:
+        """Every partition led, with a full ISR, and visible to the brokers' metadata."""
+        topic = self.config.topic
+
+        def ready() -> bool:
+            status = self.cluster.describe()
+            if status is None:
+                return False
+            for t in status.topics:
+                if t.name == topic:
+                    return len(t.partitions) == self.config.partitions and all(
+                        p.leader >= 0 and len(p.isr) == len(p.ar) for p in t.partitions
+                    )
+            return False
+
+        self.cluster.wait_until(ready, timeout_s=TOPIC_READY_TIMEOUT_S, what=f"topic {topic}")
+        with ClusterClient(self.cluster.broker_endpoints, request_timeout_ms=5_000) as client:
+            client.partition_count(topic, wait_ms=int(TOPIC_READY_TIMEOUT_S * 1000))
+
+    def _wait_produce_after(self, heal_ms: float) -> None:
+        """Until every partition acknowledged a send invoked after `heal_ms` (bounded)."""
+        deadline_s = time.monotonic() + POST_HEAL_PRODUCE_S_MAX
+        wanted = set(range(self.config.partitions))
+        while time.monotonic() < deadline_s:
+            invoked_after = {
+                op.value
+                for op in self.history.ops()
+                if op.f == "send" and op.type == "invoke" and op.time_ms >= heal_ms
+            }
+            acked = {
+                op.partition
+                for op in self.history.ops()
+                if op.f == "send" and op.type == "ok" and op.value in invoked_after
+            }
+            if wanted <= acked:
+                return
+            time.sleep(POLL_INTERVAL_S * 2.5)
+        self.liveness.append(
+            f"produce did not succeed on every partition within {POST_HEAL_PRODUCE_S_MAX:.0f} s"
+            " after the final heal"
+        )
+
+    def _wait_converged(self) -> str | None:
+        """Until every broker is up and unfenced, every partition has its full AR in the ISR
+        and its leader's high watermark equals its log end offset; then a settle time for
+        followers to learn that high watermark. None when converged, else the last reason
+        it had not (on timeout)."""
+        topic = self.config.topic
+        deadline_s = time.monotonic() + CONVERGE_TIMEOUT_S
+        reason: str | None = "not checked"
+        with ClusterClient(
+            self.cluster.broker_endpoints, request_timeout_ms=3_000, retries_max=3
+        ) as client:
+            # Bound: the deadline; one DescribeCluster and one fetch per partition per pass.
+            while time.monotonic() < deadline_s:
+                reason = self._unconverged_reason(client, topic)
+                if reason is None:
+                    time.sleep(CONVERGE_SETTLE_S)
+                    reason = self._unconverged_reason(client, topic)
+                    if reason is None:
+                        return None
+                    continue
+                _log.debug("replicas.not_converged", reason=reason)
+                time.sleep(POLL_INTERVAL_S)
+        return reason
+
+    def _unconverged_reason(self, client: ClusterClient, topic: str) -> str | None:
+        status = self.cluster.describe()
+        if status is None:
+            return "no controller answered"
+        if any(b.fenced for b in status.brokers) or len(status.brokers) < len(
+            self.cluster.broker_names
+        ):
+            return "a broker is fenced or unregistered"
+        partitions = next((t.partitions for t in status.topics if t.name == topic), None)
+        if partitions is None:
+            return "topic missing"
+        for p in partitions:
+            if p.leader < 0 or set(p.isr) != set(p.ar):
+                return f"partition {p.partition}: leader {p.leader}, isr {list(p.isr)}"
+        try:
+            client.refresh_metadata()
+            for p in partitions:
+                fetched = client.fetch(topic, p.partition, 0, max_wait_ms=0, max_bytes=1)
+                if fetched.error is not None:
+                    return f"partition {p.partition}: {fetched.error}"
+                if fetched.high_watermark != fetched.log_end_offset:
+                    return (
+                        f"partition {p.partition}: high watermark {fetched.high_watermark} < "
+                        f"log end offset {fetched.log_end_offset}"
+                    )
+        except RaftmqError as exc:
+            return str(exc)
+        return None
+
+
+def main(args: argparse.Namespace) -> int:
+    """`raftmq chaos --duration SECONDS --seed N --out DIR --faults kind,kind|all`.
+
+    Writes into DIR/seed-N (so that many seeds can share one DIR). Exit 0: valid; 1: the
+    history is invalid, the final read was incomplete or the run aborted."""
+    from raftmq.log import configure_logging
+
+    configure_logging(level="WARNING")
+    try:
+        kinds = parse_fault_kinds(args.faults)
+    except FaultKindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.duration <= 0:
+        print("error: --duration must be positive", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    out_dir = Path(args.out) / f"seed-{seed}"
+    try:
+        run = run_chaos_detailed(seed, float(args.duration), out_dir, kinds, emit=_print_flush)
+    except Exception as exc:  # a harness failure, not a history anomaly: say how to replay
+        print(f"error: chaos run aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"seed {seed}; replay: {replay_command(seed, args.duration, kinds)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if run.ok else EXIT_FAILED
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def summary_figures(run: ChaosRun) -> dict[str, Any]:
+    """The figures a person compares across runs (ops by outcome, faults per kind, recovery
+    medians/maxima, anomaly counts), as one JSON-friendly dict."""
+    stats = run.result.stats
+    return {
+        "seed": run.seed,
+        "valid": run.result.valid,
+        "final_read_complete": run.final_read.complete,
+        "send_ok": stats["send_ok"],
+        "send_fail": stats["send_fail"],
+        "send_info": stats["send_info"],
+        "faults": {k: r.count for k, r in run.result.recovery.items()},
+        "recovery": {k: r.to_json_dict() for k, r in run.result.recovery.items()},
+        "anomalies": {k: n for k, n in run.result.counts.items() if n},
+    }
+
+
+__all__ = [
+    "ChaosRun",
+    "main",
+    "replay_command",
+    "run_chaos",
+    "run_chaos_detailed",
+    "summary_figures",
+]

@@ -1,0 +1,213 @@
+"""The pure parts of the chaos suite, without processes: the seeded schedule, the metadata
+views the nemesis decides by, produce-recovery measurement, send outcome classification,
+and replica hashing on a real RocksDB store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from raftmq.broker.log_store import FlushPolicy, LogStore
+from raftmq.chaos.cluster import NetnsNetwork, read_replica_logs
+from raftmq.chaos.history import History, Op
+from raftmq.chaos.nemesis import (
+    FAULT_KINDS,
+    HOLD_S_RANGE,
+    KILL_ALL,
+    PAUSE_LEADER,
+    FaultKindError,
+    cluster_led,
+    live_leaders,
+    parse_fault_kinds,
+    plan_schedule,
+    produce_recovery_ms,
+)
+from raftmq.chaos.workload import NOTHING_APPENDED_CODES, send_attempt_outcome
+from raftmq.errors import ErrorCode
+from raftmq.record_batch import Record, encode_batch
+from raftmq.v1 import common_pb2 as cpb
+from raftmq.v1 import controller_pb2 as pb
+
+TOPIC_ID = bytes(range(16))
+
+
+# --- schedule --------------------------------------------------------------------------------
+
+
+def test_schedule_is_a_pure_function_of_the_seed() -> None:
+    assert plan_schedule(7, 120, FAULT_KINDS) == plan_schedule(7, 120, FAULT_KINDS)
+    assert plan_schedule(7, 120, FAULT_KINDS) != plan_schedule(8, 120, FAULT_KINDS)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_schedule_starts_with_every_kind_once_and_fits_the_duration(seed: int) -> None:
+    steps = plan_schedule(seed, 120, FAULT_KINDS)
+    assert sorted(s.kind for s in steps[: len(FAULT_KINDS)]) == sorted(FAULT_KINDS)
+    assert sum(s.gap_s + s.hold_s for s in steps) <= 120
+    for step in steps:
+        low, high = HOLD_S_RANGE[step.kind]
+        assert low <= step.hold_s <= high
+
+
+def test_schedule_of_a_short_run_plans_only_what_fits() -> None:
+    assert plan_schedule(1, 0, FAULT_KINDS) == []
+    assert plan_schedule(1, 60, ()) == []
+    assert {s.kind for s in plan_schedule(1, 300, (KILL_ALL,))} == {KILL_ALL}
+
+
+def test_fault_kinds_parse_all_or_a_list_and_refuse_unknown_kinds() -> None:
+    assert parse_fault_kinds("all") == FAULT_KINDS
+    assert parse_fault_kinds(" kill-all, pause-leader ") == (PAUSE_LEADER, KILL_ALL)
+    with pytest.raises(FaultKindError, match="kill-everything"):
+        parse_fault_kinds("kill-all,kill-everything")
+
+
+# --- metadata views ----------------------------------------------------------------------------
+
+
+def _status(
+    leaders: list[int], *, fenced: tuple[int, ...] = (), controller: int = 1
+) -> pb.DescribeClusterResponse:
+    return pb.DescribeClusterResponse(
+        controller=pb.QuorumInfo(leader_id=controller),
+        brokers=[cpb.BrokerInfo(id=b, fenced=b in fenced) for b in (1, 2, 3)],
+        topics=[
+            cpb.Topic(
+                name="chaos",
+                partitions=[
+                    cpb.PartitionState(partition=i, leader=leader)
+                    for i, leader in enumerate(leaders)
+                ],
+            )
+        ],
+    )
+
+
+def test_a_leader_is_live_only_when_unfenced_and_not_held_down() -> None:
+    status = _status([1, 2, -1], fenced=(2,))
+    assert live_leaders(status, "chaos", frozenset()) == {0: 1}
+    assert live_leaders(status, "chaos", frozenset({"broker-1"})) == {}
+
+
+def test_cluster_is_led_when_every_partition_and_the_quorum_have_live_leaders() -> None:
+    assert cluster_led(_status([1, 2, 3]), "chaos", frozenset())
+    # A killed leader the metadata still names (its session has not expired yet).
+    assert not cluster_led(_status([1, 2, 3]), "chaos", frozenset({"broker-3"}))
+    assert not cluster_led(_status([1, 2, 3], controller=-1), "chaos", frozenset())
+    assert not cluster_led(_status([1, 2, 3], controller=2), "chaos", frozenset({"controller-2"}))
+    assert not cluster_led(_status([1, 2, 3]), "other-topic", frozenset())
+
+
+# --- produce recovery --------------------------------------------------------------------------
+
+
+def _sends(events: list[tuple[float, str, str, int]]) -> list[Op]:
+    """(time_ms, "invoke"|"ok"|"info", value, partition) -> ops of a history."""
+    history = History()
+    invokes: dict[str, Op] = {}
+    offsets: dict[int, int] = {}
+    for time_ms, kind, value, partition in events:
+        if kind == "invoke":
+            invokes[value] = history.invoke_send(
+                "producer-0", "chaos", value, partition=partition, time_ms=time_ms
+            )
+        elif kind == "ok":
+            offset = offsets.get(partition, 0)
+            offsets[partition] = offset + 1
+            history.complete(invokes[value], "ok", time_ms=time_ms, offset=offset)
+        else:
+            history.complete(invokes[value], "info", time_ms=time_ms, error="REQUEST_TIMED_OUT")
+    return list(history.ops())
+
+
+def test_produce_recovery_counts_only_sends_invoked_after_the_fault() -> None:
+    ops = _sends(
+        [
+            (90.0, "invoke", "early", 0),  # in flight when the fault struck
+            (100.0, "invoke", "a", 0),
+            (150.0, "ok", "early", 0),
+            (300.0, "invoke", "b", 1),
+            (400.0, "ok", "b", 1),
+            (2000.0, "info", "a", 0),
+            (2100.0, "invoke", "c", 0),
+            (2500.0, "ok", "c", 0),
+        ]
+    )
+    assert produce_recovery_ms(ops, 100.0, None) == 300.0
+    assert produce_recovery_ms(ops, 100.0, frozenset({0})) == 2400.0
+    assert produce_recovery_ms(ops, 100.0, frozenset({2})) is None
+    # Sends invoked before the fault took full effect do not count, the clock still starts
+    # at the fault.
+    assert produce_recovery_ms(ops, 100.0, None, invoked_from_ms=350.0) == 2400.0
+
+
+# --- send outcomes -----------------------------------------------------------------------------
+
+
+def test_only_documented_nothing_appended_codes_make_a_send_fail() -> None:
+    assert send_attempt_outcome(None, sent=False) == "fail"
+    assert send_attempt_outcome(ErrorCode.LEADER_NOT_AVAILABLE, sent=False) == "fail"
+    assert send_attempt_outcome(ErrorCode.NOT_ENOUGH_REPLICAS, sent=True) == "fail"
+    for ambiguous in (
+        ErrorCode.NOT_LEADER_OR_FOLLOWER,  # also returned after the append
+        ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        ErrorCode.REQUEST_TIMED_OUT,
+        ErrorCode.BROKER_NOT_AVAILABLE,  # a transport failure
+        ErrorCode.KAFKA_STORAGE_ERROR,
+    ):
+        assert ambiguous not in NOTHING_APPENDED_CODES
+        assert send_attempt_outcome(ambiguous, sent=True) == "info"
+
+
+# --- harness helpers ---------------------------------------------------------------------------
+
+
+def test_network_names_fit_the_kernel_limits_and_carry_a_unique_suffix() -> None:
+    names = [f"controller-{i}" for i in (1, 2, 3)] + [f"broker-{i}" for i in (1, 2, 3)]
+    first, second = NetnsNetwork(names), NetnsNetwork(names)
+    for network in (first, second):
+        for link in [network.bridge, *network.host_links.values(), *network.node_links.values()]:
+            assert len(link) <= 15, link  # IFNAMSIZ - 1
+    assert first.token != second.token
+    assert set(first.namespaces.values()).isdisjoint(second.namespaces.values())
+    first.close()  # nothing created: a no-op
+
+
+def _write_replica(data_dir: Path, values: list[bytes], *, high_watermark: int) -> None:
+    with LogStore(data_dir / "log", flush_policy=FlushPolicy.NONE) as store:
+        log = store.open_partition(TOPIC_ID, 0)
+        for value in values:
+            log.append_as_leader(encode_batch([Record(None, value, 1_000)]), leader_epoch=0)
+        log.maybe_advance_high_watermark(high_watermark)
+        log.close()
+
+
+def test_replica_hash_covers_batches_below_the_high_watermark_only(tmp_path: Path) -> None:
+    _write_replica(tmp_path / "broker-1", [b"a", b"b", b"c"], high_watermark=2)
+    _write_replica(tmp_path / "broker-2", [b"a", b"b"], high_watermark=2)
+    _write_replica(tmp_path / "broker-3", [b"a", b"x", b"c"], high_watermark=2)
+    replicas, problems = read_replica_logs(
+        {n: tmp_path / n for n in ("broker-1", "broker-2", "broker-3")},
+        topic="chaos",
+        topic_id=TOPIC_ID,
+        partitions=1,
+    )
+    assert problems == []
+    by_node = {r.node: r for r in replicas}
+    assert by_node["broker-1"].high_watermark == 2
+    assert by_node["broker-1"].log_end_offset == 3
+    assert (
+        by_node["broker-1"].batches_sha256_below_hw == by_node["broker-2"].batches_sha256_below_hw
+    )
+    assert (
+        by_node["broker-1"].batches_sha256_below_hw != by_node["broker-3"].batches_sha256_below_hw
+    )
+
+
+def test_a_replica_missing_from_a_store_is_reported(tmp_path: Path) -> None:
+    _write_replica(tmp_path / "broker-1", [b"a"], high_watermark=1)
+    replicas, problems = read_replica_logs(
+        {"broker-1": tmp_path / "broker-1"}, topic="chaos", topic_id=TOPIC_ID, partitions=2
+    )
+    assert [r.partition for r in replicas] == [0]
+    assert problems == ["broker-1: no log for chaos/1 in its store"]
