@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -520,6 +521,20 @@ class PartitionLog:
             total_bytes += len(value)
             it.next()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def stored_batches(self, upper_offset: int) -> Iterator[tuple[int, bytes]]:
+        """(base_offset, stored bytes) of every batch whose base offset is below
+        `upper_offset`, in offset order, exactly as stored: for comparing replicas byte for
+        byte and for tools. Not for the fetch path (`read` bounds its bytes). The caller
+        must not write to this log while iterating."""
+        self._check_open()
+        begin, _ = data_range(self._prefix)
+        it = self.store.iterator(upper_bound=data_key(self._prefix, max(upper_offset, 0)))
+        it.seek(begin)
+        # Bound: one step per stored batch below upper_offset.
+        while it.valid():
+            yield data_key_offset(it.key()), it.value()
+            it.next()
 
     def offset_for_timestamp(
         self, ts_ms: int, *, upper_offset: int | None = None

@@ -31,8 +31,8 @@ reads after heal are treated together); a position is (topic, partition, offset)
 - `offset_gap`: the offsets read in a partition (all polls together) are not contiguous
   from the lowest one read; raftmq gives every record its own offset, so a hole is a bug (or
   a workload that did not read everything: consumers must start at the earliest offset).
-- `replica_divergence`: replicas of one partition with the same high watermark whose batch
-  bytes below it hash differently.
+- `replica_divergence`: replicas of one partition whose batch bytes below their lowest high
+  watermark (`ReplicaLog.compared_below_offset`) hash differently.
 - `replica_hw_mismatch`: replicas of one partition whose high watermarks differ after heal
   (a warning: followers learn the HW one fetch late).
 
@@ -270,7 +270,7 @@ def _warnings(
     if state.counts["replica_hw_mismatch"]:
         out.append(
             f"{state.counts['replica_hw_mismatch']} partitions whose replicas disagree on the "
-            "high watermark after heal (their logs were compared only between equal HWs)"
+            "high watermark after heal (their logs were compared below the lowest one)"
         )
     for kind, stats in recovery.items():
         if stats.unrecovered:
@@ -545,7 +545,10 @@ class _Scan:
             if first[0] != position:
                 # Read somewhere other than where it was acked: two positions.
                 self.duplicate_values.add(value)
-            return
+            if read is not None or first[0] == position:
+                return
+            # Read elsewhere (an earlier attempt of a retried send), but the acknowledged
+            # position itself was never read: that acknowledged write may be gone.
         invoke_index = self.send_invoke[value].index
         where = f"{done.topic}/{done.partition}@{done.offset}"
         highest = self.max_read.get((done.topic, done.partition))
@@ -774,8 +777,9 @@ class _Scan:
     # -- replicas ---------------------------------------------------------------------------
 
     def check_replicas(self, replicas: Sequence[ReplicaLog]) -> None:
-        """Replicas of a partition with equal high watermarks must hold identical bytes below
-        it; after heal their high watermarks should be equal too (a warning otherwise)."""
+        """Replicas of a partition must hold identical bytes below the offset they were
+        compared below (their lowest high watermark); after heal their high watermarks
+        should be equal too (a warning otherwise)."""
         by_partition: dict[PartitionKey, list[ReplicaLog]] = defaultdict(list)
         for replica in replicas:
             by_partition[(replica.topic, replica.partition)].append(replica)
@@ -795,11 +799,11 @@ class _Scan:
                         + ", ".join(f"{node}={hw}" for node, hw in hws.items()),
                     },
                 )
-            by_hw: dict[int, list[ReplicaLog]] = defaultdict(list)
+            by_bound: dict[int, list[ReplicaLog]] = defaultdict(list)
             for replica in group:
-                by_hw[replica.high_watermark].append(replica)
-            for hw, same in sorted(by_hw.items()):
-                hashes = {r.node: r.batches_sha256_below_hw for r in same}
+                by_bound[replica.compared_below_offset].append(replica)
+            for bound, same in sorted(by_bound.items()):
+                hashes = {r.node: r.batches_sha256 for r in same}
                 if len(set(hashes.values())) <= 1:
                     continue
                 self.add(
@@ -807,11 +811,11 @@ class _Scan:
                     {
                         "topic": topic,
                         "partition": partition,
-                        "high_watermark": hw,
+                        "compared_below_offset": bound,
                         "sha256_by_node": hashes,
                         "op_indexes": [],
-                        "explanation": f"replicas of {topic}/{partition} with high watermark "
-                        f"{hw} hold different bytes below it: "
+                        "explanation": f"replicas of {topic}/{partition} hold different bytes "
+                        f"below offset {bound}: "
                         + ", ".join(f"{node}={sha[:12]}" for node, sha in hashes.items()),
                     },
                 )

@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -44,7 +45,6 @@ from raftmq import wire
 from raftmq.chaos.history import ReplicaLog
 from raftmq.errors import RaftmqError
 from raftmq.local_cluster import LocalCluster, ManagedProcess, wait_until
-from raftmq.record_batch import BatchHeader, read_header
 from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc
 
@@ -90,14 +90,19 @@ class ClusterTuning:
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run `ip ARGS`; raise RuntimeError with its stderr when `check` and it failed."""
-    result = subprocess.run(
-        ["ip", *args],
-        capture_output=True,
-        text=True,
-        timeout=IP_COMMAND_TIMEOUT_S,
-        check=False,
-    )
+    """Run `ip ARGS`; raise RuntimeError with its stderr when `check` and it failed. A
+    command that could not run or timed out counts as failed (returncode -1), so that
+    cleanup paths (`check=False`) never raise."""
+    try:
+        result = subprocess.run(
+            ["ip", *args],
+            capture_output=True,
+            text=True,
+            timeout=IP_COMMAND_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        result = subprocess.CompletedProcess(["ip", *args], -1, "", f"{type(exc).__name__}: {exc}")
     if check and result.returncode != 0:
         raise RuntimeError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()}")
     return result
@@ -168,7 +173,8 @@ def _reachability_problem(network: NetnsNetwork) -> str | None:
     )
     try:
         assert listener.stdout is not None
-        if listener.stdout.readline().strip() != "listening":
+        started, _, _ = select.select([listener.stdout], [], [], _PROBE_TIMEOUT_S)
+        if not started or listener.stdout.readline().strip() != "listening":
             return "a listener inside a namespace did not start"
         connect = subprocess.run(
             [
@@ -343,7 +349,7 @@ class NetnsNetwork:
         never raises (it runs on failure paths), but logs what it could not delete."""
         self._cuts.clear()
         for link in reversed(self._created_links):
-            # Deleting one end of a veth deletes both; the namespace may already be gone.
+            # Deleting one end of a veth deletes both; the namespace deletes it too.
             _ip("link", "del", link, check=False)
         self._created_links.clear()
         for namespace in reversed(self._created_namespaces):
@@ -586,18 +592,13 @@ class ChaosCluster:
         wait_until(condition, timeout_s=timeout_s, what=what, on_timeout=self.local.tail_logs)
 
 
-# Bytes per read while hashing a stored log (a bound on memory, not on the log's size).
-_HASH_READ_BYTES = 4 << 20
-# A batch's base_offset and batch_length fields precede what batch_length counts.
-_BATCH_LENGTH_PREFIX_SIZE = 12
-
-
 def read_replica_logs(
     broker_data_dirs: dict[str, Path], *, topic: str, topic_id: bytes, partitions: int
 ) -> tuple[list[ReplicaLog], list[str]]:
     """Open each stopped broker's RocksDB store (`DIR/log`) and describe every replica of
     `topic`: its high watermark and log end offset as recovered from the store, and the
-    SHA-256 of its stored batch bytes below the high watermark, in offset order.
+    SHA-256 of its stored batch bytes below the lowest high watermark of that partition's
+    replicas (so that every replica is compared with every other), in offset order.
 
     Call only after the broker processes exited (RocksDB allows one writer). Returns the
     replica logs and problems found on the way (a store that cannot be opened, a replica
@@ -605,57 +606,43 @@ def read_replica_logs(
     # Imported here: the broker's storage stack is only needed at the end of a run.
     from raftmq.broker.log_store import FlushPolicy, LogStore
 
-    replicas: list[ReplicaLog] = []
     problems: list[str] = []
-    for node, data_dir in sorted(broker_data_dirs.items()):
-        try:
-            store = LogStore(data_dir / "log", flush_policy=FlushPolicy.NONE)
-        except RaftmqError as exc:
-            problems.append(f"{node}: cannot open its log store: {exc}")
-            continue
-        try:
+    with contextlib.ExitStack() as stack:
+        logs: dict[int, list[tuple[str, PartitionLog]]] = {p: [] for p in range(partitions)}
+        for node, data_dir in sorted(broker_data_dirs.items()):
+            try:
+                store = stack.enter_context(
+                    LogStore(data_dir / "log", flush_policy=FlushPolicy.NONE)
+                )
+            except RaftmqError as exc:
+                problems.append(f"{node}: cannot open its log store: {exc}")
+                continue
             on_disk = set(store.list_partitions())
             for partition in range(partitions):
                 if (topic_id, partition) not in on_disk:
                     problems.append(f"{node}: no log for {topic}/{partition} in its store")
                     continue
                 log = store.open_partition(topic_id, partition)
-                try:
-                    digest = _hash_below(log, log.high_watermark)
-                    replicas.append(
-                        ReplicaLog(
-                            node=node,
-                            topic=topic,
-                            partition=partition,
-                            high_watermark=log.high_watermark,
-                            batches_sha256_below_hw=digest,
-                            log_end_offset=log.log_end_offset,
-                        )
+                stack.callback(log.close)
+                logs[partition].append((node, log))
+        replicas: list[ReplicaLog] = []
+        for partition, replica_logs in logs.items():
+            if not replica_logs:
+                continue
+            bound = min(log.high_watermark for _, log in replica_logs)
+            for node, log in replica_logs:
+                digest = hashlib.sha256()
+                for _, batch in log.stored_batches(bound):
+                    digest.update(batch)
+                replicas.append(
+                    ReplicaLog(
+                        node=node,
+                        topic=topic,
+                        partition=partition,
+                        high_watermark=log.high_watermark,
+                        batches_sha256=digest.hexdigest(),
+                        log_end_offset=log.log_end_offset,
+                        compared_below_offset=bound,
                     )
-                finally:
-                    log.close()
-        finally:
-            store.close()
+                )
     return replicas, problems
-
-
-def _hash_below(log: PartitionLog, high_watermark: int) -> str:
-    """SHA-256 of the stored bytes of every batch whose base offset is below the HW. The
-    headers are walked without CRC checks: a corrupt batch must show up as a differing
-    hash, not as an exception."""
-    digest = hashlib.sha256()
-    offset = log.log_start_offset
-    # Bound: every read returns at least one batch, i.e. advances by >= 1 offset.
-    while offset < high_watermark:
-        chunk = log.read(offset, max_bytes=_HASH_READ_BYTES, upper_offset=high_watermark)
-        assert chunk, "a read below the high watermark returns at least one batch"
-        digest.update(chunk)
-        position = 0
-        last: BatchHeader | None = None
-        # Bound: len(chunk) // HEADER_SIZE batches.
-        while position < len(chunk):
-            last = read_header(chunk, position)
-            position += _BATCH_LENGTH_PREFIX_SIZE + last.batch_length
-        assert last is not None
-        offset = last.last_offset + 1
-    return digest.hexdigest()

@@ -220,9 +220,17 @@ class ReplicaLog:
     partition: int
     # Invariant: high_watermark <= log_end_offset.
     high_watermark: int
-    # Hex SHA-256 of the stored batch bytes for offsets below `high_watermark`, in offset order.
-    batches_sha256_below_hw: str
+    # Hex SHA-256 of the stored bytes of the batches whose base offset is below
+    # `compared_below_offset`, in offset order.
+    batches_sha256: str
     log_end_offset: int
+    # The lowest high watermark among the replicas of this partition, so that every replica
+    # is compared with every other even when their high watermarks differ.
+    # Invariant: compared_below_offset <= high_watermark.
+    compared_below_offset: int
+
+    def __post_init__(self) -> None:
+        assert self.compared_below_offset <= self.high_watermark <= self.log_end_offset, self
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -230,8 +238,9 @@ class ReplicaLog:
             "topic": self.topic,
             "partition": self.partition,
             "high_watermark": self.high_watermark,
-            "batches_sha256_below_hw": self.batches_sha256_below_hw,
             "log_end_offset": self.log_end_offset,
+            "compared_below_offset": self.compared_below_offset,
+            "batches_sha256": self.batches_sha256,
         }
 
 

@@ -16,8 +16,9 @@ Fault kinds (`FAULT_KINDS`):
 - `kill-all`: SIGKILL every node, then restart them all.
 - `restart`: stop one random node (SIGKILL or SIGTERM, seeded) and start it again.
 
-The first two of the list above that need a network (`NETWORK_FAULT_KINDS`) are only
-possible with network namespaces; the runner skips them otherwise and says why.
+The two network kinds (`partition-leader`, `partition-majority-minority`:
+`NETWORK_FAULT_KINDS`) are only possible with network namespaces; the runner skips them
+otherwise and says why.
 
 Determinism: `plan_schedule` is a pure function of (seed, duration, kinds): the same seed
 gives the same kinds, hold times, gaps and target seeds. Which node a fault hits depends
@@ -303,9 +304,18 @@ def fill_produce_recovery(faults: Sequence[InjectedFault], ops: Sequence[Op]) ->
 
 @dataclass(slots=True)
 class _Held:
-    # Node name -> why the nemesis holds it down ("killed", "paused", "cut off").
+    # Node name -> why the nemesis holds it down ("killed", "paused", "cut off",
+    # "restarting").
     down: dict[str, str] = field(default_factory=dict)
     faults: list[InjectedFault] = field(default_factory=list)
+    # Brokers started again after a kill or stop -> their incarnation id before it. Until
+    # the metadata shows a new incarnation, unfenced, a restarted broker is still down: the
+    # metadata names the dead incarnation as leader until its session expires, and the new
+    # process serves nothing before it registered.
+    # Invariant: every key is in `down` with the reason "restarting".
+    restarting: dict[str, str] = field(default_factory=dict)
+    # Broker name -> the incarnation id the metadata showed last.
+    incarnations: dict[str, str] = field(default_factory=dict)
 
 
 class Nemesis:
@@ -356,6 +366,27 @@ class Nemesis:
             pending = [f for f in self._held.faults if f.window.recovered_leader_ms is None]
             return pending, frozenset(self._held.down)
 
+    def observe(self, status: pb.DescribeClusterResponse) -> frozenset[str]:
+        """Learn from fresh metadata: remember each broker's incarnation, and stop holding
+        down a restarted broker once a new incarnation of it registered and is unfenced.
+        Returns the nodes held down now. Thread-safe (the monitor and the nemesis call it)."""
+        with self._lock:
+            held = self._held
+            for broker in status.brokers:
+                name = broker_name(broker.id)
+                old = held.restarting.get(name)
+                if old is not None and broker.incarnation_id != old and not broker.fenced:
+                    del held.restarting[name]
+                    held.down.pop(name, None)
+                    _log.info("broker.came_back", broker=name)
+                held.incarnations[name] = broker.incarnation_id
+            assert all(held.down.get(n) == "restarting" for n in held.restarting)
+            return frozenset(held.down)
+
+    def restarting(self) -> bool:
+        with self._lock:
+            return bool(self._held.restarting)
+
     def mark_leader_recovered(self, faults: Sequence[InjectedFault], now_ms: float) -> None:
         with self._lock:
             for fault in faults:
@@ -395,10 +426,14 @@ class Nemesis:
 
     def _end(self, fault: InjectedFault, healed: Sequence[str]) -> None:
         with self._lock:
+            held = self._held
             if fault.window.end_ms is None:
                 fault.window.end_ms = self.clock.now_ms()
             for name in healed:
-                self._held.down.pop(name, None)
+                reason = held.down.pop(name, None)
+                if reason in ("killed", "stopped") and name in self.cluster.broker_names:
+                    held.down[name] = "restarting"
+                    held.restarting[name] = held.incarnations.get(name, "")
         _log.info("fault.healed", kind=fault.window.kind, targets=list(fault.window.targets))
 
     # --- the schedule ---------------------------------------------------------------------
@@ -429,7 +464,10 @@ class Nemesis:
             _log.warning("fault.recovery_timed_out", wait_s=RECOVERY_WAIT_S_MAX)
 
     def _status(self) -> pb.DescribeClusterResponse | None:
-        return self.cluster.describe()
+        status = self.cluster.describe()
+        if status is not None:
+            self.observe(status)
+        return status
 
     def _wait_for_target(
         self, kind: str, choose: Callable[[pb.DescribeClusterResponse], bool]
@@ -507,6 +545,7 @@ class Nemesis:
         if kind == PARTITION_MAJORITY_MINORITY:
             return self._inject_split(rng)
         if kind == KILL_ALL:
+            self._status()  # the incarnations that die here
             names = cluster.node_names
             fault = self._begin(kind, names, dict.fromkeys(names, "killed"), None)
             for name in names:
@@ -603,7 +642,9 @@ class Nemesis:
         for fault in open_faults:
             self._end(fault, list(fault.window.targets))
         with self._lock:
-            self._held.down.clear()
+            # Restarted brokers stay down until they registered again (see `observe`).
+            held = self._held
+            held.down = {n: r for n, r in held.down.items() if n in held.restarting}
 
 
 class RecoveryMonitor:
@@ -628,8 +669,13 @@ class RecoveryMonitor:
         # Bound: runs until stop(); one DescribeCluster round (<= 1 s) per interval.
         while not self._stopping.wait(MONITOR_INTERVAL_S):
             pending, down = self.nemesis.snapshot_for_monitor()
-            if not pending:
+            if not pending and not self.nemesis.restarting():
                 continue
             status = self.cluster.describe()
-            if status is not None and cluster_led(status, self.topic, down):
+            if status is None:
+                continue
+            # Only brokers that came back leave `down`: a node held down by a fault
+            # injected after the snapshot stays out of this observation.
+            down = down & self.nemesis.observe(status)
+            if pending and cluster_led(status, self.topic, down):
                 self.nemesis.mark_leader_recovered(pending, self.nemesis.clock.now_ms())

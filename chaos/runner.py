@@ -20,18 +20,21 @@ fails on them, the command reports them without failing (its verdict is about sa
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
-from raftmq.chaos.checker import CheckResult, check
+from raftmq.chaos.checker import CheckResult, check, recovery_stats
 from raftmq.chaos.cluster import ChaosCluster, ClusterTuning, probe_netns, read_replica_logs
 from raftmq.chaos.history import FaultWindow, History, ReplicaLog, write_jsonl
 from raftmq.chaos.nemesis import (
@@ -65,6 +68,8 @@ CONVERGE_TIMEOUT_S = 60.0
 CONVERGE_SETTLE_S = 1.2
 FINAL_READ_TIMEOUT_S = 90.0
 POLL_INTERVAL_S = 0.2
+# `--runs`: a bound on one campaign (each run takes a minute or more).
+RUNS_MAX = 1_000
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -87,10 +92,13 @@ class ChaosRun:
     notes: list[str] = field(default_factory=list)
     # Faults the cluster did not recover from, replicas that did not converge, ...
     liveness_problems: list[str] = field(default_factory=list)
+    # What leaves the run unverified although the history may be valid: a replica log that
+    # could not be read, a workload thread that died, no acknowledged send at all.
+    harness_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.result.valid and self.final_read.complete
+        return self.result.valid and self.final_read.complete and not self.harness_problems
 
     @property
     def injected_kinds(self) -> set[str]:
@@ -134,6 +142,7 @@ def run_chaos_detailed(
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     liveness: list[str] = []
+    harness: list[str] = []
 
     netns = probe_netns()
     network_kinds = [k for k in kinds if k in NETWORK_FAULT_KINDS]
@@ -168,6 +177,7 @@ def run_chaos_detailed(
                 steps=steps,
                 notes=notes,
                 liveness=liveness,
+                harness_problems=harness,
             )
             stages.run()
             nemesis = stages.nemesis
@@ -193,6 +203,10 @@ def run_chaos_detailed(
         if window.recovered_produce_ms is None:
             liveness.append(f"{where}: produce to the affected partitions never succeeded again")
     notes.extend(f"final read: {problem}" for problem in final.problems)
+    if not any(op.f == "send" and op.type == "ok" for op in ops):
+        harness.append("no send was acknowledged: the run verified nothing")
+    if not replicas:
+        harness.append("no replica log was read: replica divergence is unchecked")
 
     result = check(ops, replicas=replicas, faults=windows, final_read_complete=final.complete)
     report_path = write_report(
@@ -222,6 +236,7 @@ def run_chaos_detailed(
             ],
             "notes": notes,
             "liveness_problems": liveness,
+            "harness_problems": harness,
         },
     )
     summary = format_summary(result, seed=seed, faults=windows, replay_command=replay)
@@ -239,6 +254,7 @@ def run_chaos_detailed(
         replay_command=replay,
         notes=notes,
         liveness_problems=liveness,
+        harness_problems=harness,
     )
     for line in summary.rstrip("\n").splitlines():
         emit(line)
@@ -246,8 +262,11 @@ def run_chaos_detailed(
         emit(f"note: {note}")
     for problem in liveness:
         emit(f"LIVENESS: {problem}")
-    if result.valid and not final.complete:
-        emit("RESULT: FAILED: the final read did not reach every high watermark")
+    for problem in harness:
+        emit(f"UNVERIFIED: {problem}")
+    if result.valid and not run.ok:
+        why = "the final read did not reach every high watermark" if not final.complete else ""
+        emit(f"RESULT: FAILED: {why or 'the run is unverified (see UNVERIFIED above)'}")
         emit(f"replay this run (seed {seed}):\n  {replay}")
     emit(f"report: {report_path}")
     if run.ok:
@@ -272,6 +291,7 @@ class _Stages:
         steps: Sequence[FaultStep],
         notes: list[str],
         liveness: list[str],
+        harness_problems: list[str],
     ) -> None:
         self.cluster = cluster
         self.history = history
@@ -281,6 +301,7 @@ class _Stages:
         self.steps = steps
         self.notes = notes
         self.liveness = liveness
+        self.harness_problems = harness_problems
         self.stopping = threading.Event()
         self.nemesis: Nemesis | None = None
         self.final = FinalRead(False, {}, {}, ("not run",))
@@ -324,6 +345,9 @@ class _Stages:
                 self.notes.append("a producer did not stop in time (its send stays pending)")
             workload.stop_consumers()
             monitor.stop()
+            self.harness_problems.extend(
+                f"a workload thread died: {error}" for error in workload.worker_errors()
+            )
         unconverged = self._wait_converged()
         if unconverged is not None:
             self.liveness.append(
@@ -349,7 +373,7 @@ class _Stages:
             topic_id=topic_id,
             partitions=self.config.partitions,
         )
-        self.notes.extend(problems)
+        self.harness_problems.extend(problems)
         for name in cluster.controller_names:
             cluster.stop(name)
 
@@ -450,10 +474,12 @@ class _Stages:
 
 
 def main(args: argparse.Namespace) -> int:
-    """`raftmq chaos --duration SECONDS --seed N --out DIR --faults kind,kind|all`.
+    """`raftmq chaos --duration SECONDS --seed N [--runs K] --out DIR --faults kind,...|all`.
 
-    Writes into DIR/seed-N (so that many seeds can share one DIR). Exit 0: valid; 1: the
-    history is invalid, the final read was incomplete or the run aborted."""
+    Run k (0-based) uses seed N + k and writes into DIR/seed-(N+k), so that many seeds can
+    share one DIR; with more than one run, a campaign summary over all of them is printed
+    and written to DIR/campaign.json. Exit 0: every run valid; 1: a history was invalid, a
+    final read incomplete or a run aborted."""
     from raftmq.log import configure_logging
 
     configure_logging(level="WARNING")
@@ -465,15 +491,42 @@ def main(args: argparse.Namespace) -> int:
     if args.duration <= 0:
         print("error: --duration must be positive", file=sys.stderr)
         return 2
-    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
-    out_dir = Path(args.out) / f"seed-{seed}"
-    try:
-        run = run_chaos_detailed(seed, float(args.duration), out_dir, kinds, emit=_print_flush)
-    except Exception as exc:  # a harness failure, not a history anomaly: say how to replay
-        print(f"error: chaos run aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"seed {seed}; replay: {replay_command(seed, args.duration, kinds)}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK if run.ok else EXIT_FAILED
+    if not 1 <= args.runs <= RUNS_MAX:
+        print(f"error: --runs must be between 1 and {RUNS_MAX}", file=sys.stderr)
+        return 2
+    first_seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    out_root = Path(args.out)
+    runs: list[ChaosRun] = []
+    aborted: list[int] = []
+    # SIGTERM unwinds like Ctrl-C, so the cluster's processes are killed by PID and its
+    # network namespaces deleted on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    for seed in range(first_seed, first_seed + args.runs):
+        try:
+            runs.append(
+                run_chaos_detailed(
+                    seed, float(args.duration), out_root / f"seed-{seed}", kinds, emit=_print_flush
+                )
+            )
+        except Exception as exc:  # a harness failure, not a history anomaly: say how to replay
+            print(f"error: chaos run aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                f"seed {seed}; replay: {replay_command(seed, args.duration, kinds)}",
+                file=sys.stderr,
+            )
+            aborted.append(seed)
+    if args.runs > 1:
+        campaign = campaign_figures(runs, aborted)
+        out_root.mkdir(parents=True, exist_ok=True)
+        path = out_root / "campaign.json"
+        path.write_text(json.dumps(campaign, indent=2) + "\n")
+        print(format_campaign(campaign), end="", flush=True)
+        print(f"campaign report: {path}", flush=True)
+    return EXIT_OK if not aborted and all(run.ok for run in runs) else EXIT_FAILED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _print_flush(line: str) -> None:
@@ -486,19 +539,79 @@ def summary_figures(run: ChaosRun) -> dict[str, Any]:
     stats = run.result.stats
     return {
         "seed": run.seed,
+        "ok": run.ok,
         "valid": run.result.valid,
         "final_read_complete": run.final_read.complete,
         "send_ok": stats["send_ok"],
         "send_fail": stats["send_fail"],
         "send_info": stats["send_info"],
+        "poll_ok": stats["poll_ok"],
         "faults": {k: r.count for k, r in run.result.recovery.items()},
         "recovery": {k: r.to_json_dict() for k, r in run.result.recovery.items()},
         "anomalies": {k: n for k, n in run.result.counts.items() if n},
+        "liveness_problems": list(run.liveness_problems),
+        "harness_problems": list(run.harness_problems),
     }
+
+
+def campaign_figures(runs: Sequence[ChaosRun], aborted: Sequence[int]) -> dict[str, Any]:
+    """Many runs in one dict: each run's figures, anomaly totals, and recovery per fault kind
+    over every fault of every run (medians of the individual faults, not of run medians)."""
+    anomalies: Counter[str] = Counter()
+    for run in runs:
+        anomalies.update({k: n for k, n in run.result.counts.items() if n})
+    recovery = recovery_stats(w for run in runs for w in run.faults)
+    return {
+        "runs": len(runs) + len(aborted),
+        "valid": sum(1 for run in runs if run.ok),
+        "aborted_seeds": list(aborted),
+        "send_ok": sum(run.result.stats["send_ok"] for run in runs),
+        "send_fail": sum(run.result.stats["send_fail"] for run in runs),
+        "send_info": sum(run.result.stats["send_info"] for run in runs),
+        "faults": sum(len(run.faults) for run in runs),
+        "anomalies": dict(sorted(anomalies.items())),
+        "recovery": {k: r.to_json_dict() for k, r in recovery.items()},
+        "per_run": [summary_figures(run) for run in runs],
+    }
+
+
+def format_campaign(campaign: dict[str, Any]) -> str:
+    """The human summary of `campaign_figures`: one line per run, then recovery per kind."""
+    lines = [
+        f"campaign: {campaign['valid']} of {campaign['runs']} runs valid"
+        + (f", aborted seeds {campaign['aborted_seeds']}" if campaign["aborted_seeds"] else ""),
+        f"  {'seed':>8} {'result':>7} {'sends ok':>9} {'fail':>5} {'info':>5} {'faults':>6}"
+        "  anomalies",
+    ]
+    for run in campaign["per_run"]:
+        result = "VALID" if run["ok"] else "FAILED"
+        found = ", ".join(f"{k} {n}" for k, n in run["anomalies"].items()) or "none"
+        lines.append(
+            f"  {run['seed']:>8} {result:>7} {run['send_ok']:>9} {run['send_fail']:>5} "
+            f"{run['send_info']:>5} {sum(run['faults'].values()):>6}  {found}"
+        )
+    lines.append(
+        f"  total: {campaign['send_ok']} sends ok, {campaign['send_fail']} failed, "
+        f"{campaign['send_info']} indeterminate, {campaign['faults']} faults; anomalies: "
+        + (", ".join(f"{k} {n}" for k, n in campaign["anomalies"].items()) or "none")
+    )
+    lines.append("recovery over all faults (ms since fault start, median / max):")
+    lines.append(f"  {'kind':<28} {'count':>5}  {'produce':>13}  {'leader':>13}")
+    for kind, rec in campaign["recovery"].items():
+        produce = f"{_ms(rec['median_ms'])} / {_ms(rec['max_ms'])}"
+        leader = f"{_ms(rec['leader_median_ms'])} / {_ms(rec['leader_max_ms'])}"
+        lines.append(f"  {kind:<28} {rec['count']:>5}  {produce:>13}  {leader:>13}")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 __all__ = [
     "ChaosRun",
+    "campaign_figures",
+    "format_campaign",
     "main",
     "replay_command",
     "run_chaos",

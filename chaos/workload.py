@@ -169,6 +169,8 @@ class Producer(threading.Thread):
             _rotated(bootstrap, index), request_timeout_ms=config.send_timeout_ms, retries_max=1
         )
         self.sent = 0
+        # Set when the thread died of an unexpected exception (read after join).
+        self.error: str | None = None
 
     def run(self) -> None:
         interval_s = 1.0 / self.config.producer_rate_per_s
@@ -186,6 +188,9 @@ class Producer(threading.Thread):
                 except HistoryFullError:
                     _log.warning("producer.stopped", process=self.process_name, reason="full")
                     break
+        except Exception as exc:  # a harness bug: the run must not pass with a dead worker
+            self.error = f"{self.process_name}: {type(exc).__name__}: {exc}"
+            _log.exception("producer.crashed", process=self.process_name)
         finally:
             self.client.close()
 
@@ -281,6 +286,8 @@ class Consumer(threading.Thread):
             retries_max=3,
         )
         self.positions = dict.fromkeys(range(config.partitions), 0)
+        # Set when the thread died of an unexpected exception (read after join).
+        self.error: str | None = None
 
     def run(self) -> None:
         try:
@@ -301,6 +308,9 @@ class Consumer(threading.Thread):
                         )
                     except HistoryFullError:
                         return
+        except Exception as exc:  # a harness bug: the run must not pass with a dead worker
+            self.error = f"{self.process_name}: {type(exc).__name__}: {exc}"
+            _log.exception("consumer.crashed", process=self.process_name)
         finally:
             self.client.close()
 
@@ -402,6 +412,11 @@ class Workload:
         self.stop_producers()
         self.stop_consumers()
 
+    def worker_errors(self) -> list[str]:
+        """The producers and consumers that died of an unexpected exception."""
+        errors = [p.error for p in self.producers] + [c.error for c in self.consumers]
+        return [error for error in errors if error is not None]
+
 
 def _join_all(threads: Sequence[threading.Thread], timeout_s: float) -> bool:
     deadline_s = time.monotonic() + timeout_s
@@ -456,7 +471,7 @@ def final_read(
                 if time.monotonic() >= deadline_s:
                     problems.append(f"partition {partition}: final read timed out")
                     break
-                poll(
+                high_watermark = poll(
                     client,
                     history,
                     clock=clock,
@@ -465,6 +480,8 @@ def final_read(
                     partition=partition,
                     positions=positions,
                 )
+                if high_watermark < 0:  # a failed poll: back off instead of spinning
+                    time.sleep(RETRY_BACKOFF_MS_MAX / 1000)
     complete = not problems and all(
         positions.get(p, -1) >= high_watermarks.get(p, 0) for p in range(config.partitions)
     )

@@ -353,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="run the seeded chaos suite against a fresh local cluster")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of faults")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
+    p.add_argument(
+        "--runs", type=int, default=1, help="runs with seeds SEED, SEED+1, ...; then a summary"
+    )
     p.add_argument("--out", default="./chaos-reports")
     p.add_argument("--faults", default="all", help="comma-separated fault kinds, or all")
     p.set_defaults(func=cmd_chaos)

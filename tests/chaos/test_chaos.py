@@ -59,6 +59,7 @@ def _assert_run_passed(run: ChaosRun) -> None:
         f"final read incomplete ({'; '.join(run.final_read.problems)}), "
         f"replay: {run.replay_command}"
     )
+    assert not run.harness_problems, f"{run.harness_problems}, replay: {run.replay_command}"
     assert run.replicas, "no replica logs were read after the run"
     # Liveness: after every fault (and after the final heal) produce and leadership came
     # back, and the replicas converged.

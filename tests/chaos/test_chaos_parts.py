@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from raftmq.broker.log_store import FlushPolicy, LogStore
+from raftmq.chaos.checker import check
 from raftmq.chaos.cluster import NetnsNetwork, read_replica_logs
 from raftmq.chaos.history import History, Op
 from raftmq.chaos.nemesis import (
@@ -182,10 +183,12 @@ def _write_replica(data_dir: Path, values: list[bytes], *, high_watermark: int) 
         log.close()
 
 
-def test_replica_hash_covers_batches_below_the_high_watermark_only(tmp_path: Path) -> None:
-    _write_replica(tmp_path / "broker-1", [b"a", b"b", b"c"], high_watermark=2)
+def test_replicas_are_hashed_below_the_lowest_high_watermark_of_the_partition(
+    tmp_path: Path,
+) -> None:
+    _write_replica(tmp_path / "broker-1", [b"a", b"b", b"c"], high_watermark=3)
     _write_replica(tmp_path / "broker-2", [b"a", b"b"], high_watermark=2)
-    _write_replica(tmp_path / "broker-3", [b"a", b"x", b"c"], high_watermark=2)
+    _write_replica(tmp_path / "broker-3", [b"a", b"x", b"c"], high_watermark=3)
     replicas, problems = read_replica_logs(
         {n: tmp_path / n for n in ("broker-1", "broker-2", "broker-3")},
         topic="chaos",
@@ -194,14 +197,15 @@ def test_replica_hash_covers_batches_below_the_high_watermark_only(tmp_path: Pat
     )
     assert problems == []
     by_node = {r.node: r for r in replicas}
-    assert by_node["broker-1"].high_watermark == 2
-    assert by_node["broker-1"].log_end_offset == 3
-    assert (
-        by_node["broker-1"].batches_sha256_below_hw == by_node["broker-2"].batches_sha256_below_hw
-    )
-    assert (
-        by_node["broker-1"].batches_sha256_below_hw != by_node["broker-3"].batches_sha256_below_hw
-    )
+    assert (by_node["broker-1"].high_watermark, by_node["broker-1"].log_end_offset) == (3, 3)
+    # Every replica is compared below 2 (broker-2's HW), so broker-3's divergent second
+    # batch shows although its HW differs from broker-2's.
+    assert {r.compared_below_offset for r in replicas} == {2}
+    assert by_node["broker-1"].batches_sha256 == by_node["broker-2"].batches_sha256
+    assert by_node["broker-1"].batches_sha256 != by_node["broker-3"].batches_sha256
+    result = check([], replicas=replicas)
+    assert result.counts["replica_divergence"] == 1
+    assert result.counts["replica_hw_mismatch"] == 1
 
 
 def test_a_replica_missing_from_a_store_is_reported(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ class FakeCluster:
         self._paused: set[str] = set()
         self.cuts: set[frozenset[str]] = set()
         self.calls: list[tuple[str, str]] = []
+        # A restarted broker shows a new incarnation only once it registered (`register`).
+        self.incarnations = {b: 0 for b in (1, 2, 3)}
         self.lock = threading.Lock()
 
     @property
@@ -57,7 +59,10 @@ class FakeCluster:
         with self.lock:
             return pb.DescribeClusterResponse(
                 controller=pb.QuorumInfo(leader_id=self.controller_leader),
-                brokers=[cpb.BrokerInfo(id=b) for b in (1, 2, 3)],
+                brokers=[
+                    cpb.BrokerInfo(id=b, incarnation_id=f"{b}-{n}")
+                    for b, n in sorted(self.incarnations.items())
+                ],
                 topics=[
                     cpb.Topic(
                         name=TOPIC,
@@ -68,6 +73,11 @@ class FakeCluster:
                     )
                 ],
             )
+
+    def describe_now(self) -> pb.DescribeClusterResponse:
+        status = self.describe()
+        assert status is not None
+        return status
 
     def running(self, name: str) -> bool:
         return name not in self.down
@@ -88,6 +98,11 @@ class FakeCluster:
         if name in self.down:
             self._record("restart", name)
             self.down.discard(name)
+
+    def register(self, broker_id: int) -> None:
+        """The restarted broker's new incarnation registers with the controller."""
+        with self.lock:
+            self.incarnations[broker_id] += 1
 
     def pause(self, name: str) -> None:
         self._record("pause", name)
@@ -139,8 +154,13 @@ def test_kill_partition_leader_hits_a_leader_and_restarts_it() -> None:
     assert cluster.calls == [("kill", target)]
     nemesis._heal(fault)
     assert cluster.calls[-1] == ("restart", target)
-    assert nemesis.down_nodes() == frozenset()
     assert fault.window.end_ms is not None
+    # Started again, but down until its new incarnation registered.
+    assert nemesis.down_nodes() == {target}
+    assert nemesis.observe(cluster.describe_now()) == {target}
+    cluster.register(int(target.removeprefix("broker-")))
+    assert nemesis.observe(cluster.describe_now()) == frozenset()
+    assert nemesis.down_nodes() == frozenset()
 
 
 def test_pause_leader_is_continued_at_heal() -> None:
@@ -247,3 +267,30 @@ def test_monitor_sees_leaders_back_only_once_the_killed_leader_is_replaced(
     found_ms = recovered_ms()
     assert found_ms is not None
     assert found_ms >= 400
+
+
+def test_a_leader_restarted_before_its_session_expired_recovers_once_it_registered(
+    monitor_of: list[RecoveryMonitor],
+) -> None:
+    # A short hold: the killed broker is started again while the metadata still names its
+    # dead incarnation as leader. Leadership is back only once the new incarnation
+    # registered, not when the process was launched.
+    cluster = FakeCluster({0: 1, 1: 1, 2: 2})
+    nemesis = _nemesis(cluster)
+    monitor = RecoveryMonitor(cluster, nemesis, topic=TOPIC)
+    monitor_of.append(monitor)
+    fault = nemesis._inject(_step(KILL_PARTITION_LEADER), random.Random(0))
+    assert fault is not None and fault.window.targets == ("broker-1",)
+    nemesis._heal(fault)
+    assert cluster.running("broker-1")
+    monitor.start()
+    time.sleep(0.4)  # four monitor polls of unchanged metadata
+    assert fault.window.recovered_leader_ms is None
+    assert nemesis.down_nodes() == {"broker-1"}
+    cluster.register(1)
+    deadline_s = time.monotonic() + 5.0
+    while fault.window.recovered_leader_ms is None and time.monotonic() < deadline_s:
+        time.sleep(0.02)
+    recovered_ms = fault.window.recovered_leader_ms
+    assert recovered_ms is not None and recovered_ms >= 400
+    assert nemesis.down_nodes() == frozenset()

@@ -215,6 +215,20 @@ def test_value_read_away_from_its_acked_offset_is_a_duplicate_position() -> None
     assert not result.valid
 
 
+def test_retried_send_whose_acknowledged_copy_was_truncated_is_not_only_a_duplicate() -> None:
+    # The first attempt of "a" landed at offset 0 with its reply lost; the retry was acked
+    # at offset 1, then a failover truncated the log to 1 and nothing reached offset 1 again.
+    # "a" is still readable at 0, but the acknowledged write at offset 1 is gone.
+    r = Recorder()
+    r.send("a", 0, 1)
+    r.poll((0, 0, "a"))
+    result = r.check()
+    assert found(result) == {"duplicate": 1, "unseen": 1}
+    assert not result.valid
+    [unseen] = result.anomalies["unseen"]
+    assert (unseen["value"], unseen["offset"]) == ("a", 1)
+
+
 def test_inconsistent_offsets_between_two_polls() -> None:
     r = Recorder()
     r.send_info("a")
@@ -383,15 +397,19 @@ def test_offset_gap_is_measured_from_the_lowest_offset_read() -> None:
     assert r.check().valid
 
 
-def _replica(node: str, hw: int, sha: str, *, partition: int = 0) -> ReplicaLog:
-    return ReplicaLog(node, TOPIC, partition, hw, sha, log_end_offset=hw + 1)
+def _replica(
+    node: str, hw: int, sha: str, *, partition: int = 0, compared_below: int | None = None
+) -> ReplicaLog:
+    bound = hw if compared_below is None else compared_below
+    return ReplicaLog(node, TOPIC, partition, hw, sha, hw + 1, compared_below_offset=bound)
 
 
-def test_replica_divergence_only_between_equal_high_watermarks() -> None:
+def test_replica_divergence_is_checked_below_the_lowest_high_watermark() -> None:
     replicas = [
-        _replica("broker-0", 10, "aa"),
-        _replica("broker-1", 10, "bb"),
-        _replica("broker-2", 9, "cc"),  # different HW: compared with nobody
+        # Partition 0: HWs 10, 10, 9, all hashed below 9; broker-2 differs from the others.
+        _replica("broker-0", 10, "aa", compared_below=9),
+        _replica("broker-1", 10, "aa", compared_below=9),
+        _replica("broker-2", 9, "cc"),
         _replica("broker-0", 4, "dd", partition=1),
         _replica("broker-1", 4, "dd", partition=1),
     ]
@@ -401,14 +419,15 @@ def test_replica_divergence_only_between_equal_high_watermarks() -> None:
     assert not result.valid
     assert found(result) == {"replica_divergence": 1, "replica_hw_mismatch": 1}
     [divergence] = result.anomalies["replica_divergence"]
-    assert (divergence["partition"], divergence["high_watermark"]) == (0, 10)
-    assert divergence["sha256_by_node"] == {"broker-0": "aa", "broker-1": "bb"}
+    assert (divergence["partition"], divergence["compared_below_offset"]) == (0, 9)
+    assert divergence["sha256_by_node"] == {"broker-0": "aa", "broker-1": "aa", "broker-2": "cc"}
     [mismatch] = result.anomalies["replica_hw_mismatch"]
     assert mismatch["high_watermarks"] == {"broker-0": 10, "broker-1": 10, "broker-2": 9}
 
 
 def test_replica_hw_mismatch_alone_is_a_warning() -> None:
-    result = check([], replicas=[_replica("broker-0", 3, "aa"), _replica("broker-1", 2, "bb")])
+    replicas = [_replica("broker-0", 3, "aa", compared_below=2), _replica("broker-1", 2, "aa")]
+    result = check([], replicas=replicas)
     assert result.valid
     assert found(result) == {"replica_hw_mismatch": 1}
     assert any("high watermark" in w for w in result.warnings)

@@ -1,0 +1,72 @@
+"""The campaign summary of `raftmq chaos --runs K`: totals over runs, recovery medians over
+every individual fault (not medians of medians), and a failed run named by its seed. Pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raftmq.chaos.checker import check
+from raftmq.chaos.history import FaultWindow, History
+from raftmq.chaos.runner import ChaosRun, campaign_figures, format_campaign
+from raftmq.chaos.workload import FinalRead
+
+
+def _run(seed: int, recoveries_ms: list[float], *, sends_ok: int, lost: bool = False) -> ChaosRun:
+    history = History()
+    for i in range(sends_ok):
+        op = history.invoke_send("producer-0", "chaos", f"v{i}", partition=0, time_ms=float(i))
+        history.complete(op, "ok", time_ms=float(i) + 0.5, offset=i)
+    # (partition, offset, value); a lost write: offset 0 acked, never read, offset 1 read.
+    reads = [(0, i, f"v{i}") for i in range(sends_ok) if not (lost and i == 0)]
+    poll = history.invoke_poll("consumer-0", "chaos", time_ms=1_000.0)
+    history.complete(poll, "ok", time_ms=1_001.0, reads=reads)
+    faults = [
+        FaultWindow(
+            "kill-all",
+            start_ms=10.0,
+            end_ms=20.0,
+            recovered_produce_ms=ms,
+            recovered_leader_ms=ms / 2,
+        )
+        for ms in recoveries_ms
+    ]
+    result = check(history, faults=faults)
+    return ChaosRun(
+        seed=seed,
+        duration_s=60.0,
+        kinds=("kill-all",),
+        result=result,
+        faults=faults,
+        final_read=FinalRead(True, {0: sends_ok}, {0: sends_ok}, ()),
+        replicas=[],
+        out_dir=Path("/nonexistent"),
+        report_path=Path("/nonexistent/report.json"),
+        summary="",
+        replay_command=f"raftmq chaos --seed {seed}",
+    )
+
+
+def test_campaign_totals_and_recovery_over_every_fault() -> None:
+    runs = [_run(1, [100.0, 200.0, 900.0], sends_ok=3), _run(2, [300.0], sends_ok=2)]
+    campaign = campaign_figures(runs, aborted=[])
+    assert (campaign["runs"], campaign["valid"], campaign["send_ok"]) == (2, 2, 5)
+    assert campaign["faults"] == 4
+    assert campaign["anomalies"] == {}
+    # Median of the four faults (250), not of the two run medians (200, 300).
+    assert campaign["recovery"]["kill-all"]["median_ms"] == 250.0
+    assert campaign["recovery"]["kill-all"]["max_ms"] == 900.0
+    assert campaign["recovery"]["kill-all"]["leader_median_ms"] == 125.0
+    text = format_campaign(campaign)
+    assert text.startswith("campaign: 2 of 2 runs valid\n")
+    assert "kill-all" in text and "250 / 900" in text
+
+
+def test_campaign_names_invalid_runs_and_aborted_seeds() -> None:
+    runs = [_run(7, [100.0], sends_ok=3, lost=True), _run(8, [], sends_ok=1)]
+    campaign = campaign_figures(runs, aborted=[9])
+    assert (campaign["runs"], campaign["valid"], campaign["aborted_seeds"]) == (3, 1, [9])
+    assert campaign["anomalies"]["lost"] == 1
+    text = format_campaign(campaign)
+    assert "1 of 3 runs valid, aborted seeds [9]" in text
+    failed_line = next(line for line in text.splitlines() if line.strip().startswith("7 "))
+    assert "FAILED" in failed_line and "lost 1" in failed_line
