@@ -262,8 +262,11 @@ class Partition:
         if candidate != UNKNOWN_OFFSET and self.log.maybe_advance_high_watermark(candidate):
             self.signals.notify()
 
-    def maybe_change_isr(self, *, now: int, lag_time_max_ms: int) -> None:
-        """Periodic (replica manager thread): propose an ISR shrink/expand when due."""
+    def maybe_change_isr(
+        self, *, now: int, lag_time_max_ms: int, eligible_replicas: frozenset[int]
+    ) -> None:
+        """Periodic (replica manager thread): propose an ISR shrink/expand when due.
+        `eligible_replicas`: brokers that may join an ISR (unfenced, not shutting down)."""
         with self.lock:
             state = self.leader_state
             if self.role != ROLE_LEADER or state is None:
@@ -272,6 +275,7 @@ class Partition:
                 now_ms=now,
                 lag_time_max_ms=lag_time_max_ms,
                 high_watermark=self.log.high_watermark,
+                eligible_replicas=eligible_replicas,
             )
             if proposal is None:
                 return

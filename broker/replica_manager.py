@@ -62,6 +62,9 @@ class ReplicaManager:
         )
         self._stopping = threading.Event()
         self._first_image_applied = False
+        # Brokers the latest metadata image shows unfenced and not shutting down: the only
+        # ones an ISR expansion may add (set on the metadata thread, read by the duties).
+        self._eligible_replicas: frozenset[int] = frozenset()
         self._threads = [
             threading.Thread(target=self._duty_loop, name="replica-duties", daemon=True),
             threading.Thread(target=self._proposal_loop, name="isr-proposals", daemon=True),
@@ -105,6 +108,9 @@ class ReplicaManager:
 
     def apply_image(self, image: MetadataImage) -> None:
         """Called on the metadata thread with every new image, in version order."""
+        self._eligible_replicas = frozenset(
+            b.broker_id for b in image.brokers.values() if not b.fenced and not b.shutting_down
+        )
         wanted: dict[PartitionKey, tuple[str, int]] = {}
         for topic in image.topics.values():
             for index, state in enumerate(topic.partitions):
@@ -198,10 +204,13 @@ class ReplicaManager:
         last_retention_ms = 0
         while not self._stopping.wait(DUTY_INTERVAL_MS / 1000):
             now = now_ms()
+            eligible = self._eligible_replicas
             for partition in self.partitions():
                 try:
                     partition.maybe_change_isr(
-                        now=now, lag_time_max_ms=self.replica_lag_time_max_ms
+                        now=now,
+                        lag_time_max_ms=self.replica_lag_time_max_ms,
+                        eligible_replicas=eligible,
                     )
                 except Exception:
                     self.log.exception("partition.duty_failed", partition=partition.name)
@@ -262,8 +271,14 @@ class ReplicaManager:
         backoff_ms = 100
         while not self._stopping.is_set() and partition.proposal_pending(isr, partition_epoch):
             try:
+                # A commit takes milliseconds: an attempt that takes longer is at an
+                # unreachable controller, so fail over to the next one after 1.5 s.
                 response = call_with_failover(
-                    self.controllers, "AlterPartition", request, timeout_ms=5_000
+                    self.controllers,
+                    "AlterPartition",
+                    request,
+                    timeout_ms=5_000,
+                    rpc_timeout_ms=1_500,
                 )
                 error = wire.error_from_pb(response.error)
             except RaftmqError as e:

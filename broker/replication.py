@@ -116,10 +116,20 @@ class LeaderState:
         }
 
     def next_isr_proposal(
-        self, *, now_ms: int, lag_time_max_ms: int, high_watermark: int
+        self,
+        *,
+        now_ms: int,
+        lag_time_max_ms: int,
+        high_watermark: int,
+        eligible_replicas: frozenset[int] | None = None,
     ) -> frozenset[int] | None:
         """The ISR to propose now, or None (nothing to change, or a proposal is pending).
-        Shrinks take precedence: a lagging member blocks acks=all for everyone."""
+        Shrinks take precedence: a lagging member blocks acks=all for everyone.
+
+        `eligible_replicas`: the brokers the leader's metadata shows unfenced and not
+        shutting down (None: every broker). Only those may join: the controller refuses a
+        fenced one (INELIGIBLE_REPLICA), and a fenced follower that keeps fetching would
+        otherwise be proposed again on every tick until it is unfenced (KIP-841)."""
         if self.pending_isr is not None:
             return None
         lagging = self.out_of_sync_replicas(now_ms=now_ms, lag_time_max_ms=lag_time_max_ms)
@@ -128,6 +138,8 @@ class LeaderState:
         joining = self.caught_up_replicas(
             high_watermark, now_ms=now_ms, lag_time_max_ms=lag_time_max_ms
         )
+        if eligible_replicas is not None:
+            joining &= eligible_replicas
         if joining:
             return self.isr | joining
         return None

@@ -68,6 +68,13 @@ class EndpointPool:
                 self.endpoints.append(endpoint)
             self._preferred = self.endpoints.index(endpoint)
 
+    def demote(self, endpoint: str) -> None:
+        """`endpoint` failed at the transport level: if it is the preferred one, prefer
+        the next (an unreachable endpoint must not cost every later call its timeout)."""
+        with self._lock:
+            if self.endpoints[self._preferred % len(self.endpoints)] == endpoint:
+                self._preferred = (self._preferred + 1) % len(self.endpoints)
+
     def close(self) -> None:
         with self._lock:
             for channel in self._channels.values():
@@ -111,6 +118,8 @@ def call_with_failover(
                         ErrorCode.UNKNOWN_SERVER_ERROR, f"{endpoint} {method}: {e}"
                     ) from e
                 last_failure = f"{endpoint}: {status.name if status else e}"
+                # The next call (of any caller sharing the pool) starts elsewhere.
+                pool.demote(endpoint)
                 continue
             error = response.error
             failure = wire.error_from_pb(error)

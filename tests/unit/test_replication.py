@@ -245,6 +245,33 @@ def test_expand_only_when_follower_reaches_high_watermark_and_epoch_start() -> N
     assert state.caught_up_replicas(13, now_ms=now, lag_time_max_ms=LAG_MS) == set()
 
 
+def test_only_eligible_followers_join_the_isr() -> None:
+    # KIP-841: a fenced (or shutting down) broker that keeps fetching is caught up, but the
+    # controller refuses it (INELIGIBLE_REPLICA); proposing it anyway sent one doomed
+    # AlterPartition per tick per partition until it was unfenced (seen in chaos runs).
+    state = leader_state(isr=(1,), leader_epoch_start_offset=0)
+    now = T0_MS + 1
+    fetch(state, 2, 10, 10, now_ms=now)
+    fetch(state, 3, 10, 10, now_ms=now)
+    assert (
+        state.next_isr_proposal(
+            now_ms=now, lag_time_max_ms=LAG_MS, high_watermark=10, eligible_replicas=frozenset({1})
+        )
+        is None
+    )
+    assert state.next_isr_proposal(
+        now_ms=now, lag_time_max_ms=LAG_MS, high_watermark=10, eligible_replicas=frozenset({1, 3})
+    ) == frozenset({1, 3})
+    # Eligibility never holds back a shrink.
+    state = leader_state(isr=(1, 2))
+    assert state.next_isr_proposal(
+        now_ms=T0_MS + LAG_MS + 1,
+        lag_time_max_ms=LAG_MS,
+        high_watermark=0,
+        eligible_replicas=frozenset({1, 2}),
+    ) == frozenset({1})
+
+
 def test_follower_with_unknown_log_end_offset_never_joins() -> None:
     state = leader_state(isr=(1, 2), leader_epoch_start_offset=0)
     assert state.caught_up_replicas(0, now_ms=T0_MS, lag_time_max_ms=LAG_MS) == set()
