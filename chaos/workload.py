@@ -142,9 +142,49 @@ def _reads(records_bytes: bytes, partition: int, position: int) -> list[Read]:
     return reads
 
 
-class Producer(threading.Thread):
-    """One producer process of the history ("producer-N"): sequential sends, random
-    partition per send, bounded rate."""
+class _Worker(threading.Thread):
+    """One client process of the history ("producer-N", "consumer-N"): a daemon thread
+    running `_work` until `stopping` is set or the history is full. An unexpected
+    exception is kept in `error` (a harness bug: the run must not pass with a dead worker)."""
+
+    def __init__(
+        self,
+        role: str,
+        index: int,
+        *,
+        history: History,
+        clock: RunClock,
+        config: WorkloadConfig,
+        stopping: threading.Event,
+        client: ClusterClient,
+    ) -> None:
+        super().__init__(name=f"chaos-{role}-{index}", daemon=True)
+        self.process_name = f"{role}-{index}"
+        self.history = history
+        self.clock = clock
+        self.config = config
+        self.stopping = stopping
+        self.client = client
+        # Set when the thread died of an unexpected exception (read after join).
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except HistoryFullError:
+            _log.warning("worker.stopped", process=self.process_name, reason="history full")
+        except Exception as exc:
+            self.error = f"{self.process_name}: {type(exc).__name__}: {exc}"
+            _log.exception("worker.crashed", process=self.process_name)
+        finally:
+            self.client.close()
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+
+class Producer(_Worker):
+    """Sequential sends, a random partition per send, at a bounded rate."""
 
     def __init__(
         self,
@@ -157,42 +197,33 @@ class Producer(threading.Thread):
         seed: int,
         stopping: threading.Event,
     ) -> None:
-        super().__init__(name=f"chaos-producer-{index}", daemon=True)
-        self.process_name = f"producer-{index}"
-        self.history = history
-        self.clock = clock
-        self.config = config
-        self.stopping = stopping
-        self.rng = random.Random(f"{seed}-producer-{index}")
         # retries_max=1: this class retries itself, to see every attempt's outcome.
-        self.client = ClusterClient(
+        client = ClusterClient(
             _rotated(bootstrap, index), request_timeout_ms=config.send_timeout_ms, retries_max=1
         )
+        super().__init__(
+            "producer",
+            index,
+            history=history,
+            clock=clock,
+            config=config,
+            stopping=stopping,
+            client=client,
+        )
+        self.rng = random.Random(f"{seed}-producer-{index}")
         self.sent = 0
-        # Set when the thread died of an unexpected exception (read after join).
-        self.error: str | None = None
 
-    def run(self) -> None:
+    def _work(self) -> None:
         interval_s = 1.0 / self.config.producer_rate_per_s
         next_s = time.monotonic()
-        try:
-            # Bound: until `stopping`; each iteration is one send with a deadline.
-            while not self.stopping.is_set():
-                delay_s = next_s - time.monotonic()
-                if delay_s > 0 and self.stopping.wait(delay_s):
-                    break
-                # No catch-up bursts after a slow send: the rate is an upper bound.
-                next_s = max(next_s + interval_s, time.monotonic())
-                try:
-                    self._send_one()
-                except HistoryFullError:
-                    _log.warning("producer.stopped", process=self.process_name, reason="full")
-                    break
-        except Exception as exc:  # a harness bug: the run must not pass with a dead worker
-            self.error = f"{self.process_name}: {type(exc).__name__}: {exc}"
-            _log.exception("producer.crashed", process=self.process_name)
-        finally:
-            self.client.close()
+        # Bound: until `stopping`; each iteration is one send with a deadline.
+        while not self.stopping.is_set():
+            delay_s = next_s - time.monotonic()
+            if delay_s > 0 and self.stopping.wait(delay_s):
+                break
+            # No catch-up bursts after a slow send: the rate is an upper bound.
+            next_s = max(next_s + interval_s, time.monotonic())
+            self._send_one()
 
     def _send_one(self) -> None:
         partition = self.rng.randrange(self.config.partitions)
@@ -261,8 +292,8 @@ class Producer(threading.Thread):
         return outcome, -1, error
 
 
-class Consumer(threading.Thread):
-    """One consumer process of the history ("consumer-N"): polls every partition in turn."""
+class Consumer(_Worker):
+    """Polls every partition in turn, from offset 0."""
 
     def __init__(
         self,
@@ -274,45 +305,37 @@ class Consumer(threading.Thread):
         config: WorkloadConfig,
         stopping: threading.Event,
     ) -> None:
-        super().__init__(name=f"chaos-consumer-{index}", daemon=True)
-        self.process_name = f"consumer-{index}"
-        self.history = history
-        self.clock = clock
-        self.config = config
-        self.stopping = stopping
-        self.client = ClusterClient(
+        client = ClusterClient(
             _rotated(bootstrap, index + 1),
             request_timeout_ms=config.consumer_request_timeout_ms,
             retries_max=3,
         )
+        super().__init__(
+            "consumer",
+            index,
+            history=history,
+            clock=clock,
+            config=config,
+            stopping=stopping,
+            client=client,
+        )
         self.positions = dict.fromkeys(range(config.partitions), 0)
-        # Set when the thread died of an unexpected exception (read after join).
-        self.error: str | None = None
 
-    def run(self) -> None:
-        try:
-            # Bound: until `stopping`; each poll has a deadline.
-            while not self.stopping.is_set():
-                for partition in range(self.config.partitions):
-                    if self.stopping.is_set():
-                        break
-                    try:
-                        poll(
-                            self.client,
-                            self.history,
-                            clock=self.clock,
-                            process=self.process_name,
-                            config=self.config,
-                            partition=partition,
-                            positions=self.positions,
-                        )
-                    except HistoryFullError:
-                        return
-        except Exception as exc:  # a harness bug: the run must not pass with a dead worker
-            self.error = f"{self.process_name}: {type(exc).__name__}: {exc}"
-            _log.exception("consumer.crashed", process=self.process_name)
-        finally:
-            self.client.close()
+    def _work(self) -> None:
+        # Bound: until `stopping`; each poll has a deadline.
+        while not self.stopping.is_set():
+            for partition in range(self.config.partitions):
+                if self.stopping.is_set():
+                    break
+                poll(
+                    self.client,
+                    self.history,
+                    clock=self.clock,
+                    process=self.process_name,
+                    config=self.config,
+                    partition=partition,
+                    positions=self.positions,
+                )
 
 
 def poll(

@@ -4,6 +4,7 @@ and replica hashing on a real RocksDB store."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,20 @@ from raftmq.chaos.nemesis import (
     KILL_ALL,
     PAUSE_LEADER,
     FaultKindError,
+    RunClock,
     cluster_led,
     live_leaders,
     parse_fault_kinds,
     plan_schedule,
     produce_recovery_ms,
 )
-from raftmq.chaos.workload import NOTHING_APPENDED_CODES, send_attempt_outcome
+from raftmq.chaos.workload import (
+    NOTHING_APPENDED_CODES,
+    WorkloadConfig,
+    _Worker,
+    send_attempt_outcome,
+)
+from raftmq.client.cluster_client import ClusterClient
 from raftmq.errors import ErrorCode
 from raftmq.record_batch import Record, encode_batch
 from raftmq.v1 import common_pb2 as cpb
@@ -215,3 +223,29 @@ def test_a_replica_missing_from_a_store_is_reported(tmp_path: Path) -> None:
     )
     assert [r.partition for r in replicas] == [0]
     assert problems == ["broker-1: no log for chaos/1 in its store"]
+
+
+# --- workers -------------------------------------------------------------------------------
+
+
+class _Crashing(_Worker):
+    def _work(self) -> None:
+        raise ValueError("unpacked two results")
+
+
+def test_a_worker_that_dies_keeps_its_error_for_the_runner() -> None:
+    # Nothing is ever sent: the client only resolves its bootstrap on first use.
+    client = ClusterClient(["127.0.0.1:1"], request_timeout_ms=100, retries_max=1)
+    worker = _Crashing(
+        "producer",
+        7,
+        history=History(),
+        clock=RunClock(),
+        config=WorkloadConfig(),
+        stopping=threading.Event(),
+        client=client,
+    )
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert worker.error == "producer-7: ValueError: unpacked two results"
