@@ -31,8 +31,9 @@ reads after heal are treated together); a position is (topic, partition, offset)
 - `offset_gap`: the offsets read in a partition (all polls together) are not contiguous
   from the lowest one read; raftmq gives every record its own offset, so a hole is a bug (or
   a workload that did not read everything: consumers must start at the earliest offset).
-- `replica_divergence`: replicas of one partition whose batch bytes below their lowest high
-  watermark (`ReplicaLog.compared_below_offset`) hash differently.
+- `replica_divergence`: replicas of one partition whose batch bytes hash differently below
+  their lowest high watermark (`ReplicaLog.compared_below_offset`), or, between replicas
+  with equal high watermarks, below that high watermark (one entry per partition).
 - `replica_hw_mismatch`: replicas of one partition whose high watermarks differ after heal
   (a warning: followers learn the HW one fetch late).
 
@@ -777,9 +778,9 @@ class _Scan:
     # -- replicas ---------------------------------------------------------------------------
 
     def check_replicas(self, replicas: Sequence[ReplicaLog]) -> None:
-        """Replicas of a partition must hold identical bytes below the offset they were
-        compared below (their lowest high watermark); after heal their high watermarks
-        should be equal too (a warning otherwise)."""
+        """Replicas of a partition must hold identical bytes below their lowest high
+        watermark, and replicas with equal high watermarks below that one; after heal their
+        high watermarks should be equal too (a warning otherwise)."""
         by_partition: dict[PartitionKey, list[ReplicaLog]] = defaultdict(list)
         for replica in replicas:
             by_partition[(replica.topic, replica.partition)].append(replica)
@@ -799,26 +800,40 @@ class _Scan:
                         + ", ".join(f"{node}={hw}" for node, hw in hws.items()),
                     },
                 )
-            by_bound: dict[int, list[ReplicaLog]] = defaultdict(list)
-            for replica in group:
-                by_bound[replica.compared_below_offset].append(replica)
-            for bound, same in sorted(by_bound.items()):
-                hashes = {r.node: r.batches_sha256 for r in same}
-                if len(set(hashes.values())) <= 1:
-                    continue
-                self.add(
-                    "replica_divergence",
-                    {
-                        "topic": topic,
-                        "partition": partition,
-                        "compared_below_offset": bound,
-                        "sha256_by_node": hashes,
-                        "op_indexes": [],
-                        "explanation": f"replicas of {topic}/{partition} hold different bytes "
-                        f"below offset {bound}: "
-                        + ", ".join(f"{node}={sha[:12]}" for node, sha in hashes.items()),
-                    },
-                )
+            # Every replica against every other below the lowest HW, and replicas with
+            # equal HWs over all of it.
+            comparisons = [
+                (replica.compared_below_offset, replica.node, replica.batches_sha256)
+                for replica in group
+            ] + [
+                (replica.high_watermark, replica.node, replica.batches_sha256_below_hw)
+                for replica in group
+            ]
+            by_bound: dict[int, dict[str, str]] = defaultdict(dict)
+            for bound, node, sha in comparisons:
+                by_bound[bound][node] = sha
+            diverged = {
+                bound: hashes
+                for bound, hashes in sorted(by_bound.items())
+                if len(set(hashes.values())) > 1
+            }
+            if not diverged:
+                continue
+            bound, hashes = next(iter(diverged.items()))
+            self.add(
+                "replica_divergence",
+                {
+                    "topic": topic,
+                    "partition": partition,
+                    "compared_below_offset": bound,
+                    "sha256_by_node": hashes,
+                    "diverged_below": sorted(diverged),
+                    "op_indexes": [],
+                    "explanation": f"replicas of {topic}/{partition} hold different bytes "
+                    f"below offset {bound}: "
+                    + ", ".join(f"{node}={sha[:12]}" for node, sha in hashes.items()),
+                },
+            )
 
 
 def _append_capped(items: list[int], index: int) -> None:

@@ -631,18 +631,29 @@ def read_replica_logs(
                 continue
             bound = min(log.high_watermark for _, log in replica_logs)
             for node, log in replica_logs:
-                digest = hashlib.sha256()
-                for _, batch in log.stored_batches(bound):
-                    digest.update(batch)
+                below_bound, below_hw = _hash_stored(log, bound, log.high_watermark)
                 replicas.append(
                     ReplicaLog(
                         node=node,
                         topic=topic,
                         partition=partition,
                         high_watermark=log.high_watermark,
-                        batches_sha256=digest.hexdigest(),
+                        batches_sha256=below_bound,
                         log_end_offset=log.log_end_offset,
                         compared_below_offset=bound,
+                        batches_sha256_below_hw=below_hw,
                     )
                 )
     return replicas, problems
+
+
+def _hash_stored(log: PartitionLog, low: int, high: int) -> tuple[str, str]:
+    """SHA-256 of the stored batches with base offset below `low`, and below `high`
+    (low <= high), in one pass over the log."""
+    assert low <= high
+    below_low, below_high = hashlib.sha256(), hashlib.sha256()
+    for base_offset, batch in log.stored_batches(high):
+        below_high.update(batch)
+        if base_offset < low:
+            below_low.update(batch)
+    return below_low.hexdigest(), below_high.hexdigest()

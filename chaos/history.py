@@ -228,6 +228,9 @@ class ReplicaLog:
     # is compared with every other even when their high watermarks differ.
     # Invariant: compared_below_offset <= high_watermark.
     compared_below_offset: int
+    # The same hash below this replica's own high watermark: replicas with equal high
+    # watermarks are compared over all of it, however far behind another replica is.
+    batches_sha256_below_hw: str
 
     def __post_init__(self) -> None:
         assert self.compared_below_offset <= self.high_watermark <= self.log_end_offset, self
@@ -241,6 +244,7 @@ class ReplicaLog:
             "log_end_offset": self.log_end_offset,
             "compared_below_offset": self.compared_below_offset,
             "batches_sha256": self.batches_sha256,
+            "batches_sha256_below_hw": self.batches_sha256_below_hw,
         }
 
 

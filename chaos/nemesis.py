@@ -304,15 +304,14 @@ def fill_produce_recovery(faults: Sequence[InjectedFault], ops: Sequence[Op]) ->
 
 @dataclass(slots=True)
 class _Held:
-    # Node name -> why the nemesis holds it down ("killed", "paused", "cut off",
-    # "restarting").
+    # Node name -> why a fault holds it down now ("killed", "stopped", "paused", "cut off").
     down: dict[str, str] = field(default_factory=dict)
     faults: list[InjectedFault] = field(default_factory=list)
     # Brokers started again after a kill or stop -> their incarnation id before it. Until
-    # the metadata shows a new incarnation, unfenced, a restarted broker is still down: the
-    # metadata names the dead incarnation as leader until its session expires, and the new
-    # process serves nothing before it registered.
-    # Invariant: every key is in `down` with the reason "restarting".
+    # the metadata shows a new incarnation, unfenced, a restarted broker counts as down
+    # too: the metadata names the dead incarnation as leader until its session expires,
+    # and the new process serves nothing before it registered. Independent of `down`: a
+    # later fault may hit a broker that is still restarting.
     restarting: dict[str, str] = field(default_factory=dict)
     # Broker name -> the incarnation id the metadata showed last.
     incarnations: dict[str, str] = field(default_factory=dict)
@@ -349,7 +348,10 @@ class Nemesis:
 
     def down_nodes(self) -> frozenset[str]:
         with self._lock:
-            return frozenset(self._held.down)
+            return self._down_locked()
+
+    def _down_locked(self) -> frozenset[str]:
+        return frozenset(self._held.down) | frozenset(self._held.restarting)
 
     def faults(self) -> list[InjectedFault]:
         with self._lock:
@@ -364,7 +366,7 @@ class Nemesis:
         together so that a fault injected later is never credited with this observation."""
         with self._lock:
             pending = [f for f in self._held.faults if f.window.recovered_leader_ms is None]
-            return pending, frozenset(self._held.down)
+            return pending, self._down_locked()
 
     def observe(self, status: pb.DescribeClusterResponse) -> frozenset[str]:
         """Learn from fresh metadata: remember each broker's incarnation, and stop holding
@@ -377,11 +379,9 @@ class Nemesis:
                 old = held.restarting.get(name)
                 if old is not None and broker.incarnation_id != old and not broker.fenced:
                     del held.restarting[name]
-                    held.down.pop(name, None)
                     _log.info("broker.came_back", broker=name)
                 held.incarnations[name] = broker.incarnation_id
-            assert all(held.down.get(n) == "restarting" for n in held.restarting)
-            return frozenset(held.down)
+            return self._down_locked()
 
     def restarting(self) -> bool:
         with self._lock:
@@ -432,7 +432,8 @@ class Nemesis:
             for name in healed:
                 reason = held.down.pop(name, None)
                 if reason in ("killed", "stopped") and name in self.cluster.broker_names:
-                    held.down[name] = "restarting"
+                    # The incarnation the metadata showed last is the one that died ("" if
+                    # none was ever seen: then any incarnation counts as new).
                     held.restarting[name] = held.incarnations.get(name, "")
         _log.info("fault.healed", kind=fault.window.kind, targets=list(fault.window.targets))
 
@@ -643,8 +644,7 @@ class Nemesis:
             self._end(fault, list(fault.window.targets))
         with self._lock:
             # Restarted brokers stay down until they registered again (see `observe`).
-            held = self._held
-            held.down = {n: r for n, r in held.down.items() if n in held.restarting}
+            self._held.down.clear()
 
 
 class RecoveryMonitor:
@@ -676,6 +676,6 @@ class RecoveryMonitor:
                 continue
             # Only brokers that came back leave `down`: a node held down by a fault
             # injected after the snapshot stays out of this observation.
-            down = down & self.nemesis.observe(status)
+            down &= self.nemesis.observe(status)
             if pending and cluster_led(status, self.topic, down):
                 self.nemesis.mark_leader_recovered(pending, self.nemesis.clock.now_ms())

@@ -508,6 +508,10 @@ def main(args: argparse.Namespace) -> int:
                     seed, float(args.duration), out_root / f"seed-{seed}", kinds, emit=_print_flush
                 )
             )
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cluster is already torn down
+            print(f"interrupted during seed {seed}", file=sys.stderr)
+            aborted.append(seed)
+            break
         except Exception as exc:  # a harness failure, not a history anomaly: say how to replay
             print(f"error: chaos run aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
             print(

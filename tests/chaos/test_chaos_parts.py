@@ -196,7 +196,8 @@ def test_replicas_are_hashed_below_the_lowest_high_watermark_of_the_partition(
 ) -> None:
     _write_replica(tmp_path / "broker-1", [b"a", b"b", b"c"], high_watermark=3)
     _write_replica(tmp_path / "broker-2", [b"a", b"b"], high_watermark=2)
-    _write_replica(tmp_path / "broker-3", [b"a", b"x", b"c"], high_watermark=3)
+    # Alone at its HW: compared with the others only below the lowest HW.
+    _write_replica(tmp_path / "broker-3", [b"a", b"x", b"c", b"d"], high_watermark=4)
     replicas, problems = read_replica_logs(
         {n: tmp_path / n for n in ("broker-1", "broker-2", "broker-3")},
         topic="chaos",
@@ -207,7 +208,7 @@ def test_replicas_are_hashed_below_the_lowest_high_watermark_of_the_partition(
     by_node = {r.node: r for r in replicas}
     assert (by_node["broker-1"].high_watermark, by_node["broker-1"].log_end_offset) == (3, 3)
     # Every replica is compared below 2 (broker-2's HW), so broker-3's divergent second
-    # batch shows although its HW differs from broker-2's.
+    # batch shows although no other replica shares its HW.
     assert {r.compared_below_offset for r in replicas} == {2}
     assert by_node["broker-1"].batches_sha256 == by_node["broker-2"].batches_sha256
     assert by_node["broker-1"].batches_sha256 != by_node["broker-3"].batches_sha256

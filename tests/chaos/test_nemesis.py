@@ -294,3 +294,25 @@ def test_a_leader_restarted_before_its_session_expired_recovers_once_it_register
     recovered_ms = fault.window.recovered_leader_ms
     assert recovered_ms is not None and recovered_ms >= 400
     assert nemesis.down_nodes() == frozenset()
+
+
+def test_a_fault_on_a_broker_still_restarting_keeps_both_holds_apart() -> None:
+    # kill-all strikes while a killed leader is still restarting (it was started again but
+    # has not registered): the new kill must neither be healed by that broker's
+    # registration nor lose track of the registration it still waits for.
+    cluster = FakeCluster({0: 1, 1: 1, 2: 2})
+    nemesis = _nemesis(cluster)
+    first = nemesis._inject(_step(KILL_PARTITION_LEADER), random.Random(0))
+    assert first is not None and first.window.targets == ("broker-1",)
+    nemesis._heal(first)
+    assert nemesis.down_nodes() == {"broker-1"}
+    second = nemesis._inject(_step(KILL_ALL), random.Random(0))
+    assert second is not None
+    cluster.register(1)  # the first restart's registration lands during kill-all
+    assert nemesis.observe(cluster.describe_now()) == set(cluster.node_names)
+    nemesis._heal(second)
+    brokers = {"broker-1", "broker-2", "broker-3"}
+    assert nemesis.observe(cluster.describe_now()) == brokers  # nobody registered yet
+    for broker_id in (1, 2, 3):
+        cluster.register(broker_id)
+    assert nemesis.observe(cluster.describe_now()) == frozenset()

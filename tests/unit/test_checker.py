@@ -398,10 +398,29 @@ def test_offset_gap_is_measured_from_the_lowest_offset_read() -> None:
 
 
 def _replica(
-    node: str, hw: int, sha: str, *, partition: int = 0, compared_below: int | None = None
+    node: str,
+    hw: int,
+    sha: str,
+    *,
+    partition: int = 0,
+    compared_below: int | None = None,
+    sha_below_hw: str | None = None,
 ) -> ReplicaLog:
+    """`sha`: the hash below `compared_below` (default: hw); `sha_below_hw`: below hw (the
+    same as `sha` when both bounds are equal)."""
     bound = hw if compared_below is None else compared_below
-    return ReplicaLog(node, TOPIC, partition, hw, sha, hw + 1, compared_below_offset=bound)
+    if sha_below_hw is None:
+        sha_below_hw = sha if bound == hw else f"{sha}@{hw}"
+    return ReplicaLog(
+        node,
+        TOPIC,
+        partition,
+        hw,
+        sha,
+        hw + 1,
+        compared_below_offset=bound,
+        batches_sha256_below_hw=sha_below_hw,
+    )
 
 
 def test_replica_divergence_is_checked_below_the_lowest_high_watermark() -> None:
@@ -423,6 +442,21 @@ def test_replica_divergence_is_checked_below_the_lowest_high_watermark() -> None
     assert divergence["sha256_by_node"] == {"broker-0": "aa", "broker-1": "aa", "broker-2": "cc"}
     [mismatch] = result.anomalies["replica_hw_mismatch"]
     assert mismatch["high_watermarks"] == {"broker-0": 10, "broker-1": 10, "broker-2": 9}
+
+
+def test_replicas_with_equal_high_watermarks_are_compared_over_all_of_it() -> None:
+    # broker-2 lags (HW 2): below 2 all agree, but broker-0 and broker-1 (HW 10) differ
+    # between 2 and 10. One entry for the partition.
+    replicas = [
+        _replica("broker-0", 10, "aa", compared_below=2, sha_below_hw="x0"),
+        _replica("broker-1", 10, "aa", compared_below=2, sha_below_hw="x1"),
+        _replica("broker-2", 2, "aa"),
+    ]
+    result = check([], replicas=replicas)
+    assert found(result) == {"replica_divergence": 1, "replica_hw_mismatch": 1}
+    [divergence] = result.anomalies["replica_divergence"]
+    assert divergence["compared_below_offset"] == 10
+    assert divergence["sha256_by_node"] == {"broker-0": "x0", "broker-1": "x1"}
 
 
 def test_replica_hw_mismatch_alone_is_a_warning() -> None:
