@@ -20,6 +20,7 @@ from raftmq.chaos.nemesis import (
     RESTART,
     FaultableCluster,
     FaultStep,
+    InjectedFault,
     Nemesis,
     RecoveryMonitor,
     RunClock,
@@ -241,30 +242,39 @@ def test_heal_all_undoes_every_fault_and_closes_every_window() -> None:
     assert nemesis.down_nodes() == frozenset()
 
 
-def test_monitor_sees_leaders_back_only_once_the_killed_leader_is_replaced(
+def _killed_leader_under_watch(
     monitor_of: list[RecoveryMonitor],
-) -> None:
+) -> tuple[FakeCluster, Nemesis, RecoveryMonitor, InjectedFault]:
+    """broker-1 (leader of partitions 0 and 1) killed, with a monitor (not started)."""
     cluster = FakeCluster({0: 1, 1: 1, 2: 2})
     nemesis = _nemesis(cluster)
     monitor = RecoveryMonitor(cluster, nemesis, topic=TOPIC)
     monitor_of.append(monitor)
     fault = nemesis._inject(_step(KILL_PARTITION_LEADER), random.Random(0))
     assert fault is not None and fault.window.targets == ("broker-1",)
+    return cluster, nemesis, monitor, fault
+
+
+def _recovered_leader_ms(fault: InjectedFault, timeout_s: float = 5.0) -> float | None:
+    """Wait (bounded) until the monitor credited `fault` with leader recovery."""
+    deadline_s = time.monotonic() + timeout_s
+    while fault.window.recovered_leader_ms is None and time.monotonic() < deadline_s:
+        time.sleep(0.02)
+    return fault.window.recovered_leader_ms
+
+
+def test_monitor_sees_leaders_back_only_once_the_killed_leader_is_replaced(
+    monitor_of: list[RecoveryMonitor],
+) -> None:
+    cluster, _, monitor, fault = _killed_leader_under_watch(monitor_of)
     monitor.start()
-
-    def recovered_ms() -> float | None:
-        return fault.window.recovered_leader_ms
-
     # The metadata still names broker-1, which is down: never recovered, however long the
     # monitor looks (here: four polls).
     time.sleep(0.4)
-    assert recovered_ms() is None
+    assert fault.window.recovered_leader_ms is None
     with cluster.lock:
         cluster.leaders = {0: 2, 1: 3, 2: 2}  # the controller moved leadership
-    deadline_s = time.monotonic() + 5.0
-    while recovered_ms() is None and time.monotonic() < deadline_s:
-        time.sleep(0.02)
-    found_ms = recovered_ms()
+    found_ms = _recovered_leader_ms(fault)
     assert found_ms is not None
     assert found_ms >= 400
 
@@ -275,12 +285,7 @@ def test_a_leader_restarted_before_its_session_expired_recovers_once_it_register
     # A short hold: the killed broker is started again while the metadata still names its
     # dead incarnation as leader. Leadership is back only once the new incarnation
     # registered, not when the process was launched.
-    cluster = FakeCluster({0: 1, 1: 1, 2: 2})
-    nemesis = _nemesis(cluster)
-    monitor = RecoveryMonitor(cluster, nemesis, topic=TOPIC)
-    monitor_of.append(monitor)
-    fault = nemesis._inject(_step(KILL_PARTITION_LEADER), random.Random(0))
-    assert fault is not None and fault.window.targets == ("broker-1",)
+    cluster, nemesis, monitor, fault = _killed_leader_under_watch(monitor_of)
     nemesis._heal(fault)
     assert cluster.running("broker-1")
     monitor.start()
@@ -288,10 +293,7 @@ def test_a_leader_restarted_before_its_session_expired_recovers_once_it_register
     assert fault.window.recovered_leader_ms is None
     assert nemesis.down_nodes() == {"broker-1"}
     cluster.register(1)
-    deadline_s = time.monotonic() + 5.0
-    while fault.window.recovered_leader_ms is None and time.monotonic() < deadline_s:
-        time.sleep(0.02)
-    recovered_ms = fault.window.recovered_leader_ms
+    recovered_ms = _recovered_leader_ms(fault)
     assert recovered_ms is not None and recovered_ms >= 400
     assert nemesis.down_nodes() == frozenset()
 
