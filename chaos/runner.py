@@ -48,7 +48,7 @@ from raftmq.chaos.nemesis import (
     parse_fault_kinds,
     plan_schedule,
 )
-from raftmq.chaos.report import HISTORY_FILE, format_summary, write_report
+from raftmq.chaos.report import HISTORY_FILE, format_campaign, format_summary, write_report
 from raftmq.chaos.workload import FinalRead, Workload, WorkloadConfig, create_topic, final_read
 from raftmq.client.cluster_client import ClusterClient
 from raftmq.errors import RaftmqError
@@ -579,43 +579,9 @@ def campaign_figures(runs: Sequence[ChaosRun], aborted: Sequence[int]) -> dict[s
     }
 
 
-def format_campaign(campaign: dict[str, Any]) -> str:
-    """The human summary of `campaign_figures`: one line per run, then recovery per kind."""
-    lines = [
-        f"campaign: {campaign['valid']} of {campaign['runs']} runs valid"
-        + (f", aborted seeds {campaign['aborted_seeds']}" if campaign["aborted_seeds"] else ""),
-        f"  {'seed':>8} {'result':>7} {'sends ok':>9} {'fail':>5} {'info':>5} {'faults':>6}"
-        "  anomalies",
-    ]
-    for run in campaign["per_run"]:
-        result = "VALID" if run["ok"] else "FAILED"
-        found = ", ".join(f"{k} {n}" for k, n in run["anomalies"].items()) or "none"
-        lines.append(
-            f"  {run['seed']:>8} {result:>7} {run['send_ok']:>9} {run['send_fail']:>5} "
-            f"{run['send_info']:>5} {sum(run['faults'].values()):>6}  {found}"
-        )
-    lines.append(
-        f"  total: {campaign['send_ok']} sends ok, {campaign['send_fail']} failed, "
-        f"{campaign['send_info']} indeterminate, {campaign['faults']} faults; anomalies: "
-        + (", ".join(f"{k} {n}" for k, n in campaign["anomalies"].items()) or "none")
-    )
-    lines.append("recovery over all faults (ms since fault start, median / max):")
-    lines.append(f"  {'kind':<28} {'count':>5}  {'produce':>13}  {'leader':>13}")
-    for kind, rec in campaign["recovery"].items():
-        produce = f"{_ms(rec['median_ms'])} / {_ms(rec['max_ms'])}"
-        leader = f"{_ms(rec['leader_median_ms'])} / {_ms(rec['leader_max_ms'])}"
-        lines.append(f"  {kind:<28} {rec['count']:>5}  {produce:>13}  {leader:>13}")
-    return "\n".join(lines) + "\n"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
 __all__ = [
     "ChaosRun",
     "campaign_figures",
-    "format_campaign",
     "main",
     "replay_command",
     "run_chaos",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from raftmq.chaos.checker import check
 from raftmq.chaos.history import FaultWindow, History
-from raftmq.chaos.runner import ChaosRun, campaign_figures, format_campaign
+from raftmq.chaos.report import format_campaign
+from raftmq.chaos.runner import ChaosRun, campaign_figures
 from raftmq.chaos.workload import FinalRead
 
 
