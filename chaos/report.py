@@ -22,6 +22,8 @@ from raftmq.chaos.history import FaultWindow, History, Op, write_jsonl
 
 REPORT_FILE = "report.json"
 HISTORY_FILE = "history.jsonl"
+# Fault windows are labelled by kind on the timeline only up to this many faults.
+TIMELINE_LABELS_MAX = 20
 TIMELINE_FILE = "timeline.png"
 
 # Examples printed per anomaly kind in the summary (the JSON report keeps more).
@@ -199,6 +201,8 @@ def render_timeline(
                     linestyle=":",
                     linewidth=1.2,
                 )
+        if len(faults) > TIMELINE_LABELS_MAX:
+            continue  # a long run: the legend's colours name the kinds, labels would pile up
         # Staggered so that labels of close faults do not overlap; a fault near the right edge
         # is labelled leftwards from its end so that the label stays inside the panel.
         near_end = start_s > 0.8 * end_s
