@@ -597,8 +597,9 @@ def read_replica_logs(
 ) -> tuple[list[ReplicaLog], list[str]]:
     """Open each stopped broker's RocksDB store (`DIR/log`) and describe every replica of
     `topic`: its high watermark and log end offset as recovered from the store, and the
-    SHA-256 of its stored batch bytes below the lowest high watermark of that partition's
-    replicas (so that every replica is compared with every other), in offset order.
+    SHA-256 of its stored batch bytes, in offset order, below the lowest high watermark of
+    that partition's replicas (so that every replica is compared with every other) and
+    below its own high watermark (for replicas that share it).
 
     Call only after the broker processes exited (RocksDB allows one writer). Returns the
     replica logs and problems found on the way (a store that cannot be opened, a replica
