@@ -40,6 +40,10 @@ class ErrorCode(enum.IntEnum):
     POLICY_VIOLATION = 27
     KAFKA_STORAGE_ERROR = 28
     DUPLICATE_BROKER_REGISTRATION = 29
+    INCONSISTENT_CLUSTER_ID = 30
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 31
+    UNKNOWN_PRODUCER_ID = 32
+    INVALID_PRODUCER_EPOCH = 33
 
     @property
     def retriable(self) -> bool:

@@ -75,6 +75,11 @@ class BrokerServiceStub:
                 request_serializer=raftmq_dot_v1_dot_controller__pb2.DescribeClusterRequest.SerializeToString,
                 response_deserializer=raftmq_dot_v1_dot_controller__pb2.DescribeClusterResponse.FromString,
                 _registered_method=True)
+        self.InitProducerId = channel.unary_unary(
+                '/raftmq.v1.BrokerService/InitProducerId',
+                request_serializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdRequest.SerializeToString,
+                response_deserializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -128,6 +133,13 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitProducerId(self, request, context):
+        """A producer id and epoch for an idempotent producer (Kafka's InitProducerId).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.DescribeCluster,
                     request_deserializer=raftmq_dot_v1_dot_controller__pb2.DescribeClusterRequest.FromString,
                     response_serializer=raftmq_dot_v1_dot_controller__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'InitProducerId': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitProducerId,
+                    request_deserializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdRequest.FromString,
+                    response_serializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class BrokerService:
             '/raftmq.v1.BrokerService/DescribeCluster',
             raftmq_dot_v1_dot_controller__pb2.DescribeClusterRequest.SerializeToString,
             raftmq_dot_v1_dot_controller__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitProducerId(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmq.v1.BrokerService/InitProducerId',
+            raftmq_dot_v1_dot_broker__pb2.InitProducerIdRequest.SerializeToString,
+            raftmq_dot_v1_dot_broker__pb2.InitProducerIdResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_VIOLATION: _ClassVar[ErrorCode]
     KAFKA_STORAGE_ERROR: _ClassVar[ErrorCode]
     DUPLICATE_BROKER_REGISTRATION: _ClassVar[ErrorCode]
+    INCONSISTENT_CLUSTER_ID: _ClassVar[ErrorCode]
+    OUT_OF_ORDER_SEQUENCE_NUMBER: _ClassVar[ErrorCode]
+    UNKNOWN_PRODUCER_ID: _ClassVar[ErrorCode]
+    INVALID_PRODUCER_EPOCH: _ClassVar[ErrorCode]
 NONE: ErrorCode
 UNKNOWN_SERVER_ERROR: ErrorCode
 INVALID_REQUEST: ErrorCode
@@ -69,6 +73,10 @@ INVALID_REQUIRED_ACKS: ErrorCode
 POLICY_VIOLATION: ErrorCode
 KAFKA_STORAGE_ERROR: ErrorCode
 DUPLICATE_BROKER_REGISTRATION: ErrorCode
+INCONSISTENT_CLUSTER_ID: ErrorCode
+OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode
+UNKNOWN_PRODUCER_ID: ErrorCode
+INVALID_PRODUCER_EPOCH: ErrorCode
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "retriable", "leader_id", "leader_endpoint")

@@ -16,26 +16,30 @@ PREFERRED: ElectionType
 UNCLEAN: ElectionType
 
 class RegisterBrokerRequest(_message.Message):
-    __slots__ = ("broker_id", "endpoint", "rack", "incarnation_id", "request_id")
+    __slots__ = ("broker_id", "endpoint", "rack", "incarnation_id", "request_id", "cluster_id")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     RACK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     endpoint: _common_pb2.Endpoint
     rack: str
     incarnation_id: str
     request_id: str
-    def __init__(self, broker_id: _Optional[int] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., rack: _Optional[str] = ..., incarnation_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, broker_id: _Optional[int] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., rack: _Optional[str] = ..., incarnation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class RegisterBrokerResponse(_message.Message):
-    __slots__ = ("error", "broker_epoch")
+    __slots__ = ("error", "broker_epoch", "cluster_id")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     error: _common_pb2.Error
     broker_epoch: int
-    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., broker_epoch: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., broker_epoch: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class BrokerHeartbeatRequest(_message.Message):
     __slots__ = ("broker_id", "broker_epoch", "metadata_version", "want_fence")
@@ -249,15 +253,37 @@ class QuorumInfo(_message.Message):
     def __init__(self, leader_id: _Optional[int] = ..., term: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[QuorumVoter, _Mapping]]] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ...) -> None: ...
 
 class DescribeClusterResponse(_message.Message):
-    __slots__ = ("error", "controller", "brokers", "topics", "metadata_version")
+    __slots__ = ("error", "controller", "brokers", "topics", "metadata_version", "cluster_id")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_FIELD_NUMBER: _ClassVar[int]
     BROKERS_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     METADATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     error: _common_pb2.Error
     controller: QuorumInfo
     brokers: _containers.RepeatedCompositeFieldContainer[_common_pb2.BrokerInfo]
     topics: _containers.RepeatedCompositeFieldContainer[_common_pb2.Topic]
     metadata_version: int
-    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., controller: _Optional[_Union[QuorumInfo, _Mapping]] = ..., brokers: _Optional[_Iterable[_Union[_common_pb2.BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[_common_pb2.Topic, _Mapping]]] = ..., metadata_version: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., controller: _Optional[_Union[QuorumInfo, _Mapping]] = ..., brokers: _Optional[_Iterable[_Union[_common_pb2.BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[_common_pb2.Topic, _Mapping]]] = ..., metadata_version: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+
+class AllocateProducerIdsRequest(_message.Message):
+    __slots__ = ("broker_id", "broker_epoch", "request_id")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    broker_epoch: int
+    request_id: str
+    def __init__(self, broker_id: _Optional[int] = ..., broker_epoch: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AllocateProducerIdsResponse(_message.Message):
+    __slots__ = ("error", "first_producer_id", "count")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIRST_PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    error: _common_pb2.Error
+    first_producer_id: int
+    count: int
+    def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., first_producer_id: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
