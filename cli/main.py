@@ -15,6 +15,8 @@ from raftmq import wire
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.log import configure_logging
+from raftmq.node_meta import DataDirError
+from raftmq.ports import PortInUseError
 from raftmq.v1 import controller_pb2 as pb
 
 from . import format as fmt
@@ -251,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raft-listen", required=True, help="Raft HOST:PORT to bind")
     p.add_argument("--voters", required=True, help="ID@HOST:RAFTPORT,... (1, 3 or 5 voters)")
     p.add_argument("--data-dir", required=True)
+    p.add_argument(
+        "--cluster-id",
+        default="",
+        help="the cluster to form or join (default: the quorum's first leader creates one)",
+    )
     p.add_argument("--raft-secret-file", help="file holding the Raft shared secret")
     p.add_argument("--raft-secret", help=argparse.SUPPRESS)
     p.add_argument(
@@ -268,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="HOST:PORT clients and peers connect to (default: --listen)")
     p.add_argument("--controllers", required=True, help="controller HOST:PORT,...")
     p.add_argument("--data-dir", required=True)
+    p.add_argument("--cluster-id", default="", help="refuse to join a quorum of any other cluster")
     p.add_argument("--rack", default="")
     p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
     p.add_argument("--replica-lag-time-max-ms", type=int, default=10_000)
@@ -370,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except RaftmqError as e:
         print(f"error: {e.code.name}: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except (DataDirError, PortInUseError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
