@@ -12,6 +12,7 @@ import grpc
 import structlog
 from raftmq import wire
 from raftmq.client.controller_client import EndpointPool
+from raftmq.lifecycle import guarded_thread
 from raftmq.metadata import BrokerRegistration, ControllerRecord, TopicRecord
 from raftmq.v1 import controller_pb2 as pb
 
@@ -76,7 +77,11 @@ class MetadataImage:
 
 class MetadataCache:
     """Follows the controllers' watch stream on its own thread and calls `listener` with
-    every new image (on that thread, in version order)."""
+    every new image (on that thread, in version order).
+
+    A broken stream is retried on another controller. A listener that fails to apply an
+    image ends the process (`on_fatal`): metadata frozen at an old version while heartbeats
+    still report the broker caught up would make a node that looks healthy and is not."""
 
     def __init__(
         self,
@@ -84,15 +89,23 @@ class MetadataCache:
         *,
         watcher_name: str,
         listener: Callable[[MetadataImage], None],
+        on_fatal: Callable[[str], None],
     ) -> None:
         self.pool = pool
         self.watcher_name = watcher_name
         self.listener = listener
+        self.on_fatal = on_fatal
         self.image = MetadataImage()
         self._updated = threading.Condition()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="metadata-watch", daemon=True)
         self.log = structlog.get_logger("raftmq.broker").bind(watcher=watcher_name)
+        self._thread = guarded_thread(
+            self._run,
+            name="metadata-watch",
+            stopping=self._stopping,
+            on_fatal=on_fatal,
+            log=self.log,
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -117,6 +130,9 @@ class MetadataCache:
                 except grpc.RpcError as e:
                     code = wire.rpc_status(e)
                     self.log.info("metadata.watch_broken", endpoint=endpoint, code=str(code))
+                except ListenerError as e:
+                    self.on_fatal(str(e))
+                    return
             self._stopping.wait(backoff_ms / 1000)
             backoff_ms = min(RECONNECT_BACKOFF_MS_MAX, backoff_ms * 2)
 
@@ -136,15 +152,27 @@ class MetadataCache:
                     return
                 # Keepalives repeat the current version; the server never sends an older one.
                 if update.snapshot or update.version > self.image.version:
-                    image = self.image.apply(update)
-                    with self._updated:
-                        self.image = image
-                        self._updated.notify_all()
-                    self.listener(image)
+                    self._apply(update)
                 timer = _idle_timer(stream.cancel)
         finally:
             timer.cancel()
             stream.cancel()
+
+    def _apply(self, update: pb.MetadataUpdate) -> None:
+        image = self.image.apply(update)
+        try:
+            self.listener(image)
+        except Exception as e:
+            self.log.exception("metadata.apply_failed", version=image.version)
+            raise ListenerError(f"applying metadata version {image.version} failed: {e!r}") from e
+        # Published only once applied: heartbeats report this version as caught up.
+        with self._updated:
+            self.image = image
+            self._updated.notify_all()
+
+
+class ListenerError(Exception):
+    """The broker could not apply a metadata image."""
 
 
 def _idle_timer(cancel: Callable[[], object]) -> threading.Timer:

@@ -14,7 +14,8 @@ import structlog
 from raftmq import wire
 from raftmq.broker.partition import Partition, now_ms
 from raftmq.broker.replication import truncation_offset
-from raftmq.errors import ErrorCode
+from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.lifecycle import guarded_thread
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
 
@@ -23,6 +24,8 @@ FETCH_BYTES_MAX = 16 << 20
 PARTITION_FETCH_BYTES_MAX = 4 << 20
 # After an error for a partition (leader not ready, epoch mismatch), retry after this.
 PARTITION_BACKOFF_MS = 200
+# After a local failure applying a partition's data (storage error, corrupt batch).
+PARTITION_ERROR_BACKOFF_MS = 1_000
 # After a transport failure for the whole leader.
 LEADER_BACKOFF_MS_MAX = 1_000
 
@@ -44,6 +47,8 @@ class ReplicaFetcher:
         leader_id: int,
         endpoint: str,
         wait_durable: Callable[[], None],
+        broker_epoch: Callable[[], int],
+        on_fatal: Callable[[str], None],
     ) -> None:
         self.broker_id = broker_id
         # Under the `batch` flush policy a follower's copy must be durable before its next
@@ -51,7 +56,8 @@ class ReplicaFetcher:
         self.wait_durable = wait_durable
         self.leader_id = leader_id
         self.endpoint = endpoint
-        self.broker_epoch = -1
+        # Read at every fetch: after a re-registration the leader must see the new epoch.
+        self.broker_epoch = broker_epoch
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
@@ -59,11 +65,15 @@ class ReplicaFetcher:
         self._targets: dict[PartitionKey, FetchTarget] = {}
         self._channel = grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
         self._stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
-        self._thread = threading.Thread(
-            target=self._run, name=f"replica-fetcher-{leader_id}", daemon=True
-        )
         self.log = structlog.get_logger("raftmq.broker").bind(
             node_id=broker_id, leader=leader_id, endpoint=endpoint
+        )
+        self._thread = guarded_thread(
+            self._run,
+            name=f"replica-fetcher-{leader_id}",
+            stopping=self._stopping,
+            on_fatal=on_fatal,
+            log=self.log,
         )
 
     def start(self) -> None:
@@ -103,7 +113,7 @@ class ReplicaFetcher:
                 continue
             request = pb.FetchRequest(
                 replica_id=self.broker_id,
-                replica_broker_epoch=self.broker_epoch,
+                replica_broker_epoch=self.broker_epoch(),
                 max_wait_ms=FETCH_MAX_WAIT_MS,
                 min_bytes=1,
                 max_bytes=FETCH_BYTES_MAX,
@@ -130,14 +140,29 @@ class ReplicaFetcher:
                 backoff_ms = min(LEADER_BACKOFF_MS_MAX, backoff_ms * 2)
                 continue
             backoff_ms = 50
-            by_key = {(t.partition.topic, t.partition.index): t for t in ready.values()}
             appended = False
             for result in response.partitions:
-                found = by_key.get((result.topic, result.partition))
+                found = ready.get((bytes(result.topic_id), result.partition))
                 if found is not None:
-                    appended |= self._handle(found, result)
+                    appended |= self._handle_guarded(found, result)
             if appended:
                 self.wait_durable()
+
+    def _handle_guarded(self, target: FetchTarget, result: pb.PartitionFetchResult) -> bool:
+        """`_handle`, with one partition's failure (a storage error, a corrupt batch from
+        the leader) confined to that partition: it is logged and retried after a backoff,
+        while the other partitions of this leader keep replicating."""
+        try:
+            return self._handle(target, result)
+        except Exception as e:
+            target.backoff_until_ms = now_ms() + PARTITION_ERROR_BACKOFF_MS
+            self.log.error(
+                "replica.partition_failed",
+                partition=target.partition.name,
+                error=str(e),
+                exc_info=not isinstance(e, RaftmqError),
+            )
+            return False
 
     def _handle(self, target: FetchTarget, result: pb.PartitionFetchResult) -> bool:
         """Apply one partition's fetch result; True if records were appended."""

@@ -24,6 +24,7 @@ from raftmq.broker.partition import (
 from raftmq.broker.replica_fetcher import ReplicaFetcher
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.lifecycle import guarded_thread
 from raftmq.metadata import NO_LEADER
 from raftmq.topic_config import TopicConfig
 from raftmq.v1 import controller_pb2 as cpb
@@ -44,18 +45,24 @@ class ReplicaManager:
         controllers: EndpointPool,
         broker_epoch: Callable[[], int],
         replica_lag_time_max_ms: int,
+        on_fatal: Callable[[str], None],
     ) -> None:
         self.broker_id = broker_id
         self.store = store
         self.controllers = controllers
         self.broker_epoch = broker_epoch
         self.replica_lag_time_max_ms = replica_lag_time_max_ms
+        self.on_fatal = on_fatal
         self.signals = BrokerSignals()
         self._lock = threading.Lock()
         # Partitions assigned to this broker, by (topic id, index) and by (name, index).
+        # Invariant: every value of _by_name is a value of _partitions, under its own
+        # topic's current name (a deleted topic's partition never shadows a new one's).
         self._partitions: dict[PartitionKey, Partition] = {}
         self._by_name: dict[tuple[str, int], Partition] = {}
-        # One fetcher per leader broker we follow something from.
+        # One fetcher per leader broker we follow something from. Owned by the metadata
+        # thread (apply_image), and by stop() once that thread has ended: no other thread
+        # reads or changes it, so a fetcher is never stopped while a partition is added.
         self._fetchers: dict[int, ReplicaFetcher] = {}
         self._proposals: queue.Queue[tuple[Partition, frozenset[int], int, int]] = queue.Queue(
             maxsize=ISR_PROPOSALS_MAX
@@ -65,11 +72,23 @@ class ReplicaManager:
         # Brokers the latest metadata image shows unfenced and not shutting down: the only
         # ones an ISR expansion may add (set on the metadata thread, read by the duties).
         self._eligible_replicas: frozenset[int] = frozenset()
-        self._threads = [
-            threading.Thread(target=self._duty_loop, name="replica-duties", daemon=True),
-            threading.Thread(target=self._proposal_loop, name="isr-proposals", daemon=True),
-        ]
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
+        self._threads = [
+            guarded_thread(
+                self._duty_loop,
+                name="replica-duties",
+                stopping=self._stopping,
+                on_fatal=on_fatal,
+                log=self.log,
+            ),
+            guarded_thread(
+                self._proposal_loop,
+                name="isr-proposals",
+                stopping=self._stopping,
+                on_fatal=on_fatal,
+                log=self.log,
+            ),
+        ]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -100,6 +119,17 @@ class ReplicaManager:
             )
         return p
 
+    def partition_by_id(self, topic_id: bytes, index: int) -> Partition:
+        with self._lock:
+            p = self._partitions.get((topic_id, index))
+        if p is None:
+            raise RaftmqError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                f"topic id {topic_id.hex()} partition {index} is not hosted on broker "
+                f"{self.broker_id}",
+            )
+        return p
+
     def partitions(self) -> list[Partition]:
         with self._lock:
             return list(self._partitions.values())
@@ -127,6 +157,11 @@ class ReplicaManager:
             gone = [k for k in self._partitions if k not in wanted]
         for key in gone:
             self._drop(key)
+        # Fetchers left with nothing to follow from their leader are stopped.
+        for leader_id, fetcher in list(self._fetchers.items()):
+            if len(fetcher) == 0:
+                fetcher.stop()
+                del self._fetchers[leader_id]
         if not self._first_image_applied:
             self._first_image_applied = True
             # Logs on disk for topics deleted while this broker was down.
@@ -179,8 +214,9 @@ class ReplicaManager:
                 leader_id=partition.leader_id,
                 endpoint=endpoint,
                 wait_durable=self.store.wait_durable,
+                broker_epoch=self.broker_epoch,
+                on_fatal=self.on_fatal,
             )
-            fetcher.broker_epoch = self.broker_epoch()
             fetcher.start()
             self._fetchers[partition.leader_id] = fetcher
         fetcher.add(partition, partition.leader_epoch)
@@ -190,7 +226,11 @@ class ReplicaManager:
             partition = self._partitions.pop(key, None)
             if partition is None:
                 return
-            self._by_name.pop((partition.topic, partition.index), None)
+            name_key = (partition.topic, partition.index)
+            # A topic deleted and re-created under the same name in one metadata change:
+            # the name already maps to the new partition, which must stay reachable.
+            if self._by_name.get(name_key) is partition:
+                del self._by_name[name_key]
         for fetcher in self._fetchers.values():
             fetcher.remove(key)
         partition.stop()
@@ -218,20 +258,19 @@ class ReplicaManager:
                 last_retention_ms = now
                 wall_ms = int(time.time() * 1000)
                 for partition in self.partitions():
-                    with partition.lock:
-                        removed = partition.log.enforce_retention(
-                            now_ms=wall_ms,
-                            retention_ms=partition.config.retention_ms,
-                            retention_bytes=partition.config.retention_bytes,
-                        )
-                        partition.log.checkpoint_high_watermark()
+                    try:
+                        with partition.lock:
+                            removed = partition.log.enforce_retention(
+                                now_ms=wall_ms,
+                                retention_ms=partition.config.retention_ms,
+                                retention_bytes=partition.config.retention_bytes,
+                            )
+                            partition.log.checkpoint_high_watermark()
+                    except Exception:
+                        self.log.exception("log.retention_failed", partition=partition.name)
+                        continue
                     if removed:
                         partition.log_ctx.info("log.retention_applied", removed=removed)
-            # Idle fetchers (nothing followed from that leader any more) are stopped.
-            for leader_id, fetcher in list(self._fetchers.items()):
-                if len(fetcher) == 0:
-                    fetcher.stop()
-                    del self._fetchers[leader_id]
 
     def _enqueue_proposal(
         self, partition: Partition, isr: frozenset[int], leader_epoch: int, partition_epoch: int
@@ -247,7 +286,13 @@ class ReplicaManager:
                 partition, isr, leader_epoch, partition_epoch = self._proposals.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._send_proposal(partition, isr, leader_epoch, partition_epoch)
+            try:
+                self._send_proposal(partition, isr, leader_epoch, partition_epoch)
+            except Exception:
+                # This proposal is dropped (the partition proposes again on its next duty
+                # tick); the loop goes on with the others.
+                self.log.exception("partition.isr_proposal_failed", partition=partition.name)
+                partition.on_isr_proposal_failed(partition_epoch)
 
     def _send_proposal(
         self, partition: Partition, isr: frozenset[int], leader_epoch: int, partition_epoch: int

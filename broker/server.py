@@ -148,6 +148,17 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     # ------------------------------------------------------------ fetch
 
     def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.FetchResponse:
+        if request.replica_id >= 0:
+            stale = self._stale_replica(request.replica_id, request.replica_broker_epoch)
+            if stale is not None:
+                return pb.FetchResponse(
+                    partitions=[
+                        pb.PartitionFetchResult(
+                            topic=d.topic, topic_id=d.topic_id, partition=d.partition, error=stale
+                        )
+                        for d in request.partitions
+                    ]
+                )
         max_wait_ms = min(max(request.max_wait_ms, 0), FETCH_WAIT_MS_MAX)
         deadline_s = time.monotonic() + max_wait_ms / 1000
         max_bytes = request.max_bytes if request.max_bytes > 0 else 16 << 20
@@ -162,6 +173,26 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 return response
             signals.wait_for_change(generation, min(remaining_s, 1.0))
 
+    def _stale_replica(self, replica_id: int, replica_broker_epoch: int) -> cpb.Error | None:
+        """A follower fetching as an older incarnation than our metadata shows is refused:
+        its fetch offsets must not count toward the high watermark (a newer incarnation may
+        have lost an unflushed tail). A newer epoch than ours means our metadata lags."""
+        known = self.metadata.image.brokers.get(replica_id)
+        if known is None or replica_broker_epoch >= known.broker_epoch:
+            return None
+        return wire.error_to_pb(
+            ErrorCode.STALE_BROKER_EPOCH,
+            f"broker {replica_id} fetched with broker epoch {replica_broker_epoch}; its "
+            f"current registration has epoch {known.broker_epoch}",
+        )
+
+    def _partition(self, data: pb.PartitionFetchData) -> Partition:
+        """Replica fetchers name the partition by topic id (a topic deleted and re-created
+        under the same name is another partition); consumers by name."""
+        if data.topic_id:
+            return self.replicas.partition_by_id(bytes(data.topic_id), data.partition)
+        return self.replicas.partition(data.topic, data.partition)
+
     def _collect(
         self, request: pb.FetchRequest, max_bytes: int
     ) -> tuple[pb.FetchResponse, int, bool]:
@@ -169,14 +200,16 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         total_bytes = 0
         must_answer = False
         for data in request.partitions:
-            result = response.partitions.add(topic=data.topic, partition=data.partition)
+            result = response.partitions.add(
+                topic=data.topic, topic_id=data.topic_id, partition=data.partition
+            )
             budget = max_bytes - total_bytes
             partition_max = data.partition_max_bytes if data.partition_max_bytes > 0 else 1 << 20
             # Past the request's budget, still read with a tiny budget: one batch at most is
             # returned only for the first partition, so skip the others.
             budget = max(0, budget)
             try:
-                partition = self.replicas.partition(data.topic, data.partition)
+                partition = self._partition(data)
                 if request.replica_id >= 0:
                     read: ReadResult = partition.read_for_follower(
                         request.replica_id,
@@ -196,7 +229,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 must_answer = True
                 if e.code == ErrorCode.OFFSET_OUT_OF_RANGE:
                     try:
-                        p = self.replicas.partition(data.topic, data.partition)
+                        p = self._partition(data)
                         with p.lock:
                             result.log_start_offset = p.log.log_start_offset
                             result.log_end_offset = p.log.log_end_offset

@@ -66,8 +66,7 @@ _SUBNET_PREFIX = "10.213."
 _BRIDGE_HOST = 1
 _NODE_HOST_FIRST = 11
 # Fixed ports: every node has its own address (or, on loopback, LocalCluster picks free ones).
-_BROKER_PORT = 9092
-_CONTROLLER_PORT = 19092
+_BASE_PORT = 9092
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,8 +410,7 @@ class ChaosCluster:
                 self.data_dir,
                 controllers=CONTROLLERS,
                 brokers=BROKERS,
-                controller_base_port=_CONTROLLER_PORT,
-                broker_base_port=_BROKER_PORT,
+                base_port=_BASE_PORT,
                 session_timeout_ms=self.tuning.session_timeout_ms,
                 broker_args=broker_args,
                 controller_hosts=[network.addresses[n] for n in self.controller_names],

@@ -107,7 +107,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     configure_logging(json=args.log_json)
     listen = wire.parse_host_port(args.listen)
-    run_broker(
+    return run_broker(
         BrokerOptions(
             node_id=args.node_id,
             listen=listen,
@@ -117,9 +117,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
             rack=args.rack,
             flush_policy=args.flush_policy,
             replica_lag_time_max_ms=args.replica_lag_time_max_ms,
+            cluster_id=args.cluster_id,
         )
     )
-    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -286,9 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./raftmq-data")
     p.add_argument("--controllers", type=int, default=3, choices=[1, 3, 5])
     p.add_argument("--brokers", type=int, default=3)
-    p.add_argument("--base-port", type=int, default=9092, help="first broker port")
-    p.add_argument("--controller-base-port", type=int, default=19092)
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=9092,
+        help="every port from this one: brokers BASE.., controllers BASE+100.., Raft BASE+200..",
+    )
     p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
+    p.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="stop the whole cluster when a node exits, instead of restarting it",
+    )
     p.set_defaults(func=cmd_up)
 
     topic = sub.add_parser("topic", help="create, list, describe and delete topics")

@@ -3,6 +3,15 @@ chaos suite all use this one launcher.
 
 Every process is started in its own session (so a terminal's Ctrl-C reaches only the
 launcher, which then stops the nodes in order) and is only ever signalled by its PID.
+Nodes never outlive the launcher: each inherits the read end of a pipe whose write end
+only the launcher process holds (`raftmq.lifecycle.NodeLifecycle.watch_launcher`); when the
+launcher dies, even by SIGKILL, the kernel closes that end and every node stops.
+
+Ports, from one base port B (`raftmq up --base-port`, default 9092):
+
+    B + i        broker i+1, gRPC          (i < 64)
+    B + 100 + i  controller i+1, gRPC      (i < 5)
+    B + 200 + i  controller i+1, Raft      (i < 5)
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,10 +32,40 @@ from typing import IO
 
 import grpc
 from raftmq import wire
+from raftmq.lifecycle import PARENT_FD_ENV
 from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc
 
 STOP_TIMEOUT_S = 10.0
+BROKERS_MAX = 64
+CONTROLLER_PORT_OFFSET = 100
+RAFT_PORT_OFFSET = 200
+
+_launcher_pipe_lock = threading.Lock()
+_launcher_pipe_read_fd: int | None = None
+
+
+def launcher_pipe_fd() -> int:
+    """The read end of this process's launcher pipe, created once per process. The write
+    end is deliberately never closed: only this process's exit closes it."""
+    global _launcher_pipe_read_fd
+    with _launcher_pipe_lock:
+        if _launcher_pipe_read_fd is None:
+            # Both ends are non-inheritable: a node receives only the read end (pass_fds).
+            read_fd, _write_fd = os.pipe()
+            _launcher_pipe_read_fd = read_fd
+        return _launcher_pipe_read_fd
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with status 1' / 'was killed by SIGKILL'."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -52,6 +92,8 @@ class ManagedProcess:
     log_path: Path
     wrapper: list[str] = field(default_factory=list)
     popen: subprocess.Popen[bytes] | None = None
+    # time.monotonic() of the last start.
+    started_s: float = 0.0
     _log_file: IO[bytes] | None = None
 
     @property
@@ -60,9 +102,11 @@ class ManagedProcess:
 
     def start(self) -> None:
         assert not self.running, f"{self.name} is already running"
+        self._close_log()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log_path.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        parent_fd = launcher_pipe_fd()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_FD_ENV: str(parent_fd)})
         self.popen = subprocess.Popen(
             [*self.wrapper, sys.executable, "-m", "raftmq.cli.main", *self.argv],
             stdout=self._log_file,
@@ -70,7 +114,14 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            pass_fds=(parent_fd,),
         )
+        self.started_s = time.monotonic()
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of the last run once it ended (negative: killed by that signal)."""
+        return self.popen.poll() if self.popen is not None else None
 
     @property
     def running(self) -> bool:
@@ -109,6 +160,20 @@ class ManagedProcess:
             self._log_file = None
 
 
+def layout_from_base_port(
+    base_port: int, *, controllers: int, brokers: int, host: str = "127.0.0.1"
+) -> ClusterLayout:
+    """Every port of a local cluster from one base port (see the module docstring)."""
+    assert base_port > 0 and base_port + RAFT_PORT_OFFSET + controllers <= 65535
+    assert brokers <= BROKERS_MAX <= CONTROLLER_PORT_OFFSET
+    return ClusterLayout(
+        host,
+        controller_ports=[base_port + CONTROLLER_PORT_OFFSET + i for i in range(controllers)],
+        raft_ports=[base_port + RAFT_PORT_OFFSET + i for i in range(controllers)],
+        broker_ports=[base_port + i for i in range(brokers)],
+    )
+
+
 @dataclass
 class ClusterLayout:
     host: str
@@ -142,6 +207,16 @@ class ClusterLayout:
     def broker_endpoints(self) -> list[str]:
         return [f"{self.broker_host(i)}:{p}" for i, p in enumerate(self.broker_ports)]
 
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(node name, host, port) of every port the cluster binds."""
+        out = [(f"broker-{i + 1}", self.broker_host(i), p) for i, p in enumerate(self.broker_ports)]
+        for i, (grpc_port, raft_port) in enumerate(
+            zip(self.controller_ports, self.raft_ports, strict=True)
+        ):
+            out.append((f"controller-{i + 1}", self.controller_host(i), grpc_port))
+            out.append((f"controller-{i + 1}", self.controller_host(i), raft_port))
+        return out
+
 
 class LocalCluster:
     """Controllers and brokers as local processes under one data directory."""
@@ -153,8 +228,8 @@ class LocalCluster:
         controllers: int = 3,
         brokers: int = 3,
         host: str = "127.0.0.1",
-        broker_base_port: int | None = None,
-        controller_base_port: int | None = None,
+        base_port: int | None = None,
+        cluster_id: str = "",
         session_timeout_ms: int = 4_000,
         broker_args: Sequence[str] = (),
         controller_args: Sequence[str] = (),
@@ -162,35 +237,33 @@ class LocalCluster:
         broker_hosts: Sequence[str] = (),
         wrappers: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """`controller_hosts` / `broker_hosts` give each node its own address (default: all
-        on `host`); `wrappers` prefixes a node's command line, by process name (e.g.
-        `{"broker-1": ["ip", "netns", "exec", "ns1"]}`)."""
+        """`base_port`: every port from it (see the module docstring); None: free ports the
+        kernel picks. `controller_hosts` / `broker_hosts` give each node its own address
+        (default: all on `host`); `wrappers` prefixes a node's command line, by process
+        name (e.g. `{"broker-1": ["ip", "netns", "exec", "ns1"]}`). `cluster_id`: passed
+        to every node (""): the quorum's first leader creates one)."""
         assert controllers in (1, 3, 5)
-        assert 0 <= brokers <= 64
+        assert 0 <= brokers <= BROKERS_MAX
         assert not controller_hosts or len(controller_hosts) == controllers
         assert not broker_hosts or len(broker_hosts) == brokers
         wrappers = wrappers or {}
         self.data_dir = data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if controller_base_port is None:
-            ports = free_ports(2 * controllers)
-            controller_ports, raft_ports = ports[:controllers], ports[controllers:]
+        if base_port is None:
+            ports = free_ports(2 * controllers + brokers)
+            self.layout = ClusterLayout(
+                host,
+                controller_ports=ports[:controllers],
+                raft_ports=ports[controllers : 2 * controllers],
+                broker_ports=ports[2 * controllers :],
+            )
         else:
-            controller_ports = [controller_base_port + i for i in range(controllers)]
-            raft_ports = [controller_base_port + 100 + i for i in range(controllers)]
-        broker_ports = (
-            free_ports(brokers)
-            if broker_base_port is None
-            else [broker_base_port + i for i in range(brokers)]
-        )
-        self.layout = ClusterLayout(
-            host,
-            controller_ports,
-            raft_ports,
-            broker_ports,
-            controller_hosts=list(controller_hosts),
-            broker_hosts=list(broker_hosts),
-        )
+            self.layout = layout_from_base_port(
+                base_port, controllers=controllers, brokers=brokers, host=host
+            )
+        self.layout.controller_hosts = list(controller_hosts)
+        self.layout.broker_hosts = list(broker_hosts)
+        cluster_args = [f"--cluster-id={cluster_id}"] if cluster_id else []
         secret_path = self.data_dir / "raft.secret"
         if not secret_path.exists():
             secret_path.write_text(secrets.token_hex(16))
@@ -211,6 +284,7 @@ class LocalCluster:
                     f"--raft-secret-file={secret_path}",
                     f"--session-timeout-ms={session_timeout_ms}",
                     "--log-json",
+                    *cluster_args,
                     *controller_args,
                 ],
                 self.data_dir / "logs" / f"{name}.log",
@@ -229,6 +303,7 @@ class LocalCluster:
                     f"--controllers={','.join(self.layout.controller_endpoints)}",
                     f"--data-dir={self.data_dir / name}",
                     "--log-json",
+                    *cluster_args,
                     *broker_args,
                 ],
                 self.data_dir / "logs" / f"{name}.log",
@@ -273,19 +348,19 @@ class LocalCluster:
                 return response
         return None
 
+    def is_ready(self, *, brokers: int | None = None) -> bool:
+        """The quorum has a leader and `brokers` (default: all) are unfenced."""
+        wanted = len(self.brokers) if brokers is None else brokers
+        status = self.describe()
+        if status is None or status.controller.leader_id < 0:
+            return False
+        return sum(1 for b in status.brokers if not b.fenced) >= wanted
+
     def wait_ready(self, timeout_s: float = 60.0, *, brokers: int | None = None) -> None:
         """Wait until the quorum has a leader and `brokers` (default: all) are unfenced."""
         wanted = len(self.brokers) if brokers is None else brokers
-
-        def ready() -> bool:
-            status = self.describe()
-            if status is None or status.controller.leader_id < 0:
-                return False
-            live = [b for b in status.brokers if not b.fenced]
-            return len(live) >= wanted
-
         wait_until(
-            ready,
+            lambda: self.is_ready(brokers=wanted),
             timeout_s=timeout_s,
             what=f"the cluster ({wanted} live brokers)",
             on_timeout=self.tail_logs,
