@@ -67,9 +67,9 @@ class NodeLifecycle:
 
     def fatal(self, reason: str) -> None:
         """End the process non-zero: an error the node cannot recover from by itself."""
-        _log.error("node.fatal_error", reason=reason)
-        self.request_stop(reason, exit_code=EXIT_FATAL)
         self._arm_hard_exit(EXIT_FATAL)
+        self.request_stop(reason, exit_code=EXIT_FATAL)
+        _log.error("node.fatal_error", reason=reason)
 
     def watch_launcher(self) -> None:
         """If started by a launcher (PARENT_FD_ENV set), stop when that launcher is gone."""
@@ -83,10 +83,9 @@ class NodeLifecycle:
             with contextlib.suppress(OSError):
                 while os.read(fd, 1):
                     pass
-            if not self.stopping.is_set():
-                _log.warning("node.launcher_exited")
-                self.request_stop("the launcher exited", exit_code=0)
-                self._arm_hard_exit(0)
+            # Stop first, log last: the launcher's death may have closed our output too.
+            self._arm_hard_exit(0)
+            self.request_stop("the launcher exited", exit_code=0)
 
         threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
