@@ -99,7 +99,8 @@ class ReplicaManager:
         for fetcher in list(self._fetchers.values()):
             fetcher.stop()
         for thread in self._threads:
-            thread.join(timeout=3)
+            if thread.ident is not None:  # started
+                thread.join(timeout=3)
         with self._lock:
             partitions = list(self._partitions.values())
         for p in partitions:
