@@ -73,15 +73,251 @@ _RETRIABLE = frozenset(
 
 
 class RaftmqError(Exception):
-    """An operating error with a wire error code. Programmer errors are assertions instead."""
+    """An operating error with a wire error code. Programmer errors are assertions instead.
+
+    `RaftmqError(code, message)` builds the subclass for that code (`NotLeaderOrFollowerError`
+    for NOT_LEADER_OR_FOLLOWER, ...), so callers catch the precise type while every raise
+    site keeps one constructor. `str(e)` says what happened and, for client-facing codes,
+    what to do about it."""
+
+    code: ErrorCode
+
+    def __new__(cls, *args: object, **kwargs: object) -> RaftmqError:
+        if cls is not RaftmqError:
+            return super().__new__(cls)
+        code = args[0] if args else kwargs["code"]
+        assert isinstance(code, ErrorCode)
+        return super().__new__(_BY_CODE.get(code, RaftmqError))
 
     def __init__(self, code: ErrorCode, message: str = "", leader_id: int = -1) -> None:
-        super().__init__(f"{code.name}: {message}" if message else code.name)
+        hint = _HINTS.get(code)
+        text = f"{code.name}: {message}" if message else code.name
+        super().__init__(f"{text} ({hint})" if hint else text)
         self.code = code
         self.message = message
         # With NOT_CONTROLLER / NOT_LEADER_OR_FOLLOWER: the node to ask instead, -1 if unknown.
         self.leader_id = leader_id
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RaftmqError, (self.code, self.message, self.leader_id))
+
     @property
     def retriable(self) -> bool:
         return self.code.retriable
+
+
+class OutcomeUnknownError(RaftmqError):
+    """A request that may or may not have taken effect: it was sent, and then timed out, lost
+    its connection or lost its leader before the answer came. "Maybe written", as opposed
+    to every other error, which means "not written". `cause` is the last error seen."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(ErrorCode.REQUEST_TIMED_OUT, message)
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (OutcomeUnknownError, (self.message,))
+
+
+# What to do, for the codes a client application meets.
+_HINTS: dict[ErrorCode, str] = {
+    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION: "create the topic, or let the writer create it with "
+    "allow_auto_topic_creation=True",
+    ErrorCode.NOT_LEADER_OR_FOLLOWER: "refresh metadata and retry at the current leader",
+    ErrorCode.LEADER_NOT_AVAILABLE: "the partition has no live in-sync leader right now; retry "
+    "after a backoff",
+    ErrorCode.NOT_ENOUGH_REPLICAS: "fewer in-sync replicas than min.insync.replicas; nothing "
+    "was written; retry later",
+    ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND: "the write may or may not survive; an "
+    "idempotent writer may retry it safely",
+    ErrorCode.REQUEST_TIMED_OUT: "the write may or may not have been stored; an idempotent "
+    "writer may retry it safely",
+    ErrorCode.MESSAGE_TOO_LARGE: "nothing was written; send smaller batches or raise the "
+    "topic's max.message.bytes",
+    ErrorCode.CORRUPT_MESSAGE: "nothing was written; the batch bytes are malformed",
+    ErrorCode.OFFSET_OUT_OF_RANGE: "seek to an offset between the log start and the high watermark",
+    ErrorCode.BROKER_NOT_AVAILABLE: "check the bootstrap addresses and that the brokers run",
+    ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER: "nothing was written; the producer lost track of "
+    "its sequence and must re-initialise",
+    ErrorCode.UNKNOWN_PRODUCER_ID: "nothing was written; re-initialise the producer id",
+    ErrorCode.INVALID_PRODUCER_EPOCH: "nothing was written; a newer instance of this producer "
+    "exists",
+    ErrorCode.INCONSISTENT_CLUSTER_ID: "the node and the quorum belong to different clusters",
+    ErrorCode.TOPIC_ALREADY_EXISTS: "pick another name or use the existing topic",
+    ErrorCode.INVALID_TOPIC_NAME: "use [a-zA-Z0-9._-], at most 249 characters, not starting "
+    "with '__'",
+    ErrorCode.INVALID_REPLICATION_FACTOR: "use at most as many replicas as there are live brokers",
+}
+
+
+# One exception type per code (`RaftmqError(code, ...)` builds the right one).
+
+
+class UnknownServerErrorError(RaftmqError):
+    """UNKNOWN_SERVER_ERROR."""
+
+
+class InvalidRequestError(RaftmqError):
+    """INVALID_REQUEST."""
+
+
+class NotControllerError(RaftmqError):
+    """NOT_CONTROLLER."""
+
+
+class ControllerUnavailableError(RaftmqError):
+    """CONTROLLER_UNAVAILABLE."""
+
+
+class StaleControllerEpochError(RaftmqError):
+    """STALE_CONTROLLER_EPOCH."""
+
+
+class UnknownTopicOrPartitionError(RaftmqError):
+    """UNKNOWN_TOPIC_OR_PARTITION."""
+
+
+class TopicAlreadyExistsError(RaftmqError):
+    """TOPIC_ALREADY_EXISTS."""
+
+
+class InvalidTopicNameError(RaftmqError):
+    """INVALID_TOPIC_NAME."""
+
+
+class InvalidPartitionsError(RaftmqError):
+    """INVALID_PARTITIONS."""
+
+
+class InvalidReplicationFactorError(RaftmqError):
+    """INVALID_REPLICATION_FACTOR."""
+
+
+class InvalidConfigError(RaftmqError):
+    """INVALID_CONFIG."""
+
+
+class BrokerNotAvailableError(RaftmqError):
+    """BROKER_NOT_AVAILABLE."""
+
+
+class StaleBrokerEpochError(RaftmqError):
+    """STALE_BROKER_EPOCH."""
+
+
+class InvalidUpdateVersionError(RaftmqError):
+    """INVALID_UPDATE_VERSION."""
+
+
+class IneligibleReplicaError(RaftmqError):
+    """INELIGIBLE_REPLICA."""
+
+
+class NotLeaderOrFollowerError(RaftmqError):
+    """NOT_LEADER_OR_FOLLOWER."""
+
+
+class LeaderNotAvailableError(RaftmqError):
+    """LEADER_NOT_AVAILABLE."""
+
+
+class FencedLeaderEpochError(RaftmqError):
+    """FENCED_LEADER_EPOCH."""
+
+
+class UnknownLeaderEpochError(RaftmqError):
+    """UNKNOWN_LEADER_EPOCH."""
+
+
+class NotEnoughReplicasError(RaftmqError):
+    """NOT_ENOUGH_REPLICAS."""
+
+
+class NotEnoughReplicasAfterAppendError(RaftmqError):
+    """NOT_ENOUGH_REPLICAS_AFTER_APPEND."""
+
+
+class RequestTimedOutError(RaftmqError):
+    """REQUEST_TIMED_OUT."""
+
+
+class MessageTooLargeError(RaftmqError):
+    """MESSAGE_TOO_LARGE."""
+
+
+class CorruptMessageError(RaftmqError):
+    """CORRUPT_MESSAGE."""
+
+
+class OffsetOutOfRangeError(RaftmqError):
+    """OFFSET_OUT_OF_RANGE."""
+
+
+class InvalidRequiredAcksError(RaftmqError):
+    """INVALID_REQUIRED_ACKS."""
+
+
+class PolicyViolationError(RaftmqError):
+    """POLICY_VIOLATION."""
+
+
+class KafkaStorageErrorError(RaftmqError):
+    """KAFKA_STORAGE_ERROR."""
+
+
+class DuplicateBrokerRegistrationError(RaftmqError):
+    """DUPLICATE_BROKER_REGISTRATION."""
+
+
+class InconsistentClusterIdError(RaftmqError):
+    """INCONSISTENT_CLUSTER_ID."""
+
+
+class OutOfOrderSequenceNumberError(RaftmqError):
+    """OUT_OF_ORDER_SEQUENCE_NUMBER."""
+
+
+class UnknownProducerIdError(RaftmqError):
+    """UNKNOWN_PRODUCER_ID."""
+
+
+class InvalidProducerEpochError(RaftmqError):
+    """INVALID_PRODUCER_EPOCH."""
+
+
+_BY_CODE: dict[ErrorCode, type[RaftmqError]] = {
+    ErrorCode.UNKNOWN_SERVER_ERROR: UnknownServerErrorError,
+    ErrorCode.INVALID_REQUEST: InvalidRequestError,
+    ErrorCode.NOT_CONTROLLER: NotControllerError,
+    ErrorCode.CONTROLLER_UNAVAILABLE: ControllerUnavailableError,
+    ErrorCode.STALE_CONTROLLER_EPOCH: StaleControllerEpochError,
+    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION: UnknownTopicOrPartitionError,
+    ErrorCode.TOPIC_ALREADY_EXISTS: TopicAlreadyExistsError,
+    ErrorCode.INVALID_TOPIC_NAME: InvalidTopicNameError,
+    ErrorCode.INVALID_PARTITIONS: InvalidPartitionsError,
+    ErrorCode.INVALID_REPLICATION_FACTOR: InvalidReplicationFactorError,
+    ErrorCode.INVALID_CONFIG: InvalidConfigError,
+    ErrorCode.BROKER_NOT_AVAILABLE: BrokerNotAvailableError,
+    ErrorCode.STALE_BROKER_EPOCH: StaleBrokerEpochError,
+    ErrorCode.INVALID_UPDATE_VERSION: InvalidUpdateVersionError,
+    ErrorCode.INELIGIBLE_REPLICA: IneligibleReplicaError,
+    ErrorCode.NOT_LEADER_OR_FOLLOWER: NotLeaderOrFollowerError,
+    ErrorCode.LEADER_NOT_AVAILABLE: LeaderNotAvailableError,
+    ErrorCode.FENCED_LEADER_EPOCH: FencedLeaderEpochError,
+    ErrorCode.UNKNOWN_LEADER_EPOCH: UnknownLeaderEpochError,
+    ErrorCode.NOT_ENOUGH_REPLICAS: NotEnoughReplicasError,
+    ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND: NotEnoughReplicasAfterAppendError,
+    ErrorCode.REQUEST_TIMED_OUT: RequestTimedOutError,
+    ErrorCode.MESSAGE_TOO_LARGE: MessageTooLargeError,
+    ErrorCode.CORRUPT_MESSAGE: CorruptMessageError,
+    ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRangeError,
+    ErrorCode.INVALID_REQUIRED_ACKS: InvalidRequiredAcksError,
+    ErrorCode.POLICY_VIOLATION: PolicyViolationError,
+    ErrorCode.KAFKA_STORAGE_ERROR: KafkaStorageErrorError,
+    ErrorCode.DUPLICATE_BROKER_REGISTRATION: DuplicateBrokerRegistrationError,
+    ErrorCode.INCONSISTENT_CLUSTER_ID: InconsistentClusterIdError,
+    ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER: OutOfOrderSequenceNumberError,
+    ErrorCode.UNKNOWN_PRODUCER_ID: UnknownProducerIdError,
+    ErrorCode.INVALID_PRODUCER_EPOCH: InvalidProducerEpochError,
+}
+assert set(_BY_CODE) == set(ErrorCode) - {ErrorCode.NONE}
