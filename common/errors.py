@@ -72,6 +72,27 @@ _RETRIABLE = frozenset(
 )
 
 
+# Codes a broker returns only for a produce it refused before appending anything (the
+# proto documents each). NOT_LEADER_OR_FOLLOWER is not here: a broker also returns it when
+# leadership moved after the append, and the write may survive.
+NOTHING_APPENDED_CODES: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.NOT_ENOUGH_REPLICAS,
+        ErrorCode.MESSAGE_TOO_LARGE,
+        ErrorCode.CORRUPT_MESSAGE,
+        ErrorCode.INVALID_REQUIRED_ACKS,
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode.LEADER_NOT_AVAILABLE,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+        ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ErrorCode.UNKNOWN_PRODUCER_ID,
+        ErrorCode.INVALID_PRODUCER_EPOCH,
+    }
+)
+
+
 class RaftmqError(Exception):
     """An operating error with a wire error code. Programmer errors are assertions instead.
 
