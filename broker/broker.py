@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -16,8 +16,9 @@ import structlog
 from raftmq import node_meta, ports, wire
 from raftmq.broker.log_store import FlushPolicy, LogStore
 from raftmq.broker.metadata_cache import MetadataCache, MetadataImage
+from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.replica_manager import ReplicaManager
-from raftmq.broker.server import BrokerServicer
+from raftmq.broker.server import BrokerServicer, TopicDefaults
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.lifecycle import NodeLifecycle, guarded_thread
@@ -44,6 +45,7 @@ class BrokerOptions:
     replica_lag_time_max_ms: int = 10_000
     # The cluster this broker must join ("" : whichever its data dir or the quorum says).
     cluster_id: str = ""
+    topic_defaults: TopicDefaults = field(default_factory=TopicDefaults)
 
 
 class ControllerSession:
@@ -243,6 +245,12 @@ def run_broker(options: BrokerOptions) -> int:
             metadata=metadata,
             controllers=pool,
             wait_durable=store.wait_durable,
+            producer_ids=ProducerIdManager(
+                broker_id=options.node_id,
+                broker_epoch=lambda: session.broker_epoch,
+                controllers=pool,
+            ),
+            topic_defaults=options.topic_defaults,
         ),
         server,
     )

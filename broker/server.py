@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import structlog
 from raftmq import wire
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.partition import Partition, ReadResult
+from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.replica_manager import ReplicaManager
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
@@ -31,6 +33,15 @@ EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
 
 
+@dataclass(frozen=True, slots=True)
+class TopicDefaults:
+    """What an automatically created topic gets (`raftmq broker --default-partitions`, ...)."""
+
+    auto_create: bool = True
+    partitions: int = 1
+    replication_factor: int = 1
+
+
 class BrokerServicer(rpc.BrokerServiceServicer):
     def __init__(
         self,
@@ -40,12 +51,16 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         metadata: MetadataCache,
         controllers: EndpointPool,
         wait_durable: Callable[[], None],
+        producer_ids: ProducerIdManager,
+        topic_defaults: TopicDefaults,
     ) -> None:
         self.broker_id = broker_id
         self.replicas = replicas
         self.metadata = metadata
         self.controllers = controllers
         self.wait_durable = wait_durable
+        self.producer_ids = producer_ids
+        self.topic_defaults = topic_defaults
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
 
     # ------------------------------------------------------------ helpers
@@ -298,12 +313,50 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         self, request: pb.MetadataRequest, context: grpc.ServicerContext
     ) -> pb.MetadataResponse:
         image = self.metadata.image
+        if request.allow_auto_topic_creation and self.topic_defaults.auto_create:
+            for name in request.topics:
+                if name not in image.topics:
+                    self._auto_create(name)
         names = list(request.topics) or sorted(image.topics)
         return pb.MetadataResponse(
             brokers=[wire.broker_to_pb(b) for _, b in sorted(image.brokers.items())],
             topics=[wire.topic_to_pb(image.topics[n]) for n in names if n in image.topics],
             controllers=[wire.controller_to_pb(c) for _, c in sorted(image.controllers.items())],
             metadata_version=image.version,
+        )
+
+    def _auto_create(self, name: str) -> None:
+        """Create a missing topic with the cluster's defaults (Kafka's
+        auto.create.topics.enable). It shows in a later Metadata answer, once the broker's
+        metadata has it. A failure (a bad name, a reserved one) is logged: the topic then
+        stays missing and the client reports UNKNOWN_TOPIC_OR_PARTITION."""
+        response = self._forward(
+            "CreateTopic",
+            ctl.CreateTopicRequest(
+                name=name,
+                partitions=self.topic_defaults.partitions,
+                replication_factor=self.topic_defaults.replication_factor,
+                request_id=f"auto-create-{name}",
+            ),
+            ctl.CreateTopicResponse,
+        )
+        error = wire.error_from_pb(response.error)
+        if error is None:
+            self.log.info("topic.auto_created", topic=name)
+        elif error.code != ErrorCode.TOPIC_ALREADY_EXISTS:
+            self.log.info("topic.auto_create_failed", topic=name, error=str(error))
+
+    def InitProducerId(
+        self, request: pb.InitProducerIdRequest, context: grpc.ServicerContext
+    ) -> pb.InitProducerIdResponse:
+        try:
+            producer_id, epoch = self.producer_ids.init_producer_id(
+                request.producer_id, request.producer_epoch
+            )
+        except RaftmqError as e:
+            return pb.InitProducerIdResponse(error=wire.exception_to_pb(e), producer_id=-1)
+        return pb.InitProducerIdResponse(
+            error=wire.ok_pb(), producer_id=producer_id, producer_epoch=epoch
         )
 
     # ------------------------------------------------------------ admin, forwarded

@@ -87,7 +87,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     listen = wire.parse_host_port(args.listen)
-    run_controller(
+    lifecycle = run_controller(
         ControllerOptions(
             node_id=args.node_id,
             listen=listen,
@@ -97,13 +97,18 @@ def cmd_controller(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir),
             raft_secret=secret,
             session_timeout_ms=args.session_timeout_ms,
+            cluster_id=args.cluster_id,
         )
     )
-    return 0
+    if lifecycle.exit_code:
+        # A fatal error (e.g. a quorum of another cluster): said plainly, besides the log.
+        print(f"error: {lifecycle.reason}", file=sys.stderr)
+    return lifecycle.exit_code
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from raftmq.broker.broker import BrokerOptions, run_broker
+    from raftmq.broker.server import TopicDefaults
 
     configure_logging(json=args.log_json)
     listen = wire.parse_host_port(args.listen)
@@ -118,6 +123,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
             flush_policy=args.flush_policy,
             replica_lag_time_max_ms=args.replica_lag_time_max_ms,
             cluster_id=args.cluster_id,
+            topic_defaults=TopicDefaults(
+                auto_create=args.auto_create_topics,
+                partitions=args.default_partitions,
+                replication_factor=args.default_replication_factor,
+            ),
         )
     )
 
@@ -279,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rack", default="")
     p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
     p.add_argument("--replica-lag-time-max-ms", type=int, default=10_000)
+    p.add_argument(
+        "--auto-create-topics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create a missing topic when a client asks (allow_auto_topic_creation)",
+    )
+    p.add_argument("--default-partitions", type=int, default=1, help="of auto-created topics")
+    p.add_argument(
+        "--default-replication-factor", type=int, default=1, help="of auto-created topics"
+    )
     p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_broker)
 

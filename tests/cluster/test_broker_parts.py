@@ -18,8 +18,9 @@ from raftmq import ports
 from raftmq.broker.log_store import LogStore
 from raftmq.broker.metadata_cache import MetadataCache, MetadataImage
 from raftmq.broker.partition import Partition
+from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.replica_manager import ReplicaManager
-from raftmq.broker.server import BrokerServicer
+from raftmq.broker.server import BrokerServicer, TopicDefaults
 from raftmq.client.controller_client import EndpointPool
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import free_ports, wait_until
@@ -86,6 +87,10 @@ def nodes(tmp_path: Path) -> Iterator[dict[int, Node]]:
                 metadata=metadata,
                 controllers=pool,
                 wait_durable=store.wait_durable,
+                producer_ids=ProducerIdManager(
+                    broker_id=broker_id, broker_epoch=lambda: 7, controllers=pool
+                ),
+                topic_defaults=TopicDefaults(auto_create=False),
             ),
             server,
         )

@@ -1,0 +1,658 @@
+"""The Writer's core: batching, partitioning, idempotent sequencing and retry decisions,
+with no I/O and no clock of its own (`now_ms` comes in; actions go out), as h11 is driven
+by bytes. The sync `Writer` and the asyncio `AsyncWriter` are thin shells around it: they
+feed it messages, metadata, responses and the time, and carry out what it asks for.
+
+Flow of one message: `add` -> the partition's open batch (balancer, or the message's own
+partition) -> sealed when it reaches `batch_size` messages or `batch_bytes`, or after
+`linger_ms`, or on `flush` -> queued -> sent to the partition's leader in a `ProduceSend`
+(one request per leader broker, many partitions each) -> completed (`Completion`) with
+its offset, or retried, or failed.
+
+Idempotence (on by default): the writer holds a producer id and epoch from the cluster
+(`InitProducerId`); every sealed batch of a partition gets the next sequence numbers; at
+most `INFLIGHT_IDEMPOTENT_MAX` (5) batches per partition are in flight, which is the
+window the partition leader remembers, so a retry after a lost acknowledgement is
+answered with the original offset and never written twice. A batch keeps its encoded
+bytes across retries. After an error a partition sends one batch at a time, in sequence
+order, until its retries are through. A sequence error at the head of a partition (the
+leader lost our state) bumps the epoch and restarts every partition's sequences at 0
+(KIP-360). Without idempotence one batch per partition is in flight (order) and a retry
+may duplicate.
+
+Outcomes: every message ends in exactly one `Completion`: an offset, or an error. A batch
+that was sent and whose fate is unknown when it gives up (timeout, lost connection, leader
+moved after the append) fails with `OutcomeUnknownError` ("maybe written"); every other
+error means "not written".
+
+Not thread-safe: the shells call it under their lock (sync) or from one event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from raftmq.client.balancers import Balancer
+from raftmq.client.protocol import ClusterMetadata
+from raftmq.compression import CODEC_NONE
+from raftmq.errors import (
+    NOTHING_APPENDED_CODES,
+    ErrorCode,
+    OutcomeUnknownError,
+    RaftmqError,
+)
+from raftmq.message import Message
+from raftmq.metadata import NO_LEADER
+from raftmq.record_batch import encode_batch
+
+ACKS_ALL = -1
+INFLIGHT_IDEMPOTENT_MAX = 5  # Kafka: the leader's duplicate window per producer
+REQUEST_BYTES_MAX = 16 << 20  # one ProduceRequest carries at most this many batch bytes
+RETRY_BACKOFF_MS = 100
+RETRY_BACKOFF_MS_MAX = 1_000
+# Per-message overhead counted toward batch_bytes (varints, attributes, deltas).
+RECORD_OVERHEAD_BYTES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    topic: str | None = None
+    balancer_factory: Callable[[], Balancer] | None = None
+    required_acks: int = ACKS_ALL
+    batch_size: int = 1_000  # messages per batch
+    batch_bytes: int = 1 << 20  # bytes of records per batch
+    linger_ms: int = 5
+    compression: int = CODEC_NONE
+    idempotent: bool = True
+    max_attempts: int = 10
+    write_timeout_ms: int = 30_000
+    # Messages accepted but not yet completed; `add` refuses more (the shell waits).
+    buffered_messages_max: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.required_acks not in (-1, 0, 1):
+            raise ValueError(f"required_acks must be -1 (all), 0 or 1, got {self.required_acks}")
+        if self.idempotent and self.required_acks != ACKS_ALL:
+            raise ValueError(
+                "an idempotent writer needs required_acks=RequireAll (-1); "
+                "pass idempotent=False for acks 0 or 1"
+            )
+        for name in ("batch_size", "batch_bytes", "max_attempts", "write_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.linger_ms < 0:
+            raise ValueError("linger_ms must be >= 0")
+
+    @property
+    def inflight_max(self) -> int:
+        return INFLIGHT_IDEMPOTENT_MAX if self.idempotent else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of some messages of one `add` call (`ticket`): all written (offsets are
+    set on the messages) or all failed with `error`."""
+
+    ticket: object
+    messages: list[Message]
+    error: RaftmqError | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceBatch:
+    topic: str
+    partition: int
+    leader_epoch: int
+    records: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceSend:
+    """Send one ProduceRequest to `endpoint`; report with `on_produce_response` or
+    `on_produce_failure` (acks=0: report nothing)."""
+
+    request_id: int
+    endpoint: str
+    acks: int
+    timeout_ms: int
+    batches: tuple[ProduceBatch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionResult:
+    topic: str
+    partition: int
+    base_offset: int
+    error: RaftmqError | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    topic: str
+    partition: int
+    messages: list[Message]
+    tickets: list[object]
+    created_ms: int
+    deadline_ms: int
+    base_sequence: int = -1
+    producer_epoch: int = -1
+    records: bytes = b""
+    attempts: int = 0
+    backoff_until_ms: int = 0
+    # Some attempt may have appended it (sent, then no definite "nothing appended").
+    maybe_written: bool = False
+    last_error: RaftmqError | None = None
+
+    @property
+    def record_count(self) -> int:
+        return len(self.messages)
+
+
+@dataclass(slots=True)
+class _Partition:
+    topic: str
+    partition: int
+    open: list[Message] = field(default_factory=list)
+    open_tickets: list[object] = field(default_factory=list)
+    open_bytes: int = 0
+    open_since_ms: int = 0
+    open_deadline_ms: int = 0
+    # Sealed, in sequence order (retries go back to the front in order).
+    queued: deque[_Batch] = field(default_factory=deque)
+    # Invariant: len(in_flight) <= inflight limit; keyed by base sequence (or id).
+    in_flight: dict[int, _Batch] = field(default_factory=dict)
+    next_sequence: int = 0
+    # After an error: one batch in flight at a time until the retried ones are through.
+    recovering: bool = False
+
+
+@dataclass(slots=True)
+class WriterStats:
+    messages: int = 0
+    bytes: int = 0
+    batches: int = 0
+    errors: int = 0
+    retries: int = 0
+    batch_messages_min: int = 0
+    batch_messages_max: int = 0
+
+    def record_batch(self, count: int, size: int) -> None:
+        self.batches += 1
+        self.messages += count
+        self.bytes += size
+        self.batch_messages_min = (
+            count if self.batches == 1 else min(self.batch_messages_min, count)
+        )
+        self.batch_messages_max = max(self.batch_messages_max, count)
+
+    @property
+    def batch_messages_avg(self) -> float:
+        return self.messages / self.batches if self.batches else 0.0
+
+
+class ProducerCore:
+    def __init__(self, config: WriterConfig, balancer: Balancer) -> None:
+        self.config = config
+        self._balancer = balancer
+        self._metadata: ClusterMetadata | None = None
+        self._partitions: dict[tuple[str, int], _Partition] = {}
+        # Messages waiting for their topic's metadata: topic -> (message, ticket, deadline,
+        # linger).
+        self._unrouted: dict[str, list[tuple[Message, object, int, bool]]] = {}
+        self._stale_topics: set[str] = set()
+        self._completions: list[Completion] = []
+        self._request_ids = itertools.count(1)
+        # request id -> the batches it carries (acks != 0 only).
+        self._requests: dict[int, list[_Batch]] = {}
+        # Accepted, not yet completed. Invariant: 0 <= buffered <= buffered_messages_max.
+        self.buffered = 0
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self._producer_id_requested = False
+        self._epoch_bump_needed = False
+        self._flush_requested = False
+        self.stats = WriterStats()
+
+    # ------------------------------------------------------------ inputs
+
+    def room(self) -> int:
+        return self.config.buffered_messages_max - self.buffered
+
+    def add(
+        self, messages: Sequence[Message], ticket: object, *, now_ms: int, linger: bool = True
+    ) -> None:
+        """Accept messages of one call. The caller checked `room()` and the topic rules.
+        `linger=False` (a caller that blocks until they are written gains nothing from
+        waiting for more): their batches are sealed at the next poll."""
+        assert len(messages) <= self.room()
+        deadline_ms = now_ms + self.config.write_timeout_ms
+        self.buffered += len(messages)
+        for message in messages:
+            topic = message.topic or self.config.topic
+            assert topic, "the shell checks that every message has a topic"
+            self._route(
+                message, topic, ticket, now_ms=now_ms, deadline_ms=deadline_ms, linger=linger
+            )
+
+    def flush(self) -> None:
+        """Seal every open batch at the next poll (a `flush()` or `close()` call)."""
+        self._flush_requested = True
+
+    def on_metadata(self, metadata: ClusterMetadata, *, now_ms: int) -> None:
+        """A metadata view (the shell's merged one: every topic it knows)."""
+        if self._metadata is None or metadata.version >= self._metadata.version:
+            self._metadata = metadata
+        self._stale_topics -= set(metadata.topics)
+        for topic in list(self._unrouted):
+            if topic in metadata.topics:
+                waiting = self._unrouted.pop(topic)
+                for message, ticket, deadline_ms, linger in waiting:
+                    self._route(
+                        message,
+                        topic,
+                        ticket,
+                        now_ms=now_ms,
+                        deadline_ms=deadline_ms,
+                        linger=linger,
+                    )
+
+    def on_metadata_failure(
+        self, topics: Iterable[str], error: RaftmqError, *, now_ms: int
+    ) -> None:
+        """A metadata refresh for `topics` failed: messages past their deadline fail."""
+        for topic in topics:
+            self._expire_unrouted(topic, error, now_ms=now_ms)
+
+    def on_producer_id(self, producer_id: int, producer_epoch: int) -> None:
+        self._producer_id_requested = False
+        bumped = producer_id == self.producer_id and producer_epoch > self.producer_epoch
+        self.producer_id, self.producer_epoch = producer_id, producer_epoch
+        if bumped or self._epoch_bump_needed:
+            self._epoch_bump_needed = False
+            self._restart_sequences()
+
+    def on_producer_id_failure(self) -> None:
+        self._producer_id_requested = False
+
+    def on_produce_response(
+        self, request_id: int, results: Sequence[PartitionResult], *, now_ms: int
+    ) -> None:
+        batches = self._requests.pop(request_id, None)
+        if batches is None:
+            return
+        by_partition = {(r.topic, r.partition): r for r in results}
+        for batch in batches:
+            result = by_partition.get((batch.topic, batch.partition))
+            if result is None:
+                error = RaftmqError(
+                    ErrorCode.UNKNOWN_SERVER_ERROR,
+                    f"the broker's answer left out {batch.topic}-{batch.partition}",
+                )
+                self._on_batch_error(batch, error, sent=True, now_ms=now_ms)
+            elif result.error is None:
+                self._on_batch_written(batch, result.base_offset)
+            else:
+                self._on_batch_error(batch, result.error, sent=True, now_ms=now_ms)
+
+    def on_produce_failure(self, request_id: int, error: RaftmqError, *, now_ms: int) -> None:
+        """The request failed in transport (timeout, connection lost): its outcome is unknown."""
+        for batch in self._requests.pop(request_id, ()):
+            self._stale_topics.add(batch.topic)
+            self._on_batch_error(batch, error, sent=True, now_ms=now_ms, maybe_written=True)
+
+    # ------------------------------------------------------------ outputs
+
+    def poll(self, *, now_ms: int) -> list[ProduceSend]:
+        """Seal what is due, expire what is late, and return the requests to send now."""
+        flush = self._flush_requested
+        self._flush_requested = False
+        for state in self._partitions.values():
+            if state.open and (flush or now_ms - state.open_since_ms >= self.config.linger_ms):
+                self._seal(state, now_ms=now_ms)
+            self._expire_queued(state, now_ms=now_ms)
+        for topic in list(self._unrouted):
+            self._expire_unrouted(topic, None, now_ms=now_ms)
+        if self.config.idempotent and (self.producer_id < 0 or self._epoch_bump_needed):
+            return []
+        return self._sends(now_ms=now_ms)
+
+    def producer_id_wanted(self) -> tuple[int, int] | None:
+        """(producer id, epoch) to send in an InitProducerId request now ((-1, -1) for a new
+        id; our own to bump the epoch), or None. The shell reports the answer."""
+        if not self.config.idempotent or self._producer_id_requested:
+            return None
+        if self.producer_id < 0:
+            self._producer_id_requested = True
+            return (-1, -1)
+        if self._epoch_bump_needed and not any(s.in_flight for s in self._partitions.values()):
+            self._producer_id_requested = True
+            return (self.producer_id, self.producer_epoch)
+        return None
+
+    def metadata_wanted(self) -> set[str]:
+        """Topics whose metadata the shell should (re)fetch now."""
+        return set(self._unrouted) | self._stale_topics
+
+    def drain_completions(self) -> list[Completion]:
+        completions, self._completions = self._completions, []
+        return completions
+
+    def next_wakeup_ms(self, *, now_ms: int) -> int:
+        """When `poll` has something to do next (linger, backoff or deadline), at the latest."""
+        wake = now_ms + 1_000
+        for state in self._partitions.values():
+            if state.open:
+                wake = min(wake, state.open_since_ms + self.config.linger_ms)
+            for batch in state.queued:
+                wake = min(wake, max(batch.backoff_until_ms, now_ms), batch.deadline_ms)
+                break
+        return max(wake, now_ms)
+
+    def idle(self) -> bool:
+        """Every accepted message has completed and its completion was drained."""
+        return self.buffered == 0 and not self._completions
+
+    # ------------------------------------------------------------ routing and batching
+
+    def _route(
+        self,
+        message: Message,
+        topic: str,
+        ticket: object,
+        *,
+        now_ms: int,
+        deadline_ms: int,
+        linger: bool,
+    ) -> None:
+        metadata = self._metadata
+        known = metadata.topics.get(topic) if metadata is not None else None
+        if known is None:
+            self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
+            return
+        count = len(known.partitions)
+        if message.partition is not None:
+            if not 0 <= message.partition < count:
+                self._fail(
+                    [message],
+                    [ticket],
+                    RaftmqError(
+                        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                        f"{topic} has {count} partitions; "
+                        f"there is no partition {message.partition}",
+                    ),
+                )
+                return
+            partition = message.partition
+        else:
+            partition = self._balancer.balance(message, range(count))
+        key = (topic, partition)
+        state = self._partitions.get(key)
+        if state is None:
+            state = self._partitions[key] = _Partition(topic, partition)
+        if not state.open:
+            state.open_since_ms = now_ms
+            state.open_deadline_ms = deadline_ms
+        size = len(message.value or b"") + len(message.key or b"") + RECORD_OVERHEAD_BYTES
+        if state.open and state.open_bytes + size > self.config.batch_bytes:
+            self._seal(state, now_ms=now_ms)
+            state.open_since_ms = now_ms
+            state.open_deadline_ms = deadline_ms
+        state.open.append(message)
+        state.open_tickets.append(ticket)
+        state.open_bytes += size
+        if not linger:  # due at the next poll
+            state.open_since_ms = min(state.open_since_ms, now_ms - self.config.linger_ms)
+        if len(state.open) >= self.config.batch_size:
+            self._seal(state, now_ms=now_ms)
+
+    def _seal(self, state: _Partition, *, now_ms: int) -> None:
+        batch = _Batch(
+            state.topic,
+            state.partition,
+            state.open,
+            state.open_tickets,
+            created_ms=state.open_since_ms,
+            deadline_ms=state.open_deadline_ms,
+        )
+        state.open, state.open_tickets, state.open_bytes = [], [], 0
+        state.queued.append(batch)
+
+    # ------------------------------------------------------------ sending
+
+    def _sends(self, *, now_ms: int) -> list[ProduceSend]:
+        metadata = self._metadata
+        if metadata is None:
+            return []
+        by_endpoint: dict[str, list[_Batch]] = {}
+        sizes: dict[str, int] = {}
+        for state in self._partitions.values():
+            limit = 1 if state.recovering else self.config.inflight_max
+            while state.queued and len(state.in_flight) < limit:
+                batch = state.queued[0]
+                if batch.backoff_until_ms > now_ms:
+                    break
+                endpoint = self._leader_endpoint(batch.topic, batch.partition)
+                if endpoint is None:
+                    self._stale_topics.add(batch.topic)
+                    break
+                if sizes.get(endpoint, 0) >= REQUEST_BYTES_MAX:
+                    break
+                state.queued.popleft()
+                self._prepare(state, batch, now_ms=now_ms)
+                state.in_flight[self._in_flight_key(batch)] = batch
+                by_endpoint.setdefault(endpoint, []).append(batch)
+                sizes[endpoint] = sizes.get(endpoint, 0) + len(batch.records)
+        sends = []
+        for endpoint, batches in by_endpoint.items():
+            request_id = next(self._request_ids)
+            timeout_ms = max(1, min(b.deadline_ms for b in batches) - now_ms)
+            send = ProduceSend(
+                request_id,
+                endpoint,
+                self.config.required_acks,
+                timeout_ms,
+                tuple(
+                    ProduceBatch(b.topic, b.partition, self._leader_epoch(b), b.records)
+                    for b in batches
+                ),
+            )
+            if self.config.required_acks == 0:
+                for batch in batches:  # nothing will answer: done once sent
+                    self._on_batch_written(batch, -1)
+            else:
+                self._requests[request_id] = batches
+            sends.append(send)
+        return sends
+
+    def _prepare(self, state: _Partition, batch: _Batch, *, now_ms: int) -> None:
+        """Give the batch its sequence (first send) and bytes (first send, or after the
+        producer epoch changed)."""
+        batch.attempts += 1
+        if self.config.idempotent and batch.base_sequence < 0:
+            batch.base_sequence = state.next_sequence
+            state.next_sequence = (state.next_sequence + batch.record_count) % 2**31
+        if not batch.records or batch.producer_epoch != self.producer_epoch:
+            batch.producer_epoch = self.producer_epoch
+            batch.records = encode_batch(
+                batch.messages,
+                compression=self.config.compression,
+                producer_id=self.producer_id if self.config.idempotent else -1,
+                producer_epoch=self.producer_epoch if self.config.idempotent else -1,
+                base_sequence=batch.base_sequence,
+                now_ms=now_ms,
+            )
+            if batch.attempts == 1:
+                self.stats.record_batch(batch.record_count, len(batch.records))
+        else:
+            self.stats.retries += 1
+
+    def _leader_endpoint(self, topic: str, partition: int) -> str | None:
+        metadata = self._metadata
+        if metadata is None or topic in self._stale_topics:
+            return None
+        known = metadata.topics.get(topic)
+        if known is None or partition >= len(known.partitions):
+            return None
+        leader = known.partitions[partition].leader
+        return metadata.endpoint(leader) if leader != NO_LEADER else None
+
+    def _leader_epoch(self, batch: _Batch) -> int:
+        metadata = self._metadata
+        known = metadata.topics.get(batch.topic) if metadata is not None else None
+        if known is None or batch.partition >= len(known.partitions):
+            return -1
+        return known.partitions[batch.partition].leader_epoch
+
+    # ------------------------------------------------------------ outcomes
+
+    def _in_flight_key(self, batch: _Batch) -> int:
+        return batch.base_sequence if batch.base_sequence >= 0 else id(batch)
+
+    def _on_batch_written(self, batch: _Batch, base_offset: int) -> None:
+        state = self._partitions[(batch.topic, batch.partition)]
+        state.in_flight.pop(self._in_flight_key(batch), None)
+        if state.recovering and not any(b.attempts > 1 for b in state.queued):
+            state.recovering = False
+        for i, message in enumerate(batch.messages):
+            message.topic = batch.topic
+            message.partition = batch.partition
+            message.offset = base_offset + i if base_offset >= 0 else -1
+        self._complete(batch.messages, batch.tickets, None)
+
+    def _on_batch_error(
+        self,
+        batch: _Batch,
+        error: RaftmqError,
+        *,
+        sent: bool,
+        now_ms: int,
+        maybe_written: bool = False,
+    ) -> None:
+        state = self._partitions[(batch.topic, batch.partition)]
+        state.in_flight.pop(self._in_flight_key(batch), None)
+        code = error.code
+        batch.last_error = error
+        if sent and (maybe_written or code not in NOTHING_APPENDED_CODES):
+            batch.maybe_written = True
+        if code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER and self.config.idempotent:
+            if self._is_head(state, batch):
+                # The leader lost our sequence (e.g. acks=1 data truncated): bump the epoch
+                # and restart every partition's sequences (KIP-360).
+                self._epoch_bump_needed = True
+            retriable = True  # an earlier batch's retry is in progress, or the bump fixes it
+        elif code == ErrorCode.UNKNOWN_PRODUCER_ID and self.config.idempotent:
+            self._epoch_bump_needed = True
+            retriable = True
+        else:
+            retriable = error.retriable
+        if code in (
+            ErrorCode.NOT_LEADER_OR_FOLLOWER,
+            ErrorCode.LEADER_NOT_AVAILABLE,
+            ErrorCode.FENCED_LEADER_EPOCH,
+            ErrorCode.UNKNOWN_LEADER_EPOCH,
+            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+            ErrorCode.BROKER_NOT_AVAILABLE,
+        ):
+            self._stale_topics.add(batch.topic)
+        out_of_time = now_ms >= batch.deadline_ms
+        if retriable and batch.attempts < self.config.max_attempts and not out_of_time:
+            backoff_ms = min(RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS << min(batch.attempts - 1, 4))
+            batch.backoff_until_ms = now_ms + backoff_ms
+            self._requeue(state, batch)
+            return
+        self._give_up(batch, error)
+
+    def _is_head(self, state: _Partition, batch: _Batch) -> bool:
+        """Is `batch` the oldest unacknowledged batch of its partition?"""
+        earlier = [b.base_sequence for b in (*state.in_flight.values(), *state.queued)]
+        return all(self._seq_before(batch.base_sequence, s) for s in earlier if s >= 0)
+
+    @staticmethod
+    def _seq_before(a: int, b: int) -> bool:
+        """a comes before (or is) b in the wrapping sequence space (within a window)."""
+        return (b - a) % 2**31 < 2**30
+
+    def _requeue(self, state: _Partition, batch: _Batch) -> None:
+        """Back into the queue in sequence order; the partition sends one at a time."""
+        state.recovering = True
+        queued = list(state.queued)
+        queued.append(batch)
+        if self.config.idempotent:
+            head = min((b.base_sequence for b in queued if b.base_sequence >= 0), default=0)
+            queued.sort(
+                key=lambda b: (b.base_sequence - head) % 2**31 if b.base_sequence >= 0 else 2**31
+            )
+        else:
+            queued.sort(key=lambda b: b.created_ms)
+        state.queued = deque(queued)
+
+    def _give_up(self, batch: _Batch, error: RaftmqError) -> None:
+        if batch.maybe_written and not isinstance(error, OutcomeUnknownError):
+            error = OutcomeUnknownError(
+                f"{batch.topic}-{batch.partition}: gave up after {batch.attempts} attempt(s); "
+                f"an attempt may have been written (last error: {error})",
+                cause=error,
+            )
+        self._fail(batch.messages, batch.tickets, error)
+
+    def _restart_sequences(self) -> None:
+        """After an epoch bump: every unacknowledged batch gets new sequences from 0, in
+        order, and new bytes on its next send."""
+        for state in self._partitions.values():
+            assert not state.in_flight
+            state.next_sequence = 0
+            for batch in state.queued:
+                batch.base_sequence = -1
+            state.recovering = False
+
+    def _expire_queued(self, state: _Partition, *, now_ms: int) -> None:
+        if not state.queued or all(b.deadline_ms > now_ms for b in state.queued):
+            return
+        kept: deque[_Batch] = deque()
+        for batch in state.queued:
+            if batch.deadline_ms > now_ms:
+                kept.append(batch)
+                continue
+            error = batch.last_error or RaftmqError(
+                ErrorCode.REQUEST_TIMED_OUT,
+                f"{batch.topic}-{batch.partition}: not written within write_timeout_ms="
+                f"{self.config.write_timeout_ms} (no leader reachable)",
+            )
+            self._give_up(batch, error)
+        state.queued = kept
+
+    def _expire_unrouted(self, topic: str, error: RaftmqError | None, *, now_ms: int) -> None:
+        waiting = self._unrouted.get(topic)
+        if not waiting:
+            return
+        late = [w for w in waiting if w[2] <= now_ms]
+        if not late:
+            return
+        self._unrouted[topic] = [w for w in waiting if w[2] > now_ms]
+        if not self._unrouted[topic]:
+            del self._unrouted[topic]
+        failure = error or RaftmqError(
+            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+            f"topic {topic!r} does not exist (waited write_timeout_ms="
+            f"{self.config.write_timeout_ms} for it)",
+        )
+        self._fail([w[0] for w in late], [w[1] for w in late], failure)
+
+    def _fail(self, messages: list[Message], tickets: list[object], error: RaftmqError) -> None:
+        self.stats.errors += len(messages)
+        self._complete(messages, tickets, error)
+
+    def _complete(
+        self, messages: list[Message], tickets: list[object], error: RaftmqError | None
+    ) -> None:
+        """One Completion per ticket (a batch may mix the messages of several calls)."""
+        self.buffered -= len(messages)
+        assert self.buffered >= 0
+        by_ticket: dict[int, tuple[object, list[Message]]] = {}
+        for message, ticket in zip(messages, tickets, strict=True):
+            by_ticket.setdefault(id(ticket), (ticket, []))[1].append(message)
+        for ticket, grouped in by_ticket.values():
+            self._completions.append(Completion(ticket, grouped, error))
