@@ -144,6 +144,8 @@ class _Batch:
     backoff_until_ms: int = 0
     # Some attempt may have appended it (sent, then no definite "nothing appended").
     maybe_written: bool = False
+    # It failed at least once and went back into the queue.
+    retried: bool = False
     last_error: RaftmqError | None = None
 
     @property
@@ -514,7 +516,9 @@ class ProducerCore:
     def _on_batch_written(self, batch: _Batch, base_offset: int) -> None:
         state = self._partitions[(batch.topic, batch.partition)]
         state.in_flight.pop(self._in_flight_key(batch), None)
-        if state.recovering and not any(b.attempts > 1 for b in state.queued):
+        if state.recovering and not any(
+            b.retried for b in (*state.queued, *state.in_flight.values())
+        ):
             state.recovering = False
         for i, message in enumerate(batch.messages):
             message.topic = batch.topic
@@ -578,6 +582,7 @@ class ProducerCore:
     def _requeue(self, state: _Partition, batch: _Batch) -> None:
         """Back into the queue in sequence order; the partition sends one at a time."""
         state.recovering = True
+        batch.retried = True
         queued = list(state.queued)
         queued.append(batch)
         if self.config.idempotent:

@@ -1,0 +1,203 @@
+"""The Writer's core, driven by hand: batching, sequencing, retries and outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from raftmq.client.balancers import RoundRobin
+from raftmq.client.producer_core import (
+    Completion,
+    PartitionResult,
+    ProducerCore,
+    ProduceSend,
+    WriterConfig,
+)
+from raftmq.client.protocol import ClusterMetadata
+from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError
+from raftmq.message import Message
+from raftmq.metadata import BrokerRegistration, PartitionRecord, TopicRecord
+from raftmq.record_batch import read_header
+from raftmq.topic_config import TopicConfig
+
+
+def metadata(partitions: int = 2, *, version: int = 1, leader: int = 1) -> ClusterMetadata:
+    brokers = {
+        b: BrokerRegistration(b, "127.0.0.1", 9000 + b, "", "x", 1, fenced=False) for b in (1, 2)
+    }
+    parts = tuple(PartitionRecord((1, 2), (1, 2), leader, 0, 0) for _ in range(partitions))
+    return ClusterMetadata(
+        version, brokers, {"t": TopicRecord("t", b"x" * 16, TopicConfig(), parts)}
+    )
+
+
+def core(**config: object) -> ProducerCore:
+    c = ProducerCore(WriterConfig(topic="t", **config), RoundRobin())  # type: ignore[arg-type]
+    c.on_metadata(metadata(), now_ms=0)
+    if c.config.idempotent:
+        assert c.producer_id_wanted() == (-1, -1)
+        c.on_producer_id(1000, 0)
+    return c
+
+
+def ok(send: ProduceSend, offsets: Sequence[int] | None = None) -> list[PartitionResult]:
+    return [
+        PartitionResult(b.topic, b.partition, offsets[i] if offsets else 100 * i, None)
+        for i, b in enumerate(send.batches)
+    ]
+
+
+def messages(n: int, partition: int | None = 0) -> list[Message]:
+    return [Message(f"m{i}", partition=partition) for i in range(n)]
+
+
+def test_a_batch_is_sealed_by_size_and_by_linger() -> None:
+    c = core(batch_size=3, linger_ms=5)
+    c.add(messages(4), "call", now_ms=0)
+    [send] = c.poll(now_ms=0)  # 3 messages: full
+    assert [read_header(b.records).record_count for b in send.batches] == [3]
+    assert c.poll(now_ms=4) == []  # 1 message lingers
+    [send] = c.poll(now_ms=5)
+    assert read_header(send.batches[0].records).record_count == 1
+
+
+def test_a_blocking_caller_does_not_linger() -> None:
+    c = core(linger_ms=1_000)
+    c.add(messages(1), "call", now_ms=0, linger=False)
+    assert len(c.poll(now_ms=0)) == 1
+
+
+def test_sequences_per_partition_and_five_in_flight() -> None:
+    c = core(batch_size=1)
+    c.add(messages(7), "call", now_ms=0)
+    [send] = c.poll(now_ms=0)
+    headers = [read_header(b.records) for b in send.batches]
+    assert [h.base_sequence for h in headers] == [0, 1, 2, 3, 4]  # 2 wait: 5 in flight
+    assert {(h.producer_id, h.producer_epoch) for h in headers} == {(1000, 0)}
+    c.on_produce_response(send.request_id, ok(send, [0, 1, 2, 3, 4]), now_ms=1)
+    [send] = c.poll(now_ms=1)
+    assert [read_header(b.records).base_sequence for b in send.batches] == [5, 6]
+
+
+def test_a_retry_resends_the_same_bytes_one_at_a_time_then_completes() -> None:
+    c = core(batch_size=1)
+    msgs = messages(3)
+    c.add(msgs, "call", now_ms=0)
+    [first] = c.poll(now_ms=0)
+    original = [b.records for b in first.batches]
+    not_leader = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved")
+    c.on_produce_response(
+        first.request_id,
+        [PartitionResult("t", 0, -1, not_leader)] * 3,
+        now_ms=1,
+    )
+    assert c.metadata_wanted() == {"t"}
+    c.on_metadata(metadata(version=2), now_ms=2)
+    assert c.poll(now_ms=2) == []  # backoff
+    sent: list[bytes] = []
+    now = 200
+    for _ in range(3):  # recovering: one batch in flight at a time, in sequence order
+        [send] = c.poll(now_ms=now)
+        assert len(send.batches) == 1
+        sent.append(send.batches[0].records)
+        c.on_produce_response(send.request_id, ok(send, [len(sent) - 1]), now_ms=now)
+        now += 1
+    assert sent == original  # identical bytes: the leader can recognise a duplicate
+    completions = c.drain_completions()  # one per batch
+    assert [x.error for x in completions] == [None, None, None]
+    assert [m.offset for m in msgs] == [0, 1, 2]
+    assert c.idle()
+
+
+def test_giving_up_on_a_batch_that_may_have_been_written_is_outcome_unknown() -> None:
+    c = core(max_attempts=2)
+    c.add(messages(1), "call", now_ms=0, linger=False)
+    [send] = c.poll(now_ms=0)
+    c.on_produce_failure(
+        send.request_id, RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "cut"), now_ms=1
+    )
+    c.on_metadata(metadata(version=2), now_ms=2)
+    [send] = c.poll(now_ms=500)
+    c.on_produce_response(
+        send.request_id,
+        [PartitionResult("t", 0, -1, RaftmqError(ErrorCode.NOT_ENOUGH_REPLICAS, "1 in sync"))],
+        now_ms=501,
+    )
+    [completion] = c.drain_completions()
+    assert isinstance(completion.error, OutcomeUnknownError)
+    assert completion.error.cause is not None
+    assert completion.error.cause.code == ErrorCode.NOT_ENOUGH_REPLICAS
+
+
+def test_a_definite_refusal_fails_as_not_written() -> None:
+    c = core()
+    c.add(messages(2), "call", now_ms=0, linger=False)
+    [send] = c.poll(now_ms=0)
+    too_large = RaftmqError(ErrorCode.MESSAGE_TOO_LARGE, "big")
+    c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, too_large)], now_ms=1)
+    [completion] = c.drain_completions()
+    assert completion.error is too_large and len(completion.messages) == 2
+    assert c.stats.errors == 2 and c.idle()
+
+
+def test_messages_of_an_unknown_topic_fail_after_the_write_timeout() -> None:
+    c2 = ProducerCore(
+        WriterConfig(topic="missing", idempotent=False, write_timeout_ms=1_000), RoundRobin()
+    )
+    c2.on_metadata(metadata(), now_ms=0)
+    c2.add(messages(1, partition=None), "call", now_ms=0)
+    assert c2.metadata_wanted() == {"missing"}
+    c2.poll(now_ms=999)
+    assert c2.drain_completions() == []
+    c2.poll(now_ms=1_000)
+    [completion] = c2.drain_completions()
+    assert completion.error is not None
+    assert completion.error.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_a_sequence_lost_by_the_leader_bumps_the_epoch_and_restarts_sequences() -> None:
+    c = core(batch_size=1)
+    c.add(messages(2), "call", now_ms=0)
+    [send] = c.poll(now_ms=0)
+    oos = RaftmqError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, "expects 7")
+    c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, oos)] * 2, now_ms=1)
+    assert c.poll(now_ms=500) == []  # no sends until the epoch is bumped
+    assert c.producer_id_wanted() == (1000, 0)
+    c.on_producer_id(1000, 1)
+    [send] = c.poll(now_ms=500)
+    header = read_header(send.batches[0].records)
+    assert (header.producer_epoch, header.base_sequence) == (1, 0)
+
+
+def test_acks_zero_completes_when_sent() -> None:
+    c = core(idempotent=False, required_acks=0)
+    c.add(messages(3), "call", now_ms=0, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert send.acks == 0
+    [completion] = c.drain_completions()
+    assert completion.error is None and c.idle()
+
+
+def test_an_idempotent_writer_needs_acks_all() -> None:
+    with pytest.raises(ValueError, match="RequireAll"):
+        WriterConfig(topic="t", required_acks=1)
+
+
+def test_completions_are_per_call() -> None:
+    c = core(batch_size=10)
+    a, b = messages(2), messages(3)
+    c.add(a, "a", now_ms=0)
+    c.add(b, "b", now_ms=0, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert len(send.batches) == 1  # one batch holds both calls' messages
+    c.on_produce_response(send.request_id, ok(send, [10]), now_ms=1)
+    completions: list[Completion] = c.drain_completions()
+    assert {(x.ticket, len(x.messages)) for x in completions} == {("a", 2), ("b", 3)}
+    assert [m.offset for m in a + b] == [10, 11, 12, 13, 14]
+
+
+def test_an_explicit_partition_out_of_range_fails_at_once() -> None:
+    c = core()
+    c.add([Message("x", partition=7)], "call", now_ms=0)
+    [completion] = c.drain_completions()
+    assert completion.error is not None and "no partition 7" in completion.error.message
