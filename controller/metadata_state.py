@@ -1,27 +1,82 @@
 """The cluster metadata state machine replicated by the controller quorum.
 
-Pure: no sockets, threads or clocks. Every node of the quorum applies the same commands in
-the same (Raft log) order and so reaches the same state. Following Kafka's KRaft
-controllers, an operation first validates the command against the current state and
-returns `(records, result)`; the state changes only in `replay(record)`, which is the one
-path for every node. Commands carry a `request_id`: pysyncobj may commit a command whose
-caller saw a timeout, so a retried command with the same id returns the first result and
-changes nothing.
+Pure: no sockets, threads or clocks. Following Kafka's KRaft controllers, an operation is
+validated once, on the Raft leader: `plan(command)` returns `(records, result)` and changes
+nothing. The leader appends the records (with the result, under the command's request id)
+to the Raft log, and every node, the leader included, changes its state only by
+`apply_entry`, which replays those records. Replay never validates a command again, so a
+later change to validation code cannot replay an old log into another state.
+
+Deduplication: commands carry a `request_id`, because pysyncobj can commit an entry whose
+caller saw a timeout. `plan` answers a known id with its first result and no records; the
+results live in the replicated state (bounded), so every leader knows them.
 
 Fencing: commands that a controller leader issues on its own (fencing a broker whose
 session expired, automatic leader balancing) carry the Raft term they were proposed in,
 the controller epoch. A new leader first commits `BeginControllerEpoch`; afterwards any
-command from an older epoch is refused with STALE_CONTROLLER_EPOCH, so a deposed leader
-that still believes it leads cannot change anything.
+command from an older epoch is refused with STALE_CONTROLLER_EPOCH. Entries are applied
+only at the metadata version they were planned against (`expected_version`), so a plan
+made by a deposed leader against older metadata is skipped as well.
+
+Large changes: the records of every plan are ordered so that each prefix of them leaves a
+valid state (partition moves before the broker fence that requires them, an unfence
+before the elections that need it). The planner may therefore apply a plan too large for
+one Raft entry in parts, planning the command again after each part.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeAlias
+from typing import Any
 
+from raftmq.controller.metadata_commands import (
+    PRODUCER_ID_BLOCK_SIZE,
+    AllocateProducerIds,
+    AlterPartition,
+    BeginControllerEpoch,
+    Command,
+    CommandResult,
+    ControlledShutdown,
+    CreateTopic,
+    DeleteTopic,
+    ElectLeaders,
+    FenceBroker,
+    InitializeCluster,
+    ProducerIdBlock,
+    RegisterBroker,
+    RegisterController,
+    UnfenceBroker,
+)
+from raftmq.controller.metadata_entry import (
+    EntryOutcome,
+    MetadataEntry,
+    MetadataItem,
+    result_from_dict,
+    result_to_dict,
+)
+from raftmq.controller.metadata_records import (
+    BrokerFenceChanged,
+    BrokerRegistered,
+    ClusterInitialized,
+    ControllerEpochBegan,
+    ControllerRegistered,
+    MetadataFormatError,
+    PartitionChanged,
+    ProducerIdsAllocated,
+    Record,
+    TopicCreated,
+    TopicDeleted,
+    broker_from_dict,
+    broker_to_dict,
+    controller_from_dict,
+    controller_to_dict,
+    mapping,
+    sequence,
+    topic_from_dict,
+    topic_to_dict,
+)
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import (
     NO_LEADER,
@@ -43,176 +98,8 @@ REQUEST_IDS_MAX = 10_000
 # How many versions of change sets are kept for watchers that reconnect; older watchers
 # get a snapshot.
 CHANGE_SETS_MAX = 2_000
-
-
-# --------------------------------------------------------------------------- commands
-
-
-@dataclass(frozen=True, slots=True)
-class BeginControllerEpoch:
-    request_id: str
-    controller_epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterController:
-    request_id: str
-    controller_id: int
-    host: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterBroker:
-    request_id: str
-    broker_id: int
-    host: str
-    port: int
-    rack: str
-    incarnation_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FenceBroker:
-    """Issued by the controller leader when a broker's session expired."""
-
-    request_id: str
-    controller_epoch: int
-    broker_id: int
-    broker_epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class UnfenceBroker:
-    """Issued by the controller leader when a fenced broker heartbeats, caught up."""
-
-    request_id: str
-    controller_epoch: int
-    broker_id: int
-    broker_epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class ControlledShutdown:
-    request_id: str
-    broker_id: int
-    broker_epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class CreateTopic:
-    request_id: str
-    name: str
-    topic_id: bytes
-    partitions: int
-    replication_factor: int
-    configs: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteTopic:
-    request_id: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class AlterPartition:
-    request_id: str
-    broker_id: int
-    broker_epoch: int
-    topic: str
-    topic_id: bytes
-    partition: int
-    leader_epoch: int
-    partition_epoch: int
-    new_isr: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ElectLeaders:
-    request_id: str
-    # -1 for an operator's request (no fencing needed), else the proposing leader's epoch.
-    controller_epoch: int
-    preferred: bool  # False: unclean election for offline partitions
-    partitions: tuple[tuple[str, int], ...] = ()  # empty: all
-
-
-Command: TypeAlias = (
-    BeginControllerEpoch
-    | RegisterController
-    | RegisterBroker
-    | FenceBroker
-    | UnfenceBroker
-    | ControlledShutdown
-    | CreateTopic
-    | DeleteTopic
-    | AlterPartition
-    | ElectLeaders
-)
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class ControllerEpochBegan:
-    controller_epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class ControllerRegistered:
-    controller: ControllerRecord
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerRegistered:
-    broker: BrokerRegistration
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerFenceChanged:
-    broker_id: int
-    fenced: bool
-    shutting_down: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TopicCreated:
-    topic: TopicRecord
-
-
-@dataclass(frozen=True, slots=True)
-class TopicDeleted:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionChanged:
-    topic: str
-    partition: int
-    state: PartitionRecord
-
-
-Record: TypeAlias = (
-    ControllerEpochBegan
-    | ControllerRegistered
-    | BrokerRegistered
-    | BrokerFenceChanged
-    | TopicCreated
-    | TopicDeleted
-    | PartitionChanged
-)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    error: ErrorCode = ErrorCode.NONE
-    message: str = ""
-    value: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error == ErrorCode.NONE
+# Topic names with this prefix belong to the cluster itself (`__consumer_offsets`, ...).
+INTERNAL_TOPIC_PREFIX = "__"
 
 
 @dataclass(slots=True)
@@ -315,50 +202,76 @@ def assign_replicas(
 
 
 class MetadataState:
-    """The whole cluster metadata. Mutated only by `apply` (which calls `replay`)."""
+    """The whole cluster metadata. Changed only by `apply_entry` (which replays records).
+
+    Not thread-safe: the quorum shell applies entries on pysyncobj's tick thread and
+    guards readers with its lock; the planner plans against a `scratch_copy`."""
 
     def __init__(self) -> None:
-        # Invariant: increases by exactly one per applied command that changed something.
+        # Invariant: increases by exactly one per applied item that had records.
         self.version = 0
         # Invariant: never decreases; commands from an older controller epoch are refused.
         self.controller_epoch = 0
+        # Invariant: "" until ClusterInitialized is replayed, then never changes.
+        self.cluster_id = ""
+        # Invariant: only grows; every producer id below it was handed out exactly once.
+        self.next_producer_id = 0
         self.brokers: dict[int, BrokerRegistration] = {}
         self.topics: dict[str, TopicRecord] = {}
         self.controllers: dict[int, ControllerRecord] = {}
         # request id -> result, oldest first; bounded by REQUEST_IDS_MAX.
         self._results: OrderedDict[str, CommandResult] = OrderedDict()
         # (version, what changed at that version), oldest first; bounded by CHANGE_SETS_MAX.
+        # Not part of snapshots: it only spares reconnecting watchers a full snapshot.
         self._changes: deque[tuple[int, ChangeSet]] = deque(maxlen=CHANGE_SETS_MAX)
         self._pending_changes = ChangeSet()
 
-    # ---------------------------------------------------------------- entry point
+    # ---------------------------------------------------------------- applying entries
 
-    def apply(self, command: Command) -> CommandResult:
-        """Apply one committed command. Deterministic: same commands, same state."""
-        cached = self._results.get(command.request_id)
-        if cached is not None:
-            return cached
-        try:
-            records, result = self._handle(command)
-        except RaftmqError as e:
-            records, result = [], CommandResult(e.code, e.message)
-        for record in records:
+    def apply_entry(self, entry: MetadataEntry) -> EntryOutcome:
+        """Apply one committed Raft entry. Deterministic: the same entries in the same order
+        give the same state. An entry planned against another version is skipped whole."""
+        if entry.expected_version is not None and entry.expected_version != self.version:
+            skipped = CommandResult(
+                ErrorCode.CONTROLLER_UNAVAILABLE,
+                f"not applied: planned against metadata version {entry.expected_version}, "
+                f"but the log had reached version {self.version}",
+            )
+            return EntryOutcome(False, tuple(skipped for _ in entry.items))
+        for item in entry.items:
+            self.apply_item(item)
+        return EntryOutcome(True, tuple(item.result for item in entry.items))
+
+    def apply_item(self, item: MetadataItem) -> None:
+        """Replay one item's records and remember its result under its request id. Also
+        used by the planner on its scratch copy, so that later commands of a batch see
+        the effect of earlier ones."""
+        for record in item.records:
             self.replay(record)
-        if self._pending_changes:
+        if item.records:
             self.version += 1
             self._changes.append((self.version, self._pending_changes))
             self._pending_changes = ChangeSet()
-        if command.request_id:
-            self._results[command.request_id] = result
+        if item.request_id:
+            # A known id can come back when a deposed leader's plan and the retry's
+            # both commit with nothing to replay: same state, same plan, same result.
+            self._results.pop(item.request_id, None)
+            self._results[item.request_id] = item.result
             while len(self._results) > REQUEST_IDS_MAX:
                 self._results.popitem(last=False)
-        return result
 
     def replay(self, record: Record) -> None:
-        """The only place where the state changes."""
+        """The only place where the state changes. Asserts what the record promises."""
         changes = self._pending_changes
-        if isinstance(record, ControllerEpochBegan):
-            assert record.controller_epoch >= self.controller_epoch
+        if isinstance(record, ClusterInitialized):
+            assert record.cluster_id, record
+            assert self.cluster_id in ("", record.cluster_id), (
+                f"the quorum is cluster {self.cluster_id}; refusing a second cluster id "
+                f"{record.cluster_id}"
+            )
+            self.cluster_id = record.cluster_id
+        elif isinstance(record, ControllerEpochBegan):
+            assert record.controller_epoch >= self.controller_epoch, record
             self.controller_epoch = record.controller_epoch
         elif isinstance(record, ControllerRegistered):
             self.controllers[record.controller.controller_id] = record.controller
@@ -373,25 +286,107 @@ class MetadataState:
             )
             changes.brokers.add(record.broker_id)
         elif isinstance(record, TopicCreated):
-            assert record.topic.name not in self.topics
-            self.topics[record.topic.name] = record.topic
-            changes.topics.add(record.topic.name)
+            assert record.name not in self.topics, record.name
+            assert record.assignment, record
+            self.topics[record.name] = TopicRecord(
+                name=record.name,
+                topic_id=record.topic_id,
+                config=record.config,
+                # A new partition: ISR = AR, the preferred replica leads, epochs start at 0.
+                partitions=tuple(
+                    PartitionRecord(ar=ar, isr=ar, leader=ar[0], leader_epoch=0, partition_epoch=0)
+                    for ar in record.assignment
+                ),
+            )
+            for p in self.topics[record.name].partitions:
+                assert_partition_invariants(p)
+            changes.topics.add(record.name)
         elif isinstance(record, TopicDeleted):
             del self.topics[record.name]
             changes.topics.add(record.name)
         elif isinstance(record, PartitionChanged):
             topic = self.topics[record.topic]
             old = topic.partitions[record.partition]
-            new = record.state
-            assert new.leader_epoch >= old.leader_epoch
-            assert new.partition_epoch > old.partition_epoch
+            new = PartitionRecord(
+                ar=old.ar,
+                isr=record.isr,
+                leader=record.leader,
+                leader_epoch=record.leader_epoch,
+                partition_epoch=record.partition_epoch,
+            )
+            assert new.leader_epoch >= old.leader_epoch, (old, new)
+            assert new.partition_epoch > old.partition_epoch, (old, new)
             assert_partition_invariants(new)
             partitions = list(topic.partitions)
             partitions[record.partition] = new
             self.topics[record.topic] = replace(topic, partitions=tuple(partitions))
             changes.topics.add(record.topic)
+        elif isinstance(record, ProducerIdsAllocated):
+            assert record.next_producer_id > self.next_producer_id, (
+                record,
+                self.next_producer_id,
+            )
+            self.next_producer_id = record.next_producer_id
         else:  # pragma: no cover - exhaustive
             raise AssertionError(f"unknown record {record!r}")
+
+    def scratch_copy(self) -> MetadataState:
+        """A copy the planner may apply planned items to without touching this state.
+        Shallow: entities are immutable and replay replaces them, never mutates them."""
+        copy = MetadataState()
+        copy.version = self.version
+        copy.controller_epoch = self.controller_epoch
+        copy.cluster_id = self.cluster_id
+        copy.next_producer_id = self.next_producer_id
+        copy.brokers = dict(self.brokers)
+        copy.topics = dict(self.topics)
+        copy.controllers = dict(self.controllers)
+        copy._results = OrderedDict(self._results)
+        return copy
+
+    # ---------------------------------------------------------------- snapshots
+
+    def to_dict(self) -> dict[str, Any]:
+        """The replicated state as JSON-able data (the `state` of a snapshot)."""
+        return {
+            "version": self.version,
+            "controller_epoch": self.controller_epoch,
+            "cluster_id": self.cluster_id,
+            "next_producer_id": self.next_producer_id,
+            "brokers": [broker_to_dict(b) for _, b in sorted(self.brokers.items())],
+            "controllers": [controller_to_dict(c) for _, c in sorted(self.controllers.items())],
+            "topics": [topic_to_dict(t) for _, t in sorted(self.topics.items())],
+            "results": [[rid, result_to_dict(r)] for rid, r in self._results.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> MetadataState:
+        """The inverse of `to_dict`; MetadataFormatError if `raw` is malformed or breaks
+        an invariant (a snapshot is never half-believed)."""
+        state = cls()
+        try:
+            state.version = int(raw["version"])
+            state.controller_epoch = int(raw["controller_epoch"])
+            state.cluster_id = str(raw["cluster_id"])
+            state.next_producer_id = int(raw["next_producer_id"])
+            for b in sequence(raw["brokers"], "brokers"):
+                broker = broker_from_dict(mapping(b, "broker"))
+                state.brokers[broker.broker_id] = broker
+            for c in sequence(raw["controllers"], "controllers"):
+                controller = controller_from_dict(mapping(c, "controller"))
+                state.controllers[controller.controller_id] = controller
+            for t in sequence(raw["topics"], "topics"):
+                topic = topic_from_dict(mapping(t, "topic"))
+                state.topics[topic.name] = topic
+            for rid, result in sequence(raw["results"], "results"):
+                state._results[str(rid)] = result_from_dict(mapping(result, "result"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise MetadataFormatError(f"malformed metadata state: {e!r}") from e
+        try:
+            state.check_invariants()
+        except AssertionError as e:
+            raise MetadataFormatError(f"the metadata state breaks an invariant: {e}") from e
+        return state
 
     # ---------------------------------------------------------------- reads
 
@@ -419,6 +414,11 @@ class MetadataState:
 
     def check_invariants(self) -> None:
         """Assert every invariant of the whole state (tests call this after every step)."""
+        assert self.version >= 0 and self.controller_epoch >= 0, self.version
+        assert self.next_producer_id >= 0, self.next_producer_id
+        # Brokers register only once the cluster id is committed.
+        assert self.cluster_id or not self.brokers, self.brokers
+        assert len(self._results) <= REQUEST_IDS_MAX
         for _, _, p in self.partitions():
             assert_partition_invariants(p)
             for r in p.isr:
@@ -429,9 +429,23 @@ class MetadataState:
             if p.leader != NO_LEADER:
                 assert not self.brokers[p.leader].fenced, p
 
-    # ---------------------------------------------------------------- operations
+    # ---------------------------------------------------------------- planning
 
-    def _handle(self, command: Command) -> tuple[list[Record], CommandResult]:
+    def plan(self, command: Command) -> tuple[list[Record], CommandResult]:
+        """Validate `command` against this state: the records that carry it out (in an
+        order whose every prefix is a valid state) and its result. Pure: changes nothing.
+        A request id seen before gets its first result and no records."""
+        cached = self._results.get(command.request_id) if command.request_id else None
+        if cached is not None:
+            return [], cached
+        try:
+            return self._plan(command)
+        except RaftmqError as e:
+            return [], CommandResult(e.code, e.message)
+
+    def _plan(self, command: Command) -> tuple[list[Record], CommandResult]:
+        if isinstance(command, InitializeCluster):
+            return self._initialize_cluster(command)
         if isinstance(command, BeginControllerEpoch):
             if command.controller_epoch <= self.controller_epoch:
                 return [], CommandResult(value=self.controller_epoch)
@@ -439,21 +453,20 @@ class MetadataState:
                 value=command.controller_epoch
             )
         if isinstance(command, RegisterController):
-            existing = self.controllers.get(command.controller_id)
             record = ControllerRecord(command.controller_id, command.host, command.port)
-            if existing == record:
+            if self.controllers.get(command.controller_id) == record:
                 return [], CommandResult()
             return [ControllerRegistered(record)], CommandResult()
         if isinstance(command, RegisterBroker):
             return self._register_broker(command)
-        if isinstance(command, FenceBroker | UnfenceBroker):
+        if isinstance(command, FenceBroker):
             self._check_controller_epoch(command.controller_epoch)
             broker = self._broker(command.broker_id, command.broker_epoch)
-            if isinstance(command, FenceBroker):
-                if broker.fenced:
-                    return [], CommandResult()
-                return self._fence(broker.broker_id, shutting_down=False), CommandResult()
-            return self._unfence(broker), CommandResult()
+            if broker.fenced:
+                return [], CommandResult()
+            return self._fence(broker.broker_id, shutting_down=False), CommandResult()
+        if isinstance(command, UnfenceBroker):
+            return self._unfence(command)
         if isinstance(command, ControlledShutdown):
             broker = self._broker(command.broker_id, command.broker_epoch)
             records = self._fence(broker.broker_id, shutting_down=True)
@@ -470,7 +483,26 @@ class MetadataState:
             return self._alter_partition(command)
         if isinstance(command, ElectLeaders):
             return self._elect_leaders(command)
+        if isinstance(command, AllocateProducerIds):
+            self._broker(command.broker_id, command.broker_epoch)
+            first = self.next_producer_id
+            block = ProducerIdBlock(first, PRODUCER_ID_BLOCK_SIZE)
+            allocated = ProducerIdsAllocated(
+                first + PRODUCER_ID_BLOCK_SIZE, command.broker_id, command.broker_epoch
+            )
+            return [allocated], CommandResult(value=block)
         raise AssertionError(f"unknown command {command!r}")  # pragma: no cover
+
+    def _initialize_cluster(self, command: InitializeCluster) -> tuple[list[Record], CommandResult]:
+        assert command.cluster_id, command
+        if not self.cluster_id:
+            return [ClusterInitialized(command.cluster_id)], CommandResult(value=command.cluster_id)
+        if self.cluster_id != command.cluster_id:
+            raise RaftmqError(
+                ErrorCode.INCONSISTENT_CLUSTER_ID,
+                f"the quorum is cluster {self.cluster_id}, not {command.cluster_id}",
+            )
+        return [], CommandResult(value=self.cluster_id)
 
     def _check_controller_epoch(self, controller_epoch: int) -> None:
         if controller_epoch < self.controller_epoch:
@@ -493,6 +525,17 @@ class MetadataState:
         return broker
 
     def _register_broker(self, command: RegisterBroker) -> tuple[list[Record], CommandResult]:
+        if not self.cluster_id:
+            raise RaftmqError(
+                ErrorCode.CONTROLLER_UNAVAILABLE,
+                "the controller quorum is not initialized yet (no cluster id committed)",
+            )
+        if command.cluster_id and command.cluster_id != self.cluster_id:
+            raise RaftmqError(
+                ErrorCode.INCONSISTENT_CLUSTER_ID,
+                f"broker {command.broker_id} belongs to cluster {command.cluster_id}, "
+                f"this quorum is cluster {self.cluster_id}",
+            )
         existing = self.brokers.get(command.broker_id)
         if existing is not None and existing.incarnation_id == command.incarnation_id:
             return [], CommandResult(value=existing.broker_epoch)
@@ -502,6 +545,7 @@ class MetadataState:
             # after kill -9, and may have lost an unflushed tail): the old incarnation leaves
             # every ISR and leadership first, exactly as if its session had expired.
             records += self._fence(existing.broker_id, shutting_down=False)
+        # The version this item will bring the state to (one bump per item with records).
         broker_epoch = self.version + 1
         records.append(
             BrokerRegistered(
@@ -522,10 +566,11 @@ class MetadataState:
     def _fence(self, broker_id: int, *, shutting_down: bool) -> list[Record]:
         """Records that fence a broker: it leaves every ISR (unless it is the last member)
         and every leadership moves to another live ISR member, or the partition goes
-        offline (or to an out-of-sync replica, if the topic allows unclean election)."""
-        records: list[Record] = [BrokerFenceChanged(broker_id, True, shutting_down)]
+        offline (or to an out-of-sync replica, if the topic allows unclean election).
+        The fence itself comes last, so every prefix leaves a valid state."""
+        records: list[Record] = []
         live = self.live_broker_ids() - {broker_id}
-        for name, index, p in list(self.partitions()):
+        for name, index, p in self.partitions():
             if broker_id not in p.isr and p.leader != broker_id:
                 continue
             isr = tuple(r for r in p.isr if r != broker_id) or p.isr
@@ -535,26 +580,45 @@ class MetadataState:
                 leader, isr = elect_leader(p.ar, isr, live, unclean=unclean)
             new = changed_partition(p, leader=leader, isr=isr)
             if new is not None:
-                records.append(PartitionChanged(name, index, new))
+                records.append(_partition_changed(name, index, new))
+        records.append(BrokerFenceChanged(broker_id, True, shutting_down))
         return records
 
-    def _unfence(self, broker: BrokerRegistration) -> list[Record]:
-        if not broker.fenced:
-            return []
-        records: list[Record] = [BrokerFenceChanged(broker.broker_id, False, False)]
+    def _unfence(self, command: UnfenceBroker) -> tuple[list[Record], CommandResult]:
+        """Unfence a broker that caught up, then elect it where a partition is offline and
+        it may lead. The unfence comes first (a leader must be unfenced); planned again
+        after a prefix, the remaining elections follow."""
+        self._check_controller_epoch(command.controller_epoch)
+        broker = self._broker(command.broker_id, command.broker_epoch)
+        if command.metadata_version < broker.broker_epoch:
+            raise RaftmqError(
+                ErrorCode.BROKER_NOT_AVAILABLE,
+                f"broker {broker.broker_id} has applied metadata version "
+                f"{command.metadata_version}, older than its own registration "
+                f"({broker.broker_epoch}); it stays fenced until it catches up",
+            )
+        records: list[Record] = []
+        if broker.fenced:
+            records.append(BrokerFenceChanged(broker.broker_id, False, False))
         live = self.live_broker_ids() | {broker.broker_id}
-        for name, index, p in list(self.partitions()):
+        for name, index, p in self.partitions():
             if p.leader != NO_LEADER or broker.broker_id not in p.ar:
                 continue
             unclean = self.topics[name].config.unclean_leader_election_enable
             leader, isr = elect_leader(p.ar, p.isr, live, unclean=unclean)
             new = changed_partition(p, leader=leader, isr=isr)
             if new is not None:
-                records.append(PartitionChanged(name, index, new))
-        return records
+                records.append(_partition_changed(name, index, new))
+        return records, CommandResult()
 
     def _create_topic(self, command: CreateTopic) -> tuple[list[Record], CommandResult]:
         validate_topic_name(command.name)
+        if command.name.startswith(INTERNAL_TOPIC_PREFIX) and not command.internal:
+            raise RaftmqError(
+                ErrorCode.INVALID_TOPIC_NAME,
+                f"topic name {command.name!r} starts with {INTERNAL_TOPIC_PREFIX!r}: such "
+                "names are reserved for the cluster's internal topics (e.g. __consumer_offsets)",
+            )
         if command.name in self.topics:
             raise RaftmqError(
                 ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {command.name!r} already exists"
@@ -589,16 +653,8 @@ class MetadataState:
             partitions=command.partitions,
             replication_factor=command.replication_factor,
         )
-        topic = TopicRecord(
-            name=command.name,
-            topic_id=command.topic_id,
-            config=config,
-            partitions=tuple(
-                PartitionRecord(ar=ar, isr=ar, leader=ar[0], leader_epoch=0, partition_epoch=0)
-                for ar in assignment
-            ),
-        )
-        return [TopicCreated(topic)], CommandResult(value=command.name)
+        record = TopicCreated(command.name, command.topic_id, config, tuple(assignment))
+        return [record], CommandResult(value=command.name)
 
     def _alter_partition(self, command: AlterPartition) -> tuple[list[Record], CommandResult]:
         self._broker(command.broker_id, command.broker_epoch)
@@ -648,7 +704,8 @@ class MetadataState:
         new = changed_partition(p, leader=p.leader, isr=new_isr)
         if new is None:
             return [], CommandResult(value=p)
-        return [PartitionChanged(command.topic, command.partition, new)], CommandResult(value=new)
+        record = _partition_changed(command.topic, command.partition, new)
+        return [record], CommandResult(value=new)
 
     def _elect_leaders(self, command: ElectLeaders) -> tuple[list[Record], CommandResult]:
         if command.controller_epoch >= 0:
@@ -670,8 +727,12 @@ class MetadataState:
                 leader, isr = elect_leader(p.ar, p.isr, live, unclean=True)
                 new = changed_partition(p, leader=leader, isr=isr)
             if new is not None:
-                records.append(PartitionChanged(name, index, new))
+                records.append(_partition_changed(name, index, new))
         return records, CommandResult(value=len(records))
+
+
+def _partition_changed(topic: str, index: int, p: PartitionRecord) -> PartitionChanged:
+    return PartitionChanged(topic, index, p.isr, p.leader, p.leader_epoch, p.partition_epoch)
 
 
 def assert_partition_invariants(p: PartitionRecord) -> None:

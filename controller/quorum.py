@@ -1,17 +1,23 @@
 """The pysyncobj shell around `MetadataState`: replication, persistence, leadership.
 
-Threads: pysyncobj's tick thread applies committed commands (`_apply_replicated`) and
-reports role changes; gRPC worker threads read the state (under `lock`) and submit
-commands (`submit`, which blocks the caller, never the tick thread); one maintenance
-thread runs the leader's duties (controller epoch, session expiry, leader balancing).
+Threads:
+- pysyncobj's tick thread applies committed entries (`_apply_entry`), writes and loads
+  snapshots (`_write_snapshot` / `_read_snapshot`) and reports role changes;
+- gRPC worker threads read the state (under `lock`) and submit commands to the planner
+  (`submit`, which blocks the caller, never the tick thread);
+- the planner thread (leader only, `planner.Planner`) plans commands into entries;
+- the maintenance thread runs this controller's duties: checking and stamping the cluster
+  id, registering its own endpoint, and on the leader initializing the cluster, the
+  controller epoch, session expiry and leader balancing.
 
-pysyncobj pickles every attribute set *after* its own `__init__` into snapshots, so the
-lock, condition, logger and configuration are assigned before `super().__init__()` and
-only `_state` after it.
+Only `_state` is replicated. pysyncobj pickles no attribute of ours: snapshots go through
+our serializer (`quorum_storage`), and the log holds encoded entries (`metadata_entry`).
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import threading
 import time
 import uuid
@@ -21,22 +27,45 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
-from raftmq.controller.metadata_state import (
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
+from raftmq import node_meta, ports, wire
+from raftmq.controller import quorum_storage
+from raftmq.controller.metadata_commands import (
     BeginControllerEpoch,
     Command,
     CommandResult,
     ElectLeaders,
     FenceBroker,
-    MetadataState,
+    InitializeCluster,
     RegisterController,
     UnfenceBroker,
 )
+from raftmq.controller.metadata_entry import (
+    EntryOutcome,
+    MetadataEntry,
+    MetadataItem,
+    decode_entry,
+    encode_entry,
+)
+from raftmq.controller.metadata_records import MetadataFormatError
+from raftmq.controller.metadata_state import MetadataState
+from raftmq.controller.planner import Planner
 from raftmq.controller.session_tracker import SessionTracker
-from raftmq.errors import ErrorCode
+from raftmq.lifecycle import guarded_thread
 
 _RAFT_LEADER_STATE = 2
+# pysyncobj's answers that mean an entry was certainly not (and will never be) applied.
+_NEVER_APPLIED = {FAIL_REASON.DISCARDED, FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED}
+# A duty that did not take effect is proposed again after this long.
+DUTY_RETRY_MS = 1_000
+# How long `stop` waits for each of our threads.
+THREAD_JOIN_S = 3.0
 T = TypeVar("T")
+
+
+def new_cluster_id() -> str:
+    """A fresh cluster id as Kafka makes them: 22 characters, base64url of a uuid4."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +78,19 @@ class QuorumConfig:
     password: str | None
     grpc_host: str
     grpc_port: int
+    # The cluster this controller belongs to (--cluster-id, else its data dir's stamp);
+    # "" when it may join any. The first leader creates the cluster with this id, or a
+    # fresh one.
+    cluster_id: str = ""
     session_timeout_ms: int = 4_000
-    # How often the leader looks for expired sessions and pending duties.
+    # How often this controller looks at its duties.
     maintenance_interval_ms: int = 100
     # Automatic preferred-leader balancing (Kafka's auto.leader.rebalance), 0 disables.
     leader_balance_interval_ms: int = 10_000
     command_timeout_ms: int = 5_000
+    # Snapshot (and truncate the journal) after this many entries or this long.
+    log_compaction_entries_min: int = 10_000
+    log_compaction_interval_s: int = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,106 +109,206 @@ class QuorumStatus:
     last_applied: int
 
 
-def _sync_obj_conf(config: QuorumConfig, on_state_changed: Callable[[int, int], None]) -> Any:
-    """pysyncobj tuned as ../shared/dependencies.md measured: its defaults give ~10 commits/s
-    and multi-second failovers; this gave 0.27-0.38 s leader kill -> next commit."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    return SyncObjConf(
-        password=config.password,
-        appendEntriesUseBatch=False,
-        raftMinTimeout=0.2,
-        raftMaxTimeout=0.4,
-        appendEntriesPeriod=0.05,
-        autoTickPeriod=0.01,
-        connectionTimeout=30,
-        connectionRetryTime=0.5,
-        # An isolated leader steps down after this; it is fenced by the epoch regardless.
-        leaderFallbackTimeout=1.0,
-        journalFile=str(config.data_dir / "raft.journal"),
-        fullDumpFile=str(config.data_dir / "raft.snapshot"),
-        # Snapshots by fork() are unsafe in a process that runs gRPC threads.
-        useFork=False,
-        logCompactionMinEntries=20_000,
-        logCompactionMinTime=600,
-        bindAddress=config.raft_bind,
-        onStateChanged=on_state_changed,
-        commandsQueueSize=10_000,
-    )
-
-
 class ControllerQuorum(SyncObj):  # type: ignore[misc]
-    def __init__(self, config: QuorumConfig) -> None:
+    """One controller's Raft member. Construct (binds the Raft port, replays the journal
+    and snapshot), then `start()` the planner and maintenance threads; `stop()` at the end.
+
+    Raises DataDirError for a journal or snapshot this version cannot read, PortInUseError
+    when the Raft port is taken."""
+
+    def __init__(
+        self,
+        config: QuorumConfig,
+        *,
+        stopping: threading.Event,
+        on_fatal: Callable[[str], None],
+    ) -> None:
         assert config.voters.get(config.node_id) == config.raft_address
-        # --- not replicated (set before SyncObj.__init__ so it is never pickled) ---
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        quorum_storage.check_files(config.data_dir)
+        # Everything the tick thread touches exists before SyncObj.__init__ starts it.
         self.config = config
         self.lock = threading.RLock()
-        # Notified (under `lock`) after every applied command that changed the state.
+        # Notified (under `lock`) after every applied entry that changed the state.
         self.changed = threading.Condition(self.lock)
         self.log = structlog.get_logger("raftmq.controller").bind(node_id=config.node_id)
+        self._stopping = stopping
+        self._on_fatal = on_fatal
+        # Why this node stopped taking part ("" while healthy): an unreadable entry or
+        # snapshot, or a quorum of another cluster. Set once; nothing is applied after it.
+        self._refused = ""
+        self._state = MetadataState()
+        self.planner = Planner(self, apply_timeout_ms=config.command_timeout_ms, logger=self.log)
+        # Written by gRPC threads (heartbeats) and the maintenance thread: every call of
+        # `sessions` holds `_sessions_lock`.
+        self._sessions_lock = threading.Lock()
         self.sessions = SessionTracker(session_timeout_ms=config.session_timeout_ms)
         self._id_by_address = {addr: node for node, addr in config.voters.items()}
+        # The id this node proposes if it is the quorum's first leader.
+        self._cluster_id_candidate = config.cluster_id or new_cluster_id()
+        self._cluster_id_checked = False
         self._became_leader_term = -1
         self._fence_proposed_ms: dict[int, int] = {}
+        self._duty_proposed_ms: dict[str, int] = {}
         self._last_balance_ms = 0
-        self._last_register_ms = 0
-        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
         others = [addr for node, addr in config.voters.items() if node != config.node_id]
-        super().__init__(
-            config.raft_address, others, _sync_obj_conf(config, self._on_state_changed)
+        super().__init__(config.raft_address, others, self._sync_obj_conf())
+        try:
+            self.waitBinded()
+        except SyncObjException as e:
+            # The tick thread gave up binding and ended: close the socket and journal here.
+            self._doDestroy()
+            host, port = wire.parse_host_port(config.raft_bind)
+            if not ports.port_free(host, port):
+                raise ports.PortInUseError(host, port) from e
+            raise OSError(f"cannot bind the Raft listener {config.raft_bind}") from e
+
+    def _sync_obj_conf(self) -> Any:
+        """pysyncobj tuned as ../shared/dependencies.md measured: its defaults give ~10
+        commits/s and multi-second failovers; this gave 0.27-0.38 s leader kill -> next
+        commit."""
+        config = self.config
+        return SyncObjConf(
+            password=config.password,
+            appendEntriesUseBatch=False,
+            raftMinTimeout=0.2,
+            raftMaxTimeout=0.4,
+            appendEntriesPeriod=0.05,
+            autoTickPeriod=0.01,
+            connectionTimeout=30,
+            connectionRetryTime=0.5,
+            # An isolated leader steps down after this; it is fenced by the epoch regardless.
+            leaderFallbackTimeout=1.0,
+            journalFile=str(config.data_dir / quorum_storage.JOURNAL_FILE),
+            fullDumpFile=str(config.data_dir / quorum_storage.SNAPSHOT_FILE),
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            # Snapshots by fork() are unsafe in a process that runs gRPC threads (and
+            # pysyncobj never forks with a custom serializer).
+            useFork=False,
+            logCompactionMinEntries=config.log_compaction_entries_min,
+            logCompactionMinTime=config.log_compaction_interval_s,
+            # A snapshot stalls the tick thread: voters take turns, never all at once.
+            logCompactionSplit=len(config.voters) > 1,
+            bindAddress=config.raft_bind,
+            # A taken Raft port is an error at start, not a retry every second.
+            maxBindRetries=1,
+            onStateChanged=self._on_state_changed,
+            commandsQueueSize=10_000,
         )
-        # --- replicated state (pickled into snapshots) ---
-        self._state = MetadataState()
-        self._maintenance = threading.Thread(
-            target=self._maintenance_loop, name="controller-maintenance", daemon=True
-        )
-        self._maintenance.start()
+
+    def start(self) -> None:
+        """Start the planner and maintenance threads (guarded: a crash is logged and the
+        loop restarted; repeated crashes end the process through `on_fatal`)."""
+        assert not self._threads
+        for name, target in (
+            ("controller-planner", lambda: self.planner.run(self._stopping)),
+            ("controller-maintenance", self._maintenance_loop),
+        ):
+            thread = guarded_thread(
+                target, name=name, stopping=self._stopping, on_fatal=self._on_fatal, log=self.log
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop our threads and pysyncobj. `stopping` must be set (by the lifecycle)."""
+        self._stopping.set()
+        with self.lock:
+            self.changed.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=THREAD_JOIN_S)
+        self.destroy()
+        # pysyncobj's tick thread closes the journal on its way out; wait (bounded) so that
+        # another quorum may open the same data dir right after (tests, restarts).
+        deadline = time.monotonic() + THREAD_JOIN_S
+        while self.tick_thread_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     # ------------------------------------------------------------ replication
 
     @replicated  # type: ignore[untyped-decorator]
-    def _apply_replicated(self, command: Command) -> CommandResult:
-        """Runs on the pysyncobj tick thread on every node, in log order."""
+    def _apply_entry(self, blob: bytes) -> EntryOutcome | None:
+        """Apply one committed entry. Runs on the pysyncobj tick thread on every node, in
+        log order. An entry this version cannot read stops this node for good (it applies
+        nothing more, and ends the process): never a guess at what it meant."""
+        if self._refused:
+            return None
+        try:
+            entry = decode_entry(blob)
+        except MetadataFormatError as e:
+            self._refuse(f"the Raft log holds an entry this raftmq cannot read: {e}")
+            return None
         with self.lock:
-            version = self._state.version
-            result = self._state.apply(command)
-            if self._state.version != version:
+            try:
+                outcome = self._state.apply_entry(entry)
+            except Exception as e:
+                self._refuse(f"replaying a committed entry failed: {e!r}")
+                return None
+            if outcome.applied and any(item.records for item in entry.items):
                 self.changed.notify_all()
-        if result.ok:
-            self.log.debug("command.applied", command=type(command).__name__)
-        return result
+        return outcome
+
+    def _refuse(self, reason: str) -> None:
+        if not self._refused:
+            self._refused = reason
+            self.log.error("metadata.refused", reason=reason)
+            self._on_fatal(reason)
+
+    def propose(self, blob: bytes, on_applied: Callable[[EntryOutcome | None], None]) -> None:
+        """Append an encoded entry (planner.MetadataLog). Any thread but the tick thread's
+        callbacks may call it; forwarded by pysyncobj if this node does not lead."""
+
+        def done(result: Any, error: Any) -> None:
+            if error == FAIL_REASON.SUCCESS and isinstance(result, EntryOutcome):
+                on_applied(result)
+            elif error in _NEVER_APPLIED:
+                on_applied(EntryOutcome(False, ()))
+            else:
+                on_applied(None)
+
+        self._apply_entry(blob, callback=done)
+
+    def committed_state(self) -> MetadataState:
+        """A scratch copy of the applied state, for the planner."""
+        with self.lock:
+            return self._state.scratch_copy()
 
     def submit(self, command: Command, *, timeout_ms: int | None = None) -> CommandResult:
-        """Replicate a command and wait until this node applied it. Called from gRPC threads
-        (never from the tick thread). Forwarded by pysyncobj when this node is a follower.
-        On a timeout or leader change the outcome is unknown: CONTROLLER_UNAVAILABLE, and a
-        retry with the same request id is safe."""
-        timeout_s = (timeout_ms or self.config.command_timeout_ms) / 1000
+        """Plan and commit `command` on this node, which must lead (else NOT_CONTROLLER);
+        wait until applied. From gRPC threads. CONTROLLER_UNAVAILABLE when the outcome
+        is unknown: a retry with the same request id is safe."""
+        return self.planner.submit(command, timeout_ms=timeout_ms or self.config.command_timeout_ms)
+
+    # ------------------------------------------------------------ snapshots
+
+    def _write_snapshot(self, path: str, raft: Any) -> None:
+        """pysyncobj's serializer (tick thread): our state, in our versioned format."""
+        if self._refused:
+            raise RuntimeError(f"no snapshot of a refused state: {self._refused}")
+        with self.lock:
+            state = self._state.to_dict()
+        data = quorum_storage.encode_snapshot(raft, state)
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.log.info("snapshot.written", version=state["version"], snapshot_bytes=len(data))
+
+    def _read_snapshot(self, path: str) -> Any:
+        """pysyncobj's deserializer (tick thread): at start, or a snapshot the leader sent.
+        A file that is not ours is refused (pysyncobj would carry on without it)."""
         try:
-            result: CommandResult = self._apply_replicated(command, sync=True, timeout=timeout_s)
-        except SyncObjException as e:
-            return CommandResult(
-                ErrorCode.CONTROLLER_UNAVAILABLE,
-                f"the controller quorum did not commit the command ({e.errorCode}); "
-                "retry with the same request id",
-            )
-        return result
-
-    def _submit_async(self, command: Command) -> None:
-        """Fire-and-forget proposal, safe from any thread (including the tick thread)."""
-
-        def done(result: CommandResult | None, error: Any) -> None:
-            # pysyncobj reports FAIL_REASON.SUCCESS (0) on success.
-            if error != 0 or result is None:
-                self.log.info("command.not_committed", command=type(command).__name__, error=error)
-            elif not result.ok:
-                self.log.info(
-                    "command.rejected", command=type(command).__name__, error=result.error.name
-                )
-
-        try:
-            self._apply_replicated(command, callback=done)
-        except SyncObjException as e:  # queue full
-            self.log.warning("command.dropped", command=type(command).__name__, error=str(e))
+            raft, state = quorum_storage.decode_snapshot(Path(path).read_bytes())
+        except (OSError, MetadataFormatError) as e:
+            self._refuse(f"{path}: {e}")
+            raise
+        with self.lock:
+            self._state = state
+            self.changed.notify_all()
+        self.log.info("snapshot.loaded", version=state.version)
+        return raft
 
     # ------------------------------------------------------------ reads
 
@@ -186,7 +322,7 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
         return self._state
 
     def is_leader(self) -> bool:
-        return bool(self._isLeader())
+        return not self._refused and bool(self._isLeader())
 
     def leader_id(self) -> int:
         leader = self._getLeader()
@@ -232,7 +368,7 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
             last_applied=int(raw.get("last_applied", 0)),
         )
 
-    # ------------------------------------------------------------ leader duties
+    # ------------------------------------------------------------ duties
 
     def _on_state_changed(self, old_state: int, new_state: int) -> None:
         """pysyncobj tick thread: never block here."""
@@ -244,57 +380,60 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
     def _maintenance_loop(self) -> None:
         interval_s = self.config.maintenance_interval_ms / 1000
         while not self._stopping.wait(interval_s):
-            try:
-                self._maintain()
-            except Exception:
-                self.log.exception("controller.maintenance_failed")
+            self._maintain(int(time.monotonic() * 1000))
 
-    def _maintain(self) -> None:
-        now_ms = int(time.monotonic() * 1000)
+    def _due(self, duty: str, now_ms: int) -> bool:
+        """Rate-limit a duty: True at most once per DUTY_RETRY_MS."""
+        if now_ms - self._duty_proposed_ms.get(duty, -DUTY_RETRY_MS) < DUTY_RETRY_MS:
+            return False
+        self._duty_proposed_ms[duty] = now_ms
+        return True
+
+    def _maintain(self, now_ms: int) -> None:
+        if self._refused:
+            return
         with self.lock:
+            cluster_id = self._state.cluster_id
             registered = self._state.controllers.get(self.config.node_id)
             controller_epoch = self._state.controller_epoch
             brokers = {
                 b.broker_id: (b.broker_epoch, b.fenced) for b in self._state.brokers.values()
             }
-        if (
-            registered is None
-            or (registered.host, registered.port) != (self.config.grpc_host, self.config.grpc_port)
-        ) and now_ms - self._last_register_ms >= 1_000:
-            self._last_register_ms = now_ms
-            self._submit_async(
-                RegisterController(
-                    f"ctrl-{self.config.node_id}-{self.config.grpc_host}:{self.config.grpc_port}",
-                    self.config.node_id,
-                    self.config.grpc_host,
-                    self.config.grpc_port,
-                )
-            )
-        if not self.is_leader():
+        leader = self.is_leader()
+        if not cluster_id:
+            # The quorum's first state: its leader creates the cluster before anything else.
+            if leader and self._due("initialize", now_ms):
+                candidate = self._cluster_id_candidate
+                self.planner.enqueue(InitializeCluster(f"init-{candidate}", candidate))
+            return
+        if not self._check_cluster_id(cluster_id):
+            return
+        own = (self.config.grpc_host, self.config.grpc_port)
+        if (registered is None or (registered.host, registered.port) != own) and self._due(
+            "register", now_ms
+        ):
+            self._register_endpoint()
+        if not leader:
             self._became_leader_term = -1
             return
         term = self.term()
         if self._became_leader_term != term:
             # A fresh leader knows no heartbeats: every session starts now.
             self._became_leader_term = term
-            self.sessions.reset(((b, e) for b, (e, _) in brokers.items()), now_ms=now_ms)
+            with self._sessions_lock:
+                self.sessions.reset(((b, e) for b, (e, _) in brokers.items()), now_ms=now_ms)
             self._fence_proposed_ms.clear()
             self._last_balance_ms = now_ms
         if controller_epoch < term:
-            self._submit_async(BeginControllerEpoch(f"epoch-{term}", term))
+            if self._due(f"epoch-{term}", now_ms):
+                self.planner.enqueue(BeginControllerEpoch(f"epoch-{term}", term))
             return  # act only once our epoch is committed, fencing older leaders
-        for broker_id, broker_epoch in self.sessions.expired(now_ms=now_ms):
-            current = brokers.get(broker_id)
-            if current is None or current[0] != broker_epoch:
-                self.sessions.forget(broker_id)
-                continue
-            if current[1]:
-                continue  # already fenced
-            last_ms = self._fence_proposed_ms.get(broker_id, 0)
-            if now_ms - last_ms >= 1_000:
+        for broker_id, broker_epoch in self._expired_sessions(brokers, now_ms):
+            last_ms = self._fence_proposed_ms.get(broker_id, -DUTY_RETRY_MS)
+            if now_ms - last_ms >= DUTY_RETRY_MS:
                 self._fence_proposed_ms[broker_id] = now_ms
                 self.log.info("broker.session_expired", broker_id=broker_id)
-                self._submit_async(
+                self.planner.enqueue(
                     FenceBroker(
                         f"fence-{broker_id}-{broker_epoch}-{term}", term, broker_id, broker_epoch
                     )
@@ -302,19 +441,75 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
         interval_ms = self.config.leader_balance_interval_ms
         if interval_ms > 0 and now_ms - self._last_balance_ms >= interval_ms:
             self._last_balance_ms = now_ms
-            self._submit_async(ElectLeaders(uuid.uuid4().hex, term, True))
+            self.planner.enqueue(ElectLeaders(uuid.uuid4().hex, term, True))
 
-    def on_heartbeat(self, broker_id: int, broker_epoch: int, *, want_fence: bool) -> None:
-        """Leader only: record the heartbeat; unfence a returning broker that caught up."""
+    def _expired_sessions(
+        self, brokers: dict[int, tuple[int, bool]], now_ms: int
+    ) -> list[tuple[int, int]]:
+        """(broker id, epoch) of unfenced brokers whose session expired. Sessions of
+        incarnations the state no longer knows are dropped, in the same critical section
+        (a heartbeat of a new incarnation must not slip in between)."""
+        expired = []
+        with self._sessions_lock:
+            for broker_id, broker_epoch in self.sessions.expired(now_ms=now_ms):
+                current = brokers.get(broker_id)
+                if current is None or current[0] != broker_epoch:
+                    self.sessions.forget(broker_id)
+                elif not current[1]:
+                    expired.append((broker_id, broker_epoch))
+        return expired
+
+    def _check_cluster_id(self, cluster_id: str) -> bool:
+        """Once the quorum's cluster id is applied: refuse a quorum of another cluster
+        (the process ends, naming both), stamp the data dir of a new controller."""
+        if self._cluster_id_checked:
+            return True
+        own = self.config.cluster_id
+        if own and own != cluster_id:
+            self._refuse(
+                f"controller {self.config.node_id} belongs to cluster {own} (its data dir or "
+                f"--cluster-id), but the quorum it joined is cluster {cluster_id}; refusing "
+                "to mix them"
+            )
+            return False
+        if node_meta.load(self.config.data_dir) is None:
+            node_meta.stamp(
+                self.config.data_dir,
+                node_meta.NodeMeta(cluster_id, self.config.node_id, "controller"),
+            )
+            self.log.info("data_dir.stamped", cluster_id=cluster_id)
+        self._cluster_id_checked = True
+        return True
+
+    def _register_endpoint(self) -> None:
+        """Commit this controller's gRPC endpoint: an unconditional entry (valid in any
+        state), proposed on every controller and forwarded by pysyncobj to the leader."""
+        command = RegisterController(
+            "", self.config.node_id, self.config.grpc_host, self.config.grpc_port
+        )
+        records, result = self.read(lambda s: s.plan(command))
+        if not records:
+            return
+        entry = MetadataEntry(None, (MetadataItem("", tuple(records), result),))
+
+        def done(outcome: EntryOutcome | None) -> None:
+            if outcome is None or not outcome.applied:
+                self.log.info("controller.registration_unconfirmed")
+
+        self.propose(encode_entry(entry), done)
+
+    def on_heartbeat(
+        self, broker_id: int, broker_epoch: int, *, metadata_version: int, want_fence: bool
+    ) -> None:
+        """Leader only, from gRPC threads: record the heartbeat; unfence a returning broker
+        that does not ask to stay fenced (the plan checks it has caught up)."""
         now_ms = int(time.monotonic() * 1000)
-        self.sessions.heartbeat(broker_id, broker_epoch, now_ms=now_ms)
+        with self._sessions_lock:
+            self.sessions.heartbeat(broker_id, broker_epoch, now_ms=now_ms)
         with self.lock:
             broker = self._state.brokers.get(broker_id)
             epoch = self._state.controller_epoch
         if broker is not None and broker.fenced and not want_fence and epoch == self.term():
-            self._submit_async(UnfenceBroker(uuid.uuid4().hex, epoch, broker_id, broker_epoch))
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._maintenance.join(timeout=2)
-        self.destroy()
+            self.planner.enqueue(
+                UnfenceBroker(uuid.uuid4().hex, epoch, broker_id, broker_epoch, metadata_version)
+            )

@@ -1,11 +1,13 @@
 """The controller process: a gRPC `ControllerService` adapter over `ControllerQuorum`.
 
 The servicer converts protobuf <-> domain types and maps results to error codes; all
-decisions live in `MetadataState` (replicated) and `ControllerQuorum` (leader duties)."""
+decisions live in `MetadataState` (replicated) and `ControllerQuorum` (leader duties).
+Writes are planned only on the Raft leader: on a follower they answer NOT_CONTROLLER with
+the leader's endpoint, which the callers' `call_with_failover` follows."""
 
 from __future__ import annotations
 
-import signal
+import re
 import threading
 import time
 import uuid
@@ -16,10 +18,13 @@ from pathlib import Path
 
 import grpc
 import structlog
-from raftmq import wire
+from raftmq import node_meta, ports, wire
+from raftmq.controller import metadata_commands as mc
 from raftmq.controller import metadata_state as ms
 from raftmq.controller.quorum import ControllerQuorum, QuorumConfig
 from raftmq.errors import ErrorCode
+from raftmq.lifecycle import NodeLifecycle
+from raftmq.metadata import PartitionRecord
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc as rpc
@@ -33,6 +38,8 @@ WATCH_KEEPALIVE_MS = 1_000
 # A controller that has known no Raft leader for this long (cut off in a minority) ends
 # its watch streams, so watchers move to a controller whose metadata is current.
 WATCH_LEADERLESS_MS_MAX = 3_000
+# --cluster-id: Kafka's are 22 base64url characters; operators may pick readable ones.
+_CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _now_leader_hint(quorum: ControllerQuorum) -> cpb.Error:
@@ -52,9 +59,11 @@ def _now_leader_hint(quorum: ControllerQuorum) -> cpb.Error:
     )
 
 
-def _result_error(result: ms.CommandResult) -> cpb.Error:
+def _result_error(quorum: ControllerQuorum, result: mc.CommandResult) -> cpb.Error:
     if result.ok:
         return wire.ok_pb()
+    if result.error == ErrorCode.NOT_CONTROLLER:
+        return _now_leader_hint(quorum)
     return wire.error_to_pb(result.error, result.message)
 
 
@@ -102,21 +111,25 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 )
             )
         result = self.quorum.submit(
-            ms.RegisterBroker(
+            mc.RegisterBroker(
                 request.request_id or uuid.uuid4().hex,
                 request.broker_id,
                 request.endpoint.host,
                 request.endpoint.port,
                 request.rack,
                 request.incarnation_id,
+                request.cluster_id,
             )
         )
+        broker_epoch = result.value if result.ok and isinstance(result.value, int) else -1
         if result.ok:
             self.log.info(
-                "broker.registered", broker_id=request.broker_id, broker_epoch=result.value
+                "broker.registered", broker_id=request.broker_id, broker_epoch=broker_epoch
             )
         return pb.RegisterBrokerResponse(
-            error=_result_error(result), broker_epoch=result.value if result.ok else -1
+            error=_result_error(self.quorum, result),
+            broker_epoch=broker_epoch,
+            cluster_id=self.quorum.read(lambda s: s.cluster_id),
         )
 
     def BrokerHeartbeat(
@@ -133,7 +146,10 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 )
             )
         self.quorum.on_heartbeat(
-            request.broker_id, request.broker_epoch, want_fence=request.want_fence
+            request.broker_id,
+            request.broker_epoch,
+            metadata_version=request.metadata_version,
+            want_fence=request.want_fence,
         )
         return pb.BrokerHeartbeatResponse(
             error=wire.ok_pb(),
@@ -145,13 +161,13 @@ class ControllerServicer(rpc.ControllerServiceServicer):
         self, request: pb.ControlledShutdownRequest, context: grpc.ServicerContext
     ) -> pb.ControlledShutdownResponse:
         result = self.quorum.submit(
-            ms.ControlledShutdown(
+            mc.ControlledShutdown(
                 request.request_id or uuid.uuid4().hex, request.broker_id, request.broker_epoch
             )
         )
         if result.ok:
             self.log.info("broker.shutdown_controlled", broker_id=request.broker_id)
-        return pb.ControlledShutdownResponse(error=_result_error(result))
+        return pb.ControlledShutdownResponse(error=_result_error(self.quorum, result))
 
     # ------------------------------------------------------------ metadata
 
@@ -252,6 +268,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 brokers=[wire.broker_to_pb(b) for _, b in sorted(s.brokers.items())],
                 topics=[wire.topic_to_pb(t) for _, t in sorted(s.topics.items())],
                 metadata_version=s.version,
+                cluster_id=s.cluster_id,
             )
 
         return self.quorum.read(read)
@@ -262,7 +279,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
         self, request: pb.CreateTopicRequest, context: grpc.ServicerContext
     ) -> pb.CreateTopicResponse:
         result = self.quorum.submit(
-            ms.CreateTopic(
+            mc.CreateTopic(
                 request.request_id or uuid.uuid4().hex,
                 request.name,
                 uuid.uuid4().bytes,
@@ -271,7 +288,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 tuple(sorted(request.configs.items())),
             )
         )
-        response = pb.CreateTopicResponse(error=_result_error(result))
+        response = pb.CreateTopicResponse(error=_result_error(self.quorum, result))
         if result.ok:
             topic = self.quorum.read(lambda s: s.topics.get(request.name))
             if topic is not None:
@@ -283,17 +300,17 @@ class ControllerServicer(rpc.ControllerServiceServicer):
         self, request: pb.DeleteTopicRequest, context: grpc.ServicerContext
     ) -> pb.DeleteTopicResponse:
         result = self.quorum.submit(
-            ms.DeleteTopic(request.request_id or uuid.uuid4().hex, request.name)
+            mc.DeleteTopic(request.request_id or uuid.uuid4().hex, request.name)
         )
         if result.ok:
             self.log.info("topic.deleted", topic=request.name)
-        return pb.DeleteTopicResponse(error=_result_error(result))
+        return pb.DeleteTopicResponse(error=_result_error(self.quorum, result))
 
     def AlterPartition(
         self, request: pb.AlterPartitionRequest, context: grpc.ServicerContext
     ) -> pb.AlterPartitionResponse:
         result = self.quorum.submit(
-            ms.AlterPartition(
+            mc.AlterPartition(
                 request.request_id or uuid.uuid4().hex,
                 request.broker_id,
                 request.broker_epoch,
@@ -305,8 +322,8 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 tuple(request.new_isr),
             )
         )
-        response = pb.AlterPartitionResponse(error=_result_error(result))
-        if result.ok:
+        response = pb.AlterPartitionResponse(error=_result_error(self.quorum, result))
+        if result.ok and isinstance(result.value, PartitionRecord):
             response.partition.CopyFrom(wire.partition_to_pb(request.partition, result.value))
             self.log.info(
                 "partition.isr_changed",
@@ -320,16 +337,37 @@ class ControllerServicer(rpc.ControllerServiceServicer):
         self, request: pb.ElectLeadersRequest, context: grpc.ServicerContext
     ) -> pb.ElectLeadersResponse:
         result = self.quorum.submit(
-            ms.ElectLeaders(
+            mc.ElectLeaders(
                 request.request_id or uuid.uuid4().hex,
                 -1,
                 request.type == pb.PREFERRED,
                 tuple((tp.topic, tp.partition) for tp in request.partitions),
             )
         )
-        return pb.ElectLeadersResponse(
-            error=_result_error(result), elected=result.value if result.ok else 0
+        elected = result.value if result.ok and isinstance(result.value, int) else 0
+        return pb.ElectLeadersResponse(error=_result_error(self.quorum, result), elected=elected)
+
+    # ------------------------------------------------------------ producer ids
+
+    def AllocateProducerIds(
+        self, request: pb.AllocateProducerIdsRequest, context: grpc.ServicerContext
+    ) -> pb.AllocateProducerIdsResponse:
+        result = self.quorum.submit(
+            mc.AllocateProducerIds(
+                request.request_id or uuid.uuid4().hex, request.broker_id, request.broker_epoch
+            )
         )
+        response = pb.AllocateProducerIdsResponse(error=_result_error(self.quorum, result))
+        if result.ok and isinstance(result.value, mc.ProducerIdBlock):
+            response.first_producer_id = result.value.first_producer_id
+            response.count = result.value.count
+            self.log.info(
+                "producer_ids.allocated",
+                broker_id=request.broker_id,
+                first_producer_id=result.value.first_producer_id,
+                count=result.value.count,
+            )
+        return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +380,7 @@ class ControllerOptions:
     data_dir: Path
     raft_secret: str
     session_timeout_ms: int = 4_000
+    cluster_id: str = ""  # --cluster-id; "" to take the data dir's or the quorum's
 
 
 def parse_voters(text: str) -> dict[int, str]:
@@ -358,53 +397,71 @@ def parse_voters(text: str) -> dict[int, str]:
     return voters
 
 
-def run_controller(options: ControllerOptions) -> None:
-    """Run one controller until SIGTERM/SIGINT. Called on the main thread (pysyncobj's
-    tick thread stops when the thread that created the SyncObj exits)."""
+def run_controller(options: ControllerOptions) -> NodeLifecycle:
+    """Run one controller until SIGTERM/SIGINT, the launcher's death or a fatal error;
+    returns the lifecycle (its `exit_code` and `reason`). Called on the main thread
+    (pysyncobj's tick thread stops when the thread that created the SyncObj exits).
+
+    Raises DataDirError (a data dir of another node, role, format or cluster) and
+    PortInUseError (the gRPC or the Raft port is taken) before serving anything."""
     log = structlog.get_logger("raftmq.controller").bind(node_id=options.node_id)
     if options.node_id not in options.voters:
         raise ValueError(f"--node-id {options.node_id} is not among the voters")
-    quorum = ControllerQuorum(
-        QuorumConfig(
-            node_id=options.node_id,
-            raft_address=options.voters[options.node_id],
-            raft_bind=options.raft_listen,
-            voters=options.voters,
-            data_dir=options.data_dir,
-            password=options.raft_secret,
-            grpc_host=options.advertise[0],
-            grpc_port=options.advertise[1],
-            session_timeout_ms=options.session_timeout_ms,
+    if options.cluster_id and not _CLUSTER_ID.match(options.cluster_id):
+        raise ValueError(
+            f"--cluster-id {options.cluster_id!r}: use 1-64 letters, digits, '-' or '_'"
         )
+    lifecycle = NodeLifecycle()
+    lifecycle.install_signal_handlers()
+    lifecycle.watch_launcher()
+    stamp = node_meta.check(
+        options.data_dir,
+        role="controller",
+        node_id=options.node_id,
+        cluster_id=options.cluster_id,
     )
-    stopping = threading.Event()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=WORKER_THREADS_MAX, thread_name_prefix="grpc"),
-        options=wire.GRPC_OPTIONS,
+        options=ports.GRPC_SERVER_OPTIONS,
         maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX,
     )
-    rpc.add_ControllerServiceServicer_to_server(ControllerServicer(quorum, stopping), server)
-    address = f"{options.listen[0]}:{options.listen[1]}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot bind the gRPC listener {address}")
+    ports.bind_grpc(server, *options.listen)
+    try:
+        quorum = ControllerQuorum(
+            QuorumConfig(
+                node_id=options.node_id,
+                raft_address=options.voters[options.node_id],
+                raft_bind=options.raft_listen,
+                voters=options.voters,
+                data_dir=options.data_dir,
+                password=options.raft_secret,
+                grpc_host=options.advertise[0],
+                grpc_port=options.advertise[1],
+                cluster_id=options.cluster_id or (stamp.cluster_id if stamp else ""),
+                session_timeout_ms=options.session_timeout_ms,
+            ),
+            stopping=lifecycle.stopping,
+            on_fatal=lifecycle.fatal,
+        )
+    except BaseException:
+        server.stop(grace=None)
+        raise
+    rpc.add_ControllerServiceServicer_to_server(
+        ControllerServicer(quorum, lifecycle.stopping), server
+    )
     server.start()
+    quorum.start()
     log.info(
         "controller.started",
-        listen=address,
+        listen=f"{options.listen[0]}:{options.listen[1]}",
         raft=options.voters[options.node_id],
         voters=len(options.voters),
     )
-
-    def on_signal(signum: int, frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stopping.wait(0.5):
+    # The main thread only waits: pysyncobj's tick thread runs while it is alive.
+    while not lifecycle.stopping.wait(0.5):
         pass
-    log.info("controller.stopping")
-    with quorum.lock:
-        quorum.changed.notify_all()
+    log.info("controller.stopping", reason=lifecycle.reason)
     server.stop(grace=1.0).wait(timeout=3)
     quorum.stop()
-    log.info("controller.stopped")
+    log.info("controller.stopped", exit_code=lifecycle.exit_code)
+    return lifecycle

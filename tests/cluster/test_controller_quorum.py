@@ -54,7 +54,11 @@ class BrokerSessions:
                     call_with_failover(
                         self.pool,
                         "BrokerHeartbeat",
-                        pb.BrokerHeartbeatRequest(broker_id=broker_id, broker_epoch=epoch),
+                        # No metadata watch here: claim to have caught up with the own
+                        # registration, which the controller requires before unfencing.
+                        pb.BrokerHeartbeatRequest(
+                            broker_id=broker_id, broker_epoch=epoch, metadata_version=epoch
+                        ),
                         timeout_ms=2_000,
                     )
 
