@@ -47,6 +47,7 @@ def broker_state(b: cpb.BrokerInfo) -> str:
 
 def cluster_json(response: pb.DescribeClusterResponse) -> dict[str, Any]:
     return {
+        "cluster_id": response.cluster_id,
         "controller": {
             "leader_id": response.controller.leader_id,
             "term": response.controller.term,
@@ -104,6 +105,7 @@ def topic_table(topics: Sequence[dict[str, Any]]) -> str:
 def cluster_text(status: dict[str, Any]) -> str:
     controller = status["controller"]
     parts = [
+        f"Cluster id: {status['cluster_id'] or '(not initialized yet)'}",
         f"Controller quorum: leader {controller['leader_id']}, term {controller['term']}, "
         f"metadata version {status['metadata_version']}",
         table(

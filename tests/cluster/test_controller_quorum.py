@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from raftmq import node_meta
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
@@ -251,6 +253,13 @@ def test_bad_requests_get_clear_errors(quorum) -> None:
     assert (
         bad.error.code == ErrorCode.INVALID_TOPIC_NAME and "may contain only" in bad.error.message
     )
+    reserved = call_with_failover(
+        pool,
+        "CreateTopic",
+        pb.CreateTopicRequest(name="__consumer_offsets", partitions=1, replication_factor=1),
+    )
+    assert reserved.error.code == ErrorCode.INVALID_TOPIC_NAME
+    assert "reserved" in reserved.error.message
     stale = call_with_failover(
         pool, "BrokerHeartbeat", pb.BrokerHeartbeatRequest(broker_id=9, broker_epoch=1)
     )
@@ -278,3 +287,105 @@ def test_controller_without_reachable_leader_ends_watch_streams(quorum) -> None:
                 pass
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 15
+
+
+def register(pool: EndpointPool, broker_id: int, cluster_id: str = "") -> pb.RegisterBrokerResponse:
+    response: pb.RegisterBrokerResponse = call_with_failover(
+        pool,
+        "RegisterBroker",
+        pb.RegisterBrokerRequest(
+            broker_id=broker_id,
+            endpoint=cpb.Endpoint(host="127.0.0.1", port=9000 + broker_id),
+            incarnation_id=uuid.uuid4().hex,
+            request_id=uuid.uuid4().hex,
+            cluster_id=cluster_id,
+        ),
+        timeout_ms=20_000,
+    )
+    return response
+
+
+def test_the_cluster_id_is_committed_stamped_and_checked(quorum) -> None:
+    cluster, pool = quorum
+    status = cluster.describe()
+    assert status is not None
+    cluster_id = status.cluster_id
+    assert len(cluster_id) == 22  # created by the first leader, Kafka's form
+    first = register(pool, 1)
+    assert first.error.code == 0 and first.cluster_id == cluster_id
+    foreign = register(pool, 2, cluster_id="another-cluster")
+    assert foreign.error.code == ErrorCode.INCONSISTENT_CLUSTER_ID and not foreign.error.retriable
+    assert foreign.error.message == (
+        f"broker 2 belongs to cluster another-cluster, this quorum is cluster {cluster_id}"
+    )
+    for node, process in cluster.controllers.items():
+        data_dir = cluster.data_dir / process.name
+        wait_until(
+            lambda data_dir=data_dir: (data_dir / "meta.json").exists(),
+            timeout_s=10,
+            what=f"controller {node} to stamp its data dir",
+        )
+        assert node_meta.load(data_dir) == node_meta.NodeMeta(cluster_id, node, "controller")
+
+    # Writes reach only the leader: a follower answers NOT_CONTROLLER with its endpoint.
+    leader = leader_id(cluster)
+    follower = next(n for n in cluster.controllers if n != leader)
+    endpoint = cluster.layout.controller_endpoints[follower - 1]
+    with grpc.insecure_channel(endpoint) as channel:
+        answer = controller_pb2_grpc.ControllerServiceStub(channel).CreateTopic(
+            pb.CreateTopicRequest(name="t", partitions=1, replication_factor=1), timeout=10
+        )
+    assert answer.error.code == ErrorCode.NOT_CONTROLLER and answer.error.leader_id == leader
+    hint = f"{answer.error.leader_endpoint.host}:{answer.error.leader_endpoint.port}"
+    assert hint == cluster.layout.controller_endpoints[leader - 1]
+
+    # A controller whose data dir belongs to another cluster ends, naming both ids.
+    process = cluster.controllers[follower]
+    process.stop()
+    data_dir = cluster.data_dir / process.name
+    shutil.rmtree(data_dir)
+    node_meta.stamp(data_dir, node_meta.NodeMeta("another-cluster", follower, "controller"))
+    process.start()
+    wait_until(lambda: not process.running, timeout_s=20, what="the foreign controller to exit")
+    assert process.returncode not in (0, None)
+    output = process.log_path.read_text()
+    assert f"error: controller {follower} belongs to cluster another-cluster" in output
+    assert f"the quorum it joined is cluster {cluster_id}" in output
+
+
+def allocate(pool: EndpointPool, broker_id: int, epoch: int, request_id: str) -> tuple[int, int]:
+    response = call_with_failover(
+        pool,
+        "AllocateProducerIds",
+        pb.AllocateProducerIdsRequest(
+            broker_id=broker_id, broker_epoch=epoch, request_id=request_id
+        ),
+        timeout_ms=20_000,
+    )
+    assert response.error.code == 0, response
+    return response.first_producer_id, response.count
+
+
+def test_producer_ids_are_never_handed_out_twice_across_a_failover(quorum) -> None:
+    cluster, pool = quorum
+    sessions = BrokerSessions(pool, 2)
+    try:
+        blocks = [allocate(pool, 1, sessions.epochs[1], "before")]
+        old_leader = leader_id(cluster)
+        cluster.controllers[old_leader].kill()
+        wait_until(
+            lambda: leader_id(cluster) not in (-1, old_leader), timeout_s=10, what="a new leader"
+        )
+        # A retry of the first request (its answer lost) gets the same block again.
+        assert allocate(pool, 1, sessions.epochs[1], "before") == blocks[0]
+        blocks.append(allocate(pool, 2, sessions.epochs[2], "after-1"))
+        cluster.controllers[old_leader].start()
+        blocks.append(allocate(pool, 1, sessions.epochs[1], "after-2"))
+    finally:
+        sessions.stop()
+    ids = [set(range(first, first + count)) for first, count in blocks]
+    assert all(count == 1_000 for _, count in blocks)
+    assert blocks == sorted(blocks)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            assert not a & b

@@ -1,0 +1,27 @@
+"""`raftmq cluster status` shows the cluster id, in JSON and in text."""
+
+from __future__ import annotations
+
+from raftmq.cli import format as fmt
+from raftmq.v1 import controller_pb2 as pb
+
+
+def status(cluster_id: str) -> pb.DescribeClusterResponse:
+    return pb.DescribeClusterResponse(
+        cluster_id=cluster_id,
+        controller=pb.QuorumInfo(
+            leader_id=1, term=3, voters=[pb.QuorumVoter(id=1, state="leader")]
+        ),
+        metadata_version=7,
+    )
+
+
+def test_the_cluster_id_is_in_the_json_and_the_text() -> None:
+    shown = fmt.cluster_json(status("MkU3OEVBNTcwNTJENDM2Qg"))
+    assert shown["cluster_id"] == "MkU3OEVBNTcwNTJENDM2Qg"
+    assert fmt.cluster_text(shown).splitlines()[0] == "Cluster id: MkU3OEVBNTcwNTJENDM2Qg"
+
+
+def test_a_quorum_without_a_cluster_id_yet_says_so() -> None:
+    text = fmt.cluster_text(fmt.cluster_json(status("")))
+    assert text.splitlines()[0] == "Cluster id: (not initialized yet)"
