@@ -232,6 +232,31 @@ def test_a_taken_raft_port_is_a_clear_error(tmp_path) -> None:
         assert time.monotonic() - started < 5
 
 
+def test_a_heartbeat_unfences_only_once_metadata_reached_the_registration(
+    tmp_path, make_node
+) -> None:
+    node = make_node(tmp_path / "c1")
+    node.wait_ready()
+    result = submit(node, mc.RegisterBroker("reg", 1, "h", 9000, "", "inc"))
+    epoch = result.value
+    assert isinstance(epoch, int)
+    node.quorum.on_heartbeat(1, epoch, metadata_version=epoch - 1, want_fence=False)
+    # Queued after the heartbeat's unfence attempt: once answered, that one was applied.
+    assert submit(node, mc.DeleteTopic("probe", "no-such-topic")).error.name == (
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    )
+    assert node.state(lambda s: s.brokers[1].fenced)
+    node.quorum.on_heartbeat(1, epoch, metadata_version=epoch, want_fence=True)
+    assert submit(node, mc.DeleteTopic("probe-2", "no-such-topic")).error.name == (
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    )
+    assert node.state(lambda s: s.brokers[1].fenced)
+    node.quorum.on_heartbeat(1, epoch, metadata_version=epoch, want_fence=False)
+    wait_until(
+        lambda: not node.state(lambda s: s.brokers[1].fenced), timeout_s=WAIT_S, what="unfence"
+    )
+
+
 class InterleavingTracker(SessionTracker):
     """Walks its sessions in Python code, one switch point per session, so that a
     heartbeat on another thread can run in the middle (CPython's sorted() over a dict is
