@@ -3,7 +3,9 @@
 The servicer converts protobuf <-> domain types and maps results to error codes; all
 decisions live in `MetadataState` (replicated) and `ControllerQuorum` (leader duties).
 Writes are planned only on the Raft leader: on a follower they answer NOT_CONTROLLER with
-the leader's endpoint, which the callers' `call_with_failover` follows."""
+the leader's endpoint, which the callers' `call_with_failover` follows. Reads are local,
+after a read index on followers (`read_index`), so a write is visible on every controller
+once answered."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from raftmq import node_meta, ports, wire
 from raftmq.controller import metadata_commands as mc
 from raftmq.controller import metadata_state as ms
 from raftmq.controller.quorum import ControllerQuorum, QuorumConfig
+from raftmq.controller.read_index import ReadIndex, is_version_probe
 from raftmq.errors import ErrorCode
 from raftmq.lifecycle import NodeLifecycle
 from raftmq.metadata import PartitionRecord
@@ -97,6 +100,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
     def __init__(self, quorum: ControllerQuorum, stopping: threading.Event) -> None:
         self.quorum = quorum
         self.stopping = stopping
+        self.read_index = ReadIndex(quorum, stopping)
         self.log = structlog.get_logger("raftmq.controller").bind(node_id=quorum.config.node_id)
 
     # ------------------------------------------------------------ brokers
@@ -220,6 +224,9 @@ class ControllerServicer(rpc.ControllerServiceServicer):
     def DescribeTopics(
         self, request: pb.DescribeTopicsRequest, context: grpc.ServicerContext
     ) -> pb.DescribeTopicsResponse:
+        if not is_version_probe(request):
+            self.read_index.wait_caught_up()
+
         def read(s: ms.MetadataState) -> pb.DescribeTopicsResponse:
             names = list(request.names) or sorted(s.topics)
             missing = [n for n in names if n not in s.topics]
@@ -242,6 +249,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
     def DescribeCluster(
         self, request: pb.DescribeClusterRequest, context: grpc.ServicerContext
     ) -> pb.DescribeClusterResponse:
+        self.read_index.wait_caught_up()
         status = self.quorum.status()
 
         def read(s: ms.MetadataState) -> pb.DescribeClusterResponse:

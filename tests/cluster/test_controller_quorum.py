@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -389,3 +390,46 @@ def test_producer_ids_are_never_handed_out_twice_across_a_failover(quorum) -> No
     for i, a in enumerate(ids):
         for b in ids[i + 1 :]:
             assert not a & b
+
+
+def test_a_write_is_visible_on_every_controller_once_answered(quorum) -> None:
+    """A follower that was paused while the write committed (so it learns of the commit
+    late) still shows the write to a read that arrives after the answer: its read asks the
+    leader how far to catch up first (read index). Fails without it."""
+    cluster, pool = quorum
+    sessions = BrokerSessions(pool, 1)
+    channels = {
+        n: grpc.insecure_channel(cluster.layout.controller_endpoints[n - 1])
+        for n in cluster.controllers
+    }
+    try:
+        wait_all_unfenced(cluster, 1)
+        leader = leader_id(cluster)
+        followers = [n for n in cluster.controllers if n != leader]
+        stubs = {n: controller_pb2_grpc.ControllerServiceStub(c) for n, c in channels.items()}
+        for stub in stubs.values():  # connected before any pause
+            stub.DescribeTopics(pb.DescribeTopicsRequest(names=["warm-up"]), timeout=5)
+        for round_ in range(5):
+            paused = followers[round_ % 2]
+            name = f"visible-{round_}"
+            cluster.controllers[paused].signal(signal.SIGSTOP)
+            try:
+                created = stubs[leader].CreateTopic(
+                    pb.CreateTopicRequest(
+                        name=name, partitions=1, replication_factor=1, request_id=name
+                    ),
+                    timeout=10,
+                )
+                assert created.error.code == 0, created
+                # Sent while it is paused; answered once it runs again.
+                pending = stubs[paused].DescribeTopics.future(
+                    pb.DescribeTopicsRequest(names=[name]), timeout=10
+                )
+            finally:
+                cluster.controllers[paused].signal(signal.SIGCONT)
+            answer = pending.result(timeout=10)
+            assert answer.error.code == 0 and [t.name for t in answer.topics] == [name], answer
+    finally:
+        for channel in channels.values():
+            channel.close()
+        sessions.stop()
