@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -54,6 +55,8 @@ REPLANS_MAX = 5
 PARTS_MAX = 256
 # How often an idle planner looks at its stop flag.
 IDLE_POLL_S = 0.2
+# How often the planner, waiting for its entry, checks that this node still leads.
+LEADERSHIP_CHECK_S = 0.1
 
 # The result a caller gets when the commit could not be confirmed.
 OUTCOME_UNKNOWN = CommandResult(
@@ -304,9 +307,13 @@ class Planner:
                 done.set()
 
         self._log.propose(blob, on_applied)
-        if not done.wait(self._apply_timeout_s):
-            self.log.info("entry.unconfirmed", entry_bytes=len(blob))
-            return None
+        # A leader that loses its role mid-wait hears nothing more about the entry: give
+        # up then rather than at the timeout, so callers move on to the new leader sooner.
+        deadline_s = time.monotonic() + self._apply_timeout_s
+        while not done.wait(min(LEADERSHIP_CHECK_S, max(0.0, deadline_s - time.monotonic()))):
+            if time.monotonic() >= deadline_s or not self._log.is_leader():
+                self.log.info("entry.unconfirmed", entry_bytes=len(blob))
+                return None
         return outcomes[0]
 
     def _answer(self, request: _Request, result: CommandResult) -> None:

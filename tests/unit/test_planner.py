@@ -97,7 +97,7 @@ def make_planner() -> Iterator[Callable[..., tuple[Planner, FakeLog]]]:
 
     def make(brokers: int = 3, **kwargs: int) -> tuple[Planner, FakeLog]:
         log = FakeLog(initialized(brokers))
-        planner = Planner(log, apply_timeout_ms=TIMEOUT_MS, **kwargs)
+        planner = Planner(log, **{"apply_timeout_ms": TIMEOUT_MS, **kwargs})
         thread = threading.Thread(target=planner.run, args=(stopping,), daemon=True)
         thread.start()
         threads.append(thread)
@@ -242,3 +242,20 @@ def test_a_full_queue_is_a_retriable_refusal() -> None:
     answer = planner.submit(create("c"), timeout_ms=TIMEOUT_MS)
     assert answer.error == ErrorCode.CONTROLLER_UNAVAILABLE and answer.error.retriable
     assert "busy" in answer.message
+
+
+def test_a_leader_deposed_while_waiting_gives_up_on_its_entry(make_planner) -> None:
+    """pysyncobj says nothing more about an entry once its leader is deposed: the planner
+    stops waiting then (not at its long apply timeout) and serves the next command."""
+    planner, log = make_planner(apply_timeout_ms=600_000)
+    propose = log.propose
+
+    def lose_leadership(blob: bytes, on_applied: Callable[[EntryOutcome | None], None]) -> None:
+        log.leader = False  # appended, then deposed
+        log.propose = propose  # type: ignore[method-assign]
+
+    log.propose = lose_leadership  # type: ignore[method-assign]
+    answer = planner.submit(create("t"), timeout_ms=TIMEOUT_MS)
+    assert answer.error == ErrorCode.CONTROLLER_UNAVAILABLE and "unknown" in answer.message
+    log.leader = True  # elected again: a planner still waiting would not answer this
+    assert planner.submit(create("u"), timeout_ms=TIMEOUT_MS).ok
