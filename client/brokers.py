@@ -27,6 +27,35 @@ def parse_brokers(brokers: Sequence[str] | str) -> list[str]:
     return addresses
 
 
+def candidate_addresses(bootstrap: list[str], metadata: ClusterMetadata | None) -> list[str]:
+    """Where to ask for metadata: the bootstrap brokers, then every other broker learnt
+    (shuffled, to spread the load)."""
+    learnt: list[str] = []
+    if metadata is not None:
+        learnt = [e for b in metadata.brokers if (e := metadata.endpoint(b)) and e not in bootstrap]
+        random.shuffle(learnt)
+    return [*bootstrap, *learnt]
+
+
+def merge_metadata(
+    current: ClusterMetadata | None, answer: ClusterMetadata, topics: Sequence[str]
+) -> ClusterMetadata:
+    """The view after an answer to a metadata request for `topics` (an older answer than
+    the view is ignored)."""
+    if current is None:
+        return answer
+    if answer.version < current.version:
+        return current
+    return current.merged(answer, topics)
+
+
+def no_metadata(failures: list[str]) -> RaftmqError:
+    return RaftmqError(
+        ErrorCode.BROKER_NOT_AVAILABLE,
+        "no broker answered a metadata request: " + "; ".join(failures[-3:]),
+    )
+
+
 class BrokerPool:
     """Conns by address (one gRPC channel each, shared), plus the latest metadata seen."""
 
@@ -48,16 +77,7 @@ class BrokerPool:
         return self.conn(self._candidates()[0])
 
     def _candidates(self) -> list[str]:
-        learnt: list[str] = []
-        metadata = self.metadata
-        if metadata is not None:
-            learnt = [
-                e
-                for b in metadata.brokers
-                if (e := metadata.endpoint(b)) and e not in self.bootstrap
-            ]
-            random.shuffle(learnt)  # spread metadata load over the brokers
-        return [*self.bootstrap, *learnt]
+        return candidate_addresses(self.bootstrap, self.metadata)
 
     def fetch_metadata(
         self,
@@ -82,15 +102,9 @@ class BrokerPool:
                 failures.append(f"{address} has no metadata yet")
                 continue
             with self._lock:
-                current = self.metadata
-                if current is None or metadata.version >= current.version:
-                    current = metadata if current is None else current.merged(metadata, topics)
-                    self.metadata = current
-                return current
-        raise RaftmqError(
-            ErrorCode.BROKER_NOT_AVAILABLE,
-            "no broker answered a metadata request: " + "; ".join(failures[-3:]),
-        )
+                self.metadata = merge_metadata(self.metadata, metadata, topics)
+                return self.metadata
+        raise no_metadata(failures)
 
     def close(self) -> None:
         with self._lock:

@@ -36,6 +36,21 @@ from raftmq.message import Message
 __all__ = ["FirstOffset", "LastOffset", "Reader"]
 
 
+def check_reader_args(partition: int, min_bytes: int, max_bytes: int) -> None:
+    if partition < 0:
+        raise ValueError(f"partition must be >= 0, got {partition}")
+    if not 1 <= min_bytes <= max_bytes:
+        raise ValueError("need 1 <= min_bytes <= max_bytes")
+
+
+def timed_out(core: ReaderCore, timeout_ms: int | None) -> TimeoutError:
+    last = core.last_error
+    return TimeoutError(
+        f"no message from {core.topic}-{core.partition} within {timeout_ms} ms"
+        + (f" (last error: {last})" if last is not None else "")
+    )
+
+
 class Reader:
     def __init__(
         self,
@@ -48,10 +63,7 @@ class Reader:
         max_wait_ms: int = 500,
         start_offset: int = FirstOffset,
     ) -> None:
-        if partition < 0:
-            raise ValueError(f"partition must be >= 0, got {partition}")
-        if not 1 <= min_bytes <= max_bytes:
-            raise ValueError("need 1 <= min_bytes <= max_bytes")
+        check_reader_args(partition, min_bytes, max_bytes)
         self.topic = topic
         self.partition = partition
         self.min_bytes = min_bytes
@@ -112,11 +124,7 @@ class Reader:
                 return message
             now = now_ms()
             if deadline is not None and now >= deadline:
-                last = self._core.last_error
-                raise TimeoutError(
-                    f"no message from {self.topic}-{self.partition} within {timeout_ms} ms"
-                    + (f" (last error: {last})" if last is not None else "")
-                )
+                raise timed_out(self._core, timeout_ms)
             self._step(now, None if deadline is None else deadline - now)
 
     def __iter__(self) -> Iterator[Message]:

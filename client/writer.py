@@ -70,6 +70,19 @@ class WriteError(RaftmqError):
         return (WriteError, (self.errors,))
 
 
+def check_topics(writer_topic: str | None, messages: Iterable[Message]) -> None:
+    """A topic on the Writer and on a message is exclusive: exactly one of them (kafka-go's
+    rule), checked before anything is sent."""
+    for message in messages:
+        if writer_topic is not None and message.topic is not None:
+            raise ValueError(
+                f"the Writer has topic {writer_topic!r} and a message has topic "
+                f"{message.topic!r}: set the topic on the Writer or on each message, not both"
+            )
+        if writer_topic is None and message.topic is None:
+            raise ValueError("a message has no topic and the Writer has none: set one of them")
+
+
 def compression_codec(compression: str | None) -> int:
     by_name = {name: codec for codec, name in CODEC_NAMES.items()}
     if compression is None:
@@ -163,7 +176,7 @@ class Writer:
         `partition` and `offset` are then set) or raises WriteError. Async mode: returns a
         future at once; outcomes also go to `completion`. Raises ValueError at once for a
         message without a topic, or with one when the Writer has its own."""
-        self._check_topics(messages)
+        check_topics(self.config.topic, messages)
         future: Future[list[Message]] = Future()
         if not messages:
             future.set_result([])
@@ -232,17 +245,6 @@ class Writer:
             )
 
     # ------------------------------------------------------------ sender thread
-
-    def _check_topics(self, messages: Iterable[Message]) -> None:
-        for message in messages:
-            if self.config.topic is not None and message.topic is not None:
-                raise ValueError(
-                    f"the Writer has topic {self.config.topic!r} and a message has topic "
-                    f"{message.topic!r}: set the topic on the Writer or on each message, "
-                    "not both"
-                )
-            if self.config.topic is None and message.topic is None:
-                raise ValueError("a message has no topic and the Writer has none: set one of them")
 
     def _run(self) -> None:
         # Bound: until closed; each pass does the core's due work, then waits for a

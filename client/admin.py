@@ -1,0 +1,182 @@
+"""`Admin`: topics, offsets and the cluster's status, through any broker (brokers forward
+admin requests to the controller quorum, so clients only ever need broker addresses).
+
+Calls fail over between the bootstrap brokers and are bounded by `timeout_ms`; a topic
+create or delete carries a request id, so a retry after an unknown outcome is applied
+once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from raftmq import wire
+from raftmq.client.brokers import parse_brokers
+from raftmq.client.conn import Conn
+from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.client.protocol import EARLIEST, LATEST
+from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.metadata import BrokerRegistration, TopicRecord
+from raftmq.v1 import controller_pb2 as pb
+
+FirstOffset = EARLIEST
+LastOffset = LATEST
+
+
+@dataclass(frozen=True, slots=True)
+class VoterStatus:
+    node_id: int
+    state: str  # leader | follower | unreachable
+    raft_address: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    cluster_id: str
+    controller_leader_id: int
+    controller_term: int
+    voters: tuple[VoterStatus, ...]
+    metadata_version: int
+    brokers: tuple[BrokerRegistration, ...]
+    topics: tuple[TopicRecord, ...]
+
+
+def cluster_status_from_pb(response: pb.DescribeClusterResponse) -> ClusterStatus:
+    return ClusterStatus(
+        cluster_id=response.cluster_id,
+        controller_leader_id=response.controller.leader_id,
+        controller_term=response.controller.term,
+        voters=tuple(
+            VoterStatus(
+                v.id,
+                v.state,
+                v.raft_address,
+                f"{v.endpoint.host}:{v.endpoint.port}" if v.endpoint.host else "",
+            )
+            for v in response.controller.voters
+        ),
+        metadata_version=response.metadata_version,
+        brokers=tuple(wire.broker_from_pb(b) for b in response.brokers),
+        topics=tuple(wire.topic_from_pb(t) for t in response.topics),
+    )
+
+
+def create_topic_request(
+    name: str, partitions: int, replication_factor: int, configs: Mapping[str, str] | None
+) -> pb.CreateTopicRequest:
+    return pb.CreateTopicRequest(
+        name=name,
+        partitions=partitions,
+        replication_factor=replication_factor,
+        configs=dict(configs or {}),
+        request_id=uuid.uuid4().hex,
+    )
+
+
+def offsets_timestamp(at: int | datetime) -> int:
+    """FirstOffset / LastOffset as they are; a datetime (naive: local) as epoch ms."""
+    if isinstance(at, datetime):
+        aware = at if at.tzinfo is not None else at.astimezone()
+        return int(aware.timestamp() * 1000)
+    return at
+
+
+def plan_list_offsets(
+    topic: TopicRecord, status: ClusterStatus, partitions: Sequence[int]
+) -> dict[str, list[int]]:
+    """Leader address -> the partitions (of `partitions`, default all) it leads."""
+    endpoints = {b.broker_id: f"{b.host}:{b.port}" for b in status.brokers}
+    by_leader: dict[str, list[int]] = {}
+    for index in partitions or range(len(topic.partitions)):
+        if not 0 <= index < len(topic.partitions):
+            raise RaftmqError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic.name} has no partition {index}"
+            )
+        leader = topic.partitions[index].leader
+        if leader not in endpoints:
+            raise RaftmqError(
+                ErrorCode.LEADER_NOT_AVAILABLE, f"{topic.name}-{index} has no leader now"
+            )
+        by_leader.setdefault(endpoints[leader], []).append(index)
+    return by_leader
+
+
+class Admin:
+    """Thread-safe. Use as a context manager, or `close()`."""
+
+    def __init__(self, brokers: Sequence[str] | str, *, timeout_ms: int = 15_000) -> None:
+        self.timeout_ms = timeout_ms
+        self._pool = EndpointPool(parse_brokers(brokers), service="broker")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        response = call_with_failover(self._pool, method, request, timeout_ms=self.timeout_ms)
+        wire.raise_for(response.error)
+        return response
+
+    # ------------------------------------------------------------ topics
+
+    def create_topic(
+        self,
+        name: str,
+        *,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        configs: Mapping[str, str] | None = None,
+    ) -> TopicRecord:
+        """Create a topic; raises TopicAlreadyExistsError, InvalidTopicNameError, ..."""
+        response = self._call(
+            "CreateTopic", create_topic_request(name, partitions, replication_factor, configs)
+        )
+        return wire.topic_from_pb(response.topic)
+
+    def delete_topic(self, name: str) -> None:
+        self._call("DeleteTopic", pb.DeleteTopicRequest(name=name, request_id=uuid.uuid4().hex))
+
+    def describe_topics(self, *names: str) -> list[TopicRecord]:
+        """The named topics (every topic when none is named), with their partitions' leader,
+        epochs, AR, ISR and OSR. An unknown name raises UnknownTopicOrPartitionError."""
+        response = self._call("DescribeTopics", pb.DescribeTopicsRequest(names=list(names)))
+        return [wire.topic_from_pb(t) for t in response.topics]
+
+    def list_topics(self) -> list[str]:
+        return sorted(t.name for t in self.describe_topics())
+
+    # ------------------------------------------------------------ offsets and cluster
+
+    def list_offsets(
+        self, topic: str, at: int | datetime = LastOffset, *, partitions: Sequence[int] = ()
+    ) -> dict[int, int]:
+        """partition -> offset: FirstOffset (log start), LastOffset (high watermark), or the
+        first offset at or after a time (-1 where no message is that recent). Asks each
+        partition's leader."""
+        [topic_record] = self.describe_topics(topic)
+        timestamp = offsets_timestamp(at)
+        offsets: dict[int, int] = {}
+        plan = plan_list_offsets(topic_record, self.cluster_status(), partitions)
+        for endpoint, indexes in plan.items():
+            with Conn(endpoint) as conn:
+                results = conn.list_offsets(
+                    [(topic, i, timestamp) for i in indexes], timeout_ms=self.timeout_ms
+                )
+            for result in results:
+                if result.error is not None:
+                    raise result.error
+                offsets[result.partition] = result.offset
+        return dict(sorted(offsets.items()))
+
+    def cluster_status(self) -> ClusterStatus:
+        """The controller quorum (leader, term, voters), brokers and topics."""
+        return cluster_status_from_pb(self._call("DescribeCluster", pb.DescribeClusterRequest()))
