@@ -149,6 +149,7 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
         self._cluster_id_checked = False
         self._became_leader_term = -1
         self._fence_proposed_ms: dict[int, int] = {}
+        # duty name -> when it was last proposed; a handful of names.
         self._duty_proposed_ms: dict[str, int] = {}
         self._last_balance_ms = 0
         self._threads: list[threading.Thread] = []
@@ -213,7 +214,8 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop our threads and pysyncobj. `stopping` must be set (by the lifecycle)."""
+        """Stop our threads (sets `stopping`, normally set already by the lifecycle) and
+        pysyncobj."""
         self._stopping.set()
         with self.lock:
             self.changed.notify_all()
@@ -425,7 +427,7 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
             self._fence_proposed_ms.clear()
             self._last_balance_ms = now_ms
         if controller_epoch < term:
-            if self._due(f"epoch-{term}", now_ms):
+            if self._due("epoch", now_ms):
                 self.planner.enqueue(BeginControllerEpoch(f"epoch-{term}", term))
             return  # act only once our epoch is committed, fencing older leaders
         for broker_id, broker_epoch in self._expired_sessions(brokers, now_ms):
