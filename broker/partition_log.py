@@ -6,6 +6,10 @@ cache (epoch -> first offset written in that epoch) used to truncate a divergent
 a leader change (Kafka KIP-101 / KIP-279). Records are never decoded here, except the one
 batch `offset_for_timestamp` lands in.
 
+On-disk format version (`_FORMAT_VERSION`, stored per partition): 1 held raftmq's
+columnar look-alike records under a v2 header; 2 holds Kafka's RecordBatch v2 exactly. A
+version 1 log is refused when it is opened (never misread as Kafka records).
+
 Every change is staged in one RocksDB WriteBatch (data, epoch cache, meta) and applied to
 the in-memory fields only after the write succeeded, so a failed write (raised as
 KAFKA_STORAGE_ERROR) leaves both the store and the object unchanged.
@@ -44,7 +48,7 @@ from raftmq.record_batch import (
     HEADER_SIZE,
     MAGIC,
     BatchHeader,
-    decode_records,
+    decode_batch,
     iter_batches,
     read_header,
     stamp_batch,
@@ -63,7 +67,9 @@ _META_LOG_START_OFFSET = b"log_start_offset"
 _META_HIGH_WATERMARK = b"high_watermark"
 _META_SIZE_BYTES = b"size_bytes"
 _META_FORMAT_VERSION = b"format_version"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+# The columnar record format of raftmq before Kafka's real v2 records (see the docstring).
+_FORMAT_VERSION_COLUMNAR = 1
 
 UNDEFINED_EPOCH = -1
 UNDEFINED_EPOCH_OFFSET = -1
@@ -284,6 +290,13 @@ class PartitionLog:
             checkpointed_hw = _U64.unpack(meta[_META_HIGH_WATERMARK])[0]
         except (KeyError, struct.error) as e:
             raise self._storage_error(f"bad partition metadata: {e!r}") from e
+        if version == _FORMAT_VERSION_COLUMNAR:
+            raise self._storage_error(
+                f"log format version {version} was written by an older raftmq with the "
+                "columnar record format, which this raftmq cannot read (it stores Kafka "
+                f"RecordBatch v2 records, format {_FORMAT_VERSION}); move this data dir "
+                "away, or read it with the raftmq that wrote it"
+            )
         if version != _FORMAT_VERSION:
             raise self._storage_error(f"unsupported log format version {version}")
 
@@ -543,7 +556,11 @@ class PartitionLog:
 
         Only offsets below upper_offset count (default: the high watermark, what consumers
         may see). Batches are skipped by their max_timestamp; only the matching batch is
-        decoded. Cost: O(batches before the match) value reads (there is no time index).
+        decoded (and decompressed). A batch whose records cannot be decoded (the broker
+        stores records unread, so a client may have sent garbage behind a valid header)
+        answers at batch granularity: its base offset and max_timestamp, which skips no
+        record at or after ts_ms. Cost: O(batches before the match) value reads (there is
+        no time index).
         """
         self._check_open()
         upper = self._high_watermark if upper_offset is None else upper_offset
@@ -555,12 +572,20 @@ class PartitionLog:
         # Bound: the number of stored batches below upper.
         while it.valid():
             value: bytes = it.value()
-            if read_header(value).max_timestamp >= ts_ms:
-                for record in decode_records(value):
-                    if record.offset >= upper:
+            header = read_header(value)
+            if header.max_timestamp >= ts_ms:
+                try:
+                    messages = decode_batch(value)
+                except RaftmqError as e:
+                    self._log.warning(
+                        "log.batch_undecodable", base_offset=header.base_offset, error=e.message
+                    )
+                    return header.base_offset, header.max_timestamp
+                for message in messages:
+                    if message.offset >= upper:
                         return None
-                    if record.timestamp_ms >= ts_ms:
-                        return record.offset, record.timestamp_ms
+                    if message.timestamp_ms >= ts_ms:
+                        return message.offset, message.timestamp_ms
             it.next()
         return None
 

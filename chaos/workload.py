@@ -38,7 +38,8 @@ from raftmq.client.cluster_client import ClusterClient
 from raftmq.client.connection import ACKS_ALL
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.record_batch import Record, decode_records, encode_batch, iter_batches
+from raftmq.message import Message
+from raftmq.record_batch import decode_batch, encode_batch, iter_batches
 from raftmq.v1 import controller_pb2 as pb
 
 _log = structlog.get_logger("raftmq.chaos")
@@ -135,7 +136,7 @@ def _reads(records_bytes: bytes, partition: int, position: int) -> list[Read]:
     """Records at or after `position` in a fetch response, as history reads."""
     reads: list[Read] = []
     for _header, batch in iter_batches(records_bytes):
-        for record in decode_records(batch):
+        for record in decode_batch(batch):
             if record.offset >= position:
                 value = b"" if record.value is None else record.value
                 reads.append((partition, record.offset, value.decode("utf-8", "replace")))
@@ -229,7 +230,7 @@ class Producer(_Worker):
         partition = self.rng.randrange(self.config.partitions)
         value = f"{self.process_name}-{self.sent}"
         self.sent += 1
-        batch = encode_batch([Record(None, value.encode(), int(time.time() * 1000))])
+        batch = encode_batch([Message(value.encode())])
         invoke = self.history.invoke_send(
             self.process_name,
             self.config.topic,

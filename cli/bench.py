@@ -23,7 +23,7 @@ seconds per wall second and, on Linux, the machine's CPU busy share over the run
 (/proc/stat), and says which of the two, if either, was saturated.
 
 Units: MiB = 2**20 bytes. "Value" bytes count message values only; "wire" bytes count
-whole encoded batches (header and length columns included).
+whole encoded batches (header and per-record framing included).
 
 Bounds: every loop stops at a count and at a deadline (`RUN_DURATION_S_MAX`, per-request
 `--timeout-ms`, idle timeouts); the failover mode stops every process it started, by PID,
@@ -59,8 +59,9 @@ from raftmq.client.connection import ACKS_ALL
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster
+from raftmq.message import Message
 from raftmq.metadata import NO_LEADER
-from raftmq.record_batch import HEADER_SIZE, Record, decode_records, encode_batch, iter_batches
+from raftmq.record_batch import HEADER_SIZE, decode_batch, encode_batch, iter_batches
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc
@@ -75,7 +76,9 @@ DEFAULT_TIMEOUT_MS = 15_000
 # The topic default max.message.bytes is 1_048_588 (Kafka's): a batch must stay under it,
 # so --batch-size is lowered for big messages (16 KiB x 1000 would be refused).
 BATCH_BYTES_MAX = 1_000_000
-# Per record in our columnar batch: int32 key length + int32 value length + int64 delta.
+# An upper bound per record in a Kafka v2 batch with a null key, no headers and one
+# timestamp: length, offset delta and value length varints (<= 3 bytes each below 1 MiB
+# values and 1M records) + attributes, timestamp delta, key length, header count (1 each).
 RECORD_OVERHEAD_BYTES = 16
 # Batches are pre-encoded once and reused round-robin: 200k x 16 KiB must not need 3 GiB.
 BATCH_POOL_BYTES_MAX = 64 * MIB
@@ -222,7 +225,7 @@ def count_new_records(
         if end is not None and header.base_offset >= end:
             position = max(position, end)
             break
-        decoded = decode_records(batch)
+        decoded = decode_batch(batch)
         first = max(position, header.base_offset) - header.base_offset
         last = len(decoded) if end is None else min(len(decoded), end - header.base_offset)
         fresh = decoded[first:last]
@@ -468,7 +471,7 @@ def _batch_pool(per_batch: int, message_bytes: int, batch_count: int) -> list[by
     now_ms = int(time.time() * 1000)
     return [
         encode_batch(
-            [Record(None, v, now_ms) for v in make_values(per_batch, message_bytes, seed=i)]
+            [Message(v, timestamp_ms=now_ms) for v in make_values(per_batch, message_bytes, seed=i)]
         )
         for i in range(count)
     ]
@@ -486,7 +489,7 @@ def bench_produce(args: argparse.Namespace) -> Result:
         tail: bytes | None = None
         if sizes[-1] != per_batch:
             values = make_values(sizes[-1], args.message_bytes, seed=len(pool))
-            tail = encode_batch([Record(None, v, int(time.time() * 1000)) for v in values])
+            tail = encode_batch([Message(v) for v in values])
         _warm_connections(client, args.topic, partitions)
 
         # next() on itertools.count is one C call under the GIL: an atomic ticket dispenser.
@@ -765,7 +768,7 @@ class _LatencyConsumer:
             for header, batch in iter_batches(result.records):
                 if header.next_offset <= position:
                     continue
-                for record in decode_records(batch):
+                for record in decode_batch(batch):
                     stamp = read_stamp(record.value)
                     if (
                         record.offset >= position
@@ -785,7 +788,7 @@ def bench_latency(args: argparse.Namespace) -> Result:
 
     def one_batch(kind: int) -> bytes:
         value = stamped_value(time.perf_counter_ns(), kind, padding)
-        return encode_batch([Record(None, value, int(time.time() * 1000))])
+        return encode_batch([Message(value)])
 
     with ClusterClient(_bootstrap(args), request_timeout_ms=timeout_ms) as client:
         partitions, rf, created = ensure_topic(args, client)

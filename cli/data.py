@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from raftmq.client.cluster_client import ClusterClient
 from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.record_batch import Record, decode_records, encode_batch, iter_batches
+from raftmq.message import Message
+from raftmq.record_batch import decode_batch, encode_batch, iter_batches
 
 READ_CHUNK_BYTES = 1 << 20
 _ACKS = {"all": -1, "1": 1, "0": 0}
@@ -57,7 +58,7 @@ def produce(args: argparse.Namespace) -> int:
                 f"{args.topic} has {partitions} partitions; there is no partition {args.partition}",
             )
         for lines in _stdin_line_groups():
-            by_partition: dict[int, list[Record]] = {}
+            by_partition: dict[int, list[Message]] = {}
             now_ms = int(time.time() * 1000)
             for line in lines:
                 key: bytes | None = None
@@ -70,7 +71,9 @@ def produce(args: argparse.Namespace) -> int:
                     partition = zlib.crc32(key) % partitions  # same key, same partition
                 else:
                     partition = next(round_robin) % partitions
-                by_partition.setdefault(partition, []).append(Record(key, value, now_ms))
+                by_partition.setdefault(partition, []).append(
+                    Message(value, key, timestamp_ms=now_ms)
+                )
             for partition, records in sorted(by_partition.items()):
                 for start in range(0, len(records), args.batch_size):
                     chunk = records[start : start + args.batch_size]
@@ -135,7 +138,7 @@ def consume(args: argparse.Namespace) -> int:
                     positions[p] = reset
                     continue
                 for _, batch in iter_batches(result.records):
-                    for record in decode_records(batch):
+                    for record in decode_batch(batch):
                         if record.offset < positions[p]:
                             continue
                         positions[p] = record.offset + 1

@@ -1,58 +1,74 @@
-"""The record batch codec, shared by the client (encode, decode) and the broker (validate, stamp).
+"""Kafka's RecordBatch v2, byte for byte: the client codec (encode, decode) and the broker's
+checks (validate, stamp, split).
 
-A batch is one opaque blob per producer request and partition, laid out as Kafka's
-RecordBatch v2 header followed by a columnar payload. The broker never decodes individual
-records: it validates a produce batch once (`validate_batch`, cost O(header + one pass of
-C-level sums over the length arrays)), stamps the base offset and leader epoch into the
-header (`stamp_batch`, the CRC does not cover those two fields) and stores, replicates and
-serves the identical bytes.
+A batch is one opaque blob per producer request and partition, exactly as Kafka's Java
+client, librdkafka and kafka-python write it, so that stored batches can be served to
+Kafka clients unchanged. The broker never decompresses or decodes records: it validates a
+produce batch's header once (`validate_batch`: framing, magic, CRC-32C, attributes,
+counts; O(one CRC pass)), stamps the base offset and leader epoch into the header
+(`stamp_batch`, the CRC does not cover those two fields) and stores, replicates and serves
+the identical bytes.
 
 Header, big-endian, `HEADER_SIZE` = 61 bytes::
 
     offset size field
-         0    8 base_offset             int64  stamped by the leader
+         0    8 base_offset             int64  stamped by the leader (0 from a producer)
          8    4 batch_length            int32  bytes after this field (= total size - 12)
-        12    4 partition_leader_epoch  int32  stamped by the leader
+        12    4 partition_leader_epoch  int32  stamped by the leader (-1 from a producer)
         16    1 magic                   int8   = MAGIC (2)
         17    4 crc                     uint32 CRC-32C of bytes [21, end)
-        21    2 attributes              int16  low 3 bits: compression codec (only 0 = none)
-        23    4 last_offset_delta       int32  = record_count - 1
-        27    8 base_timestamp          int64  ms, = min record timestamp
-        35    8 max_timestamp           int64  ms, = max record timestamp
+        21    2 attributes              int16  bits 0-2 compression codec (0 none, 1 gzip,
+                                               2 snappy, 3 lz4, 4 zstd), bit 3 timestamp
+                                               type (1 = LogAppendTime), bit 4
+                                               transactional, bit 5 control batch
+        23    4 last_offset_delta       int32  = record_count - 1 (Kafka's compaction may
+                                               leave it larger; our broker requires equal)
+        27    8 base_timestamp          int64  ms, the FIRST record's timestamp
+        35    8 max_timestamp           int64  ms, the largest record timestamp
         43    8 producer_id             int64  -1 without idempotence
         51    2 producer_epoch          int16
         53    4 base_sequence           int32
-        57    4 record_count            int32  >= 1
+        57    4 record_count            int32
+        61      records                        compressed as a whole when codec != 0
 
-Payload (columnar, so that encoding and validation need no per-record Python loop)::
+Each record (varint = zigzag-encoded, 7 bits per byte, least significant first; varlong
+the same for int64)::
 
-    key_lengths int32[n] (-1 = null key) | value_lengths int32[n] (-1 = null value) |
-    timestamp_deltas int64[n] (ms, >= 0, relative to base_timestamp) |
-    all keys concatenated | all values concatenated
+    length varint (bytes after this field) | attributes int8 (unused, 0) |
+    timestamp_delta varlong (ms from base_timestamp, may be negative) |
+    offset_delta varint (from base_offset) | key_length varint (-1 = null) | key |
+    value_length varint (-1 = null) | value | header_count varint |
+    header_count x (key_length varint | key UTF-8 | value_length varint (-1 = null) | value)
 
-Per-record headers are not supported yet (they would need a new attributes bit or magic).
+The records section is encoded and decoded by the compiled `raftmq._codec` (C, built with
+the package) when it imports and by `raftmq._codec_py` otherwise, or when the environment
+sets RAFTMQ_PURE_PYTHON_CODEC=1; both give the same results (`codec_implementation()` says
+which one runs). Compression is `raftmq.compression`.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-import sys
-from array import array
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from operator import attrgetter
+from typing import Protocol
 
 import crc32c
+from raftmq import _codec_py
+from raftmq.compression import CODEC_NAMES, CODEC_NONE, compress, decompress
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.message import Message
 
 __all__ = [
     "CODEC_NONE",
     "HEADER_SIZE",
     "MAGIC",
+    "PURE_PYTHON_CODEC_ENV",
     "BatchHeader",
-    "Record",
-    "decode_records",
+    "codec_implementation",
+    "decode_batch",
     "encode_batch",
     "iter_batches",
     "read_header",
@@ -61,8 +77,13 @@ __all__ = [
 ]
 
 MAGIC = 2
-CODEC_NONE = 0
+PURE_PYTHON_CODEC_ENV = "RAFTMQ_PURE_PYTHON_CODEC"
+
 _CODEC_MASK = 0x07
+_CODEC_MAX = max(CODEC_NAMES)
+_TIMESTAMP_TYPE_LOG_APPEND_TIME = 0x08
+_TRANSACTIONAL = 0x10
+_CONTROL = 0x20
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = _HEADER.size
@@ -78,21 +99,47 @@ _CRC_COVERED = struct.Struct(">hiqqqhii")  # attributes .. record_count
 assert _UNCOVERED_PREFIX.size == _CRC_COVERED_FROM
 assert _CRC_COVERED_FROM + _CRC_COVERED.size == HEADER_SIZE
 _INT32_MAX = 2**31 - 1
-
-# The payload arrays are parsed with `array`, whose item sizes are platform-defined.
-assert array("i").itemsize == 4
-assert array("q").itemsize == 8
-_SWAP = sys.byteorder == "little"  # wire order is big-endian
+# The smallest record (every field one byte): an uncompressed batch of n records takes at
+# least n times this, which the broker checks without decoding them.
+RECORD_BYTES_MIN = _codec_py.RECORD_BYTES_MIN
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record as the client sees it. `offset` is -1 until the batch is decoded from a log."""
+class _RecordsCodec(Protocol):
+    """What `raftmq._codec` and `raftmq._codec_py` both provide (see _codec_py)."""
 
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    offset: int = -1
+    def encode_records(
+        self, messages: Sequence[Message], now_ms: int, /
+    ) -> tuple[bytes, int, int]: ...
+
+    def decode_records(
+        self,
+        data: bytes,
+        start: int,
+        record_count: int,
+        /,
+        *,
+        base_offset: int,
+        base_timestamp_ms: int,
+        log_append_time_ms: int | None,
+    ) -> list[Message]: ...
+
+
+def _load_records_codec() -> tuple[_RecordsCodec, str]:
+    if os.environ.get(PURE_PYTHON_CODEC_ENV) == "1":
+        return _codec_py, "python"
+    try:
+        from raftmq import _codec
+    except ImportError:  # built without a C compiler: correct, about 10x slower
+        return _codec_py, "python"
+    return _codec, "c"
+
+
+_records, _implementation = _load_records_codec()
+
+
+def codec_implementation() -> str:
+    """ "c" (the compiled raftmq._codec) or "python" (the fallback), as chosen at import."""
+    return _implementation
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,84 +190,56 @@ class BatchHeader:
         return (self.base_sequence + self.last_offset_delta) % (_INT32_MAX + 1)
 
 
-_get_key = attrgetter("key")
-_get_value = attrgetter("value")
-_get_timestamp_ms = attrgetter("timestamp_ms")
-
-
 def _corrupt(message: str) -> RaftmqError:
     return RaftmqError(ErrorCode.CORRUPT_MESSAGE, message)
 
 
-def _int32_array(data: bytes | memoryview, start: int, count: int) -> array[int]:
-    column = array("i")
-    column.frombytes(data[start : start + 4 * count])
-    if _SWAP:
-        column.byteswap()
-    return column
-
-
-def _int64_array(data: bytes | memoryview, start: int, count: int) -> array[int]:
-    column = array("q")
-    column.frombytes(data[start : start + 8 * count])
-    if _SWAP:
-        column.byteswap()
-    return column
-
-
 def encode_batch(
-    records: Sequence[Record],
+    messages: Sequence[Message],
     *,
+    compression: int = CODEC_NONE,
     producer_id: int = -1,
     producer_epoch: int = -1,
     base_sequence: int = -1,
+    now_ms: int | None = None,
 ) -> bytes:
-    """Encode `records` as one batch (client side).
+    """Encode `messages` (at least one) as one batch (client side).
 
-    The result has base_offset 0 and partition_leader_epoch -1 (the leader stamps both);
-    base_timestamp / max_timestamp are the min / max record timestamps. Record offsets are
-    ignored. Cost: a few list comprehensions over the records, no per-record struct calls.
+    The result has base_offset 0 and partition_leader_epoch -1 (the leader stamps both).
+    Record i gets offset delta i; a message whose timestamp_ms is -1 gets `now_ms`
+    (default: the current time). `compression` is a codec id of `raftmq.compression`.
+    Message topics, partitions and offsets are ignored. Raises ValueError / TypeError for
+    messages that cannot be encoded (see `Message`). Cost: one C pass over the messages,
+    the compression if any, one CRC-32C pass and one copy of the batch.
     """
-    assert records, "a batch holds at least one record"
-    count = len(records)
-    assert count <= _INT32_MAX
-    keys = list(map(_get_key, records))
-    values = list(map(_get_value, records))
-    timestamps_ms = list(map(_get_timestamp_ms, records))
-    base_timestamp = min(timestamps_ms)
-    max_timestamp = max(timestamps_ms)
-
-    key_lengths = array("i", [-1 if k is None else len(k) for k in keys])
-    value_lengths = array("i", [-1 if v is None else len(v) for v in values])
-    timestamp_deltas = array("q", [t - base_timestamp for t in timestamps_ms])
-    if _SWAP:
-        key_lengths.byteswap()
-        value_lengths.byteswap()
-        timestamp_deltas.byteswap()
-    # filter(None, ...) drops both None and b"", which contribute no bytes anyway.
-    body = b"".join(
-        (
-            _CRC_COVERED.pack(
-                CODEC_NONE,
-                count - 1,
-                base_timestamp,
-                max_timestamp,
-                producer_id,
-                producer_epoch,
-                base_sequence,
-                count,
-            ),
-            key_lengths.tobytes(),
-            value_lengths.tobytes(),
-            timestamp_deltas.tobytes(),
-            *filter(None, keys),
-            *filter(None, values),
-        )
+    if not messages:
+        raise ValueError("a batch holds at least one message")
+    if len(messages) > _INT32_MAX:
+        raise ValueError(f"{len(messages)} messages exceed a batch's int32 record count")
+    if compression not in CODEC_NAMES:
+        raise ValueError(f"unknown compression codec {compression}")
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    records, base_timestamp, max_timestamp = _records.encode_records(messages, now_ms)
+    if compression != CODEC_NONE:
+        records = compress(compression, records)
+    count = len(messages)
+    covered_header = _CRC_COVERED.pack(
+        compression,
+        count - 1,
+        base_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        count,
     )
-    batch_length = _CRC_COVERED_FROM - _LENGTH_PREFIX_SIZE + len(body)
-    assert batch_length <= _INT32_MAX, "batch too large to encode"
-    prefix = _UNCOVERED_PREFIX.pack(0, batch_length, -1, MAGIC, crc32c.crc32c(body))
-    return prefix + body
+    batch_length = HEADER_SIZE - _LENGTH_PREFIX_SIZE + len(records)
+    if batch_length > _INT32_MAX:
+        raise ValueError(f"a batch of {batch_length} bytes exceeds Kafka's int32 length")
+    crc = crc32c.crc32c(records, crc32c.crc32c(covered_header))
+    prefix = _UNCOVERED_PREFIX.pack(0, batch_length, -1, MAGIC, crc)
+    return b"".join((prefix, covered_header, records))
 
 
 def read_header(data: bytes | memoryview, pos: int = 0) -> BatchHeader:
@@ -228,11 +247,8 @@ def read_header(data: bytes | memoryview, pos: int = 0) -> BatchHeader:
     return BatchHeader(*_HEADER.unpack_from(data, pos))
 
 
-def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
-    """Check the header-level framing of the batch at data[pos:end] (exactly one batch).
-
-    Checks size, magic, CRC, codec, record count. Does not look at the payload structure.
-    """
+def _check_framing(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
+    """Size, magic and CRC of the batch at data[pos:end] (exactly one batch)."""
     size_bytes = end - pos
     if size_bytes < HEADER_SIZE:
         raise _corrupt(f"batch of {size_bytes} bytes is shorter than the {HEADER_SIZE}-byte header")
@@ -247,13 +263,20 @@ def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
     crc = crc32c.crc32c(data[pos + _CRC_COVERED_FROM : end])
     if crc != header.crc:
         raise _corrupt(f"CRC-32C mismatch: header says {header.crc:#010x}, data has {crc:#010x}")
+    return header
+
+
+def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
+    """What the broker checks of a batch at data[pos:end]: framing, magic, CRC, attributes,
+    record count and offset delta, timestamps. Never looks at the records."""
+    header = _check_framing(data, pos, end)
     codec = header.attributes & _CODEC_MASK
-    if codec != CODEC_NONE:
-        raise _corrupt(f"unsupported compression codec {codec} (only 0 = none is supported)")
-    if header.attributes != 0:
+    if codec > _CODEC_MAX:
+        raise _corrupt(f"unknown compression codec {codec}")
+    if header.attributes & ~_CODEC_MASK:
         raise _corrupt(
-            f"unsupported attributes {header.attributes:#06x} "
-            "(timestamp type, transactional and control batches are not supported)"
+            f"unsupported attributes {header.attributes:#06x}: LogAppendTime timestamps, "
+            "transactional and control batches are not supported"
         )
     if header.record_count < 1:
         raise _corrupt(f"record_count {header.record_count} must be at least 1")
@@ -262,6 +285,13 @@ def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
             f"last_offset_delta {header.last_offset_delta} != record_count - 1 "
             f"({header.record_count - 1})"
         )
+    # Header arithmetic only: an uncompressed batch cannot hold more records than its
+    # bytes allow, so a forged count cannot move the log end offset by billions.
+    records_bytes = header.size_bytes - HEADER_SIZE
+    if codec == CODEC_NONE and header.record_count > records_bytes // RECORD_BYTES_MIN:
+        raise _corrupt(
+            f"record_count {header.record_count} cannot fit in {records_bytes} bytes of records"
+        )
     if header.max_timestamp < header.base_timestamp:
         raise _corrupt(
             f"max_timestamp {header.max_timestamp} < base_timestamp {header.base_timestamp}"
@@ -269,59 +299,20 @@ def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
     return header
 
 
-def _check_payload(
-    data: bytes | memoryview, pos: int, header: BatchHeader
-) -> tuple[array[int], array[int], array[int]]:
-    """Check the columnar payload of a header-checked batch; return its three columns.
-
-    Work: C-level min/max/sum/count over the arrays, no per-record Python loop. The arrays
-    are only allocated after the payload was shown to be large enough to hold them, so a
-    forged record_count cannot make us allocate more than the batch size.
-    """
-    count = header.record_count
-    payload_start = pos + HEADER_SIZE
-    payload_bytes = header.size_bytes - HEADER_SIZE
-    columns_bytes = 16 * count
-    if columns_bytes > payload_bytes:
-        raise _corrupt(
-            f"{count} records need {columns_bytes} bytes of length/timestamp columns, "
-            f"payload has {payload_bytes}"
-        )
-    key_lengths = _int32_array(data, payload_start, count)
-    value_lengths = _int32_array(data, payload_start + 4 * count, count)
-    timestamp_deltas = _int64_array(data, payload_start + 8 * count, count)
-    if min(key_lengths) < -1 or min(value_lengths) < -1:
-        raise _corrupt("a key or value length is below -1")
-    # Each -1 (null) adds -1 to the sum; adding the count of -1s back gives the byte total.
-    keys_bytes = sum(key_lengths) + key_lengths.count(-1)
-    values_bytes = sum(value_lengths) + value_lengths.count(-1)
-    expected_bytes = columns_bytes + keys_bytes + values_bytes
-    if expected_bytes != payload_bytes:
-        raise _corrupt(f"payload is {payload_bytes} bytes, the record lengths say {expected_bytes}")
-    # Every record timestamp must lie in [base_timestamp, max_timestamp]: retention and
-    # offset_for_timestamp trust the header's max_timestamp.
-    if min(timestamp_deltas) < 0 or max(timestamp_deltas) > (
-        header.max_timestamp - header.base_timestamp
-    ):
-        raise _corrupt("a record timestamp lies outside [base_timestamp, max_timestamp]")
-    return key_lengths, value_lengths, timestamp_deltas
-
-
 def validate_batch(data: bytes, *, max_bytes: int) -> BatchHeader:
     """Validate one producer batch (broker side, before stamping and appending).
 
     Raises RaftmqError MESSAGE_TOO_LARGE when len(data) > max_bytes, CORRUPT_MESSAGE for any
-    malformed input (framing, magic, CRC, codec, counts, lengths, timestamps). Never raises
-    anything else, whatever the bytes. Cost: one CRC-32C pass plus C-level sums over the
-    length columns; individual records are never materialized.
+    malformed header (framing, magic, CRC, attributes, counts, timestamps). Never raises
+    anything else, whatever the bytes. Cost: one CRC-32C pass; records are neither
+    decompressed nor decoded, so a batch whose records are malformed behind a valid CRC
+    is stored and refused by readers (`decode_batch`), as the opaque broker cannot know.
     """
     if len(data) > max_bytes:
         raise RaftmqError(
             ErrorCode.MESSAGE_TOO_LARGE, f"batch of {len(data)} bytes exceeds {max_bytes} bytes"
         )
-    header = _check_header(data, 0, len(data))
-    _check_payload(data, 0, header)
-    return header
+    return _check_header(data, 0, len(data))
 
 
 def stamp_batch(data: bytes, *, base_offset: int, partition_leader_epoch: int) -> bytes:
@@ -340,8 +331,8 @@ def stamp_batch(data: bytes, *, base_offset: int, partition_leader_epoch: int) -
 def iter_batches(data: bytes) -> Iterator[tuple[BatchHeader, bytes]]:
     """Split a concatenation of whole batches (a fetch response, a replication chunk).
 
-    Yields (header, batch bytes) in order. Each batch's framing, magic, CRC, codec and
-    record count are checked (not its payload: see `decode_records`); a truncated or
+    Yields (header, batch bytes) in order. Each batch's header is checked as
+    `validate_batch` checks it (not its records: see `decode_batch`); a truncated or
     garbage batch raises CORRUPT_MESSAGE when it is reached, after the good ones before it
     were yielded. Loop bound: len(data) // HEADER_SIZE batches.
     """
@@ -365,33 +356,40 @@ def iter_batches(data: bytes) -> Iterator[tuple[BatchHeader, bytes]]:
         pos = batch_end
 
 
-def decode_records(batch: bytes) -> list[Record]:
-    """Decode one whole batch into records (client side).
+def decode_batch(batch: bytes) -> list[Message]:
+    """Decode one whole batch into messages (client side), as any Kafka consumer reads it.
 
-    Record i gets offset base_offset + i and timestamp base_timestamp + delta_i. Raises
-    CORRUPT_MESSAGE (only) for malformed input.
+    Message i gets offset base_offset + its offset delta and timestamp base_timestamp + its
+    delta (max_timestamp for every record of a LogAppendTime batch); topic and partition
+    stay None. Compressed records are decompressed (bounded by
+    `raftmq.compression.DECOMPRESSED_BYTES_MAX`); a control batch (transaction marker)
+    yields no messages. Checks framing, magic and CRC, then every record. Raises RaftmqError
+    CORRUPT_MESSAGE (only that) for any malformed input, whatever the bytes.
     """
-    header = _check_header(batch, 0, len(batch))
-    key_lengths, value_lengths, timestamp_deltas = _check_payload(batch, 0, header)
-    count = header.record_count
-    base_offset = header.base_offset
-    base_timestamp = header.base_timestamp
-    # A null (-1) takes no bytes: clamp lengths to >= 0 to find where each field starts.
-    key_lengths_list = key_lengths.tolist()
-    value_lengths_list = value_lengths.tolist()
-    key_starts = accumulate(
-        [n if n > 0 else 0 for n in key_lengths_list], initial=HEADER_SIZE + 16 * count
+    if type(batch) is not bytes:
+        batch = bytes(batch)
+    header = _check_framing(batch, 0, len(batch))
+    attributes = header.attributes
+    if attributes & _CONTROL:
+        return []
+    codec = attributes & _CODEC_MASK
+    if codec > _CODEC_MAX:
+        raise _corrupt(f"unknown compression codec {codec}")
+    log_append_time_ms = (
+        header.max_timestamp if attributes & _TIMESTAMP_TYPE_LOG_APPEND_TIME else None
     )
-    keys = [
-        batch[s : s + n] if n >= 0 else None
-        for n, s in zip(key_lengths_list, key_starts, strict=False)
-    ]
-    values_start = HEADER_SIZE + 16 * count + sum(key_lengths) + key_lengths.count(-1)
-    value_starts = accumulate([n if n > 0 else 0 for n in value_lengths_list], initial=values_start)
-    values = [
-        batch[s : s + n] if n >= 0 else None
-        for n, s in zip(value_lengths_list, value_starts, strict=False)
-    ]
-    timestamps_ms = map(base_timestamp.__add__, timestamp_deltas)
-    offsets = range(base_offset, base_offset + count)
-    return list(map(Record, keys, values, timestamps_ms, offsets))
+    try:
+        if codec == CODEC_NONE:
+            records, start = batch, HEADER_SIZE
+        else:
+            records, start = decompress(codec, memoryview(batch)[HEADER_SIZE:]), 0
+        return _records.decode_records(
+            records,
+            start,
+            header.record_count,
+            base_offset=header.base_offset,
+            base_timestamp_ms=header.base_timestamp,
+            log_append_time_ms=log_append_time_ms,
+        )
+    except ValueError as e:
+        raise _corrupt(f"bad records in a {CODEC_NAMES[codec]} batch: {e}") from e

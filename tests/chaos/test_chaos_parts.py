@@ -33,7 +33,8 @@ from raftmq.chaos.workload import (
 )
 from raftmq.client.cluster_client import ClusterClient
 from raftmq.errors import ErrorCode
-from raftmq.record_batch import Record, encode_batch
+from raftmq.message import Message
+from raftmq.record_batch import encode_batch
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as pb
 
@@ -186,7 +187,7 @@ def _write_replica(data_dir: Path, values: list[bytes], *, high_watermark: int) 
     with LogStore(data_dir / "log", flush_policy=FlushPolicy.NONE) as store:
         log = store.open_partition(TOPIC_ID, 0)
         for value in values:
-            log.append_as_leader(encode_batch([Record(None, value, 1_000)]), leader_epoch=0)
+            log.append_as_leader(encode_batch([Message(value, timestamp_ms=1_000)]), leader_epoch=0)
         log.maybe_advance_high_watermark(high_watermark)
         log.close()
 

@@ -16,7 +16,8 @@ from raftmq.client.cluster_client import ClusterClient
 from raftmq.client.connection import Connection
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
-from raftmq.record_batch import Record, decode_records, encode_batch, iter_batches
+from raftmq.message import Message
+from raftmq.record_batch import decode_batch, encode_batch, iter_batches
 from raftmq.v1 import controller_pb2 as pb
 
 pytestmark = pytest.mark.cluster
@@ -68,7 +69,7 @@ def read_all(client: ClusterClient, topic: str, partition: int = 0) -> list[tupl
         result = client.fetch(topic, partition, offset, max_wait_ms=100)
         assert result.error is None, result.error
         for _, batch in iter_batches(result.records):
-            for record in decode_records(batch):
+            for record in decode_batch(batch):
                 if record.offset >= offset:
                     assert record.value is not None
                     out.append((record.offset, record.value))
@@ -96,7 +97,7 @@ class Producer(threading.Thread):
         while not self.stop_event.is_set():
             values = [f"v{n + i}".encode() for i in range(self.batch_records)]
             n += self.batch_records
-            batch = encode_batch([Record(None, v, int(time.time() * 1000)) for v in values])
+            batch = encode_batch([Message(v, timestamp_ms=int(time.time() * 1000)) for v in values])
             try:
                 base = self.client.produce(self.topic, 0, batch, acks=-1)
             except RaftmqError:
@@ -206,7 +207,7 @@ def test_acks_all_with_one_in_sync_replica_and_min_isr_2_stores_nothing(
         what="the ISR to shrink to the leader",
     )
     endpoint = cluster.layout.broker_endpoints[leader - 1]
-    batch = encode_batch([Record(None, b"must-not-be-stored", 1)])
+    batch = encode_batch([Message(b"must-not-be-stored", timestamp_ms=1)])
     with Connection(endpoint) as connection:
         before = connection.fetch([("strict", 0, 0)], max_wait_ms=0)[0]
         [result] = connection.produce([("strict", 0, batch)], acks=-1, timeout_ms=2_000)
@@ -223,7 +224,7 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(cluster: LocalCluster) -
     create_topic(cluster, "input", max_message_bytes="1024")
     leader, _ = partition_state(cluster, "input")
     follower = next(b for b in cluster.brokers if b != leader)
-    good = encode_batch([Record(b"k", b"v", 1)])
+    good = encode_batch([Message(b"v", b"k", timestamp_ms=1)])
     corrupt = bytearray(good)
     corrupt[-1] ^= 0xFF
     with Connection(cluster.layout.broker_endpoints[leader - 1]) as connection:
@@ -231,7 +232,7 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(cluster: LocalCluster) -
             [
                 ("input", 0, bytes(corrupt)),
                 ("input", 0, b"\x00" * 10),
-                ("input", 0, encode_batch([Record(None, b"x" * 2000, 1)])),
+                ("input", 0, encode_batch([Message(b"x" * 2000, timestamp_ms=1)])),
                 ("nope", 0, good),
                 ("input", 7, good),
             ],
@@ -272,7 +273,7 @@ def test_long_poll_fetch_wakes_on_append(cluster: LocalCluster) -> None:
     leader, _ = partition_state(cluster, "wake")
     endpoint = cluster.layout.broker_endpoints[leader - 1]
     with ClusterClient([endpoint]) as client:
-        client.produce("wake", 0, encode_batch([Record(None, b"first", 1)]))  # HW 1
+        client.produce("wake", 0, encode_batch([Message(b"first", timestamp_ms=1)]))  # HW 1
         results: list[float] = []
 
         def waiter() -> None:
@@ -285,6 +286,6 @@ def test_long_poll_fetch_wakes_on_append(cluster: LocalCluster) -> None:
         thread = threading.Thread(target=waiter)
         thread.start()
         time.sleep(0.5)
-        client.produce("wake", 0, encode_batch([Record(None, b"second", 2)]))
+        client.produce("wake", 0, encode_batch([Message(b"second", timestamp_ms=2)]))
         thread.join(timeout=15)
     assert results and 0.4 < results[0] < 5.0, results

@@ -39,8 +39,9 @@ from raftmq.broker.log_store import FlushPolicy, LogStore
 from raftmq.broker.partition_log import PartitionLog
 from raftmq.broker.replication import UNKNOWN_OFFSET, LeaderState, truncation_offset
 from raftmq.controller.metadata_state import changed_partition, elect_leader
+from raftmq.message import Message
 from raftmq.metadata import NO_LEADER, PartitionRecord
-from raftmq.record_batch import Record, decode_records, encode_batch, iter_batches
+from raftmq.record_batch import decode_batch, encode_batch, iter_batches
 
 AR = (0, 1, 2)
 LAG_TIME_MAX_MS = 1_000
@@ -99,7 +100,7 @@ class Reply:
 def decode_entries(records: bytes) -> Entries:
     entries: Entries = {}
     for header, batch in iter_batches(records):
-        for record in decode_records(batch):
+        for record in decode_batch(batch):
             assert record.value is not None
             entries[record.offset] = (header.partition_leader_epoch, record.value)
     return entries
@@ -269,7 +270,7 @@ class Node:
         assert self.role == ROLE_LEADER
         if len(self.isr) < min_insync_replicas:
             return None
-        batch = encode_batch([Record(b"k", v, 1_000) for v in values])
+        batch = encode_batch([Message(v, b"k", timestamp_ms=1_000) for v in values])
         header = self.log.append_as_leader(batch, leader_epoch=self.leader_epoch)
         written = decode_entries(
             self.log.read(header.base_offset, max_bytes=0, upper_offset=header.next_offset)

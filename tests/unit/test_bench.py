@@ -24,7 +24,8 @@ from raftmq.cli.bench import (
     records_per_batch,
     stamped_value,
 )
-from raftmq.record_batch import Record, encode_batch, stamp_batch
+from raftmq.message import Message
+from raftmq.record_batch import encode_batch, stamp_batch
 
 
 def test_percentile_nearest_rank() -> None:
@@ -89,7 +90,7 @@ def test_records_per_batch_fits_the_topic_limit() -> None:
     assert records_per_batch(1_000, 100) == 1_000
     big = records_per_batch(1_000, 16 << 10)
     assert 1 <= big < 1_000
-    batch = encode_batch([Record(None, v, 0) for v in make_values(big, 16 << 10)])
+    batch = encode_batch([Message(v, timestamp_ms=0) for v in make_values(big, 16 << 10)])
     assert len(batch) <= BATCH_BYTES_MAX
     assert records_per_batch(1_000, 4 << 20) == 1  # too big alone: the broker refuses it
     assert records_per_batch(5, 0) == 5
@@ -108,7 +109,9 @@ def _log(*counts: int, value_bytes: int = 10) -> bytes:
     out = []
     offset = 0
     for n in counts:
-        batch = encode_batch([Record(b"k", v, 1) for v in make_values(n, value_bytes)])
+        batch = encode_batch(
+            [Message(v, b"k", timestamp_ms=1) for v in make_values(n, value_bytes)]
+        )
         out.append(stamp_batch(batch, base_offset=offset, partition_leader_epoch=0))
         offset += n
     return b"".join(out)

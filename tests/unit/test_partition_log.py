@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 import subprocess
 import sys
 import tempfile
@@ -12,17 +13,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import crc32c
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from raftmq.broker.log_store import FlushPolicy, LogStore
+from raftmq.broker.log_store import FlushPolicy, LogStore, meta_key, partition_prefix
 from raftmq.broker.partition_log import PartitionLog, UnexpectedAppendOffsetError
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.message import Message
 from raftmq.record_batch import (
+    HEADER_SIZE,
     BatchHeader,
-    Record,
-    decode_records,
+    decode_batch,
     encode_batch,
     iter_batches,
     read_header,
@@ -34,7 +37,9 @@ OTHER_TOPIC = bytes(range(16, 32))
 
 
 def make_batch(count: int, *, ts_ms: int = 1000, tag: bytes = b"v") -> bytes:
-    return encode_batch([Record(b"k%d" % i, tag + b"%d" % i, ts_ms) for i in range(count)])
+    return encode_batch(
+        [Message(tag + b"%d" % i, b"k%d" % i, timestamp_ms=ts_ms) for i in range(count)]
+    )
 
 
 def follower_chunk(base_offset: int, sizes: list[int], *, epoch: int) -> bytes:
@@ -87,9 +92,7 @@ def test_leader_appends_are_stamped_contiguously(log: PartitionLog) -> None:
     assert log.size_bytes == first.size_bytes + second.size_bytes
     assert log.epoch_entries == ((5, 0),)
     data = log.read(0, max_bytes=1 << 20, upper_offset=5)
-    assert [r.offset for h in headers(data) for r in decode_records(_one(data, h))] == list(
-        range(5)
-    )
+    assert [r.offset for h in headers(data) for r in decode_batch(_one(data, h))] == list(range(5))
 
 
 def _one(data: bytes, header: BatchHeader) -> bytes:
@@ -168,12 +171,14 @@ def test_a_partition_cannot_be_opened_twice(store: LogStore, log: PartitionLog) 
 
 def test_offset_for_timestamp(log: PartitionLog) -> None:
     log.append_as_leader(
-        encode_batch([Record(None, b"a", 100), Record(None, b"b", 300)]), leader_epoch=0
+        encode_batch([Message(b"a", timestamp_ms=100), Message(b"b", timestamp_ms=300)]),
+        leader_epoch=0,
     )
     log.append_as_leader(
-        encode_batch([Record(None, b"c", 200), Record(None, b"d", 500)]), leader_epoch=0
+        encode_batch([Message(b"c", timestamp_ms=200), Message(b"d", timestamp_ms=500)]),
+        leader_epoch=0,
     )
-    log.append_as_leader(encode_batch([Record(None, b"e", 900)]), leader_epoch=0)
+    log.append_as_leader(encode_batch([Message(b"e", timestamp_ms=900)]), leader_epoch=0)
     log.maybe_advance_high_watermark(4)
     assert log.offset_for_timestamp(0) == (0, 100)
     assert log.offset_for_timestamp(150) == (1, 300)
@@ -181,6 +186,36 @@ def test_offset_for_timestamp(log: PartitionLog) -> None:
     assert log.offset_for_timestamp(301) == (3, 500)
     assert log.offset_for_timestamp(600) is None  # offset 4 is above the HW
     assert log.offset_for_timestamp(600, upper_offset=5) == (4, 900)
+
+
+def test_offset_for_timestamp_answers_per_batch_when_records_cannot_be_decoded(
+    log: PartitionLog,
+) -> None:
+    """The broker stores records unread: garbage behind a valid header is answered at batch
+    granularity rather than failing the lookup."""
+    fill(log, [2], ts_ms=100)
+    good = bytearray(make_batch(3, ts_ms=500))
+    good[HEADER_SIZE:] = b"\xff" * (len(good) - HEADER_SIZE)
+    struct.pack_into(">I", good, 17, crc32c.crc32c(bytes(good[21:])))
+    log.append_as_leader(bytes(good), leader_epoch=0)
+    log.maybe_advance_high_watermark(5)
+    assert log.offset_for_timestamp(100) == (0, 100)
+    assert log.offset_for_timestamp(200) == (2, 500)
+
+
+def test_a_log_of_the_columnar_format_1_is_refused(store: LogStore) -> None:
+    old = store.open_partition(TOPIC, 0)
+    fill(old, [2])
+    old.close()
+    store.open_partition(TOPIC, 1).close()
+    write = store.new_write_batch()
+    write.put(meta_key(partition_prefix(TOPIC, 0), b"format_version"), struct.pack(">I", 1))
+    store.write(write)
+    with pytest.raises(RaftmqError) as excinfo:
+        store.open_partition(TOPIC, 0)
+    assert excinfo.value.code is ErrorCode.KAFKA_STORAGE_ERROR
+    assert "written by an older raftmq with the columnar record format" in excinfo.value.message
+    assert store.open_partition(TOPIC, 1).log_end_offset == 0  # other partitions still open
 
 
 # --- follower appends ----------------------------------------------------------------------
@@ -340,7 +375,7 @@ def test_kip101_divergent_logs_converge_without_losing_committed_data(store: Log
     _reconcile(a, b)
     data = a.read(0, max_bytes=1 << 20, upper_offset=a.log_end_offset)
     assert data == b.read(0, max_bytes=1 << 20, upper_offset=b.log_end_offset)
-    values = [r.value for h in headers(data) for r in decode_records(_one(data, h))]
+    values = [r.value for h in headers(data) for r in decode_batch(_one(data, h))]
     assert values == [b"m1-0", b"m3-0"]
     assert a.epoch_entries == b.epoch_entries == ((0, 0), (1, 1))
 
@@ -443,13 +478,14 @@ def test_high_watermark_checkpoint(log: PartitionLog) -> None:
 _CRASHING_WRITER = """
 import os, sys
 from raftmq.broker.log_store import FlushPolicy, LogStore
-from raftmq.record_batch import Record, encode_batch
+from raftmq.message import Message
+from raftmq.record_batch import encode_batch
 store = LogStore(sys.argv[1], flush_policy=FlushPolicy.NONE)
 log = store.open_partition(bytes(range(16)), 0)
 for i in range(5):
-    log.append_as_leader(encode_batch([Record(None, b"x", 0)] * 2), leader_epoch=i // 2)
+    log.append_as_leader(encode_batch([Message(b"x", timestamp_ms=0)] * 2), leader_epoch=i // 2)
 log.maybe_advance_high_watermark(6)
-log.append_as_leader(encode_batch([Record(None, b"y", 0)]), leader_epoch=2)  # carries HW 6
+log.append_as_leader(encode_batch([Message(b"y", timestamp_ms=0)]), leader_epoch=2)  # carries HW 6
 log.maybe_advance_high_watermark(11)  # never written
 os._exit(0)  # no close(), no WAL fsync: like kill -9
 """

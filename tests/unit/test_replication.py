@@ -20,8 +20,9 @@ from raftmq.broker.partition import BrokerSignals, Partition
 from raftmq.broker.partition_log import PartitionLog
 from raftmq.broker.replication import UNKNOWN_OFFSET, LeaderState, truncation_offset
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.message import Message
 from raftmq.metadata import PartitionRecord
-from raftmq.record_batch import Record, encode_batch, stamp_batch
+from raftmq.record_batch import encode_batch, stamp_batch
 from raftmq.topic_config import TopicConfig
 
 LEADER = 1
@@ -454,7 +455,7 @@ def store(tmp_path: Path) -> Iterator[LogStore]:
 
 
 def one_record(tag: bytes) -> bytes:
-    return encode_batch([Record(b"k", tag, 1000)])
+    return encode_batch([Message(tag, b"k", timestamp_ms=1000)])
 
 
 def build_log(

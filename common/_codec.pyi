@@ -1,0 +1,16 @@
+# Types of the compiled record codec (common/_codec.c); the same API as raftmq._codec_py.
+from collections.abc import Sequence
+
+from raftmq.message import Message
+
+def encode_records(messages: Sequence[Message], now_ms: int, /) -> tuple[bytes, int, int]: ...
+def decode_records(
+    data: bytes,
+    start: int,
+    record_count: int,
+    /,
+    *,
+    base_offset: int,
+    base_timestamp_ms: int,
+    log_append_time_ms: int | None,
+) -> list[Message]: ...
