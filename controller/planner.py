@@ -243,7 +243,9 @@ class Planner:
         """Plan requests into one entry until it is full. Requests answered without an
         entry (a transient refusal, a plan that cannot fit) are answered here."""
         batch = _Batch()
-        entry_bytes = len(encode_entry(MetadataEntry(state.version, ())))
+        # The scratch state's version moves as items are applied to it; the entry's stays.
+        expected_version = state.version
+        entry_bytes = len(encode_entry(MetadataEntry(expected_version, ())))
         for i, request in enumerate(pending):
             records, result = state.plan(request.command)
             if not records and result.error == ErrorCode.CONTROLLER_UNAVAILABLE:
@@ -253,7 +255,7 @@ class Planner:
             item = MetadataItem(request.command.request_id, tuple(records), result)
             item_bytes = plain_item_bytes(item)
             if entry_bytes + item_bytes <= self._entry_bytes_max or self._fits(
-                state.version, [*batch.items, item]
+                expected_version, [*batch.items, item]
             ):
                 state.apply_item(item)
                 batch.items.append(item)
@@ -263,7 +265,7 @@ class Planner:
             if batch.items:  # this entry is full; the rest goes into the next one
                 batch.rest = pending[i:]
                 return batch
-            part = self._leading_part(state.version, records)
+            part = self._leading_part(expected_version, records)
             if part is None or request.parts_applied >= PARTS_MAX:
                 self._answer(
                     request,
