@@ -193,15 +193,18 @@ def test_not_yet_initialized_is_answered_without_an_entry(make_planner) -> None:
 
 def test_entries_stay_within_the_size_bound(make_planner) -> None:
     planner, log = make_planner(entry_bytes_max=1_500)
-    log.gate.clear()
+    log.gate.clear()  # hold the first proposal so that the next commands queue up
     # Random names: entries that compress poorly.
     names = [f"t{i}-{secrets.token_hex(12)}" for i in range(30)]
     with ThreadPoolExecutor(max_workers=30) as pool:
-        futures = [pool.submit(planner.submit, create(n), timeout_ms=TIMEOUT_MS) for n in names]
-        wait_until(lambda: planner.queued() >= 29, timeout_s=5, what="queued commands")
+        first = pool.submit(planner.submit, create(names[0]), timeout_ms=TIMEOUT_MS)
+        wait_until(lambda: planner.queued() == 0, timeout_s=5, what="the first command taken")
+        rest = [pool.submit(planner.submit, create(n), timeout_ms=TIMEOUT_MS) for n in names[1:]]
+        wait_until(lambda: planner.queued() == 29, timeout_s=5, what="29 queued commands")
         log.gate.set()
-        assert all(f.result(timeout=10).ok for f in futures)
+        assert all(f.result(timeout=10).ok for f in [first, *rest])
     assert len(log.state.topics) == 30
+    # One batch of 29 commands, more than one entry of them.
     assert len(log.proposed) > 2 and max(log.proposed_bytes) <= 1_500
 
 
