@@ -239,6 +239,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.mode == "codec":
+        from raftmq.cli.bench_codec import run_codec_bench
+
+        return run_codec_bench(args)
     from raftmq.cli.bench import run_bench
 
     return run_bench(args)
@@ -367,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("bench", help="measure throughput, latency and controller failover")
-    p.add_argument("mode", choices=["produce", "consume", "latency", "failover"])
+    p.add_argument("mode", choices=["produce", "consume", "latency", "failover", "codec"])
     p.add_argument("--topic", default="bench")
     p.add_argument("--messages", type=int, default=None, help="default: 200000 (latency: 5000)")
     p.add_argument("--message-bytes", type=int, default=100)

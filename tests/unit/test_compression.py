@@ -110,3 +110,15 @@ def test_unknown_codecs() -> None:
             compress(codec, b"x")
         with pytest.raises(ValueError, match="unknown"):
             decompress(codec, b"x")
+
+
+@pytest.mark.parametrize("codec", [CODEC_LZ4, CODEC_ZSTD])
+def test_chunked_reads_reassemble_and_stay_bounded(
+    codec: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lz4 and zstd output is read in chunks: many of them, and the bound holds mid-way."""
+    monkeypatch.setattr(compression, "_READ_CHUNK_BYTES", 1000)
+    assert decompress(codec, compress(codec, TEXT)) == TEXT
+    monkeypatch.setattr(compression, "DECOMPRESSED_BYTES_MAX", len(TEXT) - 1500)
+    with pytest.raises(ValueError, match="more than"):
+        decompress(codec, compress(codec, TEXT))
