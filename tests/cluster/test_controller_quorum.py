@@ -308,10 +308,15 @@ def register(pool: EndpointPool, broker_id: int, cluster_id: str = "") -> pb.Reg
 
 def test_the_cluster_id_is_committed_stamped_and_checked(quorum) -> None:
     cluster, pool = quorum
-    status = cluster.describe()
-    assert status is not None
-    cluster_id = status.cluster_id
-    assert len(cluster_id) == 22  # created by the first leader, Kafka's form
+
+    def committed_cluster_id() -> str:
+        status = cluster.describe()
+        return "" if status is None else status.cluster_id
+
+    # The first leader commits it right after its election.
+    wait_until(lambda: bool(committed_cluster_id()), timeout_s=10, what="the cluster id")
+    cluster_id = committed_cluster_id()
+    assert len(cluster_id) == 22  # Kafka's form: base64url of a uuid4
     first = register(pool, 1)
     assert first.error.code == 0 and first.cluster_id == cluster_id
     foreign = register(pool, 2, cluster_id="another-cluster")
