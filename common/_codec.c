@@ -56,8 +56,10 @@ static PyObject *no_headers;
 /* Kafka varints: at most 5 bytes for an int32, 10 for an int64. */
 #define VARINT_BYTES_MAX 5
 #define VARLONG_BYTES_MAX 10
-/* The encoder's buffer starts at this many bytes per message and doubles as needed. */
+/* The encoder's buffer starts at this many bytes per message (100-byte values fit), at
+ * most ENCODE_BUFFER_START_MAX in all, and doubles as needed. */
 #define ENCODE_BYTES_PER_MESSAGE_GUESS 128
+#define ENCODE_BUFFER_START_MAX (1 << 20)
 
 /* ---- decoding -------------------------------------------------------------------- */
 
@@ -594,7 +596,9 @@ encode_records(PyObject *module, PyObject *args)
     }
     max_timestamp_ms = base_timestamp_ms;
 
-    Py_ssize_t capacity = count * ENCODE_BYTES_PER_MESSAGE_GUESS;
+    Py_ssize_t capacity = count < ENCODE_BUFFER_START_MAX / ENCODE_BYTES_PER_MESSAGE_GUESS
+                              ? count * ENCODE_BYTES_PER_MESSAGE_GUESS
+                              : ENCODE_BUFFER_START_MAX;
     Py_ssize_t used = 0;
     buffer = PyMem_Malloc((size_t)capacity);
     if (buffer == NULL) {
