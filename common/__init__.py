@@ -56,7 +56,32 @@ _LAZY = {
     "Writer": "raftmq.client.writer",
 }
 
-__all__ = ["Message", *sorted(_LAZY)]
+__all__ = [
+    "CRC32",
+    "Admin",
+    "AsyncAdmin",
+    "AsyncConn",
+    "AsyncReader",
+    "AsyncWriter",
+    "Balancer",
+    "Conn",
+    "FirstOffset",
+    "Hash",
+    "LastOffset",
+    "LeastBytes",
+    "Message",
+    "Murmur2",
+    "OutcomeUnknownError",
+    "RaftmqError",
+    "Reader",
+    "RequireAll",
+    "RequireNone",
+    "RequireOne",
+    "RoundRobin",
+    "WriteError",
+    "Writer",
+]
+assert set(__all__) == {"Message", *_LAZY}
 
 
 def __getattr__(name: str) -> Any:
