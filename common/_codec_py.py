@@ -82,7 +82,8 @@ def encode_records(messages: Sequence[Message], now_ms: int) -> tuple[bytes, int
     a message with timestamp_ms -1 gets `now_ms`. Raises TypeError / ValueError for a
     message that cannot be encoded (a field of the wrong type, a timestamp below -1).
     """
-    assert 1 <= len(messages) <= _INT32_MAX
+    if not 1 <= len(messages) <= _INT32_MAX:
+        raise ValueError("a batch holds 1 .. 2**31 - 1 records")
     timestamps_ms: list[int] = []
     for message in messages:
         if not isinstance(message, Message):
