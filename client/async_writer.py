@@ -19,7 +19,7 @@ import structlog
 from raftmq.client import protocol
 from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.balancers import Balancer, RoundRobin
-from raftmq.client.conn import DEADLINE_MARGIN_MS, now_ms
+from raftmq.client.conn import DEADLINE_MARGIN_MS, now_ms, wall_ms
 from raftmq.client.producer_core import (
     Completion,
     PartitionResult,
@@ -126,7 +126,7 @@ class AsyncWriter:
                 await self._drained.wait()
                 continue
             chunk, remaining = remaining[:room], remaining[room:]
-            self._core.add(chunk, call, now_ms=now_ms(), linger=self.async_)
+            self._core.add(chunk, call, now_ms=now_ms(), wall_ms=wall_ms(), linger=self.async_)
             self._wakeup.set()
         if not self.async_:
             await asyncio.shield(future)

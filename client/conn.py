@@ -248,4 +248,10 @@ def decode_from(records: bytes, topic: str, partition: int, offset: int) -> list
 
 
 def now_ms() -> int:
+    """The clients' monotonic clock (timeouts, backoffs)."""
     return time.monotonic_ns() // 1_000_000
+
+
+def wall_ms() -> int:
+    """Milliseconds since the epoch (message times)."""
+    return time.time_ns() // 1_000_000

@@ -44,7 +44,7 @@ from raftmq.errors import (
     OutcomeUnknownError,
     RaftmqError,
 )
-from raftmq.message import Message
+from raftmq.message import TIMESTAMP_UNSET, Message
 from raftmq.metadata import NO_LEADER
 from raftmq.record_batch import encode_batch
 
@@ -205,6 +205,9 @@ class ProducerCore:
         # linger).
         self._unrouted: dict[str, list[tuple[Message, object, int, bool]]] = {}
         self._stale_topics: set[str] = set()
+        # Why the last metadata refresh failed (None after one succeeded): the reason given
+        # to messages whose topic could not be looked up in time.
+        self._metadata_error: RaftmqError | None = None
         self._completions: list[Completion] = []
         self._request_ids = itertools.count(1)
         # request id -> the batches it carries (acks != 0 only).
@@ -224,15 +227,25 @@ class ProducerCore:
         return self.config.buffered_messages_max - self.buffered
 
     def add(
-        self, messages: Sequence[Message], ticket: object, *, now_ms: int, linger: bool = True
+        self,
+        messages: Sequence[Message],
+        ticket: object,
+        *,
+        now_ms: int,
+        wall_ms: int,
+        linger: bool = True,
     ) -> None:
         """Accept messages of one call. The caller checked `room()` and the topic rules.
+        `now_ms` is the shells' monotonic clock (deadlines); `wall_ms` the time since the
+        epoch, stamped into messages that have no time (as kafka-go's Writer does).
         `linger=False` (a caller that blocks until they are written gains nothing from
         waiting for more): their batches are sealed at the next poll."""
         assert len(messages) <= self.room()
         deadline_ms = now_ms + self.config.write_timeout_ms
         self.buffered += len(messages)
         for message in messages:
+            if message.timestamp_ms == TIMESTAMP_UNSET:
+                message.timestamp_ms = wall_ms
             topic = message.topic or self.config.topic
             assert topic, "the shell checks that every message has a topic"
             self._route(
@@ -245,6 +258,7 @@ class ProducerCore:
 
     def on_metadata(self, metadata: ClusterMetadata, *, now_ms: int) -> None:
         """A metadata view (the shell's merged one: every topic it knows)."""
+        self._metadata_error = None
         if self._metadata is None or metadata.version >= self._metadata.version:
             self._metadata = metadata
         self._stale_topics -= set(metadata.topics)
@@ -265,6 +279,7 @@ class ProducerCore:
         self, topics: Iterable[str], error: RaftmqError, *, now_ms: int
     ) -> None:
         """A metadata refresh for `topics` failed: messages past their deadline fail."""
+        self._metadata_error = error
         for topic in topics:
             self._expire_unrouted(topic, error, now_ms=now_ms)
 
@@ -316,7 +331,7 @@ class ProducerCore:
                 self._seal(state, now_ms=now_ms)
             self._expire_queued(state, now_ms=now_ms)
         for topic in list(self._unrouted):
-            self._expire_unrouted(topic, None, now_ms=now_ms)
+            self._expire_unrouted(topic, self._metadata_error, now_ms=now_ms)
         if self.config.idempotent and (self.producer_id < 0 or self._epoch_bump_needed):
             return []
         return self._sends(now_ms=now_ms)
@@ -484,7 +499,6 @@ class ProducerCore:
                 producer_id=self.producer_id if self.config.idempotent else -1,
                 producer_epoch=self.producer_epoch if self.config.idempotent else -1,
                 base_sequence=batch.base_sequence,
-                now_ms=now_ms,
             )
             if batch.attempts == 1:
                 self.stats.record_batch(batch.record_count, len(batch.records))

@@ -83,7 +83,7 @@ class ReaderCore:
     # ------------------------------------------------------------ position
 
     def set_offset(self, offset: int) -> None:
-        if offset < LastOffset:
+        if offset < FirstOffset:
             raise ValueError(f"offset must be >= 0, FirstOffset or LastOffset, got {offset}")
         self.offset = offset
         self._seek_time_ms = -1

@@ -29,7 +29,7 @@ import structlog
 from raftmq.client import protocol
 from raftmq.client.balancers import Balancer, RoundRobin
 from raftmq.client.brokers import BrokerPool
-from raftmq.client.conn import DEADLINE_MARGIN_MS, now_ms, transport_error
+from raftmq.client.conn import DEADLINE_MARGIN_MS, now_ms, transport_error, wall_ms
 from raftmq.client.producer_core import (
     Completion,
     PartitionResult,
@@ -193,7 +193,7 @@ class Writer:
                     self._drained.wait(timeout=1.0)
                     continue
                 chunk, remaining = remaining[:room], remaining[room:]
-                self._core.add(chunk, call, now_ms=now_ms(), linger=self.async_)
+                self._core.add(chunk, call, now_ms=now_ms(), wall_ms=wall_ms(), linger=self.async_)
                 self._poke()
         if not self.async_:
             future.result()  # raises WriteError

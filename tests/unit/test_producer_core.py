@@ -53,7 +53,7 @@ def messages(n: int, partition: int | None = 0) -> list[Message]:
 
 def test_a_batch_is_sealed_by_size_and_by_linger() -> None:
     c = core(batch_size=3, linger_ms=5)
-    c.add(messages(4), "call", now_ms=0)
+    c.add(messages(4), "call", now_ms=0, wall_ms=1_700_000_000_000)
     [send] = c.poll(now_ms=0)  # 3 messages: full
     assert [read_header(b.records).record_count for b in send.batches] == [3]
     assert c.poll(now_ms=4) == []  # 1 message lingers
@@ -63,13 +63,13 @@ def test_a_batch_is_sealed_by_size_and_by_linger() -> None:
 
 def test_a_blocking_caller_does_not_linger() -> None:
     c = core(linger_ms=1_000)
-    c.add(messages(1), "call", now_ms=0, linger=False)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     assert len(c.poll(now_ms=0)) == 1
 
 
 def test_sequences_per_partition_and_five_in_flight() -> None:
     c = core(batch_size=1)
-    c.add(messages(7), "call", now_ms=0)
+    c.add(messages(7), "call", now_ms=0, wall_ms=1_700_000_000_000)
     [send] = c.poll(now_ms=0)
     headers = [read_header(b.records) for b in send.batches]
     assert [h.base_sequence for h in headers] == [0, 1, 2, 3, 4]  # 2 wait: 5 in flight
@@ -82,7 +82,7 @@ def test_sequences_per_partition_and_five_in_flight() -> None:
 def test_a_retry_resends_the_same_bytes_one_at_a_time_then_completes() -> None:
     c = core(batch_size=1)
     msgs = messages(3)
-    c.add(msgs, "call", now_ms=0)
+    c.add(msgs, "call", now_ms=0, wall_ms=1_700_000_000_000)
     [first] = c.poll(now_ms=0)
     original = [b.records for b in first.batches]
     not_leader = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved")
@@ -111,7 +111,7 @@ def test_a_retry_resends_the_same_bytes_one_at_a_time_then_completes() -> None:
 
 def test_giving_up_on_a_batch_that_may_have_been_written_is_outcome_unknown() -> None:
     c = core(max_attempts=2)
-    c.add(messages(1), "call", now_ms=0, linger=False)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c.poll(now_ms=0)
     c.on_produce_failure(
         send.request_id, RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "cut"), now_ms=1
@@ -131,7 +131,7 @@ def test_giving_up_on_a_batch_that_may_have_been_written_is_outcome_unknown() ->
 
 def test_a_definite_refusal_fails_as_not_written() -> None:
     c = core()
-    c.add(messages(2), "call", now_ms=0, linger=False)
+    c.add(messages(2), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c.poll(now_ms=0)
     too_large = RaftmqError(ErrorCode.MESSAGE_TOO_LARGE, "big")
     c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, too_large)], now_ms=1)
@@ -145,7 +145,7 @@ def test_messages_of_an_unknown_topic_fail_after_the_write_timeout() -> None:
         WriterConfig(topic="missing", idempotent=False, write_timeout_ms=1_000), RoundRobin()
     )
     c2.on_metadata(metadata(), now_ms=0)
-    c2.add(messages(1, partition=None), "call", now_ms=0)
+    c2.add(messages(1, partition=None), "call", now_ms=0, wall_ms=1_700_000_000_000)
     assert c2.metadata_wanted() == {"missing"}
     c2.poll(now_ms=999)
     assert c2.drain_completions() == []
@@ -157,7 +157,7 @@ def test_messages_of_an_unknown_topic_fail_after_the_write_timeout() -> None:
 
 def test_a_sequence_lost_by_the_leader_bumps_the_epoch_and_restarts_sequences() -> None:
     c = core(batch_size=1)
-    c.add(messages(2), "call", now_ms=0)
+    c.add(messages(2), "call", now_ms=0, wall_ms=1_700_000_000_000)
     [send] = c.poll(now_ms=0)
     oos = RaftmqError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, "expects 7")
     c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, oos)] * 2, now_ms=1)
@@ -171,7 +171,7 @@ def test_a_sequence_lost_by_the_leader_bumps_the_epoch_and_restarts_sequences() 
 
 def test_acks_zero_completes_when_sent() -> None:
     c = core(idempotent=False, required_acks=0)
-    c.add(messages(3), "call", now_ms=0, linger=False)
+    c.add(messages(3), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c.poll(now_ms=0)
     assert send.acks == 0
     [completion] = c.drain_completions()
@@ -186,8 +186,8 @@ def test_an_idempotent_writer_needs_acks_all() -> None:
 def test_completions_are_per_call() -> None:
     c = core(batch_size=10)
     a, b = messages(2), messages(3)
-    c.add(a, "a", now_ms=0)
-    c.add(b, "b", now_ms=0, linger=False)
+    c.add(a, "a", now_ms=0, wall_ms=1_700_000_000_000)
+    c.add(b, "b", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c.poll(now_ms=0)
     assert len(send.batches) == 1  # one batch holds both calls' messages
     c.on_produce_response(send.request_id, ok(send, [10]), now_ms=1)
@@ -198,6 +198,6 @@ def test_completions_are_per_call() -> None:
 
 def test_an_explicit_partition_out_of_range_fails_at_once() -> None:
     c = core()
-    c.add([Message("x", partition=7)], "call", now_ms=0)
+    c.add([Message("x", partition=7)], "call", now_ms=0, wall_ms=1_700_000_000_000)
     [completion] = c.drain_completions()
     assert completion.error is not None and "no partition 7" in completion.error.message
