@@ -66,6 +66,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "PURE_PYTHON_CODEC_ENV",
+    "RECORD_BYTES_MIN",
     "BatchHeader",
     "codec_implementation",
     "decode_batch",
