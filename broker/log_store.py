@@ -6,6 +6,8 @@ read the store; all integers big-endian so that byte order is numeric order)::
     b"D" + topic_id (16 bytes) + >I partition + >Q base_offset -> the stamped batch bytes
     b"E" + topic_id (16 bytes) + >I partition + >I leader_epoch -> >Q start_offset
     b"M" + topic_id (16 bytes) + >I partition + name            -> value (see below)
+    b"P" + topic_id (16 bytes) + >I partition + >q producer_id  -> the producer's state
+                                                     (`raftmq.broker.producer_state`)
 
 Meta names: `log_start_offset` (>Q), `high_watermark` (>Q, a checkpoint: a lower bound of
 the real HW), `size_bytes` (>Q, sum of the stored batch sizes, updated in the same
@@ -63,6 +65,9 @@ __all__ = [
     "meta_key",
     "meta_range",
     "partition_prefix",
+    "producer_key",
+    "producer_key_id",
+    "producer_range",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -74,6 +79,8 @@ _EPOCH = struct.Struct(">I")
 _DATA_TAG = b"D"
 _EPOCH_TAG = b"E"
 _META_TAG = b"M"
+_PRODUCER_TAG = b"P"
+_PRODUCER_ID = struct.Struct(">q")
 # topic_id + partition: the part of every key that names the partition.
 PARTITION_PREFIX_SIZE = TOPIC_ID_SIZE + _PARTITION.size
 _DATA_KEY_SIZE = 1 + PARTITION_PREFIX_SIZE + _OFFSET.size
@@ -132,6 +139,18 @@ def meta_key(prefix: bytes, name: bytes) -> bytes:
 
 def meta_range(prefix: bytes) -> tuple[bytes, bytes]:
     return _META_TAG + prefix, _META_TAG + _successor(prefix)
+
+
+def producer_key(prefix: bytes, producer_id: int) -> bytes:
+    return _PRODUCER_TAG + prefix + _PRODUCER_ID.pack(producer_id)
+
+
+def producer_key_id(key: bytes) -> int:
+    return int(_PRODUCER_ID.unpack_from(key, 1 + PARTITION_PREFIX_SIZE)[0])
+
+
+def producer_range(prefix: bytes) -> tuple[bytes, bytes]:
+    return _PRODUCER_TAG + prefix, _PRODUCER_TAG + _successor(prefix)
 
 
 def _successor(prefix: bytes) -> bytes:

@@ -15,7 +15,7 @@ from raftmq.broker.partition_log import PartitionLog
 from raftmq.broker.replication import UNKNOWN_OFFSET, LeaderState
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import NO_LEADER, PartitionRecord
-from raftmq.record_batch import BatchHeader, validate_batch
+from raftmq.record_batch import validate_batch
 from raftmq.topic_config import TopicConfig
 
 ROLE_LEADER = "leader"
@@ -34,6 +34,16 @@ class ReadResult:
     log_start_offset: int
     log_end_offset: int
     diverging_epoch: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderAppend:
+    """A produce batch on the leader: [base_offset, next_offset) in `leader_epoch`."""
+
+    base_offset: int
+    next_offset: int
+    leader_epoch: int
+    duplicate: bool
 
 
 class BrokerSignals:
@@ -197,9 +207,10 @@ class Partition:
                 )
         return self.leader_state
 
-    def append(self, batch: bytes, *, acks: int, current_leader_epoch: int) -> BatchHeader:
+    def append(self, batch: bytes, *, acks: int, current_leader_epoch: int) -> LeaderAppend:
         """Validate and append one producer batch as leader. Raises RaftmqError; a rejected
-        batch stores nothing."""
+        batch stores nothing. A retried batch of an idempotent producer is answered with
+        its original offsets (`duplicate`) and not stored again."""
         validate_batch(batch, max_bytes=self.config.max_message_bytes)
         with self.lock:
             self.check_leader(current_leader_epoch)
@@ -209,10 +220,15 @@ class Partition:
                     f"{self.name} has {len(self.isr)} in-sync replica(s) {list(self.isr)}; "
                     f"min.insync.replicas is {self.config.min_insync_replicas}",
                 )
-            header = self.log.append_as_leader(batch, leader_epoch=self.leader_epoch)
+            result = self.log.append_as_leader(batch, leader_epoch=self.leader_epoch)
+            if result.duplicate:
+                return LeaderAppend(
+                    result.base_offset, result.next_offset, self.leader_epoch, duplicate=True
+                )
             self._maybe_advance_high_watermark()
+            leader_epoch = self.leader_epoch
         self.signals.notify()
-        return header
+        return LeaderAppend(result.base_offset, result.next_offset, leader_epoch, duplicate=False)
 
     def wait_for_ack(self, required_offset: int, *, leader_epoch: int, timeout_ms: int) -> None:
         """acks=all: block until the high watermark reaches `required_offset` (the offset

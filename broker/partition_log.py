@@ -28,7 +28,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -42,6 +43,15 @@ from raftmq.broker.log_store import (
     meta_key,
     meta_range,
     partition_prefix,
+    producer_key,
+    producer_key_id,
+    producer_range,
+)
+from raftmq.broker.producer_state import (
+    NO_PRODUCER_ID,
+    AppendInfo,
+    ProducerEntry,
+    ProducerStates,
 )
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.record_batch import (
@@ -57,7 +67,7 @@ from raftmq.record_batch import (
 if TYPE_CHECKING:
     from rocksdict import WriteBatch
 
-__all__ = ["PartitionLog", "PartitionStorage", "UnexpectedAppendOffsetError"]
+__all__ = ["AppendResult", "PartitionLog", "PartitionStorage", "UnexpectedAppendOffsetError"]
 
 _log = structlog.get_logger(__name__)
 
@@ -80,6 +90,28 @@ RETENTION_BATCHES_MAX = 1000
 RETENTION_SCAN_BYTES_MAX = 64 * 1024 * 1024
 
 EpochEntry = tuple[int, int]  # (leader_epoch, start_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where a leader append landed: [base_offset, next_offset). `duplicate`: a retry of an
+    idempotent producer's batch already in the log, not written again."""
+
+    base_offset: int
+    next_offset: int
+    duplicate: bool
+
+
+def _append_info(header: BatchHeader) -> AppendInfo:
+    return AppendInfo(
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        header.record_count,
+        header.base_offset,
+        header.last_offset,
+        header.max_timestamp,
+    )
 
 
 class KeyIterator(Protocol):
@@ -222,6 +254,8 @@ class PartitionLog:
         self._epochs: list[EpochEntry] = []
         # The high watermark value last written to the store.
         self._checkpointed_high_watermark = 0
+        # Idempotent producers (persisted under "P" keys in the same writes as the batches).
+        self._producers = ProducerStates()
         self._recover()
 
     # --- state ---------------------------------------------------------------------------
@@ -319,6 +353,7 @@ class PartitionLog:
             assert data_key_offset(last_key) == last.base_offset
             log_end_offset = last.next_offset
 
+        producers = self._read_producers()
         epochs = self._read_epochs()
         # Defensive, as Kafka on load: an epoch entry past the log end cannot be used.
         clamped = [e for e in epochs if e[1] <= log_end_offset]
@@ -331,6 +366,7 @@ class PartitionLog:
         self._high_watermark = min(max(checkpointed_hw, log_start_offset), log_end_offset)
         self._checkpointed_high_watermark = checkpointed_hw
         self._epochs = epochs
+        self._producers = producers
         if clamped != epochs:
             self._log.warning("log.epoch_cache_clamped", before=epochs, after=clamped)
             wb = self.store.new_write_batch()
@@ -358,6 +394,21 @@ class PartitionLog:
             meta[key[len(begin) :]] = it.value()
             it.next()
         return meta
+
+    def _read_producers(self) -> ProducerStates:
+        begin, end = producer_range(self._prefix)
+        it = self.store.iterator(upper_bound=end)
+        it.seek(begin)
+        entries: list[ProducerEntry] = []
+        # Bound: one entry per idempotent producer of this partition (expiry prunes them).
+        while it.valid():
+            producer_id = producer_key_id(it.key())
+            try:
+                entries.append(ProducerEntry.decode(producer_id, it.value()))
+            except ValueError as e:
+                raise self._storage_error(f"producer {producer_id}'s state: {e}") from e
+            it.next()
+        return ProducerStates(entries)
 
     def _read_epochs(self) -> list[EpochEntry]:
         begin, end = epoch_range(self._prefix)
@@ -407,6 +458,14 @@ class PartitionLog:
             if old_by_epoch.get(epoch) != start_offset:
                 wb.put(epoch_key(self._prefix, epoch), _U64.pack(start_offset))
 
+    def _stage_producers(
+        self, wb: WriteBatch, changed: dict[int, ProducerEntry], removed: Iterable[int] = ()
+    ) -> None:
+        for producer_id, entry in changed.items():
+            wb.put(producer_key(self._prefix, producer_id), entry.encode())
+        for producer_id in removed:
+            wb.delete(producer_key(self._prefix, producer_id))
+
     def _write(self, wb: WriteBatch, *, high_watermark: int | None = None) -> None:
         """Write `wb`; afterwards the stored HW checkpoint is the one staged (if any)."""
         self.store.write(wb)
@@ -416,36 +475,51 @@ class PartitionLog:
 
     # --- appends -------------------------------------------------------------------------
 
-    def append_as_leader(self, batch: bytes, *, leader_epoch: int) -> BatchHeader:
+    def append_as_leader(self, batch: bytes, *, leader_epoch: int) -> AppendResult:
         """Stamp a validated producer batch at the log end and store it (leader only).
 
         `batch` must have passed `validate_batch`. The batch gets base_offset = log end
         offset and partition_leader_epoch = leader_epoch; a leader_epoch above the cache's
-        latest is assigned starting at the old log end. Returns the stamped header; the
-        new log end offset is its next_offset. Cost: one copy of the batch, one write.
+        latest is assigned starting at the old log end. An idempotent producer's batch is
+        checked against its state first: a retry of one of its last 5 batches is not
+        written again and the result carries the original offsets (`duplicate`); a gap or
+        an old epoch raises OUT_OF_ORDER_SEQUENCE_NUMBER / INVALID_PRODUCER_EPOCH and
+        nothing is stored. Cost: one copy of the batch, one write.
         """
         self._check_open()
         assert len(batch) >= HEADER_SIZE and batch[16] == MAGIC, "batch was not validated"
         assert leader_epoch >= 0
         assert leader_epoch >= self.latest_epoch(), "a leader never writes an older epoch"
+        unstamped = read_header(batch)
+        original = self._producers.check_append(
+            unstamped.producer_id,
+            unstamped.producer_epoch,
+            unstamped.base_sequence,
+            unstamped.record_count,
+        )
+        if original is not None:
+            return AppendResult(original.base_offset, original.last_offset + 1, duplicate=True)
         base_offset = self._log_end_offset
         stamped = stamp_batch(batch, base_offset=base_offset, partition_leader_epoch=leader_epoch)
         header = read_header(stamped)
         assert header.size_bytes == len(stamped)
         epochs = _epochs_assign(self._epochs, leader_epoch, base_offset)
         size_bytes = self._size_bytes + len(stamped)
+        producers = self._producers.updated([_append_info(header)])
 
         wb = self.store.new_write_batch()
         wb.put(data_key(self._prefix, base_offset), stamped)
         self._stage_epochs(wb, epochs)
+        self._stage_producers(wb, producers)
         self._stage_meta(wb, size_bytes=size_bytes)
         self._write(wb)
 
         self._epochs = epochs
         self._size_bytes = size_bytes
         self._log_end_offset = header.next_offset
+        self._producers.commit(producers)
         self._check_invariants()
-        return header
+        return AppendResult(base_offset, header.next_offset, duplicate=False)
 
     def append_as_follower(self, records: bytes) -> int:
         """Store whole stamped batches copied from the leader; return the new log end offset.
@@ -463,6 +537,7 @@ class PartitionLog:
         next_offset = self._log_end_offset
         epochs = self._epochs
         added_bytes = 0
+        appended: list[AppendInfo] = []
         wb = self.store.new_write_batch()
         # Bound: len(records) // 61 batches (iter_batches stops at the end of the buffer).
         for header, batch in iter_batches(records):
@@ -477,15 +552,21 @@ class PartitionLog:
             wb.put(data_key(self._prefix, header.base_offset), batch)
             added_bytes += len(batch)
             next_offset = header.next_offset
+            if header.producer_id != NO_PRODUCER_ID:
+                appended.append(_append_info(header))
 
         size_bytes = self._size_bytes + added_bytes
+        # Followers record producers exactly as the leader did, so a new leader knows them.
+        producers = self._producers.updated(appended)
         self._stage_epochs(wb, epochs)
+        self._stage_producers(wb, producers)
         self._stage_meta(wb, size_bytes=size_bytes)
         self._write(wb)
 
         self._epochs = epochs
         self._size_bytes = size_bytes
         self._log_end_offset = next_offset
+        self._producers.commit(producers)
         self._check_invariants()
         return next_offset
 
@@ -728,13 +809,16 @@ class PartitionLog:
         epochs = _epochs_truncate_from_end(self._epochs, new_end_offset)
         high_watermark = min(self._high_watermark, new_end_offset)
         size_bytes = self._size_bytes - removed_bytes
+        producers, gone = self._producers.truncated(new_end_offset)
         wb = self.store.new_write_batch()
         wb.delete_range(data_key(self._prefix, new_end_offset), end)
         self._stage_epochs(wb, epochs)
+        self._stage_producers(wb, producers, gone)
         self._stage_meta(wb, size_bytes=size_bytes, high_watermark=high_watermark)
         self._write(wb, high_watermark=high_watermark)
 
         old_end_offset = self._log_end_offset
+        self._producers.commit(producers, gone)
         self._epochs = epochs
         self._size_bytes = size_bytes
         self._high_watermark = high_watermark
@@ -762,9 +846,11 @@ class PartitionLog:
         wb = self.store.new_write_batch()
         wb.delete_range(*data_range(self._prefix))
         wb.delete_range(*epoch_range(self._prefix))
+        wb.delete_range(*producer_range(self._prefix))
         self._stage_meta(wb, log_start_offset=offset, size_bytes=0, high_watermark=offset)
         self._write(wb, high_watermark=offset)
         previous = (self._log_start_offset, self._log_end_offset)
+        self._producers = ProducerStates()
         self._epochs = []
         self._size_bytes = 0
         self._log_start_offset = offset
@@ -854,6 +940,26 @@ class PartitionLog:
         )
         return removed_offsets
 
+    # --- producers ------------------------------------------------------------------------
+
+    @property
+    def producers(self) -> ProducerStates:
+        """The idempotent producers' state (read-only for callers)."""
+        return self._producers
+
+    def expire_producers(self, *, now_ms: int, expiration_ms: int) -> int:
+        """Forget producers idle for longer than `expiration_ms`; return how many."""
+        self._check_open()
+        expired = self._producers.expired(now_ms=now_ms, expiration_ms=expiration_ms)
+        if not expired:
+            return 0
+        wb = self.store.new_write_batch()
+        self._stage_producers(wb, {}, expired)
+        self._stage_meta(wb)
+        self._write(wb)
+        self._producers.commit({}, expired)
+        return len(expired)
+
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -874,6 +980,7 @@ class PartitionLog:
         wb.delete_range(*data_range(self._prefix))
         wb.delete_range(*epoch_range(self._prefix))
         wb.delete_range(*meta_range(self._prefix))
+        wb.delete_range(*producer_range(self._prefix))
         self.store.write(wb)
         self._closed = True
         self.store.release_partition(self.topic_id, self.partition)

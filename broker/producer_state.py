@@ -184,59 +184,68 @@ class ProducerStates:
             )
         return None
 
-    def record(self, info: AppendInfo) -> ProducerEntry | None:
-        """Record an appended batch (leader or follower). Returns the changed entry (to
-        persist), None for a non-idempotent batch."""
-        if info.producer_id == NO_PRODUCER_ID:
-            return None
-        entry = self._entries.get(info.producer_id)
-        if entry is None or info.producer_epoch != entry.epoch:
-            # A new producer, or a new epoch: the old epoch's batches can never be retried.
-            entry = ProducerEntry(info.producer_id, info.producer_epoch)
-            self._entries[info.producer_id] = entry
-        assert not entry.batches or entry.batches[-1].last_offset < info.base_offset
-        entry.batches.append(
-            ProducerBatch(
-                info.base_sequence,
-                last_sequence(info.base_sequence, info.record_count),
-                info.base_offset,
-                info.last_offset,
-                info.max_timestamp_ms,
+    def updated(self, infos: Iterable[AppendInfo]) -> dict[int, ProducerEntry]:
+        """The entries that appending `infos` (in order) changes, as new objects: the caller
+        persists them, then `commit`s. Non-idempotent batches change nothing."""
+        changed: dict[int, ProducerEntry] = {}
+        for info in infos:
+            if info.producer_id == NO_PRODUCER_ID:
+                continue
+            entry = changed.get(info.producer_id) or self._entries.get(info.producer_id)
+            if entry is None or info.producer_epoch != entry.epoch:
+                # A new producer, or a new epoch: the old epoch's batches can never be
+                # retried.
+                entry = ProducerEntry(info.producer_id, info.producer_epoch)
+            elif info.producer_id not in changed:
+                entry = ProducerEntry(
+                    entry.producer_id, entry.epoch, deque(entry.batches, BATCHES_PER_PRODUCER)
+                )
+            assert not entry.batches or entry.batches[-1].last_offset < info.base_offset
+            entry.batches.append(
+                ProducerBatch(
+                    info.base_sequence,
+                    last_sequence(info.base_sequence, info.record_count),
+                    info.base_offset,
+                    info.last_offset,
+                    info.max_timestamp_ms,
+                )
             )
-        )
-        return entry
+            changed[info.producer_id] = entry
+        return changed
 
-    def truncate_to(self, offset: int) -> tuple[list[ProducerEntry], list[int]]:
-        """The log lost every offset >= `offset`: forget the batches there. Returns
-        (entries changed, producer ids removed) for persisting.
+    def truncated(self, offset: int) -> tuple[dict[int, ProducerEntry], list[int]]:
+        """The log will lose every offset >= `offset`: (entries changed, as new objects;
+        producer ids to remove). Persist, then `commit`.
 
         A producer whose remaining window became shorter is still exact about its last
         batch below the cut, which is all the sequence check needs; one with no batch left
         is unknown here again (KIP-360 accepts its retry)."""
-        changed: list[ProducerEntry] = []
+        changed: dict[int, ProducerEntry] = {}
         removed: list[int] = []
-        for producer_id, entry in list(self._entries.items()):
+        for producer_id, entry in self._entries.items():
             kept = [b for b in entry.batches if b.last_offset < offset]
             if len(kept) == len(entry.batches):
                 continue
             if kept:
-                entry.batches.clear()
-                entry.batches.extend(kept)
-                changed.append(entry)
+                changed[producer_id] = ProducerEntry(
+                    producer_id, entry.epoch, deque(kept, BATCHES_PER_PRODUCER)
+                )
             else:
-                del self._entries[producer_id]
                 removed.append(producer_id)
         return changed, removed
 
-    def expire(self, *, now_ms: int, expiration_ms: int) -> list[int]:
-        """Forget producers idle (by their last batch's timestamp) for longer than
-        `expiration_ms` (Kafka's producer.id.expiration.ms). Returns their ids."""
-        expired = [
+    def expired(self, *, now_ms: int, expiration_ms: int) -> list[int]:
+        """Producers idle (by their last batch's timestamp) for longer than
+        `expiration_ms` (Kafka's producer.id.expiration.ms): remove them with `commit`."""
+        return [
             pid for pid, e in self._entries.items() if now_ms - e.last_timestamp_ms > expiration_ms
         ]
-        for pid in expired:
-            del self._entries[pid]
-        return expired
+
+    def commit(self, changed: dict[int, ProducerEntry], removed: Iterable[int] = ()) -> None:
+        """Apply what `updated` / `truncated` / `expired` computed (once persisted)."""
+        self._entries.update(changed)
+        for producer_id in removed:
+            self._entries.pop(producer_id, None)
 
     def clear(self) -> list[int]:
         removed = list(self._entries)

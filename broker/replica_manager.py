@@ -32,6 +32,8 @@ from raftmq.v1 import controller_pb2 as cpb
 ISR_PROPOSALS_MAX = 10_000
 DUTY_INTERVAL_MS = 100
 RETENTION_INTERVAL_MS = 5_000
+# Kafka's producer.id.expiration.ms: an idempotent producer silent this long is forgotten.
+PRODUCER_ID_EXPIRATION_MS = 24 * 3600 * 1000
 
 PartitionKey = tuple[bytes, int]
 
@@ -265,6 +267,9 @@ class ReplicaManager:
                                 now_ms=wall_ms,
                                 retention_ms=partition.config.retention_ms,
                                 retention_bytes=partition.config.retention_bytes,
+                            )
+                            partition.log.expire_producers(
+                                now_ms=wall_ms, expiration_ms=PRODUCER_ID_EXPIRATION_MS
                             )
                             partition.log.checkpoint_high_watermark()
                     except Exception:

@@ -132,7 +132,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             )
             try:
                 partition = self.replicas.partition(data.topic, data.partition)
-                header = partition.append(
+                appended_at = partition.append(
                     bytes(data.records),
                     acks=request.acks,
                     current_leader_epoch=data.current_leader_epoch,
@@ -140,11 +140,11 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             except RaftmqError as e:
                 result.error.CopyFrom(self._error(e, data.topic, data.partition))
                 continue
-            result.base_offset = header.base_offset
-            result.leader_epoch = header.partition_leader_epoch
+            result.base_offset = appended_at.base_offset
+            result.leader_epoch = appended_at.leader_epoch
             result.log_start_offset = partition.log.log_start_offset
             result.error.CopyFrom(wire.ok_pb())
-            appended.append((result, partition, header.next_offset, header.partition_leader_epoch))
+            appended.append((result, partition, appended_at.next_offset, appended_at.leader_epoch))
         if request.acks != 0 and appended:
             # The leader's own copy is durable per the flush policy before anyone is told.
             self.wait_durable()

@@ -86,12 +86,13 @@ def reopen(store: LogStore, tmp_path: Path) -> tuple[LogStore, PartitionLog]:
 def test_leader_appends_are_stamped_contiguously(log: PartitionLog) -> None:
     first = log.append_as_leader(make_batch(3), leader_epoch=5)
     second = log.append_as_leader(make_batch(2), leader_epoch=5)
-    assert (first.base_offset, first.next_offset, first.partition_leader_epoch) == (0, 3, 5)
+    assert (first.base_offset, first.next_offset, first.duplicate) == (0, 3, False)
     assert (second.base_offset, second.next_offset) == (3, 5)
     assert log.log_end_offset == 5
-    assert log.size_bytes == first.size_bytes + second.size_bytes
-    assert log.epoch_entries == ((5, 0),)
     data = log.read(0, max_bytes=1 << 20, upper_offset=5)
+    assert [h.partition_leader_epoch for h in headers(data)] == [5, 5]
+    assert log.size_bytes == sum(h.size_bytes for h in headers(data))
+    assert log.epoch_entries == ((5, 0),)
     assert [r.offset for h in headers(data) for r in decode_batch(_one(data, h))] == list(range(5))
 
 
@@ -118,7 +119,7 @@ def test_read_max_bytes_returns_whole_batches_and_at_least_one(log: PartitionLog
         assert len(headers(data)) == batches, max_bytes
     big = log.append_as_leader(make_batch(200), leader_epoch=0)
     data = log.read(12, max_bytes=10, upper_offset=log.log_end_offset)
-    assert headers(data) == [big]
+    assert [h.base_offset for h in headers(data)] == [big.base_offset]
 
 
 def test_read_only_returns_batches_below_the_upper_offset(log: PartitionLog) -> None:
@@ -337,7 +338,9 @@ def test_assign_epoch_on_becoming_leader(log: PartitionLog) -> None:
     log.assign_epoch(3, log.log_end_offset)
     assert log.epoch_entries == ((1, 0), (3, 3))
     log.assign_epoch(3, log.log_end_offset)  # idempotent
-    assert log.append_as_leader(make_batch(1), leader_epoch=3).partition_leader_epoch == 3
+    appended = log.append_as_leader(make_batch(1), leader_epoch=3)
+    stored = log.read(appended.base_offset, max_bytes=1 << 20, upper_offset=log.log_end_offset)
+    assert headers(stored)[-1].partition_leader_epoch == 3
     assert log.epoch_entries == ((1, 0), (3, 3))
     with pytest.raises(AssertionError):
         log.append_as_leader(make_batch(1), leader_epoch=2)
@@ -790,3 +793,63 @@ PartitionLogMachine.TestCase.settings = settings(
     max_examples=20, stateful_step_count=30, deadline=None
 )
 TestPartitionLogAgainstModel = PartitionLogMachine.TestCase
+
+
+# --- idempotent producers ------------------------------------------------------------------
+
+
+def idempotent_batch(seq: int, count: int, *, producer_id: int = 7, epoch: int = 0) -> bytes:
+    return encode_batch(
+        [Message(f"p{seq + i}", timestamp_ms=1_000) for i in range(count)],
+        producer_id=producer_id,
+        producer_epoch=epoch,
+        base_sequence=seq,
+    )
+
+
+def test_a_retried_batch_is_answered_with_its_original_offsets_and_not_stored(
+    log: PartitionLog,
+) -> None:
+    first = log.append_as_leader(idempotent_batch(0, 3), leader_epoch=0)
+    log.append_as_leader(idempotent_batch(3, 2), leader_epoch=0)
+    retry = log.append_as_leader(idempotent_batch(0, 3), leader_epoch=0)
+    assert (retry.base_offset, retry.next_offset, retry.duplicate) == (0, 3, True)
+    assert not first.duplicate and log.log_end_offset == 5
+    with pytest.raises(RaftmqError) as e:
+        log.append_as_leader(idempotent_batch(9, 1), leader_epoch=0)
+    assert e.value.code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert log.log_end_offset == 5
+
+
+def test_producer_state_survives_a_restart_whole(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE) as store:
+        log = store.open_partition(TOPIC, 0)
+        for i in range(6):
+            log.append_as_leader(idempotent_batch(2 * i, 2), leader_epoch=0)
+    with LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE) as store:
+        log = store.open_partition(TOPIC, 0)
+        # All five batches of the window are known again, not just the last.
+        for i in range(1, 6):
+            assert log.append_as_leader(idempotent_batch(2 * i, 2), leader_epoch=0).duplicate
+        assert log.append_as_leader(idempotent_batch(12, 1), leader_epoch=0).base_offset == 12
+
+
+def test_a_follower_builds_the_same_state_and_truncation_cuts_it(tmp_path: Path) -> None:
+    with (
+        LogStore(tmp_path / "a", flush_policy=FlushPolicy.NONE) as leader_store,
+        LogStore(tmp_path / "b", flush_policy=FlushPolicy.NONE) as follower_store,
+    ):
+        leader = leader_store.open_partition(TOPIC, 0)
+        follower = follower_store.open_partition(TOPIC, 0)
+        for i in range(3):
+            leader.append_as_leader(idempotent_batch(2 * i, 2), leader_epoch=0)
+        follower.append_as_follower(leader.read(0, max_bytes=1 << 20, upper_offset=6))
+        entry = follower.producers.get(7)
+        assert entry is not None and [b.base_offset for b in entry.batches] == [0, 2, 4]
+        # As a new leader it recognises the retry of the last batch.
+        assert follower.append_as_leader(idempotent_batch(4, 2), leader_epoch=1).duplicate
+        follower.truncate_to(2)
+        entry = follower.producers.get(7)
+        assert entry is not None and [b.base_offset for b in entry.batches] == [0]
+        # The truncated batch is written again when retried, not answered as a duplicate.
+        assert not follower.append_as_leader(idempotent_batch(2, 2), leader_epoch=2).duplicate

@@ -21,7 +21,11 @@ def append(
     states: ProducerStates, pid: int, epoch: int, *, seq: int, count: int, offset: int
 ) -> None:
     assert states.check_append(pid, epoch, seq, count) is None
-    states.record(AppendInfo(pid, epoch, seq, count, offset, offset + count - 1, 1000 + offset))
+    states.commit(
+        states.updated(
+            [AppendInfo(pid, epoch, seq, count, offset, offset + count - 1, 1000 + offset)]
+        )
+    )
 
 
 def test_a_retry_of_any_of_the_last_five_batches_is_a_duplicate() -> None:
@@ -76,8 +80,10 @@ def test_truncation_cuts_the_window_and_forgets_producers_with_nothing_left() ->
     append(states, 1, 0, seq=0, count=10, offset=0)
     append(states, 1, 0, seq=10, count=10, offset=20)
     append(states, 2, 0, seq=0, count=5, offset=30)
-    changed, removed = states.truncate_to(20)
-    assert [e.producer_id for e in changed] == [1] and removed == [2]
+    changed, removed = states.truncated(20)
+    assert list(changed) == [1] and removed == [2]
+    assert len(states.get(1).batches) == 2  # type: ignore[union-attr]  # nothing applied yet
+    states.commit(changed, removed)
     # Producer 1's retry of the truncated batch is appended again, not answered as written.
     assert states.check_append(1, 0, 10, 10) is None
     assert states.get(2) is None
@@ -87,7 +93,9 @@ def test_idle_producers_expire() -> None:
     states = ProducerStates()
     append(states, 1, 0, seq=0, count=1, offset=0)  # timestamp 1000
     append(states, 2, 0, seq=0, count=1, offset=5_000)  # timestamp 6000
-    assert states.expire(now_ms=5_500, expiration_ms=4_000) == [1]
+    expired = states.expired(now_ms=5_500, expiration_ms=4_000)
+    assert expired == [1]
+    states.commit({}, expired)
     assert [e.producer_id for e in states] == [2]
 
 
