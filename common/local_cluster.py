@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import signal
 import socket
@@ -33,6 +34,7 @@ from typing import IO
 import grpc
 from raftmq import wire
 from raftmq.lifecycle import PARENT_FD_ENV
+from raftmq.ports import port_free
 from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc
 
@@ -55,6 +57,20 @@ def launcher_pipe_fd() -> int:
             read_fd, _write_fd = os.pipe()
             _launcher_pipe_read_fd = read_fd
         return _launcher_pipe_read_fd
+
+
+def free_base_port(
+    *, controllers: int = 3, brokers: int = 3, host: str = "127.0.0.1", attempts: int = 50
+) -> int:
+    """A base port whose whole `raftmq up` layout is free right now (tests pick one so
+    that parallel runs and other clusters do not collide)."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(20_000, 60_000)
+        layout = layout_from_base_port(base, controllers=controllers, brokers=brokers, host=host)
+        if all(port_free(h, p) for _, h, p in layout.listeners()):
+            return base
+    raise RuntimeError(f"no free port layout found in {attempts} attempts")
 
 
 def describe_exit(returncode: int) -> str:

@@ -8,12 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from raftmq.local_cluster import free_ports
+
+from tests.conftest import RaftmqUp
 
 pytestmark = pytest.mark.cluster
 
@@ -32,56 +30,10 @@ def raftmq(
     )
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    broker_port = free_ports(1)[0]
-    controller_port = free_ports(1)[0]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "raftmq.cli.main",
-            "up",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--base-port",
-            str(broker_port),
-            "--controller-base-port",
-            str(controller_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    env = dict(os.environ, RAFTMQ_BOOTSTRAP=f"127.0.0.1:{broker_port}")
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 90
-        lines = []
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "raftmq is ready" in line:
-                break
-        assert any("raftmq is ready" in line for line in lines), "".join(lines)
-        yield process, env
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def test_up_create_produce_consume_like_a_newcomer(up) -> None:
-    process, env = up
+def test_up_create_produce_consume_like_a_newcomer(raftmq_up: type[RaftmqUp]) -> None:
+    up = raftmq_up()
+    up.wait_for_line("raftmq is ready")
+    process, env = up.process, up.env
     created = raftmq(
         "topic", "create", "demo", "--partitions", "3", "--replication-factor", "3", env=env
     )
