@@ -119,7 +119,11 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         controllers=args.controllers,
         brokers=args.brokers,
         base_port=args.base_port,
-        broker_args=[f"--flush-policy={args.flush_policy}"],
+        broker_args=[
+            f"--flush-policy={args.flush_policy}",
+            # Auto-created topics are replicated like the topics people create by hand.
+            f"--default-replication-factor={min(3, args.brokers)}",
+        ],
     )
     stopping = threading.Event()
 
