@@ -5,7 +5,6 @@ metadata change, a fetch from a stale broker incarnation, fetchers owned by one 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field, replace
@@ -23,9 +22,10 @@ from raftmq.broker.replica_manager import ReplicaManager
 from raftmq.broker.server import BrokerServicer, TopicDefaults
 from raftmq.client.controller_client import EndpointPool
 from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.local_cluster import free_ports, wait_until
+from raftmq.local_cluster import LocalCluster, free_ports, wait_until
+from raftmq.message import Message
 from raftmq.metadata import BrokerRegistration, PartitionRecord, TopicRecord
-from raftmq.record_batch import Record, encode_batch
+from raftmq.record_batch import encode_batch
 from raftmq.topic_config import TopicConfig
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
@@ -125,7 +125,7 @@ def image(
 
 def produce(partition: Partition, count: int) -> None:
     for i in range(count):
-        batch = encode_batch([Record(None, f"v{i}".encode(), int(time.time() * 1000))])
+        batch = encode_batch([Message(f"v{i}")])
         partition.append(batch, acks=1, current_leader_epoch=-1)
 
 
@@ -252,3 +252,26 @@ def test_every_follower_partition_is_in_a_running_fetcher_of_its_leader(
         timeout_s=20,
         what="the follower to catch up after the role flips",
     )
+
+
+def test_metadata_a_broker_cannot_apply_ends_the_broker(make_cluster: type[LocalCluster]) -> None:
+    """A listener error used to kill the watch thread silently: metadata froze while the
+    heartbeats went on. Now the broker is told to end (and its supervisor restarts it)."""
+    cluster = make_cluster(controllers=1, brokers=0)
+    cluster.start()
+    cluster.wait_ready(timeout_s=60, brokers=0)
+    fatal: list[str] = []
+    pool = EndpointPool(cluster.layout.controller_endpoints, service="controller")
+
+    def listener(image: MetadataImage) -> None:
+        raise RuntimeError("cannot open the partition's log")
+
+    cache = MetadataCache(pool, watcher_name="b1", listener=listener, on_fatal=fatal.append)
+    cache.start()
+    try:
+        wait_until(lambda: bool(fatal), timeout_s=20, what="the fatal report")
+    finally:
+        cache.stop()
+        pool.close()
+    assert "cannot open the partition's log" in fatal[0]
+    assert cache.image.version == 0, "an image that was not applied is never published"
