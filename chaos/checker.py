@@ -14,7 +14,9 @@ reads after heal are treated together); a position is (topic, partition, offset)
   `final_read_complete` (the runner's final read after heal covered every partition up to
   its high watermark); otherwise a warning, since the value may simply not have been read.
 - `duplicate`: one value at more than one position (counting reads and its acked position).
-  An error only with `duplicates_are_errors` (i.e. once the producer is idempotent).
+  An error by default: the workload's producers are idempotent, so a retried send must be
+  answered with its original offset, never appended twice. `duplicates_are_errors=False`
+  reports them as a warning only (for histories of a producer that is not idempotent).
 - `inconsistent_offsets`: one position holding two different values: two polls disagree, a
   poll disagrees with an ack, or two sends were acked at the same position.
 - `aborted_read`: a value whose send definitely failed (`fail`) was read.
@@ -184,16 +186,17 @@ def check(
     replicas: Sequence[ReplicaLog] = (),
     faults: Sequence[FaultWindow] = (),
     final_read_complete: bool = True,
-    duplicates_are_errors: bool = False,
+    duplicates_are_errors: bool = True,
     anomalies_per_kind_max: int = ANOMALIES_PER_KIND_MAX_DEFAULT,
 ) -> CheckResult:
     """Check a finished run. Pure: reads its arguments, returns findings.
 
     `history` is a `History` (a snapshot is taken) or its ops in index order.
     `final_read_complete`: the runner read every partition to its high watermark after heal
-    (then unread acked values are errors). `duplicates_are_errors`: the workload used an
-    idempotent producer. Raises `MalformedHistoryError` when the history breaks the pairing
-    rules of `raftmq.chaos.history` (a workload bug, not a system anomaly).
+    (then unread acked values are errors). `duplicates_are_errors` (the default): a value
+    at two positions makes the history invalid (the producers were idempotent). Raises
+    `MalformedHistoryError` when the history breaks the pairing rules of
+    `raftmq.chaos.history` (a workload bug, not a system anomaly).
     """
     assert anomalies_per_kind_max >= 0
     ops = history.ops() if isinstance(history, History) else history
@@ -266,7 +269,7 @@ def _warnings(
     if not duplicates_are_errors and state.counts["duplicate"]:
         out.append(
             f"{state.counts['duplicate']} duplicated values (allowed: "
-            "duplicates_are_errors=False, the producer is not idempotent)"
+            "duplicates_are_errors=False, the producer was not idempotent)"
         )
     if state.counts["replica_hw_mismatch"]:
         out.append(

@@ -12,13 +12,22 @@ from raftmq.chaos.runner import ChaosRun, campaign_figures
 from raftmq.chaos.workload import FinalRead
 
 
-def _run(seed: int, recoveries_ms: list[float], *, sends_ok: int, lost: bool = False) -> ChaosRun:
+def _run(
+    seed: int,
+    recoveries_ms: list[float],
+    *,
+    sends_ok: int,
+    lost: bool = False,
+    duplicate: bool = False,
+) -> ChaosRun:
     history = History()
     for i in range(sends_ok):
         op = history.invoke_send("producer-0", "chaos", f"v{i}", partition=0, time_ms=float(i))
         history.complete(op, "ok", time_ms=float(i) + 0.5, offset=i)
     # (partition, offset, value); a lost write: offset 0 acked, never read, offset 1 read.
     reads = [(0, i, f"v{i}") for i in range(sends_ok) if not (lost and i == 0)]
+    if duplicate:  # the last value written again after itself (a retry appended twice)
+        reads.append((0, sends_ok, f"v{sends_ok - 1}"))
     poll = history.invoke_poll("consumer-0", "chaos", time_ms=1_000.0)
     history.complete(poll, "ok", time_ms=1_001.0, reads=reads)
     faults = [
@@ -38,7 +47,7 @@ def _run(seed: int, recoveries_ms: list[float], *, sends_ok: int, lost: bool = F
         kinds=("kill-all",),
         result=result,
         faults=faults,
-        final_read=FinalRead(True, {0: sends_ok}, {0: sends_ok}, ()),
+        final_read=FinalRead(True, {0: len(reads)}, {0: len(reads)}, ()),
         replicas=[],
         out_dir=Path("/nonexistent"),
         report_path=Path("/nonexistent/report.json"),
@@ -71,3 +80,13 @@ def test_campaign_names_invalid_runs_and_aborted_seeds() -> None:
     assert "1 of 3 runs valid, aborted seeds [9]" in text
     failed_line = next(line for line in text.splitlines() if line.strip().startswith("7 "))
     assert "FAILED" in failed_line and "lost 1" in failed_line
+
+
+def test_a_run_with_a_duplicate_fails_the_campaign() -> None:
+    runs = [_run(11, [100.0], sends_ok=3, duplicate=True), _run(12, [100.0], sends_ok=3)]
+    assert not runs[0].ok
+    campaign = campaign_figures(runs, aborted=[])
+    assert (campaign["valid"], campaign["anomalies"]) == (1, {"duplicate": 1})
+    text = format_campaign(campaign)
+    failed_line = next(line for line in text.splitlines() if line.strip().startswith("11 "))
+    assert "FAILED" in failed_line and "duplicate 1" in failed_line

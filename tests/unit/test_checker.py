@@ -181,25 +181,50 @@ def test_unread_acked_write_is_unseen_and_an_error_only_after_a_complete_final_r
     assert any("final read incomplete" in w for w in inconclusive.warnings)
 
 
-def test_duplicate_is_reported_and_an_error_only_with_idempotence() -> None:
+def test_a_duplicate_makes_the_run_invalid() -> None:
+    # The producers are idempotent: a retry of a send whose first attempt had landed must be
+    # answered with the original offset. Here the log holds "a" twice.
     r = Recorder()
     a_ok = r.send("a", 0, 0)
-    # A retry of "a" whose first attempt had landed: the log holds it twice.
     first = r.poll((0, 0, "a"), (0, 1, "a"))
 
     result = r.check()
-    assert result.valid
+    assert not result.valid
+    assert "duplicate" in result.error_kinds
     assert found(result) == {"duplicate": 1}
+    assert result.errors == {"duplicate": 1}
     [duplicate] = result.anomalies["duplicate"]
     assert duplicate["value"] == "a"
     assert duplicate["position_count"] == 2
     assert [(p["offset"], p["acked"]) for p in duplicate["positions"]] == [(0, True), (1, False)]
     assert duplicate["op_indexes"] == [a_ok.index, first.index]
-    assert any("duplicated" in w for w in result.warnings)
+    assert result.warnings == ()
 
-    strict = r.check(duplicates_are_errors=True)
-    assert not strict.valid
-    assert strict.errors == {"duplicate": 1}
+    summary = format_summary(result, seed=5, faults=[], replay_command="raftmq chaos --seed 5")
+    assert "  FAIL duplicate" in summary
+    assert "RESULT: INVALID (duplicate 1)" in summary
+    assert "raftmq chaos --seed 5" in summary
+
+
+def test_a_duplicate_of_a_send_never_acknowledged_makes_the_run_invalid_too() -> None:
+    # An indeterminate send read at two offsets: written twice, although never acked.
+    r = Recorder()
+    r.send_info("a")
+    r.poll((0, 0, "a"), (0, 1, "a"))
+    result = r.check()
+    assert not result.valid
+    assert result.errors == {"duplicate": 1}
+
+
+def test_duplicates_are_only_a_warning_for_a_producer_that_is_not_idempotent() -> None:
+    r = Recorder()
+    r.send("a", 0, 0)
+    r.poll((0, 0, "a"), (0, 1, "a"))
+    lenient = r.check(duplicates_are_errors=False)
+    assert lenient.valid
+    assert "duplicate" not in lenient.error_kinds
+    assert lenient.counts["duplicate"] == 1
+    assert any("duplicated" in w for w in lenient.warnings)
 
 
 def test_value_read_away_from_its_acked_offset_is_a_duplicate_position() -> None:
@@ -771,7 +796,7 @@ def consistent_runs(draw: st.DrawFn, *, failed_min: int = 0) -> GeneratedRun:
 @settings(max_examples=120, deadline=None)
 @given(consistent_runs())
 def test_consistent_runs_are_valid(run: GeneratedRun) -> None:
-    result = check(run.ops, duplicates_are_errors=True)
+    result = check(run.ops)
     assert found(result) == {}, result.anomalies
     assert result.valid
     assert result.stats["values_acked"] == len(run.acked)
