@@ -43,6 +43,7 @@ import grpc
 import structlog
 from raftmq import wire
 from raftmq.chaos.history import ReplicaLog
+from raftmq.client.conn import Conn
 from raftmq.errors import RaftmqError
 from raftmq.local_cluster import LocalCluster, ManagedProcess, wait_until
 from raftmq.v1 import controller_pb2 as pb
@@ -385,6 +386,8 @@ class ChaosCluster:
         self._local: LocalCluster | None = None
         self._paused: set[str] = set()
         self._channels: dict[str, grpc.Channel] = {}
+        # Conns to brokers for the runner's observations (not the workload's clients).
+        self._broker_conns: dict[str, Conn] = {}
         self._channels_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -439,6 +442,9 @@ class ChaosCluster:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+            for conn in self._broker_conns.values():
+                conn.close()
+            self._broker_conns.clear()
         if self.network is not None:
             self.network.close()
 
@@ -558,6 +564,14 @@ class ChaosCluster:
                 channel = grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
                 self._channels[endpoint] = channel
         return controller_pb2_grpc.ControllerServiceStub(channel)
+
+    def broker_conn(self, endpoint: str) -> Conn:
+        """A Conn to the broker at `endpoint` (HOST:PORT), kept until `close`."""
+        with self._channels_lock:
+            conn = self._broker_conns.get(endpoint)
+            if conn is None:
+                conn = self._broker_conns[endpoint] = Conn(endpoint)
+            return conn
 
     def describe(self, timeout_s: float = DESCRIBE_TIMEOUT_S) -> pb.DescribeClusterResponse | None:
         """Ask every controller at once; return the freshest answer (highest metadata

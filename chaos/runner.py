@@ -50,8 +50,8 @@ from raftmq.chaos.nemesis import (
 )
 from raftmq.chaos.report import HISTORY_FILE, format_campaign, format_summary, write_report
 from raftmq.chaos.workload import FinalRead, Workload, WorkloadConfig, create_topic, final_read
-from raftmq.client.cluster_client import ClusterClient
 from raftmq.errors import RaftmqError
+from raftmq.metadata import NO_LEADER
 
 _log = structlog.get_logger("raftmq.chaos")
 
@@ -68,6 +68,8 @@ CONVERGE_TIMEOUT_S = 60.0
 CONVERGE_SETTLE_S = 1.2
 FINAL_READ_TIMEOUT_S = 90.0
 POLL_INTERVAL_S = 0.2
+# One observation call of the runner to a broker (metadata, a one-byte fetch).
+BROKER_CALL_TIMEOUT_MS = 3_000
 # `--runs`: a bound on one campaign (each run takes a minute or more).
 RUNS_MAX = 1_000
 EXIT_OK = 0
@@ -392,9 +394,28 @@ class _Stages:
                     )
             return False
 
+        def known_to_every_broker() -> bool:
+            # The clients route by the brokers' metadata, which follows the controller's.
+            for endpoint in self.cluster.broker_endpoints:
+                try:
+                    metadata = self.cluster.broker_conn(endpoint).metadata(
+                        [topic], timeout_ms=BROKER_CALL_TIMEOUT_MS
+                    )
+                except RaftmqError:
+                    return False
+                known = metadata.topics.get(topic)
+                if known is None or len(known.partitions) != self.config.partitions:
+                    return False
+                if any(p.leader == NO_LEADER for p in known.partitions):
+                    return False
+            return True
+
         self.cluster.wait_until(ready, timeout_s=TOPIC_READY_TIMEOUT_S, what=f"topic {topic}")
-        with ClusterClient(self.cluster.broker_endpoints, request_timeout_ms=5_000) as client:
-            client.partition_count(topic, wait_ms=int(TOPIC_READY_TIMEOUT_S * 1000))
+        self.cluster.wait_until(
+            known_to_every_broker,
+            timeout_s=TOPIC_READY_TIMEOUT_S,
+            what=f"topic {topic} in every broker's metadata",
+        )
 
     def _wait_produce_after(self, heal_ms: float) -> None:
         """Until every partition acknowledged a send invoked after `heal_ms` (bounded)."""
@@ -427,23 +448,20 @@ class _Stages:
         topic = self.config.topic
         deadline_s = time.monotonic() + CONVERGE_TIMEOUT_S
         reason: str | None = "not checked"
-        with ClusterClient(
-            self.cluster.broker_endpoints, request_timeout_ms=3_000, retries_max=3
-        ) as client:
-            # Bound: the deadline; one DescribeCluster and one fetch per partition per pass.
-            while time.monotonic() < deadline_s:
-                reason = self._unconverged_reason(client, topic)
+        # Bound: the deadline; one DescribeCluster and one fetch per partition per pass.
+        while time.monotonic() < deadline_s:
+            reason = self._unconverged_reason(topic)
+            if reason is None:
+                time.sleep(CONVERGE_SETTLE_S)
+                reason = self._unconverged_reason(topic)
                 if reason is None:
-                    time.sleep(CONVERGE_SETTLE_S)
-                    reason = self._unconverged_reason(client, topic)
-                    if reason is None:
-                        return None
-                    continue
-                _log.debug("replicas.not_converged", reason=reason)
-                time.sleep(POLL_INTERVAL_S)
+                    return None
+                continue
+            _log.debug("replicas.not_converged", reason=reason)
+            time.sleep(POLL_INTERVAL_S)
         return reason
 
-    def _unconverged_reason(self, client: ClusterClient, topic: str) -> str | None:
+    def _unconverged_reason(self, topic: str) -> str | None:
         status = self.cluster.describe()
         if status is None:
             return "no controller answered"
@@ -457,10 +475,17 @@ class _Stages:
         for p in partitions:
             if p.leader < 0 or set(p.isr) != set(p.ar):
                 return f"partition {p.partition}: leader {p.leader}, isr {list(p.isr)}"
+        endpoints = {b.id: f"{b.endpoint.host}:{b.endpoint.port}" for b in status.brokers}
         try:
-            client.refresh_metadata()
             for p in partitions:
-                fetched = client.fetch(topic, p.partition, 0, max_wait_ms=0, max_bytes=1)
+                endpoint = endpoints.get(p.leader)
+                if endpoint is None:
+                    return f"partition {p.partition}: leader {p.leader} is not registered"
+                # A consumer fetch of one byte at the leader the controller names: the
+                # answer carries the leader's high watermark and log end offset.
+                [fetched] = self.cluster.broker_conn(endpoint).fetch(
+                    [(topic, p.partition, 0)], max_wait_ms=0, max_bytes=1, partition_max_bytes=1
+                )
                 if fetched.error is not None:
                     return f"partition {p.partition}: {fetched.error}"
                 if fetched.high_watermark != fetched.log_end_offset:

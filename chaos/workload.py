@@ -1,23 +1,28 @@
-"""The chaos workload: producers and consumers that record every operation in a `History`,
-and the final read after heal.
+"""The chaos workload, on the client library: producers (`Writer`) and consumers (`Reader`)
+that record every operation in a `History`, and the final read after heal.
 
-- Producers (acks=all, one message per send, values unique per run) retry a send until it
-  is acknowledged, its deadline passes or an error says retrying is pointless. Each send is
-  one history op; its completion is
-  - `ok` with the acknowledged offset;
-  - `fail` only when *every* attempt definitely appended nothing: it never left the client,
-    or the broker answered with a code documented as "nothing was appended"
-    (`NOTHING_APPENDED_CODES`);
-  - `info` otherwise (a timeout, a transport error, NOT_LEADER after the append, ...): the
-    message may or may not be in the log.
-- Consumers poll every partition in turn from offset 0, one poll op per fetch, recording the
-  records at or after their position; they never seek (no retention in a chaos run, so
-  offset 0 is the earliest).
-- `final_read`, after heal, reads every partition from its earliest offset to its high
-  watermark as one more consumer.
+- Producers: one idempotent `Writer` per history process ("producer-N"), acks=all, one
+  message per send, values unique per run, a random partition per send; each producer's
+  sends are sequential and rate-bounded. The Writer retries a send within
+  `send_timeout_ms` and `send_attempts_max`, and the partition leader answers a retry of a
+  batch it already appended with the original offset, so no value may appear twice in a
+  log (the checker counts a duplicate as an error). Each send is one history op, completed
+  - `ok` with the offset the Writer set on the message;
+  - `fail` when the Writer's error is a definite "not written": any RaftmqError other than
+    OutcomeUnknownError (`send_outcome`);
+  - `info` when the outcome is unknown: OutcomeUnknownError, or no outcome at all within
+    the Writer's deadline plus `SEND_OUTCOME_GRACE_S` (a backstop of the harness: the
+    message stays in the Writer and may still be written).
+- Consumers: one `Reader` per partition, each starting at offset 0 (there is no retention
+  in a chaos run, so 0 is the earliest offset); they never seek. A consumer polls its
+  partitions in turn; one poll op is what one Reader delivers within
+  `consumer_max_wait_ms` (`poll`).
+- `final_read`, after heal, reads every partition from its log start offset to its high
+  watermark (asked once, at the start) as one more consumer, "final-reader".
 
-Rates are bounded (`producer_rate_per_s` per producer), every call has a deadline, and every
-thread stops on its event within one operation's deadline.
+Every call is bounded: a send by the Writer's deadline and the backstop above, a poll by
+the Reader's per-call timeouts, the final read by its deadline; every thread stops on its
+event within one operation's bound.
 """
 
 from __future__ import annotations
@@ -28,44 +33,49 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
-from raftmq import wire
+from raftmq import (
+    Conn,
+    Message,
+    OutcomeUnknownError,
+    RaftmqError,
+    Reader,
+    RequireAll,
+    WriteError,
+    Writer,
+    wire,
+)
 from raftmq.chaos.history import CompletionType, History, HistoryFullError, Read
 from raftmq.chaos.nemesis import RunClock
-from raftmq.client.cluster_client import ClusterClient
-from raftmq.client.connection import ACKS_ALL
 from raftmq.client.controller_client import EndpointPool, call_with_failover
-from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.message import Message
-from raftmq.record_batch import decode_batch, encode_batch, iter_batches
+from raftmq.errors import ErrorCode
 from raftmq.v1 import controller_pb2 as pb
 
 _log = structlog.get_logger("raftmq.chaos")
 
-# Codes whose documentation (proto/raftmq/v1/common.proto, ErrorCode) says the broker
-# refused the batch before appending it, or that name a request the broker rejects as a
-# whole before touching any log. NOT_LEADER_OR_FOLLOWER is *not* here: the broker also
-# returns it when leadership moved after the append (the write may survive).
-NOTHING_APPENDED_CODES: frozenset[ErrorCode] = frozenset(
-    {
-        ErrorCode.NOT_ENOUGH_REPLICAS,
-        ErrorCode.MESSAGE_TOO_LARGE,
-        ErrorCode.CORRUPT_MESSAGE,
-        ErrorCode.INVALID_REQUIRED_ACKS,
-        ErrorCode.INVALID_REQUEST,
-        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-        ErrorCode.FENCED_LEADER_EPOCH,
-        ErrorCode.UNKNOWN_LEADER_EPOCH,
-    }
-)
-
-SEND_ATTEMPTS_MAX = 20
-RETRY_BACKOFF_MS = 50
-RETRY_BACKOFF_MS_MAX = 800
-# Each process's error strings are kept short in the history: the code name only.
+# How long past its write deadline a send may stay unanswered before the producer records
+# it as `info` and moves on. The Writer completes a send by itself: an in-flight produce
+# ends at its gRPC deadline (the write deadline + 5 s), and before that the Writer's sender
+# thread may sit in one producer-id or metadata call (10 s at most each).
+SEND_OUTCOME_GRACE_S = 20.0
+# Closing a Writer flushes (nothing is pending once its last send completed) and joins its
+# sender thread.
+WRITER_CLOSE_S = 10.0
+# A poll is at most one Reader step past its wait: a metadata request (5 s per bootstrap
+# broker), a ListOffsets (10 s) or a fetch (its wait + 5 s).
+POLL_S_MAX = 30.0
+# Records in one poll op; the rest stay in the Reader's buffer for the next poll.
+POLL_READS_MAX = 10_000
+# After a poll the Reader failed: the Reader did not move, so do not spin on it.
+POLL_BACKOFF_S = 0.5
 FINAL_READ_POLLS_MAX = 100_000
+# Looking up a partition's offsets at its leader for the final read (leadership may move).
+OFFSETS_ATTEMPTS_MAX = 10
+OFFSETS_TIMEOUT_MS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,29 +85,30 @@ class WorkloadConfig:
     replication_factor: int = 3
     min_insync_replicas: int = 2
     # Several producers, so that those stuck on a dead or paused leader (a send waits up to
-    # its RPC deadline) do not stop the others from showing when produce works again.
+    # its deadline) do not stop the others from showing when produce works again.
     producers: int = 6
     # Per producer; 6 x 30/s keeps the 2-core test machine far from saturation.
     producer_rate_per_s: float = 30.0
     consumers: int = 2
-    # One send, all its attempts: after this it completes as fail or info.
+    # One send, all its attempts (the Writer's write_timeout_ms and max_attempts): then it
+    # completes as fail or info.
     send_timeout_ms: int = 10_000
-    # How long the broker waits for acks=all within one attempt (the client's RPC deadline
-    # adds its own margin to this).
-    attempt_timeout_ms: int = 2_000
+    send_attempts_max: int = 20
     consumer_max_wait_ms: int = 100
-    consumer_request_timeout_ms: int = 3_000
     fetch_bytes_max: int = 256 << 10
 
 
-def send_attempt_outcome(code: ErrorCode | None, *, sent: bool) -> CompletionType:
-    """What one failed attempt says about the message: `fail` if it certainly appended
-    nothing (never sent, or a nothing-appended code), else `info`. Pure."""
-    if not sent:
-        return "fail"
-    if code is not None and code in NOTHING_APPENDED_CODES:
-        return "fail"
-    return "info"
+def send_outcome(error: RaftmqError) -> tuple[CompletionType, str]:
+    """How a send the Writer failed with `error` completes in the history, and the error
+    name recorded: `info` ("maybe written", named after its cause) for OutcomeUnknownError,
+    `fail` ("not written") for every other error. Pure."""
+    if isinstance(error, WriteError):
+        # One message per send: the failure is that message's own.
+        error = error.errors[0][1]
+    if isinstance(error, OutcomeUnknownError):
+        cause = error.cause
+        return "info", (cause.code if isinstance(cause, RaftmqError) else error.code).name
+    return "fail", error.code.name
 
 
 def create_topic(controller_endpoints: Sequence[str], config: WorkloadConfig) -> bytes:
@@ -132,40 +143,83 @@ def _rotated(endpoints: Sequence[str], by: int) -> list[str]:
     return [*endpoints[shift:], *endpoints[:shift]]
 
 
-def _reads(records_bytes: bytes, partition: int, position: int) -> list[Read]:
-    """Records at or after `position` in a fetch response, as history reads."""
-    reads: list[Read] = []
-    for _header, batch in iter_batches(records_bytes):
-        for record in decode_batch(batch):
-            if record.offset >= position:
-                value = b"" if record.value is None else record.value
-                reads.append((partition, record.offset, value.decode("utf-8", "replace")))
-    return reads
+class MessageWriter(Protocol):
+    """What a producer needs of a `Writer` in async mode (tests pass a fake)."""
+
+    def write_messages(self, *messages: Message) -> Future[list[Message]]: ...
+
+
+class PartitionReader(Protocol):
+    """What `poll` needs of a `Reader` (tests pass a fake)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    def read_message(self, timeout_ms: int | None = None) -> Message: ...
+
+
+def _read(message: Message) -> Read:
+    assert message.partition is not None, "a Reader sets the partition of what it reads"
+    value = b"" if message.value is None else message.value
+    return (message.partition, message.offset, value.decode("utf-8", "replace"))
+
+
+def poll(
+    reader: PartitionReader,
+    history: History,
+    *,
+    clock: RunClock,
+    process: str,
+    wait_ms: int,
+) -> CompletionType:
+    """One recorded poll of `reader`'s partition, by consumer `process`. `ok` with what the
+    Reader delivers within `wait_ms` (its first message, then what its fetches buffered,
+    at most `POLL_READS_MAX`), or with nothing when nothing came in time; `fail` when the
+    Reader raised an error (its position did not move). Returns the outcome."""
+    invoke = history.invoke_poll(process, reader.topic, time_ms=clock.now_ms())
+    try:
+        first = reader.read_message(timeout_ms=wait_ms)
+    except TimeoutError:
+        history.complete(invoke, "ok", time_ms=clock.now_ms())
+        return "ok"
+    except RaftmqError as exc:
+        history.complete(invoke, "fail", time_ms=clock.now_ms(), error=exc.code.name)
+        return "fail"
+    reads = [_read(first)]
+    # With no time left the Reader only hands out what it has buffered, without a request.
+    # An error here cannot lose a read: the position stays after the last message handed
+    # out, and the next poll meets (and records) the error again.
+    with contextlib.suppress(TimeoutError, RaftmqError):
+        while len(reads) < POLL_READS_MAX:
+            reads.append(_read(reader.read_message(timeout_ms=0)))
+    history.complete(invoke, "ok", time_ms=clock.now_ms(), reads=reads)
+    return "ok"
 
 
 class _Worker(threading.Thread):
     """One client process of the history ("producer-N", "consumer-N"): a daemon thread
-    running `_work` until `stopping` is set or the history is full. An unexpected
-    exception is kept in `error` (a harness bug: the run must not pass with a dead worker)."""
+    running `_work` until `stopping` is set or the history is full. `_work` opens and
+    closes its own clients. An unexpected exception is kept in `error` (a harness or client
+    bug: the run must not pass with a dead worker)."""
 
     def __init__(
         self,
         role: str,
         index: int,
         *,
+        bootstrap: Sequence[str],
         history: History,
         clock: RunClock,
         config: WorkloadConfig,
         stopping: threading.Event,
-        client: ClusterClient,
     ) -> None:
         super().__init__(name=f"chaos-{role}-{index}", daemon=True)
         self.process_name = f"{role}-{index}"
+        self.bootstrap = list(bootstrap)
         self.history = history
         self.clock = clock
         self.config = config
         self.stopping = stopping
-        self.client = client
         # Set when the thread died of an unexpected exception (read after join).
         self.error: str | None = None
 
@@ -177,15 +231,14 @@ class _Worker(threading.Thread):
         except Exception as exc:
             self.error = f"{self.process_name}: {type(exc).__name__}: {exc}"
             _log.exception("worker.crashed", process=self.process_name)
-        finally:
-            self.client.close()
 
     def _work(self) -> None:
         raise NotImplementedError
 
 
 class Producer(_Worker):
-    """Sequential sends, a random partition per send, at a bounded rate."""
+    """Sequential sends through one idempotent Writer, a random partition per send, at a
+    bounded rate."""
 
     def __init__(
         self,
@@ -198,18 +251,14 @@ class Producer(_Worker):
         seed: int,
         stopping: threading.Event,
     ) -> None:
-        # retries_max=1: this class retries itself, to see every attempt's outcome.
-        client = ClusterClient(
-            _rotated(bootstrap, index), request_timeout_ms=config.send_timeout_ms, retries_max=1
-        )
         super().__init__(
             "producer",
             index,
+            bootstrap=_rotated(bootstrap, index),
             history=history,
             clock=clock,
             config=config,
             stopping=stopping,
-            client=client,
         )
         self.rng = random.Random(f"{seed}-producer-{index}")
         self.sent = 0
@@ -217,20 +266,32 @@ class Producer(_Worker):
     def _work(self) -> None:
         interval_s = 1.0 / self.config.producer_rate_per_s
         next_s = time.monotonic()
-        # Bound: until `stopping`; each iteration is one send with a deadline.
-        while not self.stopping.is_set():
-            delay_s = next_s - time.monotonic()
-            if delay_s > 0 and self.stopping.wait(delay_s):
-                break
-            # No catch-up bursts after a slow send: the rate is an upper bound.
-            next_s = max(next_s + interval_s, time.monotonic())
-            self._send_one()
+        # async_: this thread waits for each outcome itself, bounded (see `_write`);
+        # linger_ms=0: a send is its own batch, sent at once.
+        with Writer(
+            self.bootstrap,
+            topic=self.config.topic,
+            required_acks=RequireAll,
+            idempotent=True,
+            linger_ms=0,
+            max_attempts=self.config.send_attempts_max,
+            write_timeout_ms=self.config.send_timeout_ms,
+            async_=True,
+        ) as writer:
+            # Bound: until `stopping`; each iteration is one send with a deadline.
+            while not self.stopping.is_set():
+                delay_s = next_s - time.monotonic()
+                if delay_s > 0 and self.stopping.wait(delay_s):
+                    break
+                # No catch-up bursts after a slow send: the rate is an upper bound.
+                next_s = max(next_s + interval_s, time.monotonic())
+                self._send_one(writer)
 
-    def _send_one(self) -> None:
+    def _send_one(self, writer: MessageWriter) -> None:
         partition = self.rng.randrange(self.config.partitions)
         value = f"{self.process_name}-{self.sent}"
         self.sent += 1
-        batch = encode_batch([Message(value.encode())])
+        message = Message(value, partition=partition)
         invoke = self.history.invoke_send(
             self.process_name,
             self.config.topic,
@@ -238,63 +299,37 @@ class Producer(_Worker):
             partition=partition,
             time_ms=self.clock.now_ms(),
         )
-        outcome, offset, error = self._send(partition, batch)
+        try:
+            outcome, error = self._write(writer, message)
+        except Exception:
+            # A client bug: the outcome is unknown; the worker dies and the run says so.
+            self.history.complete(invoke, "info", time_ms=self.clock.now_ms())
+            raise
         self.history.complete(
             invoke,
             outcome,
             time_ms=self.clock.now_ms(),
             partition=partition,
-            offset=offset if outcome == "ok" else -1,
+            offset=message.offset if outcome == "ok" else -1,
             error=error,
         )
 
-    def _send(self, partition: int, batch: bytes) -> tuple[CompletionType, int, str]:
-        """Attempts until acknowledged or hopeless: (outcome, offset, last error name)."""
-        topic = self.config.topic
-        deadline_s = time.monotonic() + self.config.send_timeout_ms / 1000
-        outcome: CompletionType = "fail"
-        error = ""
-        for attempt in range(SEND_ATTEMPTS_MAX):
-            if attempt:
-                backoff_ms = min(RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS * 2 ** min(attempt, 5))
-                remaining_s = deadline_s - time.monotonic()
-                if remaining_s <= backoff_ms / 1000:
-                    break
-                time.sleep(backoff_ms / 1000)
-                # A failed refresh is fine: the next attempt reports what is wrong.
-                with contextlib.suppress(RaftmqError):
-                    self.client.refresh_metadata()
-            remaining_ms = int((deadline_s - time.monotonic()) * 1000)
-            if remaining_ms < 100:
-                break
-            try:
-                endpoint = self.client.leader_endpoint(topic, partition)
-            except RaftmqError as exc:
-                error = exc.code.name  # never sent: outcome unchanged
-                continue
-            try:
-                [result] = self.client.connection(endpoint).produce(
-                    [(topic, partition, batch)],
-                    acks=ACKS_ALL,
-                    timeout_ms=min(remaining_ms, self.config.attempt_timeout_ms),
-                )
-            except RaftmqError as exc:
-                error = exc.code.name
-                outcome = "info"  # a transport failure may hide a completed append
-                continue
-            if result.error is None:
-                return "ok", result.base_offset, ""
-            code = result.error.code
-            error = code.name
-            if send_attempt_outcome(code, sent=True) == "info":
-                outcome = "info"
-            if not code.retriable:
-                break
-        return outcome, -1, error
+    def _write(self, writer: MessageWriter, message: Message) -> tuple[CompletionType, str]:
+        """Hand `message` to the Writer and wait (bounded) for its outcome: (outcome, error
+        code name or "")."""
+        future = writer.write_messages(message)
+        try:
+            future.result(timeout=self.config.send_timeout_ms / 1000 + SEND_OUTCOME_GRACE_S)
+        except TimeoutError:
+            _log.warning("producer.send_unanswered", process=self.process_name)
+            return "info", ErrorCode.REQUEST_TIMED_OUT.name
+        except RaftmqError as exc:
+            return send_outcome(exc)
+        return "ok", ""
 
 
 class Consumer(_Worker):
-    """Polls every partition in turn, from offset 0."""
+    """One Reader per partition, from offset 0; polls them in turn."""
 
     def __init__(
         self,
@@ -306,77 +341,46 @@ class Consumer(_Worker):
         config: WorkloadConfig,
         stopping: threading.Event,
     ) -> None:
-        client = ClusterClient(
-            _rotated(bootstrap, index + 1),
-            request_timeout_ms=config.consumer_request_timeout_ms,
-            retries_max=3,
-        )
         super().__init__(
             "consumer",
             index,
+            bootstrap=_rotated(bootstrap, index + 1),
             history=history,
             clock=clock,
             config=config,
             stopping=stopping,
-            client=client,
         )
-        self.positions = dict.fromkeys(range(config.partitions), 0)
 
     def _work(self) -> None:
-        # Bound: until `stopping`; each poll has a deadline.
-        while not self.stopping.is_set():
-            for partition in range(self.config.partitions):
-                if self.stopping.is_set():
-                    break
-                poll(
-                    self.client,
-                    self.history,
-                    clock=self.clock,
-                    process=self.process_name,
-                    config=self.config,
-                    partition=partition,
-                    positions=self.positions,
+        config = self.config
+        with contextlib.ExitStack() as readers_open:
+            readers = [
+                readers_open.enter_context(
+                    Reader(
+                        self.bootstrap,
+                        config.topic,
+                        partition,
+                        start_offset=0,
+                        max_bytes=config.fetch_bytes_max,
+                        max_wait_ms=config.consumer_max_wait_ms,
+                    )
                 )
-
-
-def poll(
-    client: ClusterClient,
-    history: History,
-    *,
-    clock: RunClock,
-    process: str,
-    config: WorkloadConfig,
-    partition: int,
-    positions: dict[int, int],
-) -> int:
-    """One recorded fetch of `partition` at `positions[partition]`; advances the position
-    past what was read. Returns the high watermark the leader reported (-1 on error)."""
-    position = positions[partition]
-    invoke = history.invoke_poll(process, config.topic, time_ms=clock.now_ms())
-    try:
-        result = client.fetch(
-            config.topic,
-            partition,
-            position,
-            max_wait_ms=config.consumer_max_wait_ms,
-            max_bytes=config.fetch_bytes_max,
-        )
-    except RaftmqError as exc:
-        history.complete(invoke, "info", time_ms=clock.now_ms(), error=exc.code.name)
-        return -1
-    if result.error is not None:
-        history.complete(invoke, "fail", time_ms=clock.now_ms(), error=result.error.code.name)
-        return -1
-    try:
-        reads = _reads(result.records, partition, position)
-    except RaftmqError as exc:
-        # A corrupt fetch response: nothing is recorded as read.
-        history.complete(invoke, "fail", time_ms=clock.now_ms(), error=exc.code.name)
-        return -1
-    history.complete(invoke, "ok", time_ms=clock.now_ms(), reads=reads)
-    if reads:
-        positions[partition] = reads[-1][1] + 1
-    return result.high_watermark
+                for partition in range(config.partitions)
+            ]
+            # Bound: until `stopping`; each poll is bounded (`POLL_S_MAX`).
+            while not self.stopping.is_set():
+                for reader in readers:
+                    if self.stopping.is_set():
+                        break
+                    outcome = poll(
+                        reader,
+                        self.history,
+                        clock=self.clock,
+                        process=self.process_name,
+                        wait_ms=config.consumer_max_wait_ms,
+                    )
+                    if outcome != "ok":
+                        self.stopping.wait(POLL_BACKOFF_S)
 
 
 class Workload:
@@ -426,11 +430,12 @@ class Workload:
         """Stop and join the producers; False if one did not finish in time (its last send
         stays pending in the history, which the checker treats as indeterminate)."""
         self.producers_stopping.set()
-        return _join_all(self.producers, self.config.send_timeout_ms / 1000 + 15)
+        send_s_max = self.config.send_timeout_ms / 1000 + SEND_OUTCOME_GRACE_S
+        return _join_all(self.producers, send_s_max + WRITER_CLOSE_S)
 
     def stop_consumers(self) -> bool:
         self.consumers_stopping.set()
-        return _join_all(self.consumers, self.config.consumer_request_timeout_ms / 1000 + 15)
+        return _join_all(self.consumers, POLL_S_MAX)
 
     def stop(self) -> None:
         self.stop_producers()
@@ -461,6 +466,26 @@ class FinalRead:
     problems: tuple[str, ...]
 
 
+def log_offsets(
+    bootstrap: Sequence[str], topic: str, partition: int, *, deadline_s: float
+) -> tuple[int, int]:
+    """(log start offset, high watermark) of a partition, asked of its leader; retried
+    while leadership moves (bounded in attempts and by `deadline_s`, monotonic)."""
+    for attempt in range(1, OFFSETS_ATTEMPTS_MAX + 1):
+        try:
+            with Conn.dial_leader(
+                bootstrap, topic, partition, timeout_ms=OFFSETS_TIMEOUT_MS
+            ) as conn:
+                return conn.read_offsets()
+        except RaftmqError as exc:
+            out_of_time = time.monotonic() + POLL_BACKOFF_S >= deadline_s
+            if not exc.retriable or attempt == OFFSETS_ATTEMPTS_MAX or out_of_time:
+                raise
+            _log.info("final_read.offsets_retried", partition=partition, error=str(exc))
+            time.sleep(POLL_BACKOFF_S)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def final_read(
     bootstrap: Sequence[str],
     history: History,
@@ -469,43 +494,50 @@ def final_read(
     *,
     timeout_s: float,
 ) -> FinalRead:
-    """Read every partition from its earliest offset to its high watermark (taken once at
-    the start, after heal) as the history process "final-reader"."""
+    """Read every partition from its earliest offset to its high watermark (asked once per
+    partition, after heal) with a Reader, as the history process "final-reader"."""
     deadline_s = time.monotonic() + timeout_s
     process = "final-reader"
     problems: list[str] = []
     high_watermarks: dict[int, int] = {}
     positions: dict[int, int] = {}
-    with ClusterClient(list(bootstrap), request_timeout_ms=5_000, retries_max=10) as client:
-        for partition in range(config.partitions):
-            try:
-                high_watermarks[partition] = client.list_offset(config.topic, partition, -1)
-                positions[partition] = client.list_offset(config.topic, partition, -2)
-            except RaftmqError as exc:
-                problems.append(f"partition {partition}: list offsets failed: {exc}")
-                continue
-            if positions[partition] != 0:
-                problems.append(
-                    f"partition {partition}: earliest offset is {positions[partition]}, not 0"
-                )
+    for partition in range(config.partitions):
+        try:
+            start, high_watermark = log_offsets(
+                bootstrap, config.topic, partition, deadline_s=deadline_s
+            )
+        except RaftmqError as exc:
+            problems.append(f"partition {partition}: list offsets failed: {exc}")
+            continue
+        high_watermarks[partition] = high_watermark
+        positions[partition] = start
+        if start != 0:
+            problems.append(f"partition {partition}: earliest offset is {start}, not 0")
+        with Reader(
+            list(bootstrap),
+            config.topic,
+            partition,
+            start_offset=start,
+            max_bytes=config.fetch_bytes_max,
+            max_wait_ms=config.consumer_max_wait_ms,
+        ) as reader:
             # Bound: FINAL_READ_POLLS_MAX polls and the deadline.
             for _ in range(FINAL_READ_POLLS_MAX):
-                if positions[partition] >= high_watermarks[partition]:
+                if reader.offset >= high_watermark:
                     break
                 if time.monotonic() >= deadline_s:
                     problems.append(f"partition {partition}: final read timed out")
                     break
-                high_watermark = poll(
-                    client,
+                outcome = poll(
+                    reader,
                     history,
                     clock=clock,
                     process=process,
-                    config=config,
-                    partition=partition,
-                    positions=positions,
+                    wait_ms=config.consumer_max_wait_ms,
                 )
-                if high_watermark < 0:  # a failed poll: back off instead of spinning
-                    time.sleep(RETRY_BACKOFF_MS_MAX / 1000)
+                if outcome != "ok":
+                    time.sleep(POLL_BACKOFF_S)
+            positions[partition] = reader.offset
     complete = not problems and all(
         positions.get(p, -1) >= high_watermarks.get(p, 0) for p in range(config.partitions)
     )

@@ -1,14 +1,17 @@
 """The pure parts of the chaos suite, without processes: the seeded schedule, the metadata
-views the nemesis decides by, produce-recovery measurement, send outcome classification,
-and replica hashing on a real RocksDB store."""
+views the nemesis decides by, produce-recovery measurement, how the workload records the
+Writer's outcomes and the Reader's deliveries (fakes of both), and replica hashing on a
+real RocksDB store."""
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 from raftmq.broker.log_store import FlushPolicy, LogStore
+from raftmq.chaos import workload
 from raftmq.chaos.checker import check
 from raftmq.chaos.cluster import NetnsNetwork, read_replica_logs
 from raftmq.chaos.history import History, Op
@@ -26,13 +29,14 @@ from raftmq.chaos.nemesis import (
     produce_recovery_ms,
 )
 from raftmq.chaos.workload import (
-    NOTHING_APPENDED_CODES,
+    Producer,
     WorkloadConfig,
     _Worker,
-    send_attempt_outcome,
+    poll,
+    send_outcome,
 )
-from raftmq.client.cluster_client import ClusterClient
-from raftmq.errors import ErrorCode
+from raftmq.client.writer import WriteError
+from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError
 from raftmq.message import Message
 from raftmq.record_batch import encode_batch
 from raftmq.v1 import common_pb2 as cpb
@@ -151,22 +155,130 @@ def test_produce_recovery_counts_only_sends_invoked_after_the_fault() -> None:
     assert produce_recovery_ms(ops, 100.0, None, invoked_from_ms=350.0) == 2400.0
 
 
-# --- send outcomes -----------------------------------------------------------------------------
+# --- send outcomes ---------------------------------------------------------------------------
 
 
-def test_only_documented_nothing_appended_codes_make_a_send_fail() -> None:
-    assert send_attempt_outcome(None, sent=False) == "fail"
-    assert send_attempt_outcome(ErrorCode.LEADER_NOT_AVAILABLE, sent=False) == "fail"
-    assert send_attempt_outcome(ErrorCode.NOT_ENOUGH_REPLICAS, sent=True) == "fail"
-    for ambiguous in (
-        ErrorCode.NOT_LEADER_OR_FOLLOWER,  # also returned after the append
-        ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
-        ErrorCode.REQUEST_TIMED_OUT,
-        ErrorCode.BROKER_NOT_AVAILABLE,  # a transport failure
-        ErrorCode.KAFKA_STORAGE_ERROR,
+def _write_error(error: RaftmqError) -> WriteError:
+    return WriteError([(Message("v"), error)])
+
+
+def test_a_send_fails_only_when_the_writer_says_not_written() -> None:
+    for not_written in (
+        RaftmqError(ErrorCode.NOT_ENOUGH_REPLICAS, "refused before the append"),
+        # Never sent: no leader could be found before the deadline.
+        RaftmqError(ErrorCode.REQUEST_TIMED_OUT, "not written within write_timeout_ms"),
+        RaftmqError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "no such topic"),
     ):
-        assert ambiguous not in NOTHING_APPENDED_CODES
-        assert send_attempt_outcome(ambiguous, sent=True) == "info"
+        assert send_outcome(_write_error(not_written)) == ("fail", not_written.code.name)
+        assert send_outcome(not_written) == ("fail", not_written.code.name)
+
+
+def test_a_send_whose_outcome_is_unknown_is_info_named_after_its_cause() -> None:
+    moved = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "leadership moved after the append")
+    maybe = OutcomeUnknownError("gave up after 3 attempts", cause=moved)
+    assert send_outcome(_write_error(maybe)) == ("info", "NOT_LEADER_OR_FOLLOWER")
+    assert send_outcome(OutcomeUnknownError("timed out")) == ("info", "REQUEST_TIMED_OUT")
+
+
+class _FakeWriter:
+    """Answers each write with the next outcome: an offset (written) or an error; None
+    never answers."""
+
+    def __init__(self, outcomes: list[int | RaftmqError | None]) -> None:
+        self.outcomes = outcomes
+
+    def write_messages(self, *messages: Message) -> Future[list[Message]]:
+        future: Future[list[Message]] = Future()
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, int):
+            for message in messages:
+                message.offset = outcome
+            future.set_result(list(messages))
+        elif outcome is not None:
+            future.set_exception(WriteError([(m, outcome) for m in messages]))
+        return future
+
+
+def test_each_send_is_one_history_op_completed_by_the_writers_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The backstop for a Writer that never answers, shortened for the test.
+    monkeypatch.setattr(workload, "SEND_OUTCOME_GRACE_S", 0.05)
+    history = History()
+    producer = Producer(
+        0,
+        bootstrap=["127.0.0.1:1"],
+        history=history,
+        clock=RunClock(),
+        config=WorkloadConfig(send_timeout_ms=1),
+        seed=1,
+        stopping=threading.Event(),
+    )
+    writer = _FakeWriter(
+        [
+            7,
+            RaftmqError(ErrorCode.NOT_ENOUGH_REPLICAS, "refused"),
+            OutcomeUnknownError("timed out"),
+            None,
+        ]
+    )
+    for _ in range(4):
+        producer._send_one(writer)
+    completions = [op for op in history.ops() if op.type != "invoke"]
+    assert [(op.value, op.type, op.offset, op.error) for op in completions] == [
+        ("producer-0-0", "ok", 7, ""),
+        ("producer-0-1", "fail", -1, "NOT_ENOUGH_REPLICAS"),
+        ("producer-0-2", "info", -1, "REQUEST_TIMED_OUT"),
+        ("producer-0-3", "info", -1, "REQUEST_TIMED_OUT"),
+    ]
+    invokes = [op for op in history.ops() if op.type == "invoke"]
+    assert all(
+        op.partition == done.partition for op, done in zip(invokes, completions, strict=True)
+    )
+
+
+# --- polls -------------------------------------------------------------------------------------
+
+
+class _FakeReader:
+    """A Reader of partition 0 whose fetches return the given messages (or raise): a read
+    with time left performs the next fetch when nothing is buffered; a read with no time
+    left only hands out what is buffered, as the Reader does."""
+
+    topic = "chaos"
+
+    def __init__(self, fetches: list[list[int] | RaftmqError]) -> None:
+        self.fetches = fetches
+        self.buffer: list[Message] = []
+
+    def read_message(self, timeout_ms: int | None = None) -> Message:
+        if not self.buffer and timeout_ms != 0 and self.fetches:
+            fetched = self.fetches.pop(0)
+            if isinstance(fetched, RaftmqError):
+                raise fetched
+            self.buffer = [Message(f"v{o}", partition=0, offset=o) for o in fetched]
+        if self.buffer:
+            return self.buffer.pop(0)
+        raise TimeoutError("no message within the wait")
+
+
+def test_a_poll_is_what_the_reader_delivers_within_its_wait() -> None:
+    history = History()
+    reader = _FakeReader(
+        [[0, 1, 2], [], RaftmqError(ErrorCode.OFFSET_OUT_OF_RANGE, "beyond the log"), [3]]
+    )
+    outcomes = [
+        poll(reader, history, clock=RunClock(), process="consumer-0", wait_ms=100) for _ in range(4)
+    ]
+    assert outcomes == ["ok", "ok", "fail", "ok"]
+    done = [op for op in history.ops() if op.type != "invoke"]
+    assert [(op.type, [r[1] for r in op.reads], op.error) for op in done] == [
+        ("ok", [0, 1, 2], ""),
+        ("ok", [], ""),  # nothing came in time: an empty poll
+        ("fail", [], "OFFSET_OUT_OF_RANGE"),
+        ("ok", [3], ""),
+    ]
+    assert done[0].reads[0] == (0, 0, "v0")
 
 
 # --- harness helpers ---------------------------------------------------------------------------
@@ -236,16 +348,14 @@ class _Crashing(_Worker):
 
 
 def test_a_worker_that_dies_keeps_its_error_for_the_runner() -> None:
-    # Nothing is ever sent: the client only resolves its bootstrap on first use.
-    client = ClusterClient(["127.0.0.1:1"], request_timeout_ms=100, retries_max=1)
     worker = _Crashing(
         "producer",
         7,
+        bootstrap=["127.0.0.1:1"],
         history=History(),
         clock=RunClock(),
         config=WorkloadConfig(),
         stopping=threading.Event(),
-        client=client,
     )
     worker.start()
     worker.join(timeout=10)
