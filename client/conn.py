@@ -28,7 +28,7 @@ from raftmq.client.protocol import (
 from raftmq.compression import CODEC_NONE
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
-from raftmq.record_batch import decode_batch, encode_batch, iter_batches
+from raftmq.record_batch import decode_batches, encode_batch
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
 
@@ -236,15 +236,10 @@ class Conn:
 
 def decode_from(records: bytes, topic: str, partition: int, offset: int) -> list[Message]:
     """The messages at or after `offset` in a fetch response's records, with their topic and
-    partition set (a fetch may begin with a batch that starts before `offset`)."""
-    out: list[Message] = []
-    for _, batch in iter_batches(records):
-        for message in decode_batch(batch):
-            if message.offset >= offset:
-                message.topic = topic
-                message.partition = partition
-                out.append(message)
-    return out
+    partition set (a fetch may begin with a batch that starts before `offset`). The codec
+    fills in topic and partition and skips the records before `offset`: no Python loop
+    over the messages."""
+    return decode_batches(records, topic=topic, partition=partition, min_offset=offset)
 
 
 def now_ms() -> int:

@@ -9,6 +9,10 @@
  * their __slots__ by offset, without calling __init__. The offsets come from the slots'
  * member descriptors, looked up and checked once when the module is imported: a Message
  * whose slots changed makes the import fail, never the codec write into the wrong field.
+ * A consumer passes the topic and partition (stored into every message here, instead of a
+ * Python loop over them afterwards) and its fetch position `min_offset`: a fetch answers
+ * from the start of the batch holding that offset, and the records before it are checked
+ * and skipped without allocating anything for them.
  *
  * Safety rules followed throughout:
  * - every varint and every length is checked against the end of its record (or batch)
@@ -129,31 +133,81 @@ read_varlong(reader_t *r, int64_t *out)
     return 0;
 }
 
-/* A length varint (-1 = null) and that many bytes, as bytes or None (new reference).
- * Returns NULL with an exception set. */
+/* A length varint (-1 = null) and the bytes it announces, checked against the record's end
+ * and skipped: *data points at them (NULL for null), *length is -1 for null. Returns -1 with
+ * an exception set. */
+static int
+read_sized(reader_t *r, const char *what, const uint8_t **data, int32_t *length)
+{
+    if (read_varint(r, length) < 0) {
+        return -1;
+    }
+    if (*length < 0) {
+        if (*length == -1) {
+            *data = NULL;
+            return 0;
+        }
+        PyErr_Format(PyExc_ValueError, "%s length %d is below -1 at position %zd", what,
+                     (int)*length, (Py_ssize_t)(r->pos - r->base));
+        return -1;
+    }
+    if (*length > r->end - r->pos) {
+        PyErr_Format(PyExc_ValueError, "%s of %d bytes overruns its record at position %zd",
+                     what, (int)*length, (Py_ssize_t)(r->pos - r->base));
+        return -1;
+    }
+    *data = r->pos;
+    r->pos += *length;
+    return 0;
+}
+
+/* read_sized, as bytes or None (new reference). Returns NULL with an exception set. */
 static PyObject *
 read_sized_bytes(reader_t *r, const char *what)
 {
+    const uint8_t *data;
     int32_t length;
-    if (read_varint(r, &length) < 0) {
+    if (read_sized(r, what, &data, &length) < 0) {
         return NULL;
     }
-    if (length < 0) {
-        if (length == -1) {
-            Py_RETURN_NONE;
-        }
-        PyErr_Format(PyExc_ValueError, "%s length %d is below -1 at position %zd", what,
-                     (int)length, (Py_ssize_t)(r->pos - r->base));
-        return NULL;
+    if (data == NULL) {
+        Py_RETURN_NONE;
     }
-    if (length > r->end - r->pos) {
-        PyErr_Format(PyExc_ValueError, "%s of %d bytes overruns its record at position %zd",
-                     what, (int)length, (Py_ssize_t)(r->pos - r->base));
-        return NULL;
+    return PyBytes_FromStringAndSize((const char *)data, length);
+}
+
+/* A record's header count, checked against the bytes left. Returns -1 with an exception. */
+static int
+read_header_count(reader_t *r, Py_ssize_t index, int32_t *count)
+{
+    if (read_varint(r, count) < 0) {
+        return -1;
     }
-    PyObject *data = PyBytes_FromStringAndSize((const char *)r->pos, length);
-    r->pos += length;
-    return data;
+    if (*count < 0 || *count > (r->end - r->pos) / HEADER_BYTES_MIN) {
+        PyErr_Format(PyExc_ValueError, "record %zd claims %d headers", index, (int)*count);
+        return -1;
+    }
+    return 0;
+}
+
+/* One header key: a length (never null) and its bytes, not yet decoded. */
+static int
+read_header_key(reader_t *r, Py_ssize_t index, const uint8_t **data, int32_t *length)
+{
+    if (read_varint(r, length) < 0) {
+        return -1;
+    }
+    if (*length < 0) {
+        PyErr_Format(PyExc_ValueError, "record %zd has a header key of length %d", index,
+                     (int)*length);
+        return -1;
+    }
+    if (*length > r->end - r->pos) {
+        return corrupt("header key overruns its record", r->pos, r->base);
+    }
+    *data = r->pos;
+    r->pos += *length;
+    return 0;
 }
 
 /* The headers of one record: the shared empty tuple, or a tuple of (str, bytes | None). */
@@ -161,40 +215,27 @@ static PyObject *
 read_headers(reader_t *r, Py_ssize_t index)
 {
     int32_t count;
-    if (read_varint(r, &count) < 0) {
+    if (read_header_count(r, index, &count) < 0) {
         return NULL;
     }
     if (count == 0) {
         Py_INCREF(no_headers);
         return no_headers;
     }
-    if (count < 0 || count > (r->end - r->pos) / HEADER_BYTES_MIN) {
-        PyErr_Format(PyExc_ValueError, "record %zd claims %d headers", index, (int)count);
-        return NULL;
-    }
     PyObject *headers = PyTuple_New(count);
     if (headers == NULL) {
         return NULL;
     }
     for (int32_t i = 0; i < count; i++) {
-        int32_t name_length;
-        if (read_varint(r, &name_length) < 0) {
+        const uint8_t *key;
+        int32_t key_length;
+        if (read_header_key(r, index, &key, &key_length) < 0) {
             goto error;
         }
-        if (name_length < 0) {
-            PyErr_Format(PyExc_ValueError, "record %zd has a header key of length %d", index,
-                         (int)name_length);
-            goto error;
-        }
-        if (name_length > r->end - r->pos) {
-            corrupt("header key overruns its record", r->pos, r->base);
-            goto error;
-        }
-        PyObject *name = PyUnicode_DecodeUTF8((const char *)r->pos, name_length, "strict");
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)key, key_length, "strict");
         if (name == NULL) {
             goto error;
         }
-        r->pos += name_length;
         PyObject *value = read_sized_bytes(r, "header value");
         if (value == NULL) {
             Py_DECREF(name);
@@ -216,61 +257,58 @@ error:
     return NULL;
 }
 
-/* One record at r->pos into a new Message (reference returned), advancing r->pos. */
-static PyObject *
-read_record(reader_t *r, Py_ssize_t index, int64_t base_offset, int64_t base_timestamp_ms,
-            int has_log_append_time, int64_t log_append_time_ms)
+/* The key, value and headers of a record below min_offset: checked as read_record checks
+ * them (header keys are not decoded as UTF-8), and nothing allocated. */
+static int
+skip_record_fields(reader_t *r, Py_ssize_t index)
 {
-    int32_t length;
-    if (read_varint(r, &length) < 0) {
-        return NULL;
+    const uint8_t *data;
+    int32_t length, count;
+    if (read_sized(r, "key", &data, &length) < 0 || read_sized(r, "value", &data, &length) < 0 ||
+        read_header_count(r, index, &count) < 0) {
+        return -1;
     }
-    if (length < 0 || length > r->end - r->pos) {
-        PyErr_Format(PyExc_ValueError, "record %zd of %d bytes overruns the batch", index,
-                     (int)length);
-        return NULL;
+    /* Bound: count headers, checked against the bytes left. */
+    for (int32_t i = 0; i < count; i++) {
+        if (read_header_key(r, index, &data, &length) < 0 ||
+            read_sized(r, "header value", &data, &length) < 0) {
+            return -1;
+        }
     }
-    if (length == 0) {
-        PyErr_Format(PyExc_ValueError, "record %zd is empty", index);
-        return NULL;
-    }
-    /* Every field is read within the record's own bytes. */
-    reader_t rec = {r->pos, r->pos + length, r->base};
-    rec.pos++; /* attributes: unused in v2 records */
-    int64_t timestamp_delta_ms;
-    int32_t offset_delta;
-    if (read_varlong(&rec, &timestamp_delta_ms) < 0 || read_varint(&rec, &offset_delta) < 0) {
-        return NULL;
-    }
-    int64_t offset, timestamp_ms;
-    if (__builtin_add_overflow(base_offset, (int64_t)offset_delta, &offset)) {
-        PyErr_Format(PyExc_ValueError, "record %zd's offset overflows int64", index);
-        return NULL;
-    }
-    if (has_log_append_time) {
-        timestamp_ms = log_append_time_ms;
-    }
-    else if (__builtin_add_overflow(base_timestamp_ms, timestamp_delta_ms, &timestamp_ms)) {
-        PyErr_Format(PyExc_ValueError, "record %zd's timestamp overflows int64", index);
-        return NULL;
-    }
+    return 0;
+}
+
+/* What decode_records gives every record, and which records it skips. */
+typedef struct {
+    int64_t base_offset;
+    int64_t base_timestamp_ms;
+    int has_log_append_time;
+    int64_t log_append_time_ms;
+    /* Records below this offset are skipped; negative: none is. */
+    int64_t min_offset;
+    /* Borrowed from the caller's arguments, stored (with a new reference) in every message:
+     * a str or None, an int or None. */
+    PyObject *topic;
+    PyObject *partition;
+} decode_params_t;
+
+/* The key, value and headers at rec->pos into a new Message (reference returned). */
+static PyObject *
+new_message(reader_t *rec, Py_ssize_t index, const decode_params_t *params, int64_t offset,
+            int64_t timestamp_ms)
+{
     PyObject *key = NULL, *value = NULL, *headers = NULL;
     PyObject *offset_obj = NULL, *timestamp_obj = NULL;
-    key = read_sized_bytes(&rec, "key");
+    key = read_sized_bytes(rec, "key");
     if (key == NULL) {
         goto error;
     }
-    value = read_sized_bytes(&rec, "value");
+    value = read_sized_bytes(rec, "value");
     if (value == NULL) {
         goto error;
     }
-    headers = read_headers(&rec, index);
+    headers = read_headers(rec, index);
     if (headers == NULL) {
-        goto error;
-    }
-    if (rec.pos != rec.end) {
-        PyErr_Format(PyExc_ValueError, "record %zd says %d bytes, its fields take %zd", index,
-                     (int)length, (Py_ssize_t)(rec.pos - r->pos));
         goto error;
     }
     offset_obj = PyLong_FromLongLong(offset);
@@ -289,14 +327,13 @@ read_record(reader_t *r, Py_ssize_t index, int64_t base_offset, int64_t base_tim
     /* The slots take over the references. */
     SLOT(message, SLOT_VALUE) = value;
     SLOT(message, SLOT_KEY) = key;
-    Py_INCREF(Py_None);
-    SLOT(message, SLOT_TOPIC) = Py_None;
-    Py_INCREF(Py_None);
-    SLOT(message, SLOT_PARTITION) = Py_None;
+    Py_INCREF(params->topic);
+    SLOT(message, SLOT_TOPIC) = params->topic;
+    Py_INCREF(params->partition);
+    SLOT(message, SLOT_PARTITION) = params->partition;
     SLOT(message, SLOT_OFFSET) = offset_obj;
     SLOT(message, SLOT_HEADERS) = headers;
     SLOT(message, SLOT_TIMESTAMP_MS) = timestamp_obj;
-    r->pos = rec.end;
     return message;
 error:
     Py_XDECREF(key);
@@ -307,36 +344,162 @@ error:
     return NULL;
 }
 
+/* One record at r->pos, advancing r->pos past it: *out is a new Message, or NULL for a
+ * record below params->min_offset. Returns -1 with an exception set. */
+static int
+read_record(reader_t *r, Py_ssize_t index, const decode_params_t *params, PyObject **out)
+{
+    *out = NULL;
+    int32_t length;
+    if (read_varint(r, &length) < 0) {
+        return -1;
+    }
+    if (length < 0 || length > r->end - r->pos) {
+        PyErr_Format(PyExc_ValueError, "record %zd of %d bytes overruns the batch", index,
+                     (int)length);
+        return -1;
+    }
+    if (length == 0) {
+        PyErr_Format(PyExc_ValueError, "record %zd is empty", index);
+        return -1;
+    }
+    /* Every field is read within the record's own bytes. */
+    reader_t rec = {r->pos, r->pos + length, r->base};
+    rec.pos++; /* attributes: unused in v2 records */
+    int64_t timestamp_delta_ms;
+    int32_t offset_delta;
+    if (read_varlong(&rec, &timestamp_delta_ms) < 0 || read_varint(&rec, &offset_delta) < 0) {
+        return -1;
+    }
+    int64_t offset, timestamp_ms;
+    if (__builtin_add_overflow(params->base_offset, (int64_t)offset_delta, &offset)) {
+        PyErr_Format(PyExc_ValueError, "record %zd's offset overflows int64", index);
+        return -1;
+    }
+    if (params->has_log_append_time) {
+        timestamp_ms = params->log_append_time_ms;
+    }
+    else if (__builtin_add_overflow(params->base_timestamp_ms, timestamp_delta_ms,
+                                    &timestamp_ms)) {
+        PyErr_Format(PyExc_ValueError, "record %zd's timestamp overflows int64", index);
+        return -1;
+    }
+    PyObject *message = NULL;
+    if (params->min_offset >= 0 && offset < params->min_offset) {
+        if (skip_record_fields(&rec, index) < 0) {
+            return -1;
+        }
+    }
+    else {
+        message = new_message(&rec, index, params, offset, timestamp_ms);
+        if (message == NULL) {
+            return -1;
+        }
+    }
+    if (rec.pos != rec.end) {
+        PyErr_Format(PyExc_ValueError, "record %zd says %d bytes, its fields take %zd", index,
+                     (int)length, (Py_ssize_t)(rec.pos - r->pos));
+        Py_XDECREF(message);
+        return -1;
+    }
+    r->pos = rec.end;
+    *out = message;
+    return 0;
+}
+
+static int
+missing(const char *name)
+{
+    PyErr_Format(PyExc_TypeError, "decode_records() missing required keyword argument '%s'",
+                 name);
+    return -1;
+}
+
+/* An int64 from a required keyword argument (NULL: not given). */
+static int
+required_int64(PyObject *obj, const char *name, int64_t *out)
+{
+    if (obj == NULL) {
+        return missing(name);
+    }
+    long long value = PyLong_AsLongLong(obj);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+/* The keyword arguments into params (topic and partition borrowed). */
+static int
+parse_params(PyObject *base_offset, PyObject *base_timestamp_ms, PyObject *log_append_time_ms,
+             PyObject *topic, PyObject *partition, long long min_offset,
+             decode_params_t *params)
+{
+    if (required_int64(base_offset, "base_offset", &params->base_offset) < 0 ||
+        required_int64(base_timestamp_ms, "base_timestamp_ms", &params->base_timestamp_ms) <
+            0) {
+        return -1;
+    }
+    if (log_append_time_ms == NULL) {
+        return missing("log_append_time_ms");
+    }
+    params->has_log_append_time = log_append_time_ms != Py_None;
+    params->log_append_time_ms = 0;
+    if (params->has_log_append_time &&
+        required_int64(log_append_time_ms, "log_append_time_ms",
+                       &params->log_append_time_ms) < 0) {
+        return -1;
+    }
+    if (topic != Py_None && !PyUnicode_Check(topic)) {
+        PyErr_Format(PyExc_TypeError, "topic must be str or None, not %.100s",
+                     Py_TYPE(topic)->tp_name);
+        return -1;
+    }
+    if (partition != Py_None && !PyLong_Check(partition)) {
+        PyErr_Format(PyExc_TypeError, "partition must be int or None, not %.100s",
+                     Py_TYPE(partition)->tp_name);
+        return -1;
+    }
+    params->topic = topic;
+    params->partition = partition;
+    params->min_offset = min_offset;
+    return 0;
+}
+
 PyDoc_STRVAR(decode_records_doc,
 "decode_records(data, start, record_count, /, *, base_offset, base_timestamp_ms,\n"
-"               log_append_time_ms) -> list[Message]\n\n"
-"The record_count records in data[start:], which they must fill exactly. Raises\n"
+"               log_append_time_ms, topic=None, partition=None, min_offset=-1)\n"
+"    -> list[Message]\n\n"
+"The record_count records in data[start:], which they must fill exactly, with topic and\n"
+"partition set; records below min_offset (when >= 0) are checked but not built. Raises\n"
 "ValueError for any malformed input.");
 
 static PyObject *
 decode_records(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    /* Empty names: positional-only; "$": keyword-only from there on. */
+    /* Empty names: positional-only; "|$": optional and keyword-only from there on (the
+     * first three are required: checked by parse_params). */
     static char *keywords[] = {"", "", "", "base_offset", "base_timestamp_ms",
-                               "log_append_time_ms", NULL};
+                               "log_append_time_ms", "topic", "partition", "min_offset",
+                               NULL};
     Py_buffer data;
     Py_ssize_t start, record_count;
-    long long base_offset, base_timestamp_ms;
-    PyObject *log_append_time_obj;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nn$LLO:decode_records", keywords, &data,
-                                     &start, &record_count, &base_offset, &base_timestamp_ms,
-                                     &log_append_time_obj)) {
+    PyObject *base_offset = NULL, *base_timestamp_ms = NULL, *log_append_time_ms = NULL;
+    PyObject *topic = Py_None, *partition = Py_None;
+    long long min_offset = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nn|$OOOOOL:decode_records", keywords,
+                                     &data, &start, &record_count, &base_offset,
+                                     &base_timestamp_ms, &log_append_time_ms, &topic,
+                                     &partition, &min_offset)) {
         return NULL;
     }
     PyObject *messages = NULL;
-    int has_log_append_time = log_append_time_obj != Py_None;
-    long long log_append_time_ms = 0;
-    if (has_log_append_time) {
-        log_append_time_ms = PyLong_AsLongLong(log_append_time_obj);
-        if (log_append_time_ms == -1 && PyErr_Occurred()) {
-            goto done;
-        }
+    decode_params_t params;
+    if (parse_params(base_offset, base_timestamp_ms, log_append_time_ms, topic, partition,
+                     min_offset, &params) < 0) {
+        goto done;
     }
     if (start < 0 || start > data.len) {
         PyErr_Format(PyExc_ValueError, "records start at %zd, outside the %zd-byte batch",
@@ -357,20 +520,30 @@ decode_records(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     const uint8_t *base = (const uint8_t *)data.buf;
     reader_t r = {base + start, base + data.len, base};
+    Py_ssize_t kept = 0;
     /* Bound: record_count records, each consuming >= RECORD_BYTES_MIN bytes. */
     for (Py_ssize_t i = 0; i < record_count; i++) {
-        PyObject *message = read_record(&r, i, base_offset, base_timestamp_ms,
-                                        has_log_append_time, log_append_time_ms);
-        if (message == NULL) {
+        PyObject *message;
+        if (read_record(&r, i, &params, &message) < 0) {
             Py_CLEAR(messages); /* list_dealloc skips the items not set yet (NULL) */
             goto done;
         }
-        PyList_SET_ITEM(messages, i, message);
+        if (message != NULL) {
+            PyList_SET_ITEM(messages, kept, message);
+            kept++;
+        }
     }
     if (r.pos != r.end) {
         PyErr_Format(PyExc_ValueError, "%zd bytes follow the last of %zd records",
                      (Py_ssize_t)(r.end - r.pos), record_count);
         Py_CLEAR(messages);
+        goto done;
+    }
+    if (kept < record_count) {
+        /* Some were skipped: the filled prefix as a list of its own (the rest is NULL). */
+        PyObject *prefix = PyList_GetSlice(messages, 0, kept);
+        Py_DECREF(messages);
+        messages = prefix;
     }
 done:
     PyBuffer_Release(&data);

@@ -5,7 +5,7 @@ from raftmq.message import Message
 
 def encode_records(messages: Sequence[Message], now_ms: int, /) -> tuple[bytes, int, int]: ...
 def decode_records(
-    data: bytes,
+    data: bytes | memoryview,
     start: int,
     record_count: int,
     /,
@@ -13,4 +13,7 @@ def decode_records(
     base_offset: int,
     base_timestamp_ms: int,
     log_append_time_ms: int | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    min_offset: int = -1,
 ) -> list[Message]: ...

@@ -164,35 +164,87 @@ class _Reader:
         unsigned = self._uvarint(10, _UINT64_MASK)
         return (unsigned >> 1) ^ -(unsigned & 1)
 
-    def sized(self, what: str) -> bytes | None:
-        """A length varint (-1 = null) and that many bytes."""
+    def skip_sized(self, what: str) -> tuple[int, int]:
+        """A length varint (-1 = null) and the bytes it announces, skipped: their (start,
+        length), length -1 for null."""
         length = self.varint()
         if length < 0:
             if length == -1:
-                return None
+                return self.pos, -1
             raise ValueError(f"{what} length {length} is below -1")
         start = self.pos
         if length > self.end - start:
             raise ValueError(f"{what} of {length} bytes overruns its record at position {start}")
         self.pos = start + length
-        return self.data[start : self.pos]
+        return start, length
+
+    def sized(self, what: str) -> bytes | None:
+        """A length varint (-1 = null) and that many bytes."""
+        start, length = self.skip_sized(what)
+        return None if length < 0 else self.data[start : start + length]
+
+    def header_count(self, index: int) -> int:
+        count = self.varint()
+        if not 0 <= count <= (self.end - self.pos) // _HEADER_BYTES_MIN:
+            raise ValueError(f"record {index} claims {count} headers")
+        return count
+
+    def header_key(self, index: int) -> tuple[int, int]:
+        """A header key's (start, length), not decoded; a null key is malformed."""
+        start, length = self.skip_sized("header key")
+        if length < 0:
+            raise ValueError(f"record {index} has a null header key")
+        return start, length
+
+    def headers(self, index: int) -> tuple[Header, ...]:
+        count = self.header_count(index)
+        if count == 0:
+            return _NO_HEADERS
+        pairs: list[Header] = []
+        for _ in range(count):
+            start, length = self.header_key(index)
+            name = self.data[start : start + length].decode("utf-8")
+            pairs.append((name, self.sized("header value")))
+        return tuple(pairs)
+
+    def skip_fields(self, index: int) -> None:
+        """The key, value and headers of a record below min_offset: checked as `headers`
+        checks them (header keys are not decoded as UTF-8), nothing built."""
+        self.skip_sized("key")
+        self.skip_sized("value")
+        for _ in range(self.header_count(index)):
+            self.header_key(index)
+            self.skip_sized("header value")
 
 
 def decode_records(
-    data: bytes,
+    data: bytes | memoryview,
     start: int,
     record_count: int,
     *,
     base_offset: int,
     base_timestamp_ms: int,
     log_append_time_ms: int | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    min_offset: int = -1,
 ) -> list[Message]:
     """The `record_count` records in data[start:], which they must fill exactly.
 
     Offsets are base_offset + offset delta; timestamps base_timestamp_ms + delta, or
-    `log_append_time_ms` for every record when it is given (a LogAppendTime batch). Raises
-    ValueError for any malformed input, never another error, whatever the bytes.
+    `log_append_time_ms` for every record when it is given (a LogAppendTime batch). Every
+    message gets `topic` and `partition`. Records whose offset is below `min_offset` (when
+    it is >= 0: a consumer's fetch position) are checked but not returned, and nothing is
+    built for them (header keys are not decoded). Raises ValueError for any malformed
+    input, never another error, whatever the bytes; TypeError for a topic or partition of
+    the wrong type.
     """
+    if type(data) is not bytes:
+        data = bytes(data)  # a view into a fetch response: slices must be bytes
+    if topic is not None and not isinstance(topic, str):
+        raise TypeError(f"topic must be str or None, not {type(topic).__name__}")
+    if partition is not None and not isinstance(partition, int):
+        raise TypeError(f"partition must be int or None, not {type(partition).__name__}")
     end = len(data)
     if not 0 <= start <= end:
         raise ValueError(f"records start at {start}, outside the {end}-byte batch")
@@ -216,41 +268,31 @@ def decode_records(
             raise ValueError(f"record {index} is empty")
         reader.pos += 1  # attributes: unused in v2 records
         timestamp_delta_ms = reader.varlong()
-        offset_delta = reader.varint()
-        key = reader.sized("key")
-        value = reader.sized("value")
-        header_count = reader.varint()
-        headers = _NO_HEADERS
-        if header_count != 0:
-            if not 0 < header_count <= (record_end - reader.pos) // _HEADER_BYTES_MIN:
-                raise ValueError(f"record {index} claims {header_count} headers")
-            pairs: list[Header] = []
-            for _ in range(header_count):
-                name = reader.sized("header key")
-                if name is None:
-                    raise ValueError(f"record {index} has a null header key")
-                pairs.append((name.decode("utf-8"), reader.sized("header value")))
-            headers = tuple(pairs)
-        if reader.pos != record_end:
-            raise ValueError(
-                f"record {index} says {length} bytes, its fields take {reader.pos - record_start}"
-            )
-        offset = base_offset + offset_delta
+        offset = base_offset + reader.varint()
         if log_append_time_ms is not None:
             timestamp_ms = log_append_time_ms
         else:
             timestamp_ms = base_timestamp_ms + timestamp_delta_ms
         if not (_INT64_MIN <= offset <= _INT64_MAX and _INT64_MIN <= timestamp_ms <= _INT64_MAX):
             raise ValueError(f"record {index}'s offset or timestamp overflows int64")
-        message = _new_message(Message)
-        message.value = value
-        message.key = key
-        message.topic = None
-        message.partition = None
-        message.offset = offset
-        message.headers = headers
-        message.timestamp_ms = timestamp_ms
-        messages.append(message)
+        message = None
+        if min_offset >= 0 and offset < min_offset:
+            reader.skip_fields(index)
+        else:
+            message = _new_message(Message)
+            message.key = reader.sized("key")
+            message.value = reader.sized("value")
+            message.headers = reader.headers(index)
+            message.topic = topic
+            message.partition = partition
+            message.offset = offset
+            message.timestamp_ms = timestamp_ms
+        if reader.pos != record_end:
+            raise ValueError(
+                f"record {index} says {length} bytes, its fields take {reader.pos - record_start}"
+            )
+        if message is not None:
+            messages.append(message)
         outer.pos = record_end
     if outer.pos != end:
         raise ValueError(f"{end - outer.pos} bytes follow the last of {record_count} records")
