@@ -347,7 +347,8 @@ def format_campaign(campaign: dict[str, Any]) -> str:
         )
     lines.append(
         f"  total: {campaign['send_ok']} sends ok, {campaign['send_fail']} failed, "
-        f"{campaign['send_info']} indeterminate, {campaign['faults']} faults; anomalies: "
+        f"{campaign['send_info']} indeterminate, {campaign['writer_retries']} resent by the "
+        f"Writers, {campaign['faults']} faults; anomalies: "
         + (", ".join(f"{k} {n}" for k, n in campaign["anomalies"].items()) or "none")
     )
     lines.append("recovery over all faults (ms since fault start, median / max):")

@@ -9,9 +9,10 @@ brokers cleanly (SIGTERM), hash every replica's stored bytes below its high wate
 check the history and write the report (report.json, history.jsonl, timeline.png) next to
 the node logs (`cluster/logs/`).
 
-A run fails (exit 1) when the checker finds the history invalid, or when the final read
-could not reach every partition's high watermark: then the durability of acknowledged
-writes is unverified, which must not pass silently. Liveness problems (a fault after which
+A run fails (exit 1) when the checker finds the history invalid (a duplicated value
+included: the producers are idempotent Writers), or when the final read could not reach
+every partition's high watermark: then the durability of acknowledged writes is
+unverified, which must not pass silently. Liveness problems (a fault after which
 produce or leadership never came back, replicas that never converged after the heal) are
 printed as `LIVENESS:` lines and returned in `ChaosRun.liveness_problems`; the test suite
 fails on them, the command reports them without failing (its verdict is about safety).
@@ -97,6 +98,9 @@ class ChaosRun:
     # What leaves the run unverified although the history may be valid: a replica log that
     # could not be read, a workload thread that died, no acknowledged send at all.
     harness_problems: list[str] = field(default_factory=list)
+    # The producers' Writer counters summed (`Workload.writer_totals`): "retries" says how
+    # often a send was resent, i.e. how much the duplicate check was exercised.
+    writer_totals: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -185,6 +189,7 @@ def run_chaos_detailed(
             nemesis = stages.nemesis
             final = stages.final
             replicas = stages.replicas
+            writers = stages.writer_totals
     except BaseException:
         # Keep what was recorded, for the post-mortem; the cluster is already torn down.
         write_jsonl(history.ops(), out_dir / HISTORY_FILE)
@@ -239,6 +244,7 @@ def run_chaos_detailed(
             "notes": notes,
             "liveness_problems": liveness,
             "harness_problems": harness,
+            "writers": writers,
         },
     )
     summary = format_summary(result, seed=seed, faults=windows, replay_command=replay)
@@ -257,9 +263,15 @@ def run_chaos_detailed(
         notes=notes,
         liveness_problems=liveness,
         harness_problems=harness,
+        writer_totals=writers,
     )
     for line in summary.rstrip("\n").splitlines():
         emit(line)
+    emit(
+        f"writers: {writers.get('writers', 0)} idempotent Writers wrote "
+        f"{writers.get('batches', 0)} batches, resent {writers.get('retries', 0)} after a "
+        f"failed attempt, failed {writers.get('errors', 0)} messages"
+    )
     for note in notes:
         emit(f"note: {note}")
     for problem in liveness:
@@ -308,6 +320,7 @@ class _Stages:
         self.nemesis: Nemesis | None = None
         self.final = FinalRead(False, {}, {}, ("not run",))
         self.replicas: list[ReplicaLog] = []
+        self.writer_totals: dict[str, int] = {}
 
     def run(self) -> None:
         cluster = self.cluster
@@ -345,6 +358,7 @@ class _Stages:
             self.stopping.set()
             if not workload.stop_producers():
                 self.notes.append("a producer did not stop in time (its send stays pending)")
+            self.writer_totals = workload.writer_totals()
             workload.stop_consumers()
             monitor.stop()
             self.harness_problems.extend(
@@ -575,6 +589,7 @@ def summary_figures(run: ChaosRun) -> dict[str, Any]:
         "send_fail": stats["send_fail"],
         "send_info": stats["send_info"],
         "poll_ok": stats["poll_ok"],
+        "writer_retries": run.writer_totals.get("retries", 0),
         "faults": {k: r.count for k, r in run.result.recovery.items()},
         "recovery": {k: r.to_json_dict() for k, r in run.result.recovery.items()},
         "anomalies": {k: n for k, n in run.result.counts.items() if n},
@@ -597,6 +612,7 @@ def campaign_figures(runs: Sequence[ChaosRun], aborted: Sequence[int]) -> dict[s
         "send_ok": sum(run.result.stats["send_ok"] for run in runs),
         "send_fail": sum(run.result.stats["send_fail"] for run in runs),
         "send_info": sum(run.result.stats["send_info"] for run in runs),
+        "writer_retries": sum(run.writer_totals.get("retries", 0) for run in runs),
         "faults": sum(len(run.faults) for run in runs),
         "anomalies": dict(sorted(anomalies.items())),
         "recovery": {k: r.to_json_dict() for k, r in recovery.items()},

@@ -52,6 +52,7 @@ from raftmq import (
 from raftmq.chaos.history import CompletionType, History, HistoryFullError, Read
 from raftmq.chaos.nemesis import RunClock
 from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.client.producer_core import WriterStats
 from raftmq.errors import ErrorCode
 from raftmq.v1 import controller_pb2 as pb
 
@@ -62,9 +63,9 @@ _log = structlog.get_logger("raftmq.chaos")
 # ends at its gRPC deadline (the write deadline + 5 s), and before that the Writer's sender
 # thread may sit in one producer-id or metadata call (10 s at most each).
 SEND_OUTCOME_GRACE_S = 20.0
-# Closing a Writer flushes (nothing is pending once its last send completed) and joins its
-# sender thread.
-WRITER_CLOSE_S = 10.0
+# Closing a Writer flushes what it still holds (a send left unanswered by the backstop
+# above), bounded by its write timeout plus this, then joins its sender thread.
+WRITER_CLOSE_MARGIN_S = 10.0
 # A poll is at most one Reader step past its wait: a metadata request (5 s per bootstrap
 # broker), a ListOffsets (10 s) or a fetch (its wait + 5 s).
 POLL_S_MAX = 30.0
@@ -262,6 +263,9 @@ class Producer(_Worker):
         )
         self.rng = random.Random(f"{seed}-producer-{index}")
         self.sent = 0
+        # The Writer's counters when it was closed (read after join): how many batches it
+        # resent shows how much the run exercised idempotence.
+        self.writer_stats: WriterStats | None = None
 
     def _work(self) -> None:
         interval_s = 1.0 / self.config.producer_rate_per_s
@@ -278,14 +282,17 @@ class Producer(_Worker):
             write_timeout_ms=self.config.send_timeout_ms,
             async_=True,
         ) as writer:
-            # Bound: until `stopping`; each iteration is one send with a deadline.
-            while not self.stopping.is_set():
-                delay_s = next_s - time.monotonic()
-                if delay_s > 0 and self.stopping.wait(delay_s):
-                    break
-                # No catch-up bursts after a slow send: the rate is an upper bound.
-                next_s = max(next_s + interval_s, time.monotonic())
-                self._send_one(writer)
+            try:
+                # Bound: until `stopping`; each iteration is one send with a deadline.
+                while not self.stopping.is_set():
+                    delay_s = next_s - time.monotonic()
+                    if delay_s > 0 and self.stopping.wait(delay_s):
+                        break
+                    # No catch-up bursts after a slow send: the rate is an upper bound.
+                    next_s = max(next_s + interval_s, time.monotonic())
+                    self._send_one(writer)
+            finally:
+                self.writer_stats = writer.stats()
 
     def _send_one(self, writer: MessageWriter) -> None:
         partition = self.rng.randrange(self.config.partitions)
@@ -430,8 +437,9 @@ class Workload:
         """Stop and join the producers; False if one did not finish in time (its last send
         stays pending in the history, which the checker treats as indeterminate)."""
         self.producers_stopping.set()
-        send_s_max = self.config.send_timeout_ms / 1000 + SEND_OUTCOME_GRACE_S
-        return _join_all(self.producers, send_s_max + WRITER_CLOSE_S)
+        send_timeout_s = self.config.send_timeout_ms / 1000
+        send_s_max = send_timeout_s + SEND_OUTCOME_GRACE_S
+        return _join_all(self.producers, send_s_max + send_timeout_s + WRITER_CLOSE_MARGIN_S)
 
     def stop_consumers(self) -> bool:
         self.consumers_stopping.set()
@@ -440,6 +448,17 @@ class Workload:
     def stop(self) -> None:
         self.stop_producers()
         self.stop_consumers()
+
+    def writer_totals(self) -> dict[str, int]:
+        """The producers' Writer counters summed (after `stop_producers`): batches written,
+        attempts resent after a failed one, messages failed."""
+        stats = [p.writer_stats for p in self.producers if p.writer_stats is not None]
+        return {
+            "writers": len(stats),
+            "batches": sum(s.batches for s in stats),
+            "retries": sum(s.retries for s in stats),
+            "errors": sum(s.errors for s in stats),
+        }
 
     def worker_errors(self) -> list[str]:
         """The producers and consumers that died of an unexpected exception."""

@@ -58,8 +58,11 @@ def _run(
 
 def test_campaign_totals_and_recovery_over_every_fault() -> None:
     runs = [_run(1, [100.0, 200.0, 900.0], sends_ok=3), _run(2, [300.0], sends_ok=2)]
+    runs[0].writer_totals = {"writers": 1, "batches": 3, "retries": 4, "errors": 0}
     campaign = campaign_figures(runs, aborted=[])
     assert (campaign["runs"], campaign["valid"], campaign["send_ok"]) == (2, 2, 5)
+    assert campaign["writer_retries"] == 4
+    assert [run["writer_retries"] for run in campaign["per_run"]] == [4, 0]
     assert campaign["faults"] == 4
     assert campaign["anomalies"] == {}
     # Median of the four faults (250), not of the two run medians (200, 300).
@@ -69,6 +72,7 @@ def test_campaign_totals_and_recovery_over_every_fault() -> None:
     text = format_campaign(campaign)
     assert text.startswith("campaign: 2 of 2 runs valid\n")
     assert "kill-all" in text and "250 / 900" in text
+    assert "4 resent by the Writers" in text
 
 
 def test_campaign_names_invalid_runs_and_aborted_seeds() -> None:

@@ -1,5 +1,6 @@
 """Seeded chaos runs against real processes: every fault kind at least once, then the one
-checker (no lost / unseen / inconsistent / aborted writes, ordering, replica bytes).
+checker (no lost / unseen / duplicated / inconsistent / aborted writes, ordering, replica
+bytes).
 
 Part of the default suite (two short scenarios, about two minutes on 2 cores). Network
 faults need network namespaces (root, `ip`); without them that scenario is skipped and says
