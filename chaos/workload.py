@@ -95,6 +95,9 @@ class WorkloadConfig:
     # completes as fail or info.
     send_timeout_ms: int = 10_000
     send_attempts_max: int = 20
+    # One attempt (the Writer's request_timeout_ms): a request stuck at a paused or cut-off
+    # leader is given up after this and retried, so produce shows when it works again.
+    attempt_timeout_ms: int = 2_000
     consumer_max_wait_ms: int = 100
     fetch_bytes_max: int = 256 << 10
 
@@ -280,6 +283,7 @@ class Producer(_Worker):
             linger_ms=0,
             max_attempts=self.config.send_attempts_max,
             write_timeout_ms=self.config.send_timeout_ms,
+            request_timeout_ms=self.config.attempt_timeout_ms,
             async_=True,
         ) as writer:
             try:

@@ -14,7 +14,7 @@ from raftmq.client.brokers import (
     parse_brokers,
 )
 from raftmq.client.protocol import ClusterMetadata
-from raftmq.errors import RaftmqError
+from raftmq.errors import ErrorCode, RaftmqError
 
 
 class AsyncBrokerPool:
@@ -31,8 +31,17 @@ class AsyncBrokerPool:
             conn = self._conns[address] = AsyncConn(address)
         return conn
 
-    def any_conn(self) -> AsyncConn:
-        return self.conn(candidate_addresses(self.bootstrap, self.metadata)[0])
+    async def init_producer_id(self, producer_id: int, producer_epoch: int) -> tuple[int, int]:
+        """InitProducerId at the first broker that answers (any broker can)."""
+        failures = []
+        for address in candidate_addresses(self.bootstrap, self.metadata):
+            try:
+                return await self.conn(address).init_producer_id(producer_id, producer_epoch)
+            except RaftmqError as e:
+                if e.code != ErrorCode.BROKER_NOT_AVAILABLE:
+                    raise
+                failures.append(str(e))
+        raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "; ".join(failures[-3:]))
 
     async def fetch_metadata(
         self,

@@ -75,6 +75,7 @@ class AsyncWriter:
         idempotent: bool = True,
         max_attempts: int = 10,
         write_timeout_ms: int = 30_000,
+        request_timeout_ms: int = 30_000,
         allow_auto_topic_creation: bool = False,
         async_: bool = False,
         completion: Callable[[list[Message], RaftmqError | None], None] | None = None,
@@ -90,6 +91,7 @@ class AsyncWriter:
             idempotent=idempotent,
             max_attempts=max_attempts,
             write_timeout_ms=write_timeout_ms,
+            request_timeout_ms=request_timeout_ms,
             buffered_messages_max=buffered_messages_max,
         )
         self.async_ = async_
@@ -222,9 +224,7 @@ class AsyncWriter:
 
     async def _init_producer_id(self, producer_id: int, producer_epoch: int) -> None:
         try:
-            new_id, new_epoch = await self._pool.any_conn().init_producer_id(
-                producer_id, producer_epoch
-            )
+            new_id, new_epoch = await self._pool.init_producer_id(producer_id, producer_epoch)
         except RaftmqError as e:
             _log.info("writer.producer_id_failed", error=str(e))
             self._core.on_producer_id_failure()

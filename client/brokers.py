@@ -72,9 +72,17 @@ class BrokerPool:
                 conn = self._conns[address] = Conn(address)
             return conn
 
-    def any_conn(self) -> Conn:
-        """A Conn to some known broker (for calls any broker answers)."""
-        return self.conn(self._candidates()[0])
+    def init_producer_id(self, producer_id: int, producer_epoch: int) -> tuple[int, int]:
+        """InitProducerId at the first broker that answers (any broker can)."""
+        failures = []
+        for address in self._candidates():
+            try:
+                return self.conn(address).init_producer_id(producer_id, producer_epoch)
+            except RaftmqError as e:
+                if e.code != ErrorCode.BROKER_NOT_AVAILABLE:
+                    raise
+                failures.append(str(e))
+        raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "; ".join(failures[-3:]))
 
     def _candidates(self) -> list[str]:
         return candidate_addresses(self.bootstrap, self.metadata)

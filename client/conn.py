@@ -34,7 +34,7 @@ from raftmq.v1 import broker_pb2_grpc
 
 # A call's gRPC deadline is its own timeout plus this (the broker answers acks=all and
 # long polls at their timeout; the margin covers the round trip).
-DEADLINE_MARGIN_MS = 5_000
+DEADLINE_MARGIN_MS = 2_000
 
 
 def transport_error(endpoint: str, method: str, e: grpc.RpcError) -> RaftmqError:

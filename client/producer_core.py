@@ -69,6 +69,9 @@ class WriterConfig:
     idempotent: bool = True
     max_attempts: int = 10
     write_timeout_ms: int = 30_000
+    # One request's budget (Kafka's request.timeout.ms): a request to a leader that does
+    # not answer in time is given up and retried (elsewhere, after a metadata refresh).
+    request_timeout_ms: int = 30_000
     # Messages accepted but not yet completed; `add` refuses more (the shell waits).
     buffered_messages_max: int = 100_000
 
@@ -80,7 +83,13 @@ class WriterConfig:
                 "an idempotent writer needs required_acks=RequireAll (-1); "
                 "pass idempotent=False for acks 0 or 1"
             )
-        for name in ("batch_size", "batch_bytes", "max_attempts", "write_timeout_ms"):
+        for name in (
+            "batch_size",
+            "batch_bytes",
+            "max_attempts",
+            "write_timeout_ms",
+            "request_timeout_ms",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.linger_ms < 0:
@@ -465,7 +474,8 @@ class ProducerCore:
         sends = []
         for endpoint, batches in by_endpoint.items():
             request_id = next(self._request_ids)
-            timeout_ms = max(1, min(b.deadline_ms for b in batches) - now_ms)
+            deadline_ms = min(b.deadline_ms for b in batches)
+            timeout_ms = max(1, min(deadline_ms - now_ms, self.config.request_timeout_ms))
             send = ProduceSend(
                 request_id,
                 endpoint,

@@ -201,3 +201,14 @@ def test_an_explicit_partition_out_of_range_fails_at_once() -> None:
     c.add([Message("x", partition=7)], "call", now_ms=0, wall_ms=1_700_000_000_000)
     [completion] = c.drain_completions()
     assert completion.error is not None and "no partition 7" in completion.error.message
+
+
+def test_a_request_gets_at_most_the_request_timeout() -> None:
+    c = core(request_timeout_ms=2_000, write_timeout_ms=30_000)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert send.timeout_ms == 2_000
+    c2 = core(request_timeout_ms=20_000, write_timeout_ms=5_000)
+    c2.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c2.poll(now_ms=1_000)
+    assert send.timeout_ms == 4_000  # what is left of the write timeout
