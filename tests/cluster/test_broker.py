@@ -3,7 +3,6 @@ restart + truncate + rejoin, byte-identical replicas, min.insync.replicas, bad i
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -11,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from raftmq import FirstOffset, Reader
 from raftmq.broker.log_store import LogStore
-from raftmq.client.cluster_client import ClusterClient
-from raftmq.client.connection import Connection
+from raftmq.client.conn import Conn
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 from raftmq.message import Message
-from raftmq.record_batch import decode_batch, encode_batch, iter_batches
+from raftmq.record_batch import encode_batch
 from raftmq.v1 import controller_pb2 as pb
 
 pytestmark = pytest.mark.cluster
@@ -35,7 +34,7 @@ def cluster(make_cluster: type[LocalCluster]) -> Iterator[LocalCluster]:
 def create_topic(
     cluster: LocalCluster, name: str, *, partitions: int = 1, rf: int = 3, **configs: str
 ) -> pb.CreateTopicResponse:
-    with Connection(cluster.layout.broker_endpoints[0]) as connection:
+    with Conn(cluster.layout.broker_endpoints[0]) as connection:
         response: pb.CreateTopicResponse = connection.admin(
             "CreateTopic",
             pb.CreateTopicRequest(
@@ -59,22 +58,27 @@ def partition_state(cluster: LocalCluster, topic: str, index: int = 0) -> tuple[
     raise AssertionError(f"no topic {topic}")
 
 
-def read_all(client: ClusterClient, topic: str, partition: int = 0) -> list[tuple[int, bytes]]:
+def read_all(bootstrap: list[str], topic: str, partition: int = 0) -> list[tuple[int, bytes]]:
     """Every record below the high watermark, from offset 0."""
-    end = client.list_offset(topic, partition, -1)
+    with Conn.dial_leader(bootstrap, topic, partition) as leader:
+        _, end = leader.read_offsets()
     out: list[tuple[int, bytes]] = []
-    offset = 0
-    deadline = time.monotonic() + 30
-    while offset < end and time.monotonic() < deadline:
-        result = client.fetch(topic, partition, offset, max_wait_ms=100)
-        assert result.error is None, result.error
-        for _, batch in iter_batches(result.records):
-            for record in decode_batch(batch):
-                if record.offset >= offset:
-                    assert record.value is not None
-                    out.append((record.offset, record.value))
-                    offset = record.offset + 1
+    with Reader(bootstrap, topic, partition, start_offset=FirstOffset, max_wait_ms=100) as reader:
+        while len(out) < end:
+            message = reader.read_message(timeout_ms=30_000)
+            assert message.value is not None
+            out.append((message.offset, message.value))
     return out
+
+
+def produce_once(bootstrap: list[str], topic: str, batch: bytes, *, timeout_ms: int = 8_000) -> int:
+    """Send `batch` once (no retry: a lost answer must not duplicate it) to partition 0's
+    current leader with acks=all; its base offset, or the broker's error."""
+    with Conn.dial_leader(bootstrap, topic, 0) as leader:
+        [result] = leader.produce([(topic, 0, batch)], acks=-1, timeout_ms=timeout_ms)
+    if result.error is not None:
+        raise result.error
+    return result.base_offset
 
 
 class Producer(threading.Thread):
@@ -84,7 +88,7 @@ class Producer(threading.Thread):
 
     def __init__(self, bootstrap: list[str], topic: str, batch_records: int = 5) -> None:
         super().__init__(daemon=True)
-        self.client = ClusterClient(bootstrap, request_timeout_ms=8_000, retries_max=1)
+        self.bootstrap = bootstrap
         self.topic = topic
         self.batch_records = batch_records
         self.acked: dict[bytes, int] = {}
@@ -99,12 +103,10 @@ class Producer(threading.Thread):
             n += self.batch_records
             batch = encode_batch([Message(v, timestamp_ms=int(time.time() * 1000)) for v in values])
             try:
-                base = self.client.produce(self.topic, 0, batch, acks=-1)
+                base = produce_once(self.bootstrap, self.topic, batch)
             except RaftmqError:
                 self.unknown.update(values)
                 time.sleep(0.05)
-                with contextlib.suppress(RaftmqError):
-                    self.client.refresh_metadata()
                 continue
             for i, v in enumerate(values):
                 self.acked[v] = base + i
@@ -113,7 +115,6 @@ class Producer(threading.Thread):
     def finish(self) -> None:
         self.stop_event.set()
         self.join(timeout=30)
-        self.client.close()
 
 
 def replica_bytes(cluster: LocalCluster, topic_id: bytes, upper_offset: int) -> dict[int, bytes]:
@@ -167,8 +168,7 @@ def test_leader_kill9_loses_nothing_acknowledged_and_replicas_converge(
     finally:
         producer.finish()
 
-    with ClusterClient(bootstrap) as client:
-        records = read_all(client, "orders")
+    records = read_all(bootstrap, "orders")
     offsets = [o for o, _ in records]
     assert offsets == list(range(len(records))), "offsets are contiguous from 0"
     values = [v for _, v in records]
@@ -208,7 +208,7 @@ def test_acks_all_with_one_in_sync_replica_and_min_isr_2_stores_nothing(
     )
     endpoint = cluster.layout.broker_endpoints[leader - 1]
     batch = encode_batch([Message(b"must-not-be-stored", timestamp_ms=1)])
-    with Connection(endpoint) as connection:
+    with Conn(endpoint) as connection:
         before = connection.fetch([("strict", 0, 0)], max_wait_ms=0)[0]
         [result] = connection.produce([("strict", 0, batch)], acks=-1, timeout_ms=2_000)
         assert result.error is not None and result.error.code == ErrorCode.NOT_ENOUGH_REPLICAS
@@ -227,7 +227,7 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(cluster: LocalCluster) -
     good = encode_batch([Message(b"v", b"k", timestamp_ms=1)])
     corrupt = bytearray(good)
     corrupt[-1] ^= 0xFF
-    with Connection(cluster.layout.broker_endpoints[leader - 1]) as connection:
+    with Conn(cluster.layout.broker_endpoints[leader - 1]) as connection:
         results = connection.produce(
             [
                 ("input", 0, bytes(corrupt)),
@@ -261,7 +261,7 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(cluster: LocalCluster) -
         [empty] = connection.fetch([("input", 0, 1)], max_wait_ms=300)
         assert empty.error is None and empty.records == b""
         assert time.monotonic() - started >= 0.25
-    with Connection(cluster.layout.broker_endpoints[follower - 1]) as connection:
+    with Conn(cluster.layout.broker_endpoints[follower - 1]) as connection:
         [not_leader] = connection.produce([("input", 0, good)], acks=1)
         assert not_leader.error is not None
         assert not_leader.error.code == ErrorCode.NOT_LEADER_OR_FOLLOWER
@@ -272,20 +272,19 @@ def test_long_poll_fetch_wakes_on_append(cluster: LocalCluster) -> None:
     create_topic(cluster, "wake", rf=3)
     leader, _ = partition_state(cluster, "wake")
     endpoint = cluster.layout.broker_endpoints[leader - 1]
-    with ClusterClient([endpoint]) as client:
-        client.produce("wake", 0, encode_batch([Message(b"first", timestamp_ms=1)]))  # HW 1
-        results: list[float] = []
+    produce_once([endpoint], "wake", encode_batch([Message(b"first", timestamp_ms=1)]))  # HW 1
+    results: list[float] = []
 
-        def waiter() -> None:
-            with Connection(endpoint) as connection:
-                started = time.monotonic()
-                [r] = connection.fetch([("wake", 0, 1)], max_wait_ms=10_000)
-                assert r.records
-                results.append(time.monotonic() - started)
+    def waiter() -> None:
+        with Conn(endpoint) as connection:
+            started = time.monotonic()
+            [r] = connection.fetch([("wake", 0, 1)], max_wait_ms=10_000)
+            assert r.records
+            results.append(time.monotonic() - started)
 
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        time.sleep(0.5)
-        client.produce("wake", 0, encode_batch([Message(b"second", timestamp_ms=2)]))
-        thread.join(timeout=15)
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)
+    produce_once([endpoint], "wake", encode_batch([Message(b"second", timestamp_ms=2)]))
+    thread.join(timeout=15)
     assert results and 0.4 < results[0] < 5.0, results

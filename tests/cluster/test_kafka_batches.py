@@ -9,8 +9,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
-from raftmq.client.cluster_client import ClusterClient
-from raftmq.client.connection import Connection
+from raftmq.client.conn import Conn
 from raftmq.compression import CODEC_NAMES
 from raftmq.local_cluster import LocalCluster
 from raftmq.message import Message
@@ -30,13 +29,13 @@ NOW_MS = 1_700_000_000_000
 
 
 @pytest.fixture
-def client(make_cluster: type[LocalCluster]) -> Iterator[ClusterClient]:
+def client(make_cluster: type[LocalCluster]) -> Iterator[list[str]]:
     """A client of one controller and two brokers (replication factor 2 and acks=all:
     followers store every batch before it is acknowledged), with the topic created."""
     cluster = make_cluster(controllers=1, brokers=2)
     cluster.start()
     cluster.wait_ready(timeout_s=60)
-    with Connection(cluster.layout.broker_endpoints[0]) as connection:
+    with Conn(cluster.layout.broker_endpoints[0]) as connection:
         response: pb.CreateTopicResponse = connection.admin(
             "CreateTopic",
             pb.CreateTopicRequest(
@@ -48,15 +47,18 @@ def client(make_cluster: type[LocalCluster]) -> Iterator[ClusterClient]:
             ),
         )
     assert response.error.code == 0, response.error
-    with ClusterClient(cluster.layout.broker_endpoints, request_timeout_ms=15_000) as client:
-        yield client
+    yield cluster.layout.broker_endpoints
     cluster.stop()
 
 
-def produce_and_fetch(client: ClusterClient, batch: bytes) -> bytes:
-    """Produce `batch` with acks=all; return the stored batch as a fetch serves it."""
-    base_offset = client.produce(TOPIC, 0, batch, acks=-1)
-    result = client.fetch(TOPIC, 0, base_offset, max_wait_ms=0)
+def produce_and_fetch(client: list[str], batch: bytes) -> bytes:
+    """Produce `batch` with acks=all at the leader; return the stored batch as a fetch
+    serves it."""
+    with Conn.dial_leader(client, TOPIC, 0) as leader:
+        [produced] = leader.produce([(TOPIC, 0, batch)], acks=-1, timeout_ms=15_000)
+        assert produced.error is None, produced.error
+        base_offset = produced.base_offset
+        [result] = leader.fetch([(TOPIC, 0, base_offset)], max_wait_ms=0)
     assert result.error is None, result.error
     header, stored = next(iter_batches(result.records))
     assert header.base_offset == base_offset
@@ -66,12 +68,12 @@ def produce_and_fetch(client: ClusterClient, batch: bytes) -> bytes:
     return stored
 
 
-def test_kafka_python_batches_are_served_unchanged_and_read_back(client: ClusterClient) -> None:
+def test_kafka_python_batches_are_served_unchanged_and_read_back(client: list[str]) -> None:
     for compression in CODECS:
         check_kafka_python_batch(client, compression)
 
 
-def check_kafka_python_batch(client: ClusterClient, compression: int) -> None:
+def check_kafka_python_batch(client: list[str], compression: int) -> None:
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=compression,
@@ -104,7 +106,7 @@ def check_kafka_python_batch(client: ClusterClient, compression: int) -> None:
     ]
 
 
-def test_every_codec_round_trips_through_the_broker(client: ClusterClient) -> None:
+def test_every_codec_round_trips_through_the_broker(client: list[str]) -> None:
     messages = [
         Message(b"v%d" % i * 50, None if i % 3 else b"k%d" % i, headers=[("i", b"%d" % i)])
         for i in range(300)
