@@ -239,10 +239,6 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.mode == "codec":
-        from raftmq.cli.bench_codec import run_codec_bench
-
-        return run_codec_bench(args)
     from raftmq.cli.bench import run_bench
 
     return run_bench(args)
@@ -379,7 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--replication-factor", type=int, default=3)
     p.add_argument("--acks", choices=["all", "1", "0"], default="all")
-    p.add_argument("--inflight", type=int, default=4, help="concurrent produce requests")
+    p.add_argument(
+        "--compression",
+        choices=["none", "gzip", "snappy", "lz4", "zstd"],
+        default="none",
+        help="produce: the Writer's batch compression",
+    )
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=16,
+        help="produce: write_messages calls (of --batch-size messages) not yet acknowledged",
+    )
     p.add_argument(
         "--runs", type=int, default=7, help="failover: kill/measure cycles (median reported)"
     )
@@ -388,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-data",
         action="store_true",
         help="failover: keep the temporary quorum's data and logs",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw a progress bar on stderr even when it is not a terminal",
     )
     _add_target(p)
     p.set_defaults(func=cmd_bench)

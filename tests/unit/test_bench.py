@@ -1,31 +1,31 @@
-"""The bench's pure helpers: percentiles, payloads, batch sizing and record counting.
+"""The bench's pure helpers: percentiles, payloads, chunking, the consume split, latency
+stamps, the "limited by" line and the progress bar.
 
-The bench itself talks to a live cluster and prints figures; it is never timed in tests."""
+The bench itself talks to a live cluster and prints figures; it is never timed in tests
+(tests/cluster/test_bench.py runs every scenario briefly and checks its output)."""
 
 from __future__ import annotations
 
+import io
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from raftmq.cli.bench import (
-    BATCH_BYTES_MAX,
-    KIND_MEASURED,
-    batch_sizes,
-    consume_ends,
-    count_new_records,
+from raftmq.cli.bench.common import (
+    chunk_sizes,
+    distinct_values,
+    headline_latency_ms,
     latency_summary_ms,
     limit_hint,
     make_values,
     percentile,
     quantile_key,
-    read_stamp,
-    records_per_batch,
-    stamped_value,
 )
-from raftmq.message import Message
-from raftmq.record_batch import encode_batch, stamp_batch
+from raftmq.cli.bench.consume import consume_ends
+from raftmq.cli.bench.latency import KIND_MEASURED, read_stamp, stamped_value
+from raftmq.cli.bench.progress import REDRAW_INTERVAL_S, ProgressBar, render_bar
 
 
 def test_percentile_nearest_rank() -> None:
@@ -49,7 +49,7 @@ def test_percentile_is_an_observed_value_and_monotone(values: list[float], q: fl
     assert ordered[0] <= p <= ordered[-1]
     assert percentile(ordered, min(100.0, q + 1)) >= p
     # At least q% of the samples are <= p (the definition of the nearest rank).
-    assert sum(v <= p for v in ordered) >= math.ceil(q / 100 * len(ordered))
+    assert sum(v <= p for v in ordered) >= math.ceil(Fraction(str(q)) * len(ordered) / 100)
 
 
 def test_percentile_of_nothing_is_a_programmer_error() -> None:
@@ -75,62 +75,36 @@ def test_latency_summary_in_ms() -> None:
     assert latency_summary_ms([]) == {"count": 0}
 
 
+def test_the_json_latency_is_p50_p99_p999_in_ms() -> None:
+    samples_s = [i / 1000 for i in range(1, 1001)]
+    assert headline_latency_ms(samples_s) == {"p50": 500.0, "p99": 990.0, "p999": 999.0}
+    assert headline_latency_ms([]) is None
+
+
+def test_distinct_values_are_bounded_in_count_and_bytes() -> None:
+    assert distinct_values(200_000, 100) == 10_000
+    assert distinct_values(50, 100) == 50
+    assert distinct_values(200_000, 16 << 10) == 1_024
+    assert distinct_values(10, 64 << 20) == 1
+
+
 def test_make_values_sizes_determinism_and_variety() -> None:
     values = make_values(100, 37, seed=3)
     assert len(values) == 100
     assert all(len(v) == 37 for v in values)
     assert values == make_values(100, 37, seed=3)
     assert values != make_values(100, 37, seed=4)
-    assert len(set(values)) > 90  # windows of a random buffer: practically all distinct
+    assert len(set(values)) == 100
     assert make_values(3, 0) == [b"", b"", b""]
     assert make_values(0, 10) == []
 
 
-def test_records_per_batch_fits_the_topic_limit() -> None:
-    assert records_per_batch(1_000, 100) == 1_000
-    big = records_per_batch(1_000, 16 << 10)
-    assert 1 <= big < 1_000
-    batch = encode_batch([Message(v, timestamp_ms=0) for v in make_values(big, 16 << 10)])
-    assert len(batch) <= BATCH_BYTES_MAX
-    assert records_per_batch(1_000, 4 << 20) == 1  # too big alone: the broker refuses it
-    assert records_per_batch(5, 0) == 5
-
-
 @given(st.integers(0, 10_000), st.integers(1, 1_000))
-def test_batch_sizes_cover_every_message(messages: int, per_batch: int) -> None:
-    sizes = batch_sizes(messages, per_batch)
+def test_chunk_sizes_cover_every_message(messages: int, per_batch: int) -> None:
+    sizes = chunk_sizes(messages, per_batch)
     assert sum(sizes) == messages
     assert all(1 <= s <= per_batch for s in sizes)
     assert all(s == per_batch for s in sizes[:-1])
-
-
-def _log(*counts: int, value_bytes: int = 10) -> bytes:
-    """Batches of `counts` records at contiguous offsets, as a fetch returns them."""
-    out = []
-    offset = 0
-    for n in counts:
-        batch = encode_batch(
-            [Message(v, b"k", timestamp_ms=1) for v in make_values(n, value_bytes)]
-        )
-        out.append(stamp_batch(batch, base_offset=offset, partition_leader_epoch=0))
-        offset += n
-    return b"".join(out)
-
-
-def test_count_new_records_skips_what_was_already_read() -> None:
-    data = _log(3, 4, 5)
-    assert count_new_records(data, 0) == (12, 120, 12)
-    # A fetch at offset 5 returns the batch holding it (offsets 3..6) from its start.
-    assert count_new_records(data, 5) == (7, 70, 12)
-    assert count_new_records(data, 12) == (0, 0, 12)
-    assert count_new_records(b"", 7) == (0, 0, 7)
-
-
-def test_count_new_records_stops_at_the_end_offset() -> None:
-    data = _log(3, 4, 5)
-    assert count_new_records(data, 0, 5) == (5, 50, 7)
-    assert count_new_records(data, 5, 6) == (1, 10, 7)
-    assert count_new_records(data, 0, 3) == (3, 30, 3)
 
 
 @given(
@@ -169,3 +143,36 @@ def test_limit_hint_names_the_saturated_side() -> None:
     assert limit_hint(0.4, 98.0, 2).startswith("machine CPU")
     assert limit_hint(0.2, 30.0, 2).startswith("no CPU saturated")
     assert limit_hint(0.2, None, 2).startswith("no CPU saturated")
+
+
+def test_the_progress_bar_shows_share_count_rate_and_eta() -> None:
+    assert render_bar("produce", 50, 200, "msgs", 2.0) == (
+        "produce [########......................]  25% 50/200 msgs  25/s  ETA 6 s"
+    )
+    assert render_bar("x", 7, 7, "runs", 1.0).endswith("100% 7/7 runs  7/s")
+    assert render_bar("x", 0, 0, "msgs", 0.0).startswith("x [" + "#" * 30 + "] 100%")
+
+
+def test_the_progress_bar_redraws_at_most_every_interval_and_ends_its_line() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    bar = ProgressBar("run", 10, "msgs", enabled=True, stream=out, clock=lambda: now[0])
+    bar.advance(1)
+    bar.advance(1)  # within the interval: not drawn
+    assert out.getvalue().count("\r") == 1
+    now[0] += REDRAW_INTERVAL_S
+    bar.note("run 1: 300 ms")
+    assert "\nrun 1: 300 ms\n" in out.getvalue().replace("\r", "\n")
+    bar.advance(8)
+    bar.close()
+    last = out.getvalue().rsplit("\r", 1)[-1]
+    assert "100% 10/10 msgs" in last and last.endswith("\n")
+
+
+def test_a_disabled_progress_bar_prints_only_its_notes() -> None:
+    out = io.StringIO()
+    bar = ProgressBar("run", 2, "runs", enabled=False, stream=out)
+    bar.advance()
+    bar.note("run 1: 300 ms")
+    bar.close()
+    assert out.getvalue() == "run 1: 300 ms\n"

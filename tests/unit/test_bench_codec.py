@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
-from raftmq.cli import bench_codec
+from raftmq.cli.bench import codec
 from raftmq.cli.main import build_parser
 from raftmq.compression import CODEC_NAMES
 from raftmq.message import Message
@@ -14,16 +13,16 @@ from raftmq.record_batch import encode_batch
 
 
 def test_event_values_are_sized_deterministic_and_compressible() -> None:
-    values = bench_codec.event_values(50, 100, seed=3)
+    values = codec.event_values(50, 100, seed=3)
     assert all(len(v) == 100 for v in values)
-    assert values == bench_codec.event_values(50, 100, seed=3)
-    assert bench_codec.event_values(2, 0) == [b"", b""]
+    assert values == codec.event_values(50, 100, seed=3)
+    assert codec.event_values(2, 0) == [b"", b""]
 
 
 @pytest.mark.parametrize("value_bytes", [0, 100, 20_000])
 def test_batches_fill_16_kib_uncompressed(value_bytes: int) -> None:
-    values = bench_codec.event_values(3000, value_bytes)
-    count = bench_codec.records_per_batch(values)
+    values = codec.event_values(3000, value_bytes)
+    count = codec.records_per_batch(values)
     assert len(encode_batch([Message(v) for v in values[:count]])) <= 16 * 1024 or count == 1
     if count < len(values):
         assert len(encode_batch([Message(v) for v in values[: count + 1]])) > 16 * 1024
@@ -32,8 +31,8 @@ def test_batches_fill_16_kib_uncompressed(value_bytes: int) -> None:
 def test_codec_bench_prints_a_table_and_json_last(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench_codec, "ROUND_S", 0.001)
-    monkeypatch.setattr(bench_codec, "ROUNDS", 1)
+    monkeypatch.setattr(codec, "ROUND_S", 0.001)
+    monkeypatch.setattr(codec, "ROUNDS", 1)
     args = build_parser().parse_args(["bench", "codec", "--json"])
     assert args.func(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -50,6 +49,7 @@ def test_codec_bench_prints_a_table_and_json_last(
 
 
 def test_codec_bench_refuses_a_bad_value_size(capsys: pytest.CaptureFixture[str]) -> None:
-    args = argparse.Namespace(message_bytes=-1, json=False)
-    assert bench_codec.run_codec_bench(args) == 2
-    assert "--message-bytes" in capsys.readouterr().out
+    from raftmq.cli.main import main
+
+    assert main(["bench", "codec", "--message-bytes", "-1"]) == 2
+    assert "--message-bytes" in capsys.readouterr().err

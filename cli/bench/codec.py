@@ -8,14 +8,12 @@ deterministic), compressible the way real payloads are, so that the compression 
 figures mean something; the uncompressed figures do not depend on the content.
 
 Each figure is the median over `ROUNDS` rounds of at least `ROUND_S` seconds, in this
-one thread (one core). Prints a table; with `--json`, one JSON object on the last line.
-Units: MiB = 2**20 bytes of values.
+one thread (one core). Units: MiB = 2**20 bytes of values.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -32,14 +30,13 @@ from raftmq.record_batch import (
     stamp_batch,
 )
 
-__all__ = ["run_codec_bench"]
+from .common import MIB, Result
 
 BATCH_BYTES_TARGET = 16 * 1024
 # A value larger than this would not be a codec benchmark any more (one record per batch).
 MESSAGE_BYTES_MAX = 1024 * 1024
 ROUNDS = 5
 ROUND_S = 0.2
-MIB = 1 << 20
 
 
 def event_values(count: int, size: int, *, seed: int = 0) -> list[bytes]:
@@ -107,7 +104,7 @@ def measure(values: list[bytes], compression: int) -> dict[str, float]:
     }
 
 
-def render(result: dict[str, object], by_compression: dict[str, dict[str, float]]) -> str:
+def render(result: Result) -> str:
     lines = [
         f"codec bench: one core, records codec {result['codec_implementation']}, "
         f"{result['value_bytes']} B values, {result['records_per_batch']} records per batch "
@@ -115,7 +112,7 @@ def render(result: dict[str, object], by_compression: dict[str, dict[str, float]
         f"{'compression':<12}{'batch B':>9}{'encode rec/s':>15}{'decode rec/s':>15}"
         f"{'enc MiB/s':>11}{'dec MiB/s':>11}",
     ]
-    for name, figures in by_compression.items():
+    for name, figures in result["by_compression"].items():
         lines.append(
             f"{name:<12}{figures['batch_bytes']:>9}{figures['encode_records_per_s']:>15,}"
             f"{figures['decode_records_per_s']:>15,}{figures['encode_value_mib_per_s']:>11}"
@@ -124,19 +121,18 @@ def render(result: dict[str, object], by_compression: dict[str, dict[str, float]
     return "\n".join(lines)
 
 
-def run_codec_bench(args: argparse.Namespace) -> int:
-    """Entry point of `raftmq bench codec` (reads args.message_bytes and args.json)."""
+def run(args: argparse.Namespace) -> Result:
+    """Encode and decode figures per compression (reads args.message_bytes)."""
     value_bytes: int = args.message_bytes
     if not 0 <= value_bytes <= MESSAGE_BYTES_MAX:
-        print(f"error: --message-bytes must be in 0 .. {MESSAGE_BYTES_MAX}")
-        return 2
+        raise ValueError(f"--message-bytes must be in 0 .. {MESSAGE_BYTES_MAX}")
     # More would not fit: each record takes its value and >= RECORD_BYTES_MIN bytes more.
     fit_max = max(1, (BATCH_BYTES_TARGET - HEADER_SIZE) // (value_bytes + RECORD_BYTES_MIN))
     candidates = event_values(fit_max, value_bytes)
     values = candidates[: records_per_batch(candidates)]
     by_compression = {name: measure(values, codec) for codec, name in CODEC_NAMES.items()}
     none = by_compression[CODEC_NAMES[CODEC_NONE]]
-    result: dict[str, object] = {
+    return {
         "scenario": "codec",
         "codec_implementation": codec_implementation(),
         "value_bytes": value_bytes,
@@ -146,7 +142,3 @@ def run_codec_bench(args: argparse.Namespace) -> int:
         "decode_records_per_s": none["decode_records_per_s"],
         "by_compression": by_compression,
     }
-    print(render(result, by_compression), flush=True)
-    if args.json:
-        print(json.dumps(result), flush=True)
-    return 0

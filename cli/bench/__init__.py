@@ -1,0 +1,62 @@
+"""`raftmq bench SCENARIO`: throughput, latency and failover figures, one module each.
+
+- `produce`: messages/s through the `Writer` (async, several calls in flight);
+- `consume`: messages/s through `Reader`s, one per partition;
+- `latency`: one message in flight, a sync `Writer` call each, and produce -> consume
+  through a `Reader`;
+- `failover`: SIGKILL of the controller quorum's leader -> the next committed write;
+- `codec`: the record codec alone, on one core.
+
+Every figure comes from one CPython client process, which is often the bottleneck itself
+(one thread holds the GIL at a time). Each scenario therefore also reports the client's
+CPU seconds per wall second and, on Linux, the machine's CPU busy share over the run
+(/proc/stat), and says which of the two, if either, was saturated.
+
+Output: the scenario's table on stdout; with `--json`, then one JSON object on the last
+line: the whole result, with `scenario` and, where they apply, `msgs_per_s`, `mb_per_s`,
+`latency_ms` {`p50`, `p99`, `p999`} and `recovery_ms` {`median`, `max`}. A progress bar
+goes to stderr on long runs, when stderr is a terminal or with `--progress`.
+
+Bounds: every loop stops at a count and at a deadline (`RUN_DURATION_S_MAX`, the
+`--timeout-ms` of each call); failover stops every process it started, by PID, in a
+`finally` (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from types import ModuleType
+
+from . import codec, consume, failover, latency, produce
+from .common import Result
+
+SCENARIOS: dict[str, ModuleType] = {
+    "produce": produce,
+    "consume": consume,
+    "latency": latency,
+    "failover": failover,
+    "codec": codec,
+}
+MESSAGES_DEFAULT_BY_SCENARIO = {"produce": 200_000, "consume": 200_000, "latency": 5_000}
+
+__all__ = ["SCENARIOS", "run_bench"]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Entry point of `raftmq bench SCENARIO`: prints the table (and the JSON line with
+    --json); exits 1 when the run hit an error (the figures measured until then are still
+    printed)."""
+    scenario = SCENARIOS.get(args.mode)
+    if scenario is None:
+        raise ValueError(f"unknown bench scenario {args.mode!r}")
+    if getattr(args, "messages", None) is None:
+        args.messages = MESSAGES_DEFAULT_BY_SCENARIO.get(args.mode, 0)
+    run: Callable[[argparse.Namespace], Result] = scenario.run
+    render: Callable[[Result], str] = scenario.render
+    result = run(args)
+    print(render(result), flush=True)
+    if args.json:
+        print(json.dumps(result), flush=True)
+    return 1 if result.get("error") else 0

@@ -1,0 +1,200 @@
+"""`raftmq bench latency`: one message in flight, through the library.
+
+A `Writer` in sync mode sends one message per `write_messages` call to partition 0 and
+waits for it (acks as `--acks`; acks=all is the default): the produce latency is that
+call's duration. A `Reader` on partition 0, on a thread of the same process, reads every
+message from where the measured ones start; the produce-to-consume latency is from just
+before the call to when `read_message` returned it (the send time travels in the value,
+so both ends read one clock). After `LATENCY_WARMUP_MESSAGES` unmeasured messages (topic
+metadata, producer id, connections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from raftmq.client.admin import Admin, LastOffset
+from raftmq.client.reader import Reader
+from raftmq.client.writer import RequireAll, WriteError, Writer
+from raftmq.errors import RaftmqError
+from raftmq.message import Message
+
+from .common import (
+    ACKS_BY_NAME,
+    LATENCY_QUANTILES_FINE,
+    RUN_DURATION_S_MAX,
+    CpuMeter,
+    Result,
+    brokers_of,
+    check_workload,
+    ensure_topic,
+    footer_lines,
+    headline_latency_ms,
+    latency_summary_ms,
+    latency_table,
+    make_values,
+    produce_waiting,
+    timeout_ms_of,
+)
+from .progress import ProgressBar, progress_wanted
+
+# One call per message: a bound keeps a latency run to a minute or two.
+LATENCY_MESSAGES_MAX = 100_000
+LATENCY_WARMUP_MESSAGES = 50
+# Value layout: int64 perf_counter_ns at send | 1 byte kind | padding.
+VALUE_STAMP = struct.Struct(">qB")
+KIND_WARMUP = 0
+KIND_MEASURED = 1
+# After the last send, the Reader gets this long to see the remaining messages.
+LATENCY_DRAIN_TIMEOUT_S = 10.0
+FETCH_WAIT_MS = 500
+
+
+def stamped_value(sent_ns: int, kind: int, padding: bytes) -> bytes:
+    """A latency value: the send time (perf_counter_ns), its kind, then padding."""
+    return VALUE_STAMP.pack(sent_ns, kind) + padding
+
+
+def read_stamp(value: bytes | None) -> tuple[int, int] | None:
+    """(sent_ns, kind) of a latency value, or None for any other value."""
+    if value is None or len(value) < VALUE_STAMP.size:
+        return None
+    sent_ns, kind = VALUE_STAMP.unpack_from(value)
+    return int(sent_ns), int(kind)
+
+
+@dataclass
+class _EndToEnd:
+    """The Reader thread. `samples_s` and `errors` are appended by that thread only and
+    read by the main thread after join()."""
+
+    args: argparse.Namespace
+    start_offset: int
+    expected: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    samples_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        with Reader(
+            brokers_of(self.args),
+            self.args.topic,
+            0,
+            start_offset=self.start_offset,
+            max_wait_ms=FETCH_WAIT_MS,
+        ) as reader:
+            # Bound: `expected` messages, or until the main thread stops it.
+            while len(self.samples_s) < self.expected and not self.stop.is_set():
+                try:
+                    message = reader.read_message(timeout_ms=FETCH_WAIT_MS)
+                except TimeoutError:
+                    continue
+                except RaftmqError as e:  # reported with the figures, not lost in a thread
+                    self.errors.append(f"reader: {e}")
+                    return
+                received_ns = time.perf_counter_ns()
+                stamp = read_stamp(message.value)
+                if stamp is not None and stamp[1] == KIND_MEASURED:
+                    self.samples_s.append((received_ns - stamp[0]) / 1e9)
+
+
+def _end_offset(args: argparse.Namespace) -> int:
+    with Admin(brokers_of(args), timeout_ms=timeout_ms_of(args)) as admin:
+        return admin.list_offsets(args.topic, LastOffset, partitions=[0])[0]
+
+
+def run(args: argparse.Namespace) -> Result:
+    check_workload(args)
+    acks = ACKS_BY_NAME[args.acks]
+    count = min(args.messages, LATENCY_MESSAGES_MAX)
+    padding = make_values(1, max(0, args.message_bytes - VALUE_STAMP.size))[0]
+    topic, created = ensure_topic(args)
+    produce_s: list[float] = []
+    errors: list[str] = []
+    bar = ProgressBar("latency", count, "msgs", enabled=progress_wanted(args))
+    with Writer(
+        args.bootstrap,
+        topic=args.topic,
+        required_acks=acks,
+        idempotent=acks == RequireAll,
+        write_timeout_ms=timeout_ms_of(args),
+    ) as writer:
+
+        def send(kind: int) -> None:
+            value = stamped_value(time.perf_counter_ns(), kind, padding)
+            writer.write_messages(Message(value, partition=0))
+
+        for _ in range(LATENCY_WARMUP_MESSAGES):
+            send(KIND_WARMUP)
+        reader = _EndToEnd(args, _end_offset(args), count)
+        thread = threading.Thread(target=reader.run, name="bench-latency-reader", daemon=True)
+        deadline = time.monotonic() + RUN_DURATION_S_MAX
+        meter = CpuMeter()
+        started_s = time.perf_counter()
+        thread.start()
+        try:
+            for _ in range(count):
+                if time.monotonic() >= deadline:
+                    errors.append(f"stopped after {RUN_DURATION_S_MAX:.0f} s")
+                    break
+                sent_s = time.perf_counter()
+                try:
+                    send(KIND_MEASURED)
+                except WriteError as e:
+                    errors.append(f"writer: {e}")
+                    break
+                produce_s.append(time.perf_counter() - sent_s)
+                bar.advance()
+            thread.join(timeout=LATENCY_DRAIN_TIMEOUT_S)
+        finally:
+            reader.stop.set()
+        elapsed_s = max(time.perf_counter() - started_s, 1e-9)
+        bar.close()
+        cpu = meter.stop(waiting=produce_waiting(acks) + ", the Reader's long poll")
+        thread.join(timeout=FETCH_WAIT_MS / 1000 + 1)
+    errors += reader.errors
+    if not errors and len(reader.samples_s) < len(produce_s):
+        errors.append(
+            f"the Reader saw {len(reader.samples_s)} of {len(produce_s)} messages within "
+            f"{LATENCY_DRAIN_TIMEOUT_S:.0f} s of the last send"
+        )
+    return {
+        "scenario": "latency",
+        "topic": args.topic,
+        "topic_created": created,
+        "partition": 0,
+        "replication_factor": topic.replication_factor,
+        "acks": args.acks,
+        "message_bytes": max(args.message_bytes, VALUE_STAMP.size),
+        "messages_requested": args.messages,
+        "messages": len(produce_s),
+        "messages_max": LATENCY_MESSAGES_MAX,
+        "elapsed_s": round(elapsed_s, 3),
+        "latency_ms": headline_latency_ms(produce_s),
+        "end_to_end_latency_ms": headline_latency_ms(reader.samples_s),
+        "produce_latency": latency_summary_ms(produce_s, LATENCY_QUANTILES_FINE),
+        "end_to_end_latency": latency_summary_ms(reader.samples_s, LATENCY_QUANTILES_FINE),
+        "cpu": cpu,
+        "error": errors[0] if errors else None,
+    }
+
+
+def render(result: Result) -> str:
+    capped = (
+        f" (capped at {result['messages_max']})"
+        if result["messages_requested"] > result["messages_max"]
+        else ""
+    )
+    lines = [
+        f"bench latency: topic {result['topic']}-0 (RF {result['replication_factor']}), "
+        f"acks={result['acks']}, {result['message_bytes']} B, one message per sync "
+        f"write_messages call, {result['messages']} messages{capped}",
+        latency_table("PRODUCE", result["produce_latency"], LATENCY_QUANTILES_FINE),
+        latency_table("PRODUCE->CONSUME", result["end_to_end_latency"], LATENCY_QUANTILES_FINE),
+        *footer_lines(result),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Every `raftmq bench` scenario, briefly, against a real cluster: the table, the "limited
+by" line and the one JSON object on the last line of stdout. Figures are not asserted
+(they come from `raftmq bench` on a quiet machine, never from a test)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from raftmq.cli.main import main
+from raftmq.local_cluster import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+# Two partitions, replicated twice: the multi-partition and replication paths, on a
+# cluster small enough for a shared 2-core machine.
+TOPIC_FLAGS = ["--partitions", "2", "--replication-factor", "2"]
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("bench-cluster"), controllers=1, brokers=2)
+    try:
+        cluster.start()
+        cluster.wait_ready(timeout_s=60)
+        yield ",".join(cluster.layout.broker_endpoints)
+    finally:
+        cluster.kill_all()
+
+
+def bench(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict[str, Any], str, str]:
+    """Run `raftmq bench ARGV --json`: (the JSON object, the text above it, stderr)."""
+    assert main(["bench", *argv, "--json"]) == 0, capsys.readouterr()
+    captured = capsys.readouterr()
+    *table, last = captured.out.rstrip("\n").split("\n")
+    return json.loads(last), "\n".join(table), captured.err
+
+
+def assert_latency(figures: dict[str, float] | None) -> None:
+    assert figures is not None
+    assert set(figures) == {"p50", "p99", "p999"}
+    assert 0 < figures["p50"] <= figures["p99"] <= figures["p999"]
+
+
+def test_produce_then_consume(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
+    target = ["--bootstrap", bootstrap, "--topic", "bench-pc", *TOPIC_FLAGS]
+    produced, table, progress = bench(
+        capsys, "produce", *target, "--messages", "3000", "--batch-size", "500", "--progress"
+    )
+    assert produced["scenario"] == "produce"
+    assert produced["messages"] == 3000 and produced["error"] is None
+    assert produced["msgs_per_s"] > 0 and produced["mb_per_s"] > 0
+    assert_latency(produced["latency_ms"])
+    assert "WRITE LATENCY" in table and "limited by: " in table
+    assert "100% 3,000/3,000 msgs" in progress
+
+    compressed, _, _ = bench(
+        capsys, "produce", *target, "--messages", "1000", "--acks", "1", "--compression", "zstd"
+    )
+    assert (compressed["messages"], compressed["compression"]) == (1000, "zstd")
+
+    consumed, table, progress = bench(capsys, "consume", *target, "--messages", "3500")
+    assert consumed["scenario"] == "consume"
+    assert consumed["messages"] == 3500 and consumed["error"] is None
+    assert consumed["msgs_per_s"] > 0 and consumed["mb_per_s"] > 0
+    assert "MSGS/S" in table and "limited by: " in table
+    assert progress == ""  # stderr is not a terminal and --progress was not given
+
+
+def test_latency(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
+    result, table, _ = bench(
+        capsys, "latency", "--bootstrap", bootstrap, "--topic", "bench-l", *TOPIC_FLAGS,
+        "--messages", "40",
+    )  # fmt: skip
+    assert result["scenario"] == "latency"
+    assert result["messages"] == 40 and result["error"] is None
+    assert_latency(result["latency_ms"])
+    assert_latency(result["end_to_end_latency_ms"])
+    assert "PRODUCE->CONSUME" in table and "limited by: " in table
+
+
+def test_failover_on_its_own_quorum(capsys: pytest.CaptureFixture[str]) -> None:
+    """The scenario starts (and stops, by PID) its own three controllers."""
+    result, table, runs = bench(capsys, "failover", "--runs", "1")
+    assert result["scenario"] == "failover"
+    [row] = result["runs"]
+    assert row["error"] is None and row["killed_leader"] != row["new_leader"]
+    assert result["recovery_ms"] == {"median": row["failover_ms"], "max": row["failover_ms"]}
+    assert "FAILOVER MS" in table and "limited by: " in table
+    assert runs.startswith("run 1: killed controller")
