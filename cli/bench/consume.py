@@ -33,6 +33,9 @@ from .progress import ProgressBar, progress_wanted
 
 FETCH_WAIT_MS = 500
 PARTITION_FETCH_BYTES_MAX = 4 << 20
+# Progress is added to the totals, and the stop and deadline checked, every this many
+# messages (per message, that would cost more than the counting).
+REPORT_EVERY_MESSAGES = 1_000
 
 
 def consume_ends(starts: dict[int, int], ends: dict[int, int], target: int) -> dict[int, int]:
@@ -74,45 +77,44 @@ class _Totals:
         self.stop.set()
 
 
-# Progress is added to the totals, and the stop and deadline checked, every this many
-# messages (per message, that would cost more than the counting).
-REPORT_EVERY_MESSAGES = 1_000
-
-
-def _read_partition(
-    args: argparse.Namespace, partition: int, start: int, end: int, totals: _Totals
-) -> None:
-    """One thread: read [start, end) of one partition with its own Reader."""
-    idle_ms = timeout_ms_of(args)
-    deadline = time.monotonic() + RUN_DURATION_S_MAX
-    messages = value_bytes = 0
-    position = start
-    with Reader(
+def _open_reader(args: argparse.Namespace, partition: int, start: int) -> Reader:
+    """A Reader at `start`, with its metadata, position and leader connection ready
+    (read_lag asks the leader), so that none of it is in the figures."""
+    reader = Reader(
         brokers_of(args),
         args.topic,
         partition,
         start_offset=start,
         max_bytes=PARTITION_FETCH_BYTES_MAX,
         max_wait_ms=FETCH_WAIT_MS,
-    ) as reader:
-        try:
-            # Bound: end - start messages, RUN_DURATION_S_MAX, or --timeout-ms idle.
-            while position < end:
-                message = reader.read_message(timeout_ms=idle_ms)
-                position = message.offset + 1
-                messages += 1
-                value_bytes += len(message.value or b"")
-                if messages == REPORT_EVERY_MESSAGES:
-                    totals.add(messages, value_bytes)
-                    messages = value_bytes = 0
-                    if totals.stop.is_set():
-                        break
-                    if time.monotonic() >= deadline:
-                        totals.fail(f"stopped after {RUN_DURATION_S_MAX:.0f} s")
-                        break
-        except (TimeoutError, RaftmqError) as e:
-            totals.fail(f"{args.topic}-{partition} at offset {position} of {end}: {e}")
-        totals.add(messages, value_bytes)
+    )
+    reader.read_lag()
+    return reader
+
+
+def _read_partition(reader: Reader, end: int, idle_ms: int, totals: _Totals) -> None:
+    """One thread: read one partition up to `end` with its own Reader."""
+    deadline = time.monotonic() + RUN_DURATION_S_MAX
+    messages = value_bytes = 0
+    position = reader.offset
+    try:
+        # Bound: end - start messages, RUN_DURATION_S_MAX, or `idle_ms` without one.
+        while position < end:
+            message = reader.read_message(timeout_ms=idle_ms)
+            position = message.offset + 1
+            messages += 1
+            value_bytes += len(message.value or b"")
+            if messages == REPORT_EVERY_MESSAGES:
+                totals.add(messages, value_bytes)
+                messages = value_bytes = 0
+                if totals.stop.is_set():
+                    break
+                if time.monotonic() >= deadline:
+                    totals.fail(f"stopped after {RUN_DURATION_S_MAX:.0f} s")
+                    break
+    except (TimeoutError, RaftmqError) as e:
+        totals.fail(f"{reader.topic}-{reader.partition} at offset {position} of {end}: {e}")
+    totals.add(messages, value_bytes)
 
 
 def _offsets(args: argparse.Namespace) -> tuple[dict[int, int], dict[int, int]]:
@@ -135,15 +137,15 @@ def run(args: argparse.Namespace) -> Result:
     target = min(args.messages, available)
     ends = consume_ends(starts, ends, target)
     totals = _Totals(ProgressBar("consume", target, "msgs", enabled=progress_wanted(args)))
+    readers = [_open_reader(args, p, starts[p]) for p in sorted(starts) if ends[p] > starts[p]]
     threads = [
         threading.Thread(
             target=_read_partition,
-            args=(args, p, starts[p], ends[p], totals),
-            name=f"bench-consume-{p}",
+            args=(reader, ends[reader.partition], timeout_ms_of(args), totals),
+            name=f"bench-consume-{reader.partition}",
             daemon=True,
         )
-        for p in sorted(starts)
-        if ends[p] > starts[p]
+        for reader in readers
     ]
     meter = CpuMeter()
     started_s = time.perf_counter()
@@ -153,10 +155,12 @@ def run(args: argparse.Namespace) -> Result:
         for t in threads:
             t.join()
     finally:
-        totals.stop.set()  # on Ctrl-C: the threads stop after their current message
+        totals.stop.set()  # on Ctrl-C: the threads stop within REPORT_EVERY_MESSAGES
     elapsed_s = max(time.perf_counter() - started_s, 1e-9)
-    totals.bar.close()
     cpu = meter.stop(waiting="fetch round trips (one fetch in flight per partition)")
+    totals.bar.close()
+    for reader in readers:
+        reader.close()
     return {
         "scenario": "consume",
         "topic": args.topic,

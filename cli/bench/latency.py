@@ -15,10 +15,10 @@ import argparse
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raftmq.client.admin import Admin, LastOffset
-from raftmq.client.reader import Reader
+from raftmq.client.reader import LastOffset, Reader
 from raftmq.client.writer import RequireAll, WriteError, Writer
 from raftmq.errors import RaftmqError
 from raftmq.message import Message
@@ -72,39 +72,55 @@ class _EndToEnd:
     """The Reader thread. `samples_s` and `errors` are appended by that thread only and
     read by the main thread after join()."""
 
-    args: argparse.Namespace
-    start_offset: int
+    reader: Reader
     expected: int
     stop: threading.Event = field(default_factory=threading.Event)
     samples_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def run(self) -> None:
-        with Reader(
-            brokers_of(self.args),
-            self.args.topic,
-            0,
-            start_offset=self.start_offset,
-            max_wait_ms=FETCH_WAIT_MS,
-        ) as reader:
-            # Bound: `expected` messages, or until the main thread stops it.
-            while len(self.samples_s) < self.expected and not self.stop.is_set():
-                try:
-                    message = reader.read_message(timeout_ms=FETCH_WAIT_MS)
-                except TimeoutError:
-                    continue
-                except RaftmqError as e:  # reported with the figures, not lost in a thread
-                    self.errors.append(f"reader: {e}")
-                    return
-                received_ns = time.perf_counter_ns()
-                stamp = read_stamp(message.value)
-                if stamp is not None and stamp[1] == KIND_MEASURED:
-                    self.samples_s.append((received_ns - stamp[0]) / 1e9)
+        # Bound: `expected` messages, or until the main thread stops it.
+        while len(self.samples_s) < self.expected and not self.stop.is_set():
+            try:
+                message = self.reader.read_message(timeout_ms=FETCH_WAIT_MS)
+            except TimeoutError:
+                continue
+            except RaftmqError as e:  # reported with the figures, not lost in a thread
+                self.errors.append(f"reader: {e}")
+                return
+            received_ns = time.perf_counter_ns()
+            stamp = read_stamp(message.value)
+            if stamp is not None and stamp[1] == KIND_MEASURED:
+                self.samples_s.append((received_ns - stamp[0]) / 1e9)
 
 
-def _end_offset(args: argparse.Namespace) -> int:
-    with Admin(brokers_of(args), timeout_ms=timeout_ms_of(args)) as admin:
-        return admin.list_offsets(args.topic, LastOffset, partitions=[0])[0]
+def _open_reader(args: argparse.Namespace) -> Reader:
+    """A Reader of partition 0 from its end (after the warm-up), with its metadata,
+    position and leader connection ready (read_lag asks the leader)."""
+    reader = Reader(
+        brokers_of(args), args.topic, 0, start_offset=LastOffset, max_wait_ms=FETCH_WAIT_MS
+    )
+    reader.read_lag()
+    return reader
+
+
+def _send_one_at_a_time(
+    send: Callable[[int], None], count: int, bar: ProgressBar
+) -> tuple[list[float], list[str]]:
+    """`count` measured sends, each waited for: (their durations in s, errors)."""
+    produce_s: list[float] = []
+    deadline = time.monotonic() + RUN_DURATION_S_MAX
+    for _ in range(count):
+        if time.monotonic() >= deadline:
+            return produce_s, [f"stopped after {RUN_DURATION_S_MAX:.0f} s"]
+        sent_s = time.perf_counter()
+        try:
+            send(KIND_MEASURED)
+        except WriteError as e:
+            return produce_s, [f"writer: {e}"]
+        produce_s.append(time.perf_counter() - sent_s)
+        bar.advance()
+    return produce_s, []
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -113,8 +129,6 @@ def run(args: argparse.Namespace) -> Result:
     count = min(args.messages, LATENCY_MESSAGES_MAX)
     padding = make_values(1, max(0, args.message_bytes - VALUE_STAMP.size))[0]
     topic, created = ensure_topic(args)
-    produce_s: list[float] = []
-    errors: list[str] = []
     bar = ProgressBar("latency", count, "msgs", enabled=progress_wanted(args))
     with Writer(
         args.bootstrap,
@@ -130,36 +144,26 @@ def run(args: argparse.Namespace) -> Result:
 
         for _ in range(LATENCY_WARMUP_MESSAGES):
             send(KIND_WARMUP)
-        reader = _EndToEnd(args, _end_offset(args), count)
-        thread = threading.Thread(target=reader.run, name="bench-latency-reader", daemon=True)
-        deadline = time.monotonic() + RUN_DURATION_S_MAX
+        end_to_end = _EndToEnd(_open_reader(args), count)
+        thread = threading.Thread(target=end_to_end.run, name="bench-latency-reader", daemon=True)
         meter = CpuMeter()
         started_s = time.perf_counter()
         thread.start()
         try:
-            for _ in range(count):
-                if time.monotonic() >= deadline:
-                    errors.append(f"stopped after {RUN_DURATION_S_MAX:.0f} s")
-                    break
-                sent_s = time.perf_counter()
-                try:
-                    send(KIND_MEASURED)
-                except WriteError as e:
-                    errors.append(f"writer: {e}")
-                    break
-                produce_s.append(time.perf_counter() - sent_s)
-                bar.advance()
+            produce_s, errors = _send_one_at_a_time(send, count, bar)
             thread.join(timeout=LATENCY_DRAIN_TIMEOUT_S)
         finally:
-            reader.stop.set()
+            end_to_end.stop.set()
         elapsed_s = max(time.perf_counter() - started_s, 1e-9)
-        bar.close()
         cpu = meter.stop(waiting=produce_waiting(acks) + ", the Reader's long poll")
+        bar.close()
         thread.join(timeout=FETCH_WAIT_MS / 1000 + 1)
-    errors += reader.errors
-    if not errors and len(reader.samples_s) < len(produce_s):
+    end_to_end.reader.close()
+    e2e_s = end_to_end.samples_s
+    errors += end_to_end.errors
+    if not errors and len(e2e_s) < len(produce_s):
         errors.append(
-            f"the Reader saw {len(reader.samples_s)} of {len(produce_s)} messages within "
+            f"the Reader saw {len(e2e_s)} of {len(produce_s)} messages within "
             f"{LATENCY_DRAIN_TIMEOUT_S:.0f} s of the last send"
         )
     return {
@@ -175,9 +179,9 @@ def run(args: argparse.Namespace) -> Result:
         "messages_max": LATENCY_MESSAGES_MAX,
         "elapsed_s": round(elapsed_s, 3),
         "latency_ms": headline_latency_ms(produce_s),
-        "end_to_end_latency_ms": headline_latency_ms(reader.samples_s),
+        "end_to_end_latency_ms": headline_latency_ms(e2e_s),
         "produce_latency": latency_summary_ms(produce_s, LATENCY_QUANTILES_FINE),
-        "end_to_end_latency": latency_summary_ms(reader.samples_s, LATENCY_QUANTILES_FINE),
+        "end_to_end_latency": latency_summary_ms(e2e_s, LATENCY_QUANTILES_FINE),
         "cpu": cpu,
         "error": errors[0] if errors else None,
     }
