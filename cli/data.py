@@ -101,6 +101,16 @@ def to_messages(
     return messages
 
 
+def _failures(future: Future[list[Message]]) -> dict[int, RaftmqError]:
+    """id(message) -> why it was not written, for a completed write_messages future."""
+    error = future.exception()
+    if error is None:
+        return {}
+    if not isinstance(error, WriteError):
+        raise error  # a bug, not a write outcome
+    return {id(m): e for m, e in error.errors}
+
+
 class InOrderReport:
     """Prints each written chunk's outcome in input order: one JSON object per message
     (with --json), one stderr line per failure cause. Main thread only."""
@@ -128,30 +138,29 @@ class InOrderReport:
         sys.stdout.flush()
 
     def _print(self, future: Future[list[Message]], messages: list[Message]) -> None:
-        error = future.exception()
-        failures: dict[int, RaftmqError] = {}
-        if isinstance(error, WriteError):
-            failures = {id(m): e for m, e in error.errors}
-        elif error is not None:
-            raise error
+        failures = _failures(future)
         if self.json_lines:
-            lines = [self._json(m) for m in messages if id(m) not in failures]
-            sys.stdout.write("".join(lines))
+            written = [self._json(m) for m in messages if id(m) not in failures]
+            sys.stdout.write("".join(written))
         by_cause: dict[int, tuple[RaftmqError, list[Message]]] = {}
         for m in messages:
             if id(m) in failures:
                 cause = failures[id(m)]
                 by_cause.setdefault(id(cause), (cause, []))[1].append(m)
         for cause, failed in by_cause.values():
-            self.failed += len(failed)
-            where = (
-                self.topic if failed[0].partition is None else f"{self.topic}-{failed[0].partition}"
-            )
-            print(
-                f"error: {len(failed)} message(s) to {where} failed: {cause.code.name}: "
-                f"{cause.message}",
-                file=sys.stderr,
-            )
+            self._print_failure(cause, failed)
+
+    def _print_failure(self, cause: RaftmqError, failed: list[Message]) -> None:
+        """One stderr line for the messages that failed for one cause (one batch)."""
+        self.failed += len(failed)
+        # The Writer sets a partition only on written messages; --partition pins one.
+        partition = failed[0].partition
+        where = self.topic if partition is None else f"{self.topic}-{partition}"
+        print(
+            f"error: {len(failed)} message(s) to {where} failed: {cause.code.name}: "
+            f"{cause.message}",
+            file=sys.stderr,
+        )
 
     def _json(self, m: Message) -> str:
         shown = {
