@@ -62,7 +62,7 @@ class ControllerSession:
         pool: EndpointPool,
         metadata: MetadataCache,
         *,
-        meta: NodeMeta | None,
+        meta: NodeMeta,
         on_fatal: Callable[[str], None],
         node_stopping: threading.Event,
     ) -> None:
@@ -88,7 +88,7 @@ class ControllerSession:
 
     @property
     def cluster_id(self) -> str:
-        return self.meta.cluster_id if self.meta is not None else self.options.cluster_id
+        return self.meta.cluster_id or self.options.cluster_id
 
     def register(self) -> None:
         """Register this incarnation; retries until it succeeds or the broker stops.
@@ -122,9 +122,10 @@ class ControllerSession:
                 self._stopping.wait(0.5)
                 continue
             self.broker_epoch = response.broker_epoch
-            if self.meta is None and response.cluster_id:
-                self.meta = NodeMeta(response.cluster_id, self.options.node_id, "broker")
-                node_meta.stamp(self.options.data_dir, self.meta)
+            if not self.meta.cluster_id and response.cluster_id:
+                self.meta = node_meta.record_cluster_id(
+                    self.options.data_dir, self.meta, response.cluster_id
+                )
                 self.log.info("broker.data_dir_stamped", cluster_id=response.cluster_id)
             self.log.info(
                 "broker.registered", broker_epoch=self.broker_epoch, cluster_id=self.cluster_id
@@ -197,10 +198,9 @@ def run_broker(options: BrokerOptions) -> int:
     lifecycle = NodeLifecycle()
     lifecycle.install_signal_handlers()
     lifecycle.watch_launcher()
-    meta = node_meta.check(
+    meta = node_meta.claim(
         options.data_dir, role="broker", node_id=options.node_id, cluster_id=options.cluster_id
     )
-    options.data_dir.mkdir(parents=True, exist_ok=True)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=WORKER_THREADS_MAX, thread_name_prefix="grpc"),
         options=ports.GRPC_SERVER_OPTIONS,

@@ -3,11 +3,13 @@
 
     {"format_version": 2, "cluster_id": "...", "node_id": 1, "role": "broker"}
 
-Written once, atomically, when the node first learns its cluster id (a controller from the
-quorum's first committed state, a broker from its registration), and checked at every
-start: a data dir of another node, role or cluster, or one written by an older raftmq whose
-on-disk format this version cannot read, is refused with a message naming both sides. Never
-misread, never silently reused.
+Written atomically when a node first starts on an empty data dir (`claim`, before it
+writes anything else there, so that any data dir of this format has one), with an empty
+cluster id until the node learns it (a controller from the quorum's first committed
+state, a broker from its registration), and checked at every start: a data dir of another
+node, role or cluster, or one written by an older raftmq whose on-disk format this version
+cannot read, is refused with a message naming both sides. Never misread, never silently
+reused.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class DataDirError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NodeMeta:
+    # "" until the node learnt its cluster's id.
     cluster_id: str
     node_id: int
     role: str
@@ -57,7 +60,7 @@ def load(data_dir: Path) -> NodeMeta | None:
 
 def stamp(data_dir: Path, meta: NodeMeta) -> None:
     """Write meta.json atomically (write a temporary file, fsync, rename)."""
-    assert meta.role in ROLES and meta.cluster_id
+    assert meta.role in ROLES
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / META_FILE
     tmp = path.with_suffix(".tmp")
@@ -92,9 +95,27 @@ def check(data_dir: Path, *, role: str, node_id: int, cluster_id: str = "") -> N
         raise DataDirError(f"{data_dir} belongs to a {meta.role}, not to a {role}")
     if meta.node_id != node_id:
         raise DataDirError(f"{data_dir} belongs to {role} {meta.node_id}, not to {role} {node_id}")
-    if cluster_id and meta.cluster_id != cluster_id:
+    if cluster_id and meta.cluster_id and meta.cluster_id != cluster_id:
         raise DataDirError(cluster_mismatch(data_dir, meta.cluster_id, cluster_id))
     return meta
+
+
+def claim(data_dir: Path, *, role: str, node_id: int, cluster_id: str = "") -> NodeMeta:
+    """`check` the data dir, and stamp a fresh one at once (with `cluster_id`, possibly
+    "" for now), before the node writes anything else into it."""
+    meta = check(data_dir, role=role, node_id=node_id, cluster_id=cluster_id)
+    if meta is None:
+        meta = NodeMeta(cluster_id, node_id, role)
+        stamp(data_dir, meta)
+    return meta
+
+
+def record_cluster_id(data_dir: Path, meta: NodeMeta, cluster_id: str) -> NodeMeta:
+    """Stamp the cluster id the node just learnt into a data dir that had none."""
+    assert cluster_id and not meta.cluster_id
+    learnt = NodeMeta(cluster_id, meta.node_id, meta.role, meta.format_version)
+    stamp(data_dir, learnt)
+    return learnt
 
 
 def cluster_mismatch(data_dir: Path, own_cluster_id: str, other_cluster_id: str) -> str:

@@ -474,7 +474,8 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
                 "to mix them"
             )
             return False
-        if node_meta.load(self.config.data_dir) is None:
+        meta = node_meta.load(self.config.data_dir)
+        if meta is None or not meta.cluster_id:
             node_meta.stamp(
                 self.config.data_dir,
                 node_meta.NodeMeta(cluster_id, self.config.node_id, "controller"),

@@ -422,7 +422,7 @@ def run_controller(options: ControllerOptions) -> NodeLifecycle:
     lifecycle = NodeLifecycle()
     lifecycle.install_signal_handlers()
     lifecycle.watch_launcher()
-    stamp = node_meta.check(
+    stamp = node_meta.claim(
         options.data_dir,
         role="controller",
         node_id=options.node_id,
@@ -445,7 +445,7 @@ def run_controller(options: ControllerOptions) -> NodeLifecycle:
                 password=options.raft_secret,
                 grpc_host=options.advertise[0],
                 grpc_port=options.advertise[1],
-                cluster_id=options.cluster_id or (stamp.cluster_id if stamp else ""),
+                cluster_id=options.cluster_id or stamp.cluster_id,
                 session_timeout_ms=options.session_timeout_ms,
             ),
             stopping=lifecycle.stopping,

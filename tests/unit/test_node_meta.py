@@ -51,3 +51,16 @@ def test_a_newer_format_and_garbage_are_refused(tmp_path: Path) -> None:
     (tmp_path / node_meta.META_FILE).write_text("{not json")
     with pytest.raises(DataDirError, match="unreadable"):
         node_meta.check(tmp_path, role="broker", node_id=1)
+
+
+def test_a_node_killed_before_it_learnt_its_cluster_restarts(tmp_path: Path) -> None:
+    """The data dir is stamped before the node writes into it: a controller killed before
+    the cluster id was committed (journal, no id yet) is not taken for an old format."""
+    meta = node_meta.claim(tmp_path, role="controller", node_id=1)
+    assert meta.cluster_id == ""
+    (tmp_path / "raft.journal").write_bytes(b"...")
+    assert node_meta.check(tmp_path, role="controller", node_id=1, cluster_id="c1") == meta
+    learnt = node_meta.record_cluster_id(tmp_path, meta, "c1")
+    assert node_meta.check(tmp_path, role="controller", node_id=1) == learnt
+    with pytest.raises(DataDirError, match="belongs to cluster c1"):
+        node_meta.check(tmp_path, role="controller", node_id=1, cluster_id="c2")
