@@ -327,9 +327,9 @@ def test_the_cluster_id_is_committed_stamped_and_checked(quorum) -> None:
     for node, process in cluster.controllers.items():
         data_dir = cluster.data_dir / process.name
         wait_until(
-            lambda data_dir=data_dir: (data_dir / "meta.json").exists(),
+            lambda data_dir=data_dir: bool(getattr(node_meta.load(data_dir), "cluster_id", "")),
             timeout_s=10,
-            what=f"controller {node} to stamp its data dir",
+            what=f"controller {node} to stamp the cluster id into its data dir",
         )
         assert node_meta.load(data_dir) == node_meta.NodeMeta(cluster_id, node, "controller")
 
