@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inflight",
         type=int,
-        default=16,
+        default=64,
         help="produce: write_messages calls (of --batch-size messages) not yet acknowledged",
     )
     p.add_argument(

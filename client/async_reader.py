@@ -84,10 +84,12 @@ class AsyncReader:
         return max(0, result.offset - self._core.offset)
 
     def stats(self) -> ReaderStats:
-        s = self._core.stats
-        return ReaderStats(s.messages, s.bytes, s.fetches, s.errors, self._core.offset, self.lag)
+        return self._core.current_stats()
 
     async def read_message(self, timeout_ms: int | None = None) -> Message:
+        message = self._core.pop()  # the hot path: a buffered message
+        if message is not None:
+            return message
         deadline = None if timeout_ms is None else now_ms() + timeout_ms
         # Bound: one step per pass, each bounded by its own timeout, until a message or the
         # deadline.

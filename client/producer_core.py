@@ -31,9 +31,11 @@ Not thread-safe: the shells call it under their lock (sync) or from one event lo
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from raftmq.client.balancers import Balancer
 from raftmq.client.protocol import ClusterMetadata
@@ -252,13 +254,29 @@ class ProducerCore:
         assert len(messages) <= self.room()
         deadline_ms = now_ms + self.config.write_timeout_ms
         self.buffered += len(messages)
+        default_topic = self.config.topic
+        groups: dict[tuple[str, int], list[Message]] = {}
+        # The per-message work is only what must be: a time, a topic, a partition.
         for message in messages:
             if message.timestamp_ms == TIMESTAMP_UNSET:
                 message.timestamp_ms = wall_ms
-            topic = message.topic or self.config.topic
+            topic = message.topic or default_topic
             assert topic, "the shell checks that every message has a topic"
-            self._route(
-                message, topic, ticket, now_ms=now_ms, deadline_ms=deadline_ms, linger=linger
+            partition = self._partition_of(message, topic, ticket, deadline_ms, linger)
+            if partition >= 0:
+                group = groups.get((topic, partition))
+                if group is None:
+                    group = groups[(topic, partition)] = []
+                group.append(message)
+        for (topic, partition), group in groups.items():
+            self._append(
+                topic,
+                partition,
+                group,
+                ticket,
+                now_ms=now_ms,
+                deadline_ms=deadline_ms,
+                linger=linger,
             )
 
     def flush(self) -> None:
@@ -275,14 +293,17 @@ class ProducerCore:
             if topic in metadata.topics:
                 waiting = self._unrouted.pop(topic)
                 for message, ticket, deadline_ms, linger in waiting:
-                    self._route(
-                        message,
-                        topic,
-                        ticket,
-                        now_ms=now_ms,
-                        deadline_ms=deadline_ms,
-                        linger=linger,
-                    )
+                    partition = self._partition_of(message, topic, ticket, deadline_ms, linger)
+                    if partition >= 0:
+                        self._append(
+                            topic,
+                            partition,
+                            [message],
+                            ticket,
+                            now_ms=now_ms,
+                            deadline_ms=deadline_ms,
+                            linger=linger,
+                        )
 
     def on_metadata_failure(
         self, topics: Iterable[str], error: RaftmqError, *, now_ms: int
@@ -383,56 +404,73 @@ class ProducerCore:
 
     # ------------------------------------------------------------ routing and batching
 
-    def _route(
+    def _partition_of(
+        self, message: Message, topic: str, ticket: object, deadline_ms: int, linger: bool
+    ) -> int:
+        """The message's partition; -1 when it waits for its topic's metadata or failed."""
+        metadata = self._metadata
+        known = metadata.topics.get(topic) if metadata is not None else None
+        if known is None:
+            self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
+            return -1
+        count = len(known.partitions)
+        partition = message.partition
+        if partition is None:
+            return self._balancer.balance(message, range(count))
+        if not 0 <= partition < count:
+            self._fail(
+                [message],
+                [ticket],
+                RaftmqError(
+                    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                    f"{topic} has {count} partitions; there is no partition {partition}",
+                ),
+            )
+            return -1
+        return partition
+
+    def _append(
         self,
-        message: Message,
         topic: str,
+        partition: int,
+        messages: list[Message],
         ticket: object,
         *,
         now_ms: int,
         deadline_ms: int,
         linger: bool,
     ) -> None:
-        metadata = self._metadata
-        known = metadata.topics.get(topic) if metadata is not None else None
-        if known is None:
-            self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
-            return
-        count = len(known.partitions)
-        if message.partition is not None:
-            if not 0 <= message.partition < count:
-                self._fail(
-                    [message],
-                    [ticket],
-                    RaftmqError(
-                        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                        f"{topic} has {count} partitions; "
-                        f"there is no partition {message.partition}",
-                    ),
-                )
-                return
-            partition = message.partition
-        else:
-            partition = self._balancer.balance(message, range(count))
+        """Add one call's messages of one partition to its open batch, sealing it whenever
+        it reaches batch_size messages or batch_bytes (a batch always takes at least one
+        message, however large)."""
         key = (topic, partition)
         state = self._partitions.get(key)
         if state is None:
             state = self._partitions[key] = _Partition(topic, partition)
-        if not state.open:
-            state.open_since_ms = now_ms
-            state.open_deadline_ms = deadline_ms
-        size = len(message.value or b"") + len(message.key or b"") + RECORD_OVERHEAD_BYTES
-        if state.open and state.open_bytes + size > self.config.batch_bytes:
-            self._seal(state, now_ms=now_ms)
-            state.open_since_ms = now_ms
-            state.open_deadline_ms = deadline_ms
-        state.open.append(message)
-        state.open_tickets.append(ticket)
-        state.open_bytes += size
-        if not linger:  # due at the next poll
+        sizes = [len(m.value or b"") + len(m.key or b"") + RECORD_OVERHEAD_BYTES for m in messages]
+        start, count = 0, len(messages)
+        # Bound: each pass moves at least one message into the open batch.
+        while start < count:
+            if not state.open:
+                state.open_since_ms = now_ms
+                state.open_deadline_ms = deadline_ms
+            room = self.config.batch_size - len(state.open)
+            totals = list(accumulate(sizes[start : start + room], initial=state.open_bytes))
+            fit = bisect_right(totals, self.config.batch_bytes) - 1
+            if fit == 0:
+                if state.open:
+                    self._seal(state, now_ms=now_ms)
+                    continue
+                fit = 1
+            end = start + fit
+            state.open.extend(messages[start:end])
+            state.open_tickets.extend([ticket] * fit)
+            state.open_bytes = totals[fit]
+            start = end
+            if len(state.open) >= self.config.batch_size or start < count:
+                self._seal(state, now_ms=now_ms)
+        if not linger and state.open:  # due at the next poll
             state.open_since_ms = min(state.open_since_ms, now_ms - self.config.linger_ms)
-        if len(state.open) >= self.config.batch_size:
-            self._seal(state, now_ms=now_ms)
 
     def _seal(self, state: _Partition, *, now_ms: int) -> None:
         batch = _Batch(

@@ -106,13 +106,15 @@ class Reader:
         return max(0, result.offset - position)
 
     def stats(self) -> ReaderStats:
-        s = self._core.stats
-        return ReaderStats(s.messages, s.bytes, s.fetches, s.errors, self._core.offset, self.lag)
+        return self._core.current_stats()
 
     # ------------------------------------------------------------ reading
 
     def read_message(self, timeout_ms: int | None = None) -> Message:
         """The next message; waits up to `timeout_ms` (None: until one comes)."""
+        message = self._core.pop()  # the hot path: a buffered message
+        if message is not None:
+            return message
         deadline = None if timeout_ms is None else now_ms() + timeout_ms
         # Bound: each pass performs one step (a call bounded by its own timeout) or waits
         # for a backoff, until a message arrives or the deadline passes.

@@ -78,7 +78,11 @@ class ReaderCore:
         self._backoff_until_ms = 0
         self._backoff_ms = BACKOFF_MS
         self.last_error: RaftmqError | None = None
-        self.stats = ReaderStats()
+        # Counters behind `current_stats` (kept off the per-message path).
+        self._fetched_messages = 0
+        self._fetched_bytes = 0
+        self._fetches = 0
+        self._errors = 0
 
     # ------------------------------------------------------------ position
 
@@ -87,12 +91,18 @@ class ReaderCore:
             raise ValueError(f"offset must be >= 0, FirstOffset or LastOffset, got {offset}")
         self.offset = offset
         self._seek_time_ms = -1
-        self._buffer.clear()
+        self._drop_buffer()
 
     def set_offset_at(self, timestamp_ms: int) -> None:
         if timestamp_ms < 0:
             raise ValueError(f"a time before 1970 ({timestamp_ms} ms) has no offset")
         self._seek_time_ms = timestamp_ms
+        self._drop_buffer()
+
+    def _drop_buffer(self) -> None:
+        """A seek: what was fetched and not handed out does not count as read."""
+        self._fetched_messages -= len(self._buffer)
+        self._fetched_bytes -= sum(len(m.value or b"") + len(m.key or b"") for m in self._buffer)
         self._buffer.clear()
 
     @property
@@ -110,15 +120,26 @@ class ReaderCore:
     # ------------------------------------------------------------ steps
 
     def pop(self) -> Message | None:
-        if not self._buffer:
+        """The next buffered message, or None. The hot path of every read: no bookkeeping
+        beyond the position (`current_stats` derives the rest)."""
+        buffer = self._buffer
+        if not buffer:
             return None
-        message = self._buffer.popleft()
+        message = buffer.popleft()
         self.offset = message.offset + 1
-        self.stats.messages += 1
-        self.stats.bytes += len(message.value or b"") + len(message.key or b"")
-        self.stats.offset = self.offset
-        self.stats.lag = self.lag
         return message
+
+    def current_stats(self) -> ReaderStats:
+        """Stats as of now: what was fetched minus what is still buffered."""
+        buffered_bytes = sum(len(m.value or b"") + len(m.key or b"") for m in self._buffer)
+        return ReaderStats(
+            messages=self._fetched_messages - len(self._buffer),
+            bytes=self._fetched_bytes - buffered_bytes,
+            fetches=self._fetches,
+            errors=self._errors,
+            offset=self.offset,
+            lag=self.lag,
+        )
 
     def next_step(self, *, now_ms: int) -> Step:
         if now_ms < self._backoff_until_ms:
@@ -174,14 +195,15 @@ class ReaderCore:
 
     def on_fetch(self, result: FetchResult, messages: list[Message], *, now_ms: int) -> None:
         """The answer to a FetchStep: `messages` are the records at or after the position."""
-        self.stats.fetches += 1
+        self._fetches += 1
         if result.error is not None:
             self._on_error(result.error, now_ms=now_ms)
             return
         self._ok()
         self.high_watermark = result.high_watermark
         self._buffer.extend(messages)
-        self.stats.lag = self.lag
+        self._fetched_messages += len(messages)
+        self._fetched_bytes += sum(len(m.value or b"") + len(m.key or b"") for m in messages)
 
     def on_transport_failure(self, error: RaftmqError, *, now_ms: int) -> None:
         self._metadata_stale = True
@@ -204,7 +226,7 @@ class ReaderCore:
         self._fail(error, now_ms=now_ms)
 
     def _fail(self, error: RaftmqError, *, now_ms: int) -> None:
-        self.stats.errors += 1
+        self._errors += 1
         self.last_error = error
         self._backoff_until_ms = now_ms + self._backoff_ms
         self._backoff_ms = min(BACKOFF_MS_MAX, self._backoff_ms * 2)

@@ -105,12 +105,14 @@ class Message:
             if not isinstance(name, str):
                 raise TypeError(f"a header key must be str, not {type(name).__name__}")
             pairs.append((name, _as_bytes(header_value, f"header {name!r}")))
-        self.value = _as_bytes(value, "value")
-        self.key = _as_bytes(key, "key")
+        # bytes and None are by far the common case: no call for them (a writer builds
+        # millions of messages a second).
+        self.value = value if value is None or type(value) is bytes else _as_bytes(value, "value")
+        self.key = key if key is None or type(key) is bytes else _as_bytes(key, "key")
         self.topic = topic
         self.partition = partition
         self.offset = offset
-        self.headers = tuple(pairs)
+        self.headers = tuple(pairs) if pairs else ()
         self.timestamp_ms = timestamp_ms
 
     @property

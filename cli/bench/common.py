@@ -35,7 +35,7 @@ DEFAULT_TIMEOUT_MS = 15_000
 RUN_DURATION_S_MAX = 600.0
 TOPIC_READY_TIMEOUT_S = 30.0
 TOPIC_READY_POLL_S = 0.1
-INFLIGHT_MAX = 64
+INFLIGHT_MAX = 256
 # A run's values are this many distinct ones at most (more than a batch holds), of at most
 # this many bytes together: 200k x 16 KiB values must not need 3 GiB.
 DISTINCT_VALUES_MAX = 10_000

@@ -212,3 +212,17 @@ def test_a_request_gets_at_most_the_request_timeout() -> None:
     c2.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c2.poll(now_ms=1_000)
     assert send.timeout_ms == 4_000  # what is left of the write timeout
+
+
+def test_batch_bytes_seals_and_a_big_message_goes_alone() -> None:
+    c = core(batch_bytes=250)
+    c.add(
+        [Message(b"x" * 100), Message(b"x" * 100), Message(b"x" * 100), Message(b"x" * 1000)],
+        "call",
+        now_ms=0,
+        wall_ms=1_700_000_000_000,
+        linger=False,
+    )
+    [send] = c.poll(now_ms=0)
+    counts = [read_header(b.records).record_count for b in send.batches]
+    assert counts == [2, 1, 1]  # 2 x 110 B fit in 250; the 1000 B message is a batch alone
