@@ -37,6 +37,8 @@ the whole broker for the duration of the fsync (measured ~250 ms on a slow disk)
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import enum
 import struct
 import threading
@@ -439,3 +441,50 @@ class LogStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class AsyncGroupCommit:
+    """`LogStore.wait_durable` for code on an event loop (the broker's request handler
+    and replica fetchers), holding no thread per waiter.
+
+    Under BATCH, waiters are futures: one fsync runs at a time (in `executor`, since
+    rocksdict releases the GIL in `flush_wal(True)`), and it completes every waiter that
+    arrived before it started; waiters arriving meanwhile are served by the next one. A
+    no-op for NONE and INTERVAL. Loop-only (not thread-safe)."""
+
+    def __init__(self, store: LogStore, executor: concurrent.futures.Executor) -> None:
+        self.store = store
+        self.executor = executor
+        # Waiters for the next fsync to start. Bounded by the requests in flight.
+        self._waiting: list[asyncio.Future[None]] = []
+        self._syncing = False
+
+    async def wait(self) -> None:
+        if self.store.flush_policy is not FlushPolicy.BATCH:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if not self._syncing:
+            self._start()
+        await future
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch, self._waiting = self._waiting, []
+        self._syncing = True
+        sync = loop.run_in_executor(self.executor, self.store._sync_wal_now)
+
+        def done(finished: asyncio.Future[None]) -> None:
+            self._syncing = False
+            error = finished.exception()
+            for future in batch:
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+            if self._waiting:
+                self._start()
+
+        sync.add_done_callback(done)

@@ -573,7 +573,15 @@ class PartitionLog:
     # --- reads ---------------------------------------------------------------------------
 
     def read(self, fetch_offset: int, *, max_bytes: int, upper_offset: int) -> bytes:
-        """Concatenated stored batches from the one containing fetch_offset.
+        """Concatenated stored batches from the one containing fetch_offset
+        (`read_with_end` without the end offset)."""
+        return self.read_with_end(fetch_offset, max_bytes=max_bytes, upper_offset=upper_offset)[0]
+
+    def read_with_end(
+        self, fetch_offset: int, *, max_bytes: int, upper_offset: int
+    ) -> tuple[bytes, int]:
+        """Concatenated stored batches from the one containing fetch_offset, and the offset
+        after the last batch returned (fetch_offset when none).
 
         Only batches with base_offset < upper_offset are returned (the high watermark for
         consumers, the log end offset for followers). Batches are added while the total
@@ -581,8 +589,8 @@ class PartitionLog:
         large (Kafka semantics: a big batch never blocks a consumer). The first batch may
         start before fetch_offset; the client skips those records.
 
-        Returns b"" when fetch_offset >= upper_offset. Raises OFFSET_OUT_OF_RANGE when
-        fetch_offset is outside [log_start_offset, log_end_offset].
+        Returns (b"", fetch_offset) when fetch_offset >= upper_offset. Raises
+        OFFSET_OUT_OF_RANGE when fetch_offset is outside [log_start_offset, log_end_offset].
         Cost: one seek, then one value copy per returned batch (+1 that did not fit).
         """
         self._check_open()
@@ -595,14 +603,15 @@ class PartitionLog:
                 f"[{self._log_start_offset}, {self._log_end_offset}]",
             )
         if fetch_offset >= upper_offset:
-            return b""
+            return b"", fetch_offset
         begin, _ = data_range(self._prefix)
         it = self.store.iterator(upper_bound=data_key(self._prefix, upper_offset))
         it.seek_for_prev(data_key(self._prefix, fetch_offset))
         # The log is contiguous from log_start_offset, so some batch holds fetch_offset.
         assert it.valid() and it.key().startswith(begin)
         value: bytes = it.value()
-        assert read_header(value).next_offset > fetch_offset
+        end_offset = read_header(value).next_offset
+        assert end_offset > fetch_offset
         chunks = [value]
         total_bytes = len(value)
         it.next()
@@ -613,8 +622,9 @@ class PartitionLog:
                 break
             chunks.append(value)
             total_bytes += len(value)
+            end_offset = read_header(value).next_offset
             it.next()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), end_offset
 
     def stored_batches(self, upper_offset: int) -> Iterator[tuple[int, bytes]]:
         """(base_offset, stored bytes) of every batch whose base offset is below

@@ -11,13 +11,13 @@ int16 epoch space it gets a new id instead.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import uuid
 from collections.abc import Callable
 
 import structlog
 from raftmq import wire
-from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.broker.controller_link import ControllerLink
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.v1 import controller_pb2 as ctl
 
@@ -29,24 +29,24 @@ _log = structlog.get_logger("raftmq.broker")
 
 
 class ProducerIdManager:
-    """Thread-safe: gRPC handler threads call `init_producer_id`."""
+    """Runs on the broker's event loop; concurrent requests share one allocation."""
 
     def __init__(
-        self, *, broker_id: int, broker_epoch: Callable[[], int], controllers: EndpointPool
+        self, *, broker_id: int, broker_epoch: Callable[[], int], controllers: ControllerLink
     ) -> None:
         self.broker_id = broker_id
         self.broker_epoch = broker_epoch
         self.controllers = controllers
-        self._lock = threading.Lock()
         # The current block: ids [next_id, end_id) are free. Invariant: next_id <= end_id.
         self._next_id = 0
         self._end_id = 0
         self._block_size = 0
         # A block fetched ahead of need (first id, count), or None.
         self._prefetched: tuple[int, int] | None = None
-        self._prefetching = False
+        # The allocation in progress (prefetch or on demand), shared by every waiter.
+        self._allocating: asyncio.Task[tuple[int, int]] | None = None
 
-    def init_producer_id(self, producer_id: int, producer_epoch: int) -> tuple[int, int]:
+    async def init_producer_id(self, producer_id: int, producer_epoch: int) -> tuple[int, int]:
         """(producer id, epoch) for a new producer (-1, -1) or an epoch bump. Raises
         RaftmqError (retriable when the quorum is unavailable)."""
         if producer_id >= 0:
@@ -58,41 +58,46 @@ class ProducerIdManager:
             if producer_epoch < EPOCH_MAX:
                 return producer_id, producer_epoch + 1
             # The epoch space is used up: a new id.
-        return self._new_id(), 0
+        return await self._new_id(), 0
 
-    def _new_id(self) -> int:
-        with self._lock:
-            if self._next_id >= self._end_id:
-                if self._prefetched is not None:
-                    first, count = self._prefetched
-                    self._prefetched = None
-                else:
-                    first, count = self._allocate()
+    async def _new_id(self) -> int:
+        # Bound: each pass installs the prefetched block, or waits for the one allocation
+        # in flight (which installs its block as the prefetched one, or raises).
+        while self._next_id >= self._end_id:
+            if self._prefetched is not None:
+                first, count = self._prefetched
+                self._prefetched = None
                 self._next_id, self._end_id, self._block_size = first, first + count, count
-            producer_id = self._next_id
-            self._next_id += 1
-            used = 1 - (self._end_id - self._next_id) / max(1, self._block_size)
-            if used >= PREFETCH_AT and self._prefetched is None and not self._prefetching:
-                self._prefetching = True
-                threading.Thread(
-                    target=self._prefetch, name="producer-id-prefetch", daemon=True
-                ).start()
+                break
+            await asyncio.shield(self._allocating or self._start_allocation())
+        producer_id = self._next_id
+        self._next_id += 1
+        used = 1 - (self._end_id - self._next_id) / max(1, self._block_size)
+        if used >= PREFETCH_AT and self._prefetched is None and self._allocating is None:
+            self._start_allocation()
         return producer_id
 
-    def _prefetch(self) -> None:
-        try:
-            block = self._allocate()
-        except RaftmqError as e:
-            _log.info("producer_ids.prefetch_failed", error=str(e))
-            block = None
-        with self._lock:
-            self._prefetching = False
-            if block is not None:
-                self._prefetched = block
+    def _start_allocation(self) -> asyncio.Task[tuple[int, int]]:
+        """One allocation at a time; its block becomes the prefetched one."""
+        assert self._allocating is None and self._prefetched is None
+        task = asyncio.get_running_loop().create_task(self._allocate())
+        self._allocating = task
+        task.add_done_callback(self._on_allocated)
+        return task
 
-    def _allocate(self) -> tuple[int, int]:
-        response = call_with_failover(
-            self.controllers,
+    def _on_allocated(self, task: asyncio.Task[tuple[int, int]]) -> None:
+        self._allocating = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            _log.info("producer_ids.allocation_failed", error=str(error))
+            return
+        assert self._prefetched is None
+        self._prefetched = task.result()
+
+    async def _allocate(self) -> tuple[int, int]:
+        response = await self.controllers.call(
             "AllocateProducerIds",
             ctl.AllocateProducerIdsRequest(
                 broker_id=self.broker_id,

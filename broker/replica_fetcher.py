@@ -1,42 +1,69 @@
-"""Followers pull from leaders: one fetcher thread per (this broker, leader broker) pair
-carries every partition this broker follows from that leader in one long-poll Fetch, as
-Kafka's replica fetcher does, so thousands of partitions cost one RPC loop per leader."""
+"""The follower side of replication: one `ReplicaFetcher` per leader broker we follow
+something from, holding one `ReplicaFetch` stream (an incremental fetch session, see
+`raftmq.broker.replica_session`) that carries every partition followed from that leader.
+
+The fetcher sends a partition's position when it joins and after each answer it applied
+(records appended and made durable per the flush policy, a truncation, or an error retried
+after a backoff); the leader pushes records as soon as it has them. A dead leader's
+stream breaks at once (its process's connections are closed by the kernel), and the
+fetcher redials with a short, bounded backoff while metadata moves the partitions to
+their new leader.
+
+An asyncio task on the broker's event loop; the partitions' decisions are made by
+`PartitionReplica.on_fetch_reply` (pure).
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 from raftmq import wire
-from raftmq.broker.partition import Partition, now_ms
-from raftmq.broker.replication import truncation_offset
+from raftmq.broker.partition_replica import FetchReply, PartitionReplica
 from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.lifecycle import guarded_thread
+from raftmq.lifecycle import run_guarded_async
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
 
-FETCH_MAX_WAIT_MS = 500
-FETCH_BYTES_MAX = 16 << 20
-PARTITION_FETCH_BYTES_MAX = 4 << 20
-# After an error for a partition (leader not ready, epoch mismatch), retry after this.
+PartitionKey = tuple[bytes, int]
+
+# After an error for a partition (leader not ready, epoch mismatch), ask again after this.
 PARTITION_BACKOFF_MS = 200
 # After a local failure applying a partition's data (storage error, corrupt batch).
 PARTITION_ERROR_BACKOFF_MS = 1_000
-# After a transport failure for the whole leader.
-LEADER_BACKOFF_MS_MAX = 1_000
+# Redialing a leader whose stream broke: from the first to the last backoff, doubling.
+RECONNECT_BACKOFF_MS_MIN = 20
+RECONNECT_BACKOFF_MS_MAX = 1_000
+# Position messages queued for the stream; one message carries any number of positions.
+OUTBOX_MESSAGES_MAX = 64
 
-PartitionKey = tuple[bytes, int]
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    *wire.GRPC_OPTIONS,
+    # Redial a restarted leader fast (gRPC's default first backoff is 1 s).
+    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
+    ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
+    # A leader that is paused or cut off (no FIN) is noticed by keepalive pings.
+    ("grpc.keepalive_time_ms", 2_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 @dataclass(slots=True)
-class FetchTarget:
-    partition: Partition
+class _Target:
+    replica: PartitionReplica[Any]
     leader_epoch: int
-    backoff_until_ms: int = 0
+    # The position must be (re)sent: the partition joined, or its last answer was applied.
+    position_due: bool = True
+    # Send the position only after this time (after an error).
+    not_before_ms: int = 0
 
 
 class ReplicaFetcher:
@@ -46,168 +73,232 @@ class ReplicaFetcher:
         broker_id: int,
         leader_id: int,
         endpoint: str,
-        wait_durable: Callable[[], None],
         broker_epoch: Callable[[], int],
+        wait_durable: Callable[[], Awaitable[None]],
+        now_ms: Callable[[], int],
         on_fatal: Callable[[str], None],
     ) -> None:
         self.broker_id = broker_id
-        # Under the `batch` flush policy a follower's copy must be durable before its next
-        # fetch offset tells the leader it has the data (and may count toward the HW).
-        self.wait_durable = wait_durable
         self.leader_id = leader_id
         self.endpoint = endpoint
-        # Read at every fetch: after a re-registration the leader must see the new epoch.
+        # Read when a stream opens: after a re-registration the leader must see the new one.
         self.broker_epoch = broker_epoch
-        self._lock = threading.Lock()
-        self._wakeup = threading.Event()
-        self._stopping = threading.Event()
+        # Under the `batch` flush policy a follower's copy must be durable before its
+        # position tells the leader it has the data (and may count toward the HW).
+        self.wait_durable = wait_durable
+        self.now_ms = now_ms
+        self.on_fatal = on_fatal
         # Partitions followed from this leader; bounded by the partitions we replicate.
-        self._targets: dict[PartitionKey, FetchTarget] = {}
-        self._channel = grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
-        self._stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        self._targets: dict[PartitionKey, _Target] = {}
+        self._removed: set[PartitionKey] = set()
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.streams_opened = 0
+        self._answered = False
         self.log = structlog.get_logger("raftmq.broker").bind(
             node_id=broker_id, leader=leader_id, endpoint=endpoint
         )
-        self._thread = guarded_thread(
-            self._run,
-            name=f"replica-fetcher-{leader_id}",
-            stopping=self._stopping,
-            on_fatal=on_fatal,
-            log=self.log,
-        )
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def keys(self) -> list[PartitionKey]:
+        return list(self._targets)
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     def start(self) -> None:
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(
+            run_guarded_async(
+                self._run,
+                name=f"replica-fetcher-{self.leader_id}",
+                stopping=self._is_stopping,
+                on_fatal=self.on_fatal,
+                log=self.log,
+            ),
+            name=f"replica-fetcher-{self.leader_id}",
+        )
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def stop(self) -> None:
+        self._stopping = True
         self._wakeup.set()
-        self._thread.join(timeout=FETCH_MAX_WAIT_MS / 1000 + 3)
-        self._channel.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close(grace=None)
 
-    def add(self, partition: Partition, leader_epoch: int) -> None:
-        with self._lock:
-            self._targets[(partition.topic_id, partition.index)] = FetchTarget(
-                partition, leader_epoch
-            )
+    def add(self, replica: PartitionReplica[Any], leader_epoch: int) -> None:
+        self._targets[replica.key] = _Target(replica, leader_epoch)
+        self._removed.discard(replica.key)
         self._wakeup.set()
 
     def remove(self, key: PartitionKey) -> None:
-        with self._lock:
-            self._targets.pop(key, None)
+        if self._targets.pop(key, None) is not None:
+            self._removed.add(key)
+            self._wakeup.set()
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._targets)
+    # ------------------------------------------------------------ the stream
 
-    def _run(self) -> None:
-        backoff_ms = 50
-        while not self._stopping.is_set():
-            with self._lock:
-                targets = dict(self._targets)
-            now = now_ms()
-            ready = {k: t for k, t in targets.items() if t.backoff_until_ms <= now}
-            if not ready:
-                self._wakeup.wait(PARTITION_BACKOFF_MS / 1000 if targets else 1.0)
+    async def _run(self) -> None:
+        backoff_ms = RECONNECT_BACKOFF_MS_MIN
+        # Bound: until stop(); each round opens one stream, then waits a backoff.
+        while not self._stopping:
+            if not self._targets:
                 self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
-            request = pb.FetchRequest(
-                replica_id=self.broker_id,
-                replica_broker_epoch=self.broker_epoch(),
-                max_wait_ms=FETCH_MAX_WAIT_MS,
-                min_bytes=1,
-                max_bytes=FETCH_BYTES_MAX,
+            opened = await self._stream_once()
+            if self._is_stopping():
+                return
+            backoff_ms = (
+                RECONNECT_BACKOFF_MS_MIN
+                if opened
+                else min(RECONNECT_BACKOFF_MS_MAX, backoff_ms * 2)
             )
-            for target in ready.values():
-                fetch_offset, last_epoch = target.partition.follower_fetch_position()
-                request.partitions.append(
-                    pb.PartitionFetchData(
-                        topic=target.partition.topic,
-                        topic_id=target.partition.topic_id,
-                        partition=target.partition.index,
+            await asyncio.sleep(backoff_ms / 1000)
+
+    async def _stream_once(self) -> bool:
+        """One stream, until it breaks. True if the leader answered at least once."""
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.endpoint, options=_CHANNEL_OPTIONS)
+        stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        call = stub.ReplicaFetch()
+        self.streams_opened += 1
+        # A new stream is a new session: every partition's position is sent again.
+        self._removed.clear()
+        for target in self._targets.values():
+            target.position_due = True
+            target.not_before_ms = 0
+        self._answered = False
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read_loop(call))
+        sender = loop.create_task(self._send_loop(call))
+        try:
+            await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            call.cancel()
+            for task in (reader, sender):
+                task.cancel()
+            results = await asyncio.gather(reader, sender, return_exceptions=True)
+        for result in results:
+            if isinstance(result, grpc.RpcError):
+                self.log.info("replica.stream_broken", code=str(wire.rpc_status(result)))
+            elif isinstance(result, Exception):
+                # Not a transport failure: a bug. Raised so that run_guarded_async logs it
+                # and counts it towards ending the process.
+                raise result
+        return self._answered
+
+    async def _read_loop(self, call: Any) -> None:
+        first = True
+        # Bound: one iteration per answer, until the stream ends or breaks.
+        while True:
+            response = await call.read()
+            if response is wire.AIO_EOF:
+                self.log.info("replica.stream_ended")
+                return
+            if first and response.HasField("error") and response.error.code:
+                self.log.warning(
+                    "replica.session_refused", error=str(wire.error_from_pb(response.error))
+                )
+                return
+            first = False
+            self._answered = True
+            await self._handle(response)
+
+    async def _send_loop(self, call: Any) -> None:
+        first = True
+        while True:
+            now = self.now_ms()
+            request = pb.ReplicaFetchRequest()
+            if first:
+                request.replica_id = self.broker_id
+                request.replica_broker_epoch = self.broker_epoch()
+            wake_at_ms: int | None = None
+            for key, target in self._targets.items():
+                if not target.position_due:
+                    continue
+                if target.not_before_ms > now:
+                    wake_at_ms = min(wake_at_ms or target.not_before_ms, target.not_before_ms)
+                    continue
+                target.position_due = False
+                fetch_offset, last_epoch = target.replica.follower_position()
+                request.positions.append(
+                    pb.ReplicaPosition(
+                        topic_id=key[0],
+                        partition=key[1],
                         fetch_offset=fetch_offset,
-                        current_leader_epoch=target.leader_epoch,
                         last_fetched_epoch=last_epoch,
-                        partition_max_bytes=PARTITION_FETCH_BYTES_MAX,
+                        current_leader_epoch=target.leader_epoch,
                     )
                 )
-            try:
-                response = self._stub.Fetch(request, timeout=FETCH_MAX_WAIT_MS / 1000 + 5)
-            except grpc.RpcError as e:
-                code = wire.rpc_status(e)
-                self.log.debug("replica.fetch_failed", code=str(code))
-                self._stopping.wait(backoff_ms / 1000)
-                backoff_ms = min(LEADER_BACKOFF_MS_MAX, backoff_ms * 2)
+            for key in self._removed:
+                request.removed.append(pb.ReplicaPosition(topic_id=key[0], partition=key[1]))
+            self._removed.clear()
+            if first or request.positions or request.removed:
+                await call.write(request)
+                first = False
+            self._wakeup.clear()
+            timeout_s = None if wake_at_ms is None else max(0.0, (wake_at_ms - now) / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+
+    async def _handle(self, response: pb.ReplicaFetchResponse) -> None:
+        appended: list[_Target] = []
+        for result in response.partitions:
+            key = (bytes(result.topic_id), result.partition)
+            target = self._targets.get(key)
+            if target is None:
                 continue
-            backoff_ms = 50
-            appended = False
-            for result in response.partitions:
-                found = ready.get((bytes(result.topic_id), result.partition))
-                if found is not None:
-                    appended |= self._handle_guarded(found, result)
-            if appended:
-                self.wait_durable()
+            try:
+                reply = _reply_from_pb(result)
+                outcome = target.replica.on_fetch_reply(reply, leader_epoch=target.leader_epoch)
+            except Exception as e:
+                # One partition's failure (a storage error, a corrupt batch from the
+                # leader) stays with that partition: logged, retried after a backoff,
+                # while the others keep replicating.
+                self.log.error(
+                    "replica.partition_failed",
+                    partition=target.replica.name,
+                    error=str(e),
+                    exc_info=not isinstance(e, RaftmqError),
+                )
+                self._due(target, PARTITION_ERROR_BACKOFF_MS)
+                continue
+            if outcome.appended:
+                appended.append(target)
+            elif outcome.retry_after_error:
+                self._due(target, PARTITION_BACKOFF_MS)
+            elif outcome.truncated:
+                self._due(target, 0)
+        if appended:
+            await self.wait_durable()
+            for target in appended:
+                if self._targets.get(target.replica.key) is target:
+                    self._due(target, 0)
 
-    def _handle_guarded(self, target: FetchTarget, result: pb.PartitionFetchResult) -> bool:
-        """`_handle`, with one partition's failure (a storage error, a corrupt batch from
-        the leader) confined to that partition: it is logged and retried after a backoff,
-        while the other partitions of this leader keep replicating."""
-        try:
-            return self._handle(target, result)
-        except Exception as e:
-            target.backoff_until_ms = now_ms() + PARTITION_ERROR_BACKOFF_MS
-            self.log.error(
-                "replica.partition_failed",
-                partition=target.partition.name,
-                error=str(e),
-                exc_info=not isinstance(e, RaftmqError),
-            )
-            return False
+    def _due(self, target: _Target, backoff_ms: int) -> None:
+        target.position_due = True
+        target.not_before_ms = self.now_ms() + backoff_ms if backoff_ms else 0
+        self._wakeup.set()
 
-    def _handle(self, target: FetchTarget, result: pb.PartitionFetchResult) -> bool:
-        """Apply one partition's fetch result; True if records were appended."""
-        partition = target.partition
-        error = wire.error_from_pb(result.error)
-        code = ErrorCode.NONE if error is None else error.code
-        if code == ErrorCode.NONE:
-            if result.has_diverging_epoch:
-                epoch, end_offset = result.diverging_epoch.epoch, result.diverging_epoch.end_offset
-                if epoch < 0:
-                    partition.restart_at(end_offset, leader_epoch=target.leader_epoch)
-                    return False
-                own_epoch, own_end, leo = partition.follower_truncation_input(epoch)
-                offset = truncation_offset(
-                    diverging_epoch=epoch,
-                    diverging_end_offset=end_offset,
-                    follower_epoch=own_epoch,
-                    follower_epoch_end_offset=own_end,
-                    log_end_offset=leo,
-                )
-                partition.truncate(
-                    offset,
-                    leader_epoch=target.leader_epoch,
-                    reason=f"diverging epoch {epoch} ends at {end_offset} on the leader",
-                )
-                return False
-            partition.append_from_leader(
-                bytes(result.records),
-                leader_epoch=target.leader_epoch,
-                leader_high_watermark=result.high_watermark,
-            )
-            return bool(result.records)
-        if code == ErrorCode.OFFSET_OUT_OF_RANGE:
-            fetch_offset, _ = partition.follower_fetch_position()
-            if fetch_offset < result.log_start_offset:
-                partition.restart_at(result.log_start_offset, leader_epoch=target.leader_epoch)
-            elif fetch_offset > result.log_end_offset >= 0:
-                partition.truncate(
-                    result.log_end_offset,
-                    leader_epoch=target.leader_epoch,
-                    reason="fetch offset beyond the leader's log end",
-                )
-            target.backoff_until_ms = now_ms() + PARTITION_BACKOFF_MS
-            return False
-        # Not leader (yet), epoch mismatch, unknown partition: metadata will move us.
-        target.backoff_until_ms = now_ms() + PARTITION_BACKOFF_MS
-        self.log.debug("replica.fetch_error", partition=partition.name, error=code.name)
-        return False
+
+def _reply_from_pb(result: pb.PartitionFetchResult) -> FetchReply:
+    error = wire.error_from_pb(result.error)
+    return FetchReply(
+        error=ErrorCode.NONE if error is None else error.code,
+        records=bytes(result.records),
+        high_watermark=result.high_watermark,
+        log_start_offset=result.log_start_offset,
+        log_end_offset=result.log_end_offset,
+        diverging_epoch=(
+            (result.diverging_epoch.epoch, result.diverging_epoch.end_offset)
+            if result.has_diverging_epoch
+            else None
+        ),
+    )

@@ -15,12 +15,13 @@ arm a hard deadline (`os._exit`) in case that sequence hangs on the broken compo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -46,6 +47,16 @@ class NodeLifecycle:
         self.exit_code = 0
         self.reason = ""
         self._lock = threading.Lock()
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from whichever thread requests the stop) once the node is
+        asked to stop, e.g. to wake an event loop: `loop.call_soon_threadsafe(...)`."""
+        with self._lock:
+            if not self.stopping.is_set():
+                self._on_stop.append(callback)
+                return
+        callback()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT request a controlled stop. Call from the main thread."""
@@ -63,6 +74,9 @@ class NodeLifecycle:
             self.reason = reason
             self.exit_code = exit_code
             self.stopping.set()
+            callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            callback()
         _log.info("node.stop_requested", reason=reason, exit_code=exit_code)
 
     def fatal(self, reason: str) -> None:
@@ -148,3 +162,33 @@ def guarded_thread(
         name=name,
         daemon=True,
     )
+
+
+async def run_guarded_async(
+    target: Callable[[], Awaitable[None]],
+    *,
+    name: str,
+    stopping: Callable[[], bool],
+    on_fatal: Callable[[str], None],
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> None:
+    """`run_guarded` for an asyncio task's loop: an unexpected exception is logged and the
+    loop restarted after a backoff; too many crashes call `on_fatal`. Cancellation ends it."""
+    logger = log or _log
+    crashes: list[float] = []
+    backoff_s = 0.1
+    while not stopping():
+        try:
+            await target()
+            return
+        except Exception as e:
+            now = time.monotonic()
+            crashes = [t for t in crashes if now - t < CRASH_WINDOW_S] + [now]
+            logger.exception("task.crashed", task=name, crashes=len(crashes))
+            if len(crashes) > CRASHES_MAX:
+                on_fatal(
+                    f"task {name} crashed {len(crashes)} times in {CRASH_WINDOW_S:.0f} s: {e!r}"
+                )
+                return
+        await asyncio.sleep(backoff_s)
+        backoff_s = min(CRASH_BACKOFF_S_MAX, backoff_s * 2)

@@ -10,6 +10,9 @@ from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecor
 from raftmq.topic_config import TopicConfig
 from raftmq.v1 import common_pb2 as pb
 
+# What a grpc.aio stream's read() returns at the end of the stream (not in grpc's stubs).
+AIO_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
 GRPC_MESSAGE_BYTES_MAX = 64 << 20
 # Both servers and channels: the 4 MiB default is smaller than a fetch response may be.
 GRPC_OPTIONS: list[tuple[str, int]] = [

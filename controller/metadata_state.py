@@ -104,19 +104,25 @@ INTERNAL_TOPIC_PREFIX = "__"
 
 @dataclass(slots=True)
 class ChangeSet:
-    """Which entities changed; watchers send the current state of each (or a deletion)."""
+    """Which entities changed; watchers send the current state of each (or a deletion).
+
+    `topics`: topics created or deleted (sent whole, or as a deletion); `partitions`:
+    (topic, index) whose state changed, sent one by one (an ISR change ships one
+    partition, not its topic), unless their topic is in `topics` anyway."""
 
     brokers: set[int] = field(default_factory=set)
     topics: set[str] = field(default_factory=set)
+    partitions: set[tuple[str, int]] = field(default_factory=set)
     controllers: set[int] = field(default_factory=set)
 
     def merge(self, other: ChangeSet) -> None:
         self.brokers |= other.brokers
         self.topics |= other.topics
+        self.partitions |= other.partitions
         self.controllers |= other.controllers
 
     def __bool__(self) -> bool:
-        return bool(self.brokers or self.topics or self.controllers)
+        return bool(self.brokers or self.topics or self.partitions or self.controllers)
 
 
 # --------------------------------------------------------------------------- elections
@@ -320,7 +326,7 @@ class MetadataState:
             partitions = list(topic.partitions)
             partitions[record.partition] = new
             self.topics[record.topic] = replace(topic, partitions=tuple(partitions))
-            changes.topics.add(record.topic)
+            changes.partitions.add((record.topic, record.partition))
         elif isinstance(record, ProducerIdsAllocated):
             assert record.next_producer_id > self.next_producer_id, (
                 record,

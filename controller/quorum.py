@@ -501,14 +501,34 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
 
         self.propose(encode_entry(entry), done)
 
+    def on_session_stream_lost(self, broker_id: int, broker_epoch: int, stream_token: int) -> None:
+        """From gRPC threads: a broker's session stream broke without a goodbye (its
+        process died, or its connection did). The session then expires after a short
+        grace unless the broker heartbeats again (on a new stream) meanwhile."""
+        now_ms = int(time.monotonic() * 1000)
+        with self._sessions_lock:
+            current = self.sessions.disconnected(
+                broker_id, broker_epoch, stream_token=stream_token, now_ms=now_ms
+            )
+        if current and self.is_leader():
+            self.log.info("broker.session_stream_lost", broker_id=broker_id)
+
     def on_heartbeat(
-        self, broker_id: int, broker_epoch: int, *, metadata_version: int, want_fence: bool
+        self,
+        broker_id: int,
+        broker_epoch: int,
+        *,
+        metadata_version: int,
+        want_fence: bool,
+        stream_token: int | None = None,
     ) -> None:
         """Leader only, from gRPC threads: record the heartbeat; unfence a returning broker
         that does not ask to stay fenced (the plan checks it has caught up)."""
         now_ms = int(time.monotonic() * 1000)
         with self._sessions_lock:
-            self.sessions.heartbeat(broker_id, broker_epoch, now_ms=now_ms)
+            self.sessions.heartbeat(
+                broker_id, broker_epoch, now_ms=now_ms, stream_token=stream_token
+            )
         with self.lock:
             broker = self._state.brokers.get(broker_id)
             epoch = self._state.controller_epoch

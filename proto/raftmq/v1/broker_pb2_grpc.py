@@ -80,6 +80,11 @@ class BrokerServiceStub:
                 request_serializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdRequest.SerializeToString,
                 response_deserializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdResponse.FromString,
                 _registered_method=True)
+        self.ReplicaFetch = channel.stream_stream(
+                '/raftmq.v1.BrokerService/ReplicaFetch',
+                request_serializer=raftmq_dot_v1_dot_broker__pb2.ReplicaFetchRequest.SerializeToString,
+                response_deserializer=raftmq_dot_v1_dot_broker__pb2.ReplicaFetchResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -140,6 +145,17 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplicaFetch(self, request_iterator, context):
+        """Follower replication: one stream per (follower, leader) pair is an incremental fetch
+        session (Kafka's KIP-227, as a stream). The follower sends a partition's position
+        only when it is added or moved; the leader answers a partition once it has something
+        for it (records, an error, a diverging epoch, or a newer high watermark), so idle
+        partitions cost nothing per round.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +203,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.InitProducerId,
                     request_deserializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdRequest.FromString,
                     response_serializer=raftmq_dot_v1_dot_broker__pb2.InitProducerIdResponse.SerializeToString,
+            ),
+            'ReplicaFetch': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReplicaFetch,
+                    request_deserializer=raftmq_dot_v1_dot_broker__pb2.ReplicaFetchRequest.FromString,
+                    response_serializer=raftmq_dot_v1_dot_broker__pb2.ReplicaFetchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +453,33 @@ class BrokerService:
             '/raftmq.v1.BrokerService/InitProducerId',
             raftmq_dot_v1_dot_broker__pb2.InitProducerIdRequest.SerializeToString,
             raftmq_dot_v1_dot_broker__pb2.InitProducerIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaFetch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftmq.v1.BrokerService/ReplicaFetch',
+            raftmq_dot_v1_dot_broker__pb2.ReplicaFetchRequest.SerializeToString,
+            raftmq_dot_v1_dot_broker__pb2.ReplicaFetchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,16 +42,18 @@ class RegisterBrokerResponse(_message.Message):
     def __init__(self, error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., broker_epoch: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class BrokerHeartbeatRequest(_message.Message):
-    __slots__ = ("broker_id", "broker_epoch", "metadata_version", "want_fence")
+    __slots__ = ("broker_id", "broker_epoch", "metadata_version", "want_fence", "goodbye")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     METADATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     WANT_FENCE_FIELD_NUMBER: _ClassVar[int]
+    GOODBYE_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     broker_epoch: int
     metadata_version: int
     want_fence: bool
-    def __init__(self, broker_id: _Optional[int] = ..., broker_epoch: _Optional[int] = ..., metadata_version: _Optional[int] = ..., want_fence: _Optional[bool] = ...) -> None: ...
+    goodbye: bool
+    def __init__(self, broker_id: _Optional[int] = ..., broker_epoch: _Optional[int] = ..., metadata_version: _Optional[int] = ..., want_fence: _Optional[bool] = ..., goodbye: _Optional[bool] = ...) -> None: ...
 
 class BrokerHeartbeatResponse(_message.Message):
     __slots__ = ("error", "fenced", "controller_epoch")
@@ -90,7 +92,7 @@ class WatchMetadataRequest(_message.Message):
     def __init__(self, from_version: _Optional[int] = ..., watcher: _Optional[str] = ...) -> None: ...
 
 class MetadataUpdate(_message.Message):
-    __slots__ = ("version", "snapshot", "brokers", "topics", "deleted_topics", "controllers", "controller_epoch")
+    __slots__ = ("version", "snapshot", "brokers", "topics", "deleted_topics", "controllers", "controller_epoch", "partitions")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     BROKERS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,7 @@ class MetadataUpdate(_message.Message):
     DELETED_TOPICS_FIELD_NUMBER: _ClassVar[int]
     CONTROLLERS_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     version: int
     snapshot: bool
     brokers: _containers.RepeatedCompositeFieldContainer[_common_pb2.BrokerInfo]
@@ -105,7 +108,18 @@ class MetadataUpdate(_message.Message):
     deleted_topics: _containers.RepeatedScalarFieldContainer[str]
     controllers: _containers.RepeatedCompositeFieldContainer[_common_pb2.ControllerInfo]
     controller_epoch: int
-    def __init__(self, version: _Optional[int] = ..., snapshot: _Optional[bool] = ..., brokers: _Optional[_Iterable[_Union[_common_pb2.BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[_common_pb2.Topic, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., controllers: _Optional[_Iterable[_Union[_common_pb2.ControllerInfo, _Mapping]]] = ..., controller_epoch: _Optional[int] = ...) -> None: ...
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionDelta]
+    def __init__(self, version: _Optional[int] = ..., snapshot: _Optional[bool] = ..., brokers: _Optional[_Iterable[_Union[_common_pb2.BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[_common_pb2.Topic, _Mapping]]] = ..., deleted_topics: _Optional[_Iterable[str]] = ..., controllers: _Optional[_Iterable[_Union[_common_pb2.ControllerInfo, _Mapping]]] = ..., controller_epoch: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionDelta, _Mapping]]] = ...) -> None: ...
+
+class PartitionDelta(_message.Message):
+    __slots__ = ("topic", "topic_id", "state")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    topic_id: bytes
+    state: _common_pb2.PartitionState
+    def __init__(self, topic: _Optional[str] = ..., topic_id: _Optional[bytes] = ..., state: _Optional[_Union[_common_pb2.PartitionState, _Mapping]] = ...) -> None: ...
 
 class CreateTopicRequest(_message.Message):
     __slots__ = ("name", "partitions", "replication_factor", "configs", "request_id")

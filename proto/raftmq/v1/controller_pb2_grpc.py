@@ -44,6 +44,11 @@ class ControllerServiceStub:
                 request_serializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatRequest.SerializeToString,
                 response_deserializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatResponse.FromString,
                 _registered_method=True)
+        self.BrokerSession = channel.stream_stream(
+                '/raftmq.v1.ControllerService/BrokerSession',
+                request_serializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatRequest.SerializeToString,
+                response_deserializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatResponse.FromString,
+                _registered_method=True)
         self.ControlledShutdown = channel.unary_unary(
                 '/raftmq.v1.ControllerService/ControlledShutdown',
                 request_serializer=raftmq_dot_v1_dot_controller__pb2.ControlledShutdownRequest.SerializeToString,
@@ -102,6 +107,15 @@ class ControllerServiceServicer:
 
     def BrokerHeartbeat(self, request, context):
         """Must reach the Raft leader (it keeps sessions in memory); others answer NOT_CONTROLLER.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BrokerSession(self, request_iterator, context):
+        """The same heartbeats on one long-lived stream to the Raft leader. A stream that breaks
+        without a goodbye (the broker's process died: the kernel closed its connection) lets
+        the leader fence the broker at once instead of after the session timeout.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +188,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             ),
             'BrokerHeartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.BrokerHeartbeat,
+                    request_deserializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatRequest.FromString,
+                    response_serializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatResponse.SerializeToString,
+            ),
+            'BrokerSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.BrokerSession,
                     request_deserializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatRequest.FromString,
                     response_serializer=raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatResponse.SerializeToString,
             ),
@@ -275,6 +294,33 @@ class ControllerService:
             request,
             target,
             '/raftmq.v1.ControllerService/BrokerHeartbeat',
+            raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatRequest.SerializeToString,
+            raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BrokerSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftmq.v1.ControllerService/BrokerSession',
             raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatRequest.SerializeToString,
             raftmq_dot_v1_dot_controller__pb2.BrokerHeartbeatResponse.FromString,
             options,
