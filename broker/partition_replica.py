@@ -134,7 +134,11 @@ class PartitionReplica(Generic[LogT]):
         index: int,
         log: LogT,
         config: TopicConfig,
+        leader_state_type: type[LeaderState] = LeaderState,
     ) -> None:
+        """`leader_state_type`: a seam for the seeded simulation, which checks that a
+        deliberately broken LeaderState is caught (tests/sim)."""
+        self.leader_state_type = leader_state_type
         self.broker_id = broker_id
         self.topic = topic
         self.topic_id = topic_id
@@ -201,7 +205,7 @@ class PartitionReplica(Generic[LogT]):
         self.leader_id = self.broker_id
         self.leader_epoch = state.leader_epoch
         self.partition_epoch = state.partition_epoch
-        self.leader_state = LeaderState(
+        self.leader_state = self.leader_state_type(
             broker_id=self.broker_id,
             ar=state.ar,
             isr=state.isr,
@@ -304,13 +308,23 @@ class PartitionReplica(Generic[LogT]):
     # ------------------------------------------------------------ leader: ISR changes
 
     def isr_proposal(
-        self, *, now_ms: int, lag_time_max_ms: int, eligible_replicas: frozenset[int]
+        self,
+        *,
+        now_ms: int,
+        lag_time_max_ms: int,
+        eligible_replicas: frozenset[int],
+        waiting_followers: frozenset[int] = frozenset(),
     ) -> frozenset[int] | None:
         """The ISR change to propose to the controller now (it is then pending), or None.
-        `eligible_replicas`: brokers that may join an ISR (unfenced, not shutting down)."""
+        `eligible_replicas`: brokers that may join an ISR (unfenced, not shutting down);
+        `waiting_followers`: followers whose fetch session waits for news of this
+        partition (they are caught up if their position is our log end)."""
         state = self.leader_state
         if self.role != ROLE_LEADER or state is None:
             return None
+        state.on_followers_waiting(
+            waiting_followers, leader_log_end_offset=self.log.log_end_offset, now_ms=now_ms
+        )
         proposal = state.next_isr_proposal(
             now_ms=now_ms,
             lag_time_max_ms=lag_time_max_ms,

@@ -97,6 +97,9 @@ class ReplicaFetcher:
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0
         self._answered = False
+        # Serialises writes on the current stream (the read loop answers at once, the
+        # send loop sends new, removed and backed-off partitions).
+        self._write_lock = asyncio.Lock()
         self.log = structlog.get_logger("raftmq.broker").bind(
             node_id=broker_id, leader=leader_id, endpoint=endpoint
         )
@@ -210,43 +213,57 @@ class ReplicaFetcher:
             first = False
             self._answered = True
             await self._handle(response)
+            # The positions of what was just applied go out at once, not via the send
+            # loop (one task switch less on every acks=all produce).
+            await self._send_due(call, first=False)
 
     async def _send_loop(self, call: Any) -> None:
+        """Sends the first message, then whatever becomes due later (partitions added,
+        removed, or ready again after a backoff)."""
         first = True
         while True:
-            now = self.now_ms()
-            request = pb.ReplicaFetchRequest()
-            if first:
-                request.replica_id = self.broker_id
-                request.replica_broker_epoch = self.broker_epoch()
-            wake_at_ms: int | None = None
-            for key, target in self._targets.items():
-                if not target.position_due:
-                    continue
-                if target.not_before_ms > now:
-                    wake_at_ms = min(wake_at_ms or target.not_before_ms, target.not_before_ms)
-                    continue
-                target.position_due = False
-                fetch_offset, last_epoch = target.replica.follower_position()
-                request.positions.append(
-                    pb.ReplicaPosition(
-                        topic_id=key[0],
-                        partition=key[1],
-                        fetch_offset=fetch_offset,
-                        last_fetched_epoch=last_epoch,
-                        current_leader_epoch=target.leader_epoch,
-                    )
-                )
-            for key in self._removed:
-                request.removed.append(pb.ReplicaPosition(topic_id=key[0], partition=key[1]))
-            self._removed.clear()
-            if first or request.positions or request.removed:
-                await call.write(request)
-                first = False
             self._wakeup.clear()
-            timeout_s = None if wake_at_ms is None else max(0.0, (wake_at_ms - now) / 1000)
+            wake_at_ms = await self._send_due(call, first=first)
+            first = False
+            timeout_s = (
+                None if wake_at_ms is None else max(0.0, (wake_at_ms - self.now_ms()) / 1000)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+
+    async def _send_due(self, call: Any, *, first: bool) -> int | None:
+        """Send the positions that are due (and removals); returns when the next backed-off
+        one is due (None: none waits)."""
+        now = self.now_ms()
+        request = pb.ReplicaFetchRequest()
+        if first:
+            request.replica_id = self.broker_id
+            request.replica_broker_epoch = self.broker_epoch()
+        wake_at_ms: int | None = None
+        for key, target in self._targets.items():
+            if not target.position_due:
+                continue
+            if target.not_before_ms > now:
+                wake_at_ms = min(wake_at_ms or target.not_before_ms, target.not_before_ms)
+                continue
+            target.position_due = False
+            fetch_offset, last_epoch = target.replica.follower_position()
+            request.positions.append(
+                pb.ReplicaPosition(
+                    topic_id=key[0],
+                    partition=key[1],
+                    fetch_offset=fetch_offset,
+                    last_fetched_epoch=last_epoch,
+                    current_leader_epoch=target.leader_epoch,
+                )
+            )
+        for key in self._removed:
+            request.removed.append(pb.ReplicaPosition(topic_id=key[0], partition=key[1]))
+        self._removed.clear()
+        if first or request.positions or request.removed:
+            async with self._write_lock:
+                await call.write(request)
+        return wake_at_ms
 
     async def _handle(self, response: pb.ReplicaFetchResponse) -> None:
         appended: list[_Target] = []
@@ -285,7 +302,8 @@ class ReplicaFetcher:
     def _due(self, target: _Target, backoff_ms: int) -> None:
         target.position_due = True
         target.not_before_ms = self.now_ms() + backoff_ms if backoff_ms else 0
-        self._wakeup.set()
+        if backoff_ms:
+            self._wakeup.set()  # the send loop waits for it (else the read loop sends it)
 
 
 def _reply_from_pb(result: pb.PartitionFetchResult) -> FetchReply:

@@ -419,6 +419,7 @@ class ReplicaManager:
                 now_ms=now_ms,
                 lag_time_max_ms=self.replica_lag_time_max_ms,
                 eligible_replicas=self._eligible_replicas,
+                waiting_followers=self.sessions.waiting_followers(replica.key),
             )
         except Exception:
             self.log.exception("partition.duty_failed", partition=replica.name)

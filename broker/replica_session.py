@@ -132,6 +132,10 @@ class ReplicaSession:
     def keys(self) -> Iterable[PartitionKey]:
         return self._partitions.keys()
 
+    def is_waiting(self, key: PartitionKey) -> bool:
+        state = self._partitions.get(key)
+        return state is not None and state.ready
+
     # ------------------------------------------------------------ follower -> leader
 
     def on_positions(
@@ -347,3 +351,7 @@ class ReplicaSessions:
     def on_high_watermark_advanced(self, key: PartitionKey) -> None:
         for session in self._by_partition.get(key, ()):
             session.on_high_watermark_advanced(key)
+
+    def waiting_followers(self, key: PartitionKey) -> frozenset[int]:
+        """Followers whose session waits for news of `key` (nothing unacknowledged)."""
+        return frozenset(s.replica_id for s in self._by_partition.get(key, ()) if s.is_waiting(key))

@@ -82,6 +82,19 @@ class LeaderState:
         progress.last_fetch_leader_leo = leader_log_end_offset
         progress.last_fetch_ms = now_ms
 
+    def on_followers_waiting(
+        self, replica_ids: Iterable[int], *, leader_log_end_offset: int, now_ms: int
+    ) -> None:
+        """Followers whose fetch session waits for data at our log end are caught up now.
+
+        With push replication an idle partition gets no fetches: a follower that holds
+        everything and waits sends nothing until there is more. Without this it would look
+        as if it had stopped fetching and be shrunk out of an idle partition's ISR."""
+        for replica_id in replica_ids:
+            progress = self.followers.get(replica_id)
+            if progress is not None and progress.log_end_offset >= leader_log_end_offset:
+                progress.last_caught_up_ms = now_ms
+
     def high_watermark(self, leader_log_end_offset: int) -> int:
         """min LEO over the maximal ISR; UNKNOWN_OFFSET while some member's LEO is unknown."""
         offsets = [leader_log_end_offset]

@@ -211,18 +211,14 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                     return
 
         reader = loop.create_task(read_positions())
+        # The reader's end (the follower closed its stream, or was refused) ends the answers.
+        reader.add_done_callback(lambda _: outbox.close())
         try:
             # Bound: one answer per flush, until the follower's stream ends.
-            while not reader.done():
-                get = loop.create_task(outbox.take())
-                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    break
-                results = get.result()
+            while (results := await outbox.take()) is not None:
                 if results:
                     yield pb.ReplicaFetchResponse(partitions=[_result_pb(r) for r in results])
-            if reader.done() and not reader.cancelled():
+            if not reader.cancelled():
                 error = reader.exception()
                 if isinstance(error, _SessionRefusedError):
                     yield pb.ReplicaFetchResponse(error=error.error)
@@ -356,15 +352,24 @@ class _Outbox:
     def __init__(self) -> None:
         self._items: dict[tuple[bytes, int], SessionResult] = {}
         self._ready = asyncio.Event()
+        self._closed = False
 
     def put(self, results: list[SessionResult]) -> None:
         for result in results:
             self._items[(result.topic_id, result.partition)] = result
         self._ready.set()
 
-    async def take(self) -> list[SessionResult]:
-        await self._ready.wait()
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def take(self) -> list[SessionResult] | None:
+        """The answers queued so far; None once closed."""
+        if not self._items and not self._closed:
+            await self._ready.wait()
         self._ready.clear()
+        if self._closed:
+            return None
         items = list(self._items.values())
         self._items.clear()
         return items

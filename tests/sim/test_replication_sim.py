@@ -2,15 +2,16 @@
 
 What is real and what is modelled:
 
-- real: each broker's `PartitionLog` over one `LogStore` (RocksDB in a temporary
-  directory), `LeaderState` (follower progress, HW over the maximal ISR, ISR proposals),
-  `truncation_offset`, and the controller's election rules (`elect_leader`,
-  `changed_partition` from the metadata state machine);
-- modelled, mirroring `broker/partition.py`, `broker/replica_fetcher.py` and
-  `controller/metadata_state.py` line by line: a broker's leader/follower shell, the
-  fetch protocol with the leader-side diverging-epoch rule, the controller's fencing,
-  unfencing and AlterPartition handling with partition-epoch checks, and metadata that
-  reaches each broker late (so a fenced leader keeps acting on stale metadata: a zombie);
+- real: each broker's replica core, `PartitionReplica` (roles, appends, the leader's
+  answer to a follower's fetch with the diverging-epoch rule, the follower's handling of
+  that answer, ISR proposals, the HW over the maximal ISR), over a real `PartitionLog` on
+  one `LogStore` (RocksDB in a temporary directory), and the controller's election rules
+  (`elect_leader`, `changed_partition` from the metadata state machine);
+- modelled: the transport (a fetch is the core's `read_for_follower` answer handed to
+  the follower's `on_fetch_reply`; the broker's streams only carry these), the
+  controller's fencing, unfencing and AlterPartition handling with partition-epoch checks
+  (mirroring `controller/metadata_state.py`), and metadata that reaches each broker late
+  (so a fenced leader keeps acting on stale metadata: a zombie);
 - acks=all completes as Kafka's `Partition.checkEnoughReplicasReachOffset` says: once the
   HW passes the write and the maximal ISR still has min.insync.replicas members.
 
@@ -37,11 +38,19 @@ from functools import partial
 import pytest
 from raftmq.broker.log_store import FlushPolicy, LogStore
 from raftmq.broker.partition_log import PartitionLog
-from raftmq.broker.replication import UNKNOWN_OFFSET, LeaderState, truncation_offset
+from raftmq.broker.partition_replica import (
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    FetchReply,
+    PartitionReplica,
+)
+from raftmq.broker.replication import LeaderState
 from raftmq.controller.metadata_state import changed_partition, elect_leader
+from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
 from raftmq.metadata import NO_LEADER, PartitionRecord
 from raftmq.record_batch import decode_batch, encode_batch, iter_batches
+from raftmq.topic_config import TopicConfig
 
 AR = (0, 1, 2)
 LAG_TIME_MAX_MS = 1_000
@@ -54,25 +63,11 @@ HEAL_ROUNDS_MAX = 40
 STORE_CHECK_STEPS = 50
 FETCH_BYTES_MAX = 1 << 20
 
-ROLE_LEADER = "leader"
-ROLE_FOLLOWER = "follower"
-ROLE_NONE = "none"
-
 Entries = dict[int, tuple[int, bytes]]  # offset -> (leader epoch of its batch, value)
 
 
 class SafetyViolationError(AssertionError):
     """An invariant of the replication protocol was broken (as opposed to a test bug)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FetchReply:
-    error: str | None = None
-    records: bytes = b""
-    high_watermark: int = 0
-    log_start_offset: int = 0
-    log_end_offset: int = 0
-    diverging_epoch: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +170,9 @@ class Controller:
 
 
 class Node:
-    """One broker's replica: the shell of broker/partition.py around the real log and
-    LeaderState, plus the follower side of broker/replica_fetcher.py."""
+    """One broker's replica: the real `PartitionReplica` over the real log, plus what
+    the simulation keeps to check it (the records the log holds, and whether a fetch
+    validated it against a leader)."""
 
     def __init__(
         self,
@@ -185,20 +181,18 @@ class Node:
         topic_id: bytes,
         leader_state_type: type[LeaderState],
         stats: Counter[str],
+        *,
+        min_insync_replicas: int,
     ) -> None:
         self.node_id = node_id
         self.stats = stats
         self.store = store
         self.topic_id = topic_id
         self.leader_state_type = leader_state_type
+        self.config = TopicConfig(min_insync_replicas=min_insync_replicas)
         self.log = store.open_partition(topic_id, node_id)
+        self.replica = self._new_replica()
         self.alive = True
-        self.role = ROLE_NONE
-        self.leader_id = NO_LEADER
-        self.leader_epoch = -1
-        self.partition_epoch = -1
-        self.isr: tuple[int, ...] = ()
-        self.leader_state: LeaderState | None = None
         # The records of our log, kept in step with every append/truncation from the
         # bytes written or read back, and compared with a full re-read periodically.
         self.entries: Entries = {}
@@ -209,77 +203,58 @@ class Node:
         # divergence: our log is then a prefix of that leader's log while it leads.
         self.validated_by: tuple[int, int] | None = None
 
-    # --- metadata (Partition.apply_metadata) --------------------------------------------
+    def _new_replica(self) -> PartitionReplica[PartitionLog]:
+        return PartitionReplica(
+            broker_id=self.node_id,
+            topic="sim",
+            topic_id=self.topic_id,
+            index=self.node_id,
+            log=self.log,
+            config=self.config,
+            leader_state_type=self.leader_state_type,
+        )
+
+    @property
+    def role(self) -> str:
+        return self.replica.role
+
+    @property
+    def leader_id(self) -> int:
+        return self.replica.leader_id
+
+    @property
+    def leader_epoch(self) -> int:
+        return self.replica.leader_epoch
+
+    @property
+    def leader_state(self) -> LeaderState | None:
+        return self.replica.leader_state
+
+    # --- metadata ------------------------------------------------------------------------
 
     def apply_metadata(self, state: PartitionRecord, now_ms: int) -> None:
-        self.isr = state.isr
-        if state.leader == self.node_id:
-            if self.role == ROLE_LEADER and self.leader_epoch == state.leader_epoch:
-                if state.partition_epoch > self.partition_epoch:
-                    self.partition_epoch = state.partition_epoch
-                    assert self.leader_state is not None
-                    self.leader_state.on_isr_committed(state.isr, state.partition_epoch)
-                    self.maybe_advance_high_watermark()
-                return
-            self.become_leader(state, now_ms)
-            return
-        changed = (
-            self.role != ROLE_FOLLOWER
-            or self.leader_id != state.leader
-            or self.leader_epoch != state.leader_epoch
-        )
-        self.partition_epoch = state.partition_epoch
-        if changed:
-            self.role = ROLE_FOLLOWER if state.leader != NO_LEADER else ROLE_NONE
-            self.leader_id = state.leader
-            self.leader_epoch = state.leader_epoch
-            self.leader_state = None
+        transition = self.replica.apply_metadata(state, self.config, now_ms=now_ms)
+        if transition.role_changed:
             self.validated_by = None
-
-    def become_leader(self, state: PartitionRecord, now_ms: int) -> None:
-        assert state.leader_epoch >= self.leader_epoch
-        if self.log.latest_epoch() < state.leader_epoch:
-            self.log.assign_epoch(state.leader_epoch, self.log.log_end_offset)
-            self.version += 1
-        self.role = ROLE_LEADER
-        self.leader_id = self.node_id
-        self.leader_epoch = state.leader_epoch
-        self.partition_epoch = state.partition_epoch
-        self.validated_by = None
-        self.leader_state = self.leader_state_type(
-            broker_id=self.node_id,
-            ar=state.ar,
-            isr=state.isr,
-            leader_epoch=state.leader_epoch,
-            partition_epoch=state.partition_epoch,
-            leader_epoch_start_offset=self.log.log_end_offset,
-            now_ms=now_ms,
-        )
-        self.maybe_advance_high_watermark()
+            self.version += 1  # becoming leader may have assigned an epoch
 
     # --- leader side -------------------------------------------------------------------
 
-    def maybe_advance_high_watermark(self) -> None:
-        assert self.leader_state is not None
-        candidate = self.leader_state.high_watermark(self.log.log_end_offset)
-        if candidate != UNKNOWN_OFFSET:
-            self.log.maybe_advance_high_watermark(candidate)
-
-    def append(self, values: list[bytes], *, min_insync_replicas: int) -> ProduceRequest | None:
-        """Partition.append with acks=all; None when rejected (NOT_ENOUGH_REPLICAS)."""
-        assert self.role == ROLE_LEADER
-        if len(self.isr) < min_insync_replicas:
-            return None
+    def append(self, values: list[bytes]) -> ProduceRequest | None:
+        """An acks=all produce; None when rejected (NOT_ENOUGH_REPLICAS)."""
         batch = encode_batch([Message(v, b"k", timestamp_ms=1_000) for v in values])
-        header = self.log.append_as_leader(batch, leader_epoch=self.leader_epoch)
+        try:
+            appended = self.replica.append_as_leader(batch, acks=-1, current_leader_epoch=-1)
+        except RaftmqError as e:
+            assert e.code == ErrorCode.NOT_ENOUGH_REPLICAS, e
+            return None
         written = decode_entries(
-            self.log.read(header.base_offset, max_bytes=0, upper_offset=header.next_offset)
+            self.log.read(appended.base_offset, max_bytes=0, upper_offset=appended.next_offset)
         )
-        assert sorted(written) == list(range(header.base_offset, header.next_offset))
+        assert sorted(written) == list(range(appended.base_offset, appended.next_offset))
         self.entries.update(written)
         self.version += 1
-        self.maybe_advance_high_watermark()
-        return ProduceRequest(self.node_id, self.leader_epoch, header.next_offset, written)
+        return ProduceRequest(self.node_id, appended.leader_epoch, appended.next_offset, written)
 
     def read_for_follower(
         self,
@@ -291,144 +266,80 @@ class Node:
         max_bytes: int,
         now_ms: int,
     ) -> FetchReply:
-        """Partition.read_for_follower."""
-        if self.role != ROLE_LEADER or self.leader_state is None:
-            return FetchReply(error="NOT_LEADER_OR_FOLLOWER")
-        if current_leader_epoch != self.leader_epoch:
-            return FetchReply(error="FENCED_OR_UNKNOWN_LEADER_EPOCH")
+        """The leader core's answer, as the replication stream carries it."""
         log = self.log
-        if last_fetched_epoch >= 0:
-            epoch, end_offset = log.end_offset_for_epoch(last_fetched_epoch)
-            if epoch < 0:
-                # Our epoch history starts after theirs: restart them at our log start.
-                return self._reply(diverging_epoch=(-1, log.log_start_offset))
-            # KIP-320: the follower's last fetched epoch ends earlier here, or is unknown.
-            if epoch < last_fetched_epoch or end_offset < fetch_offset:
-                return self._reply(diverging_epoch=(epoch, end_offset))
-        if fetch_offset > log.log_end_offset or fetch_offset < log.log_start_offset:
-            return self._reply(error="OFFSET_OUT_OF_RANGE")
-        self.leader_state.on_follower_fetch(
-            replica_id,
-            fetch_offset=fetch_offset,
-            leader_log_end_offset=log.log_end_offset,
-            now_ms=now_ms,
-        )
-        self.maybe_advance_high_watermark()
-        records = log.read(fetch_offset, max_bytes=max_bytes, upper_offset=log.log_end_offset)
-        return self._reply(records=records)
-
-    def _reply(
-        self,
-        *,
-        error: str | None = None,
-        records: bytes = b"",
-        diverging_epoch: tuple[int, int] | None = None,
-    ) -> FetchReply:
+        try:
+            read = self.replica.read_for_follower(
+                replica_id,
+                fetch_offset,
+                last_fetched_epoch=last_fetched_epoch,
+                current_leader_epoch=current_leader_epoch,
+                max_bytes=max_bytes,
+                now_ms=now_ms,
+            ).read
+        except RaftmqError as e:
+            return FetchReply(
+                error=e.code,
+                high_watermark=log.high_watermark,
+                log_start_offset=log.log_start_offset,
+                log_end_offset=log.log_end_offset,
+            )
         return FetchReply(
-            error=error,
-            records=records,
-            high_watermark=self.log.high_watermark,
-            log_start_offset=self.log.log_start_offset,
-            log_end_offset=self.log.log_end_offset,
-            diverging_epoch=diverging_epoch,
+            records=read.records,
+            high_watermark=read.high_watermark,
+            log_start_offset=read.log_start_offset,
+            log_end_offset=read.log_end_offset,
+            diverging_epoch=read.diverging_epoch,
         )
 
     def maybe_change_isr(self, now_ms: int) -> Proposal | None:
-        """Partition.maybe_change_isr."""
-        state = self.leader_state
-        if self.role != ROLE_LEADER or state is None:
-            return None
-        proposal = state.next_isr_proposal(
-            now_ms=now_ms,
-            lag_time_max_ms=LAG_TIME_MAX_MS,
-            high_watermark=self.log.high_watermark,
+        proposal = self.replica.isr_proposal(
+            now_ms=now_ms, lag_time_max_ms=LAG_TIME_MAX_MS, eligible_replicas=frozenset(AR)
         )
         if proposal is None:
             return None
-        state.pending_isr = proposal
-        return Proposal(self.node_id, proposal, self.leader_epoch, state.partition_epoch)
+        state = self.replica.leader_state
+        assert state is not None
+        return Proposal(self.node_id, proposal, self.replica.leader_epoch, state.partition_epoch)
 
     def on_isr_proposal_failed(self, partition_epoch: int) -> None:
-        state = self.leader_state
-        if state is not None and state.partition_epoch == partition_epoch:
-            state.pending_isr = None
+        self.replica.on_isr_proposal_failed(partition_epoch)
 
     def on_isr_proposal_committed(self, state: PartitionRecord) -> None:
-        leader = self.leader_state
-        if (
-            leader is not None
-            and self.leader_epoch == state.leader_epoch
-            and state.partition_epoch > leader.partition_epoch
-        ):
-            self.isr = state.isr
-            self.partition_epoch = state.partition_epoch
-            leader.on_isr_committed(state.isr, state.partition_epoch)
-            self.maybe_advance_high_watermark()
+        self.replica.on_isr_proposal_committed(state)
 
-    # --- follower side (ReplicaFetcher._handle) ------------------------------------------
+    # --- follower side -------------------------------------------------------------------
 
     def handle_fetch_reply(self, reply: FetchReply, *, source: int, leader_epoch: int) -> None:
-        if self.role != ROLE_FOLLOWER or self.leader_epoch != leader_epoch:
-            return  # our role changed while the fetch was in flight
-        if reply.error is None:
-            if reply.diverging_epoch is not None:
-                self.stats["diverging epoch"] += 1
-                epoch, end_offset = reply.diverging_epoch
-                if epoch < 0:
-                    self.restart_at(end_offset)
-                    return
-                own_epoch, own_end = self.log.end_offset_for_epoch(epoch)
-                self.truncate(
-                    truncation_offset(
-                        diverging_epoch=epoch,
-                        diverging_end_offset=end_offset,
-                        follower_epoch=own_epoch,
-                        follower_epoch_end_offset=own_end,
-                        log_end_offset=self.log.log_end_offset,
-                    )
-                )
-                return
-            if reply.records:
-                self.log.append_as_follower(reply.records)
-                self.entries.update(decode_entries(reply.records))
-                self.version += 1
-            self.log.set_high_watermark_as_follower(reply.high_watermark)
+        replica, log = self.replica, self.log
+        if replica.role != ROLE_FOLLOWER or replica.leader_epoch != leader_epoch:
+            return  # our role changed while the fetch was in flight (the core ignores it)
+        before = (log.log_start_offset, log.log_end_offset, log.epoch_entries)
+        outcome = replica.on_fetch_reply(reply, leader_epoch=leader_epoch)
+        ok = reply.error == ErrorCode.NONE
+        if ok and reply.diverging_epoch is not None:
+            self.stats["diverging epoch"] += 1
+        if outcome.truncated:
+            if log.log_start_offset != before[0]:
+                self.stats["restarted at leader's log start"] += 1
+            elif (log.log_end_offset, log.epoch_entries) != before[1:]:
+                self.stats["truncated"] += 1
+            start, end = log.log_start_offset, log.log_end_offset
+            self.entries = {o: e for o, e in self.entries.items() if start <= o < end}
+            self.validated_by = None
+            self.version += 1
+        elif outcome.appended:
+            self.entries.update(decode_entries(reply.records))
+            self.version += 1
+        if ok and reply.diverging_epoch is None:
             self.validated_by = (source, leader_epoch)
-            return
-        if reply.error == "OFFSET_OUT_OF_RANGE":
-            fetch_offset = self.log.log_end_offset
-            if fetch_offset < reply.log_start_offset:
-                self.restart_at(reply.log_start_offset)
-            elif fetch_offset > reply.log_end_offset >= 0:
-                self.truncate(reply.log_end_offset)
-
-    def truncate(self, offset: int) -> None:
-        if self.log.truncate_to(offset):
-            self.stats["truncated"] += 1
-        self._drop_entries_from(self.log.log_end_offset)
-
-    def restart_at(self, offset: int) -> None:
-        self.stats["restarted at leader's log start"] += 1
-        self.log.truncate_fully_and_start_at(offset)
-        self.entries = {}
-        self.validated_by = None
-        self.version += 1
-
-    def _drop_entries_from(self, end_offset: int) -> None:
-        self.entries = {o: e for o, e in self.entries.items() if o < end_offset}
-        self.validated_by = None
-        self.version += 1
 
     # --- process lifecycle ---------------------------------------------------------------
 
     def crash(self) -> None:
+        self.replica.stop()
         self.log.close()
         self.alive = False
-        self.role = ROLE_NONE
-        self.leader_id = NO_LEADER
-        self.leader_epoch = -1
-        self.partition_epoch = -1
-        self.leader_state = None
         self.validated_by = None
 
     def restart(self) -> None:
@@ -436,6 +347,7 @@ class Node:
         # survives a process crash, so the log must come back exactly.
         before = (self.log.log_end_offset, self.log.epoch_entries)
         self.log = self.store.open_partition(self.topic_id, self.node_id)
+        self.replica = self._new_replica()
         self.alive = True
         self.version += 1
         check(
@@ -471,7 +383,17 @@ class Sim:
         topic_id = seed.to_bytes(8, "big") + leader_state_type.__name__.encode()[:8].ljust(8)
         # Coverage: how often the interesting cases happened (asserted over all seeds).
         self.stats: Counter[str] = Counter()
-        self.nodes = {i: Node(i, store, topic_id, leader_state_type, self.stats) for i in AR}
+        self.nodes = {
+            i: Node(
+                i,
+                store,
+                topic_id,
+                leader_state_type,
+                self.stats,
+                min_insync_replicas=min_insync_replicas,
+            )
+            for i in AR
+        }
         self.proposals: list[Proposal] = []  # sent to the controller, not handled yet
         self.replies: list[Reply] = []  # handled by the controller, not delivered yet
         self.requests: list[ProduceRequest] = []  # acks=all waiting for the HW
@@ -508,7 +430,7 @@ class Sim:
         for _ in range(record_count):
             values.append(b"v%d" % self.values_written)
             self.values_written += 1
-        request = node.append(values, min_insync_replicas=self.min_insync_replicas)
+        request = node.append(values)
         if request is not None:
             self.requests.append(request)
             if node_id != self.controller.state.leader:

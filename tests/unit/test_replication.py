@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from raftmq.broker.log_store import FlushPolicy, LogStore
-from raftmq.broker.partition import BrokerSignals, Partition
 from raftmq.broker.partition_log import PartitionLog
+from raftmq.broker.partition_replica import FetchReply, PartitionReplica
 from raftmq.broker.replication import UNKNOWN_OFFSET, LeaderState, truncation_offset
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
@@ -49,7 +49,7 @@ def leader_state(
 
 
 def mark_pending(state: LeaderState, isr: set[int] | frozenset[int]) -> None:
-    """What Partition.maybe_change_isr does with a proposal before sending it."""
+    """What PartitionReplica.isr_proposal does with a proposal before it is sent."""
     state.pending_isr = frozenset(isr)
 
 
@@ -477,34 +477,65 @@ def build_log(
     return log
 
 
+def replica_of(
+    log: PartitionLog, *, broker_id: int, leader: int, leader_epoch: int
+) -> PartitionReplica[PartitionLog]:
+    """The real replica core over `log`, as leader or follower of brokers 1 and 2."""
+    replica = PartitionReplica(
+        broker_id=broker_id,
+        topic="t",
+        topic_id=log.topic_id,
+        index=log.partition,
+        log=log,
+        config=TopicConfig(),
+    )
+    replica.apply_metadata(
+        PartitionRecord(
+            ar=(1, 2), isr=(1, 2), leader=leader, leader_epoch=leader_epoch, partition_epoch=0
+        ),
+        TopicConfig(),
+        now_ms=T0_MS,
+    )
+    return replica
+
+
 def leader_diverging_epoch(
-    leader: PartitionLog, fetch_offset: int, last_fetched_epoch: int
+    leader: PartitionReplica[PartitionLog], follower: PartitionReplica[PartitionLog]
 ) -> tuple[int, int] | None:
-    """The leader-side rule of Partition.read_for_follower (KIP-320)."""
-    epoch, end_offset = leader.end_offset_for_epoch(last_fetched_epoch)
-    if epoch < last_fetched_epoch or end_offset < fetch_offset:
-        return epoch, end_offset
-    return None
+    """The leader core's answer to the follower's position (KIP-320)."""
+    fetch_offset, last_epoch = follower.follower_position()
+    read = leader.read_for_follower(
+        2,
+        fetch_offset,
+        last_fetched_epoch=last_epoch,
+        current_leader_epoch=leader.leader_epoch,
+        max_bytes=1 << 20,
+        now_ms=T0_MS,
+    ).read
+    return read.diverging_epoch
+
+
+def truncate_by_reply(follower: PartitionReplica[PartitionLog], diverging: tuple[int, int]) -> None:
+    """The follower core's handling of a diverging-epoch answer."""
+    outcome = follower.on_fetch_reply(
+        FetchReply(diverging_epoch=diverging), leader_epoch=follower.leader_epoch
+    )
+    assert outcome.truncated
 
 
 def test_truncation_multi_round_example(store: LogStore) -> None:
-    follower = build_log(store, 0, [(0, 0), (2, 10)], 15)
-    leader = build_log(store, 1, [(0, 0), (1, 8), (3, 12)], 14)
+    follower_log = build_log(store, 0, [(0, 0), (2, 10)], 15)
+    leader_log = build_log(store, 1, [(0, 0), (1, 8), (3, 12)], 14)
+    leader = replica_of(leader_log, broker_id=1, leader=1, leader_epoch=3)
+    follower = replica_of(follower_log, broker_id=2, leader=1, leader_epoch=3)
     cuts = []
     for _ in range(10):  # bound: one round per divergent epoch
-        diverging = leader_diverging_epoch(leader, follower.log_end_offset, follower.latest_epoch())
+        diverging = leader_diverging_epoch(leader, follower)
         if diverging is None:
             break
-        own_epoch, own_end = follower.end_offset_for_epoch(diverging[0])
-        offset = truncation_offset(
-            diverging_epoch=diverging[0],
-            diverging_end_offset=diverging[1],
-            follower_epoch=own_epoch,
-            follower_epoch_end_offset=own_end,
-            log_end_offset=follower.log_end_offset,
-        )
-        follower.truncate_to(offset)
-        cuts.append((diverging, (own_epoch, own_end), follower.log_end_offset))
+        own = follower_log.end_offset_for_epoch(diverging[0])
+        truncate_by_reply(follower, diverging)
+        cuts.append((diverging, own, follower_log.log_end_offset))
     assert cuts == [
         # Leader: epoch 2 unknown, largest below is 1, ending where 3 starts (12). Follower:
         # largest epoch <= 1 is 0, ending where its 2 starts (10): intermediate cut.
@@ -513,9 +544,10 @@ def test_truncation_multi_round_example(store: LogStore) -> None:
         # ending at its LEO 10: same epoch, cut at min(8, 10).
         ((0, 8), (0, 10), 8),
     ]
-    assert follower.epoch_entries == ((0, 0),)
+    assert follower_log.epoch_entries == ((0, 0),)
     # Third round: no divergence, the follower fetches from 8.
-    assert leader_diverging_epoch(leader, 8, 0) is None
+    assert follower.follower_position() == (8, 0)
+    assert leader_diverging_epoch(leader, follower) is None
 
 
 def test_truncation_multi_round_example_numbers_alone() -> None:
@@ -547,7 +579,7 @@ def test_truncation_drops_an_empty_epoch_left_by_a_leader_that_never_wrote(
     store: LogStore,
 ) -> None:
     # Broker A leads epoch 1 and writes 0..5, replicated to B. A is elected for epoch 3
-    # (Partition._become_leader assigns (3, 5) at its LEO) and is deposed before any write;
+    # (becoming leader assigns (3, 5) at its LEO) and is deposed before any write;
     # B leads epoch 4 and writes one record. A now follows B. KIP-101/KIP-279: A's epoch-3
     # entry covers no data, so truncating "to 5" at LEO 5 must still remove it, as Kafka's
     # UnifiedLog.truncateTo does ("we may have a conflicting epoch entry at the end of the
@@ -555,23 +587,15 @@ def test_truncation_drops_an_empty_epoch_left_by_a_leader_that_never_wrote(
     a = build_log(store, 0, [(1, 0)], 5)
     b = build_log(store, 1, [(1, 0)], 5)
     a.assign_epoch(3, a.log_end_offset)
-    b.assign_epoch(4, b.log_end_offset)
-    b.append_as_leader(one_record(b"b4"), leader_epoch=4)
+    b_leader = replica_of(b, broker_id=1, leader=1, leader_epoch=4)
+    b_leader.append_as_leader(one_record(b"b4"), acks=1, current_leader_epoch=4)
+    a_follower = replica_of(a, broker_id=2, leader=1, leader_epoch=4)
     for _ in range(5):  # bound: a follower converges in a round per divergent epoch
-        diverging = leader_diverging_epoch(b, a.log_end_offset, a.latest_epoch())
+        diverging = leader_diverging_epoch(b_leader, a_follower)
         if diverging is None:
             break
-        own_epoch, own_end = a.end_offset_for_epoch(diverging[0])
-        a.truncate_to(
-            truncation_offset(
-                diverging_epoch=diverging[0],
-                diverging_end_offset=diverging[1],
-                follower_epoch=own_epoch,
-                follower_epoch_end_offset=own_end,
-                log_end_offset=a.log_end_offset,
-            )
-        )
-    assert leader_diverging_epoch(b, a.log_end_offset, a.latest_epoch()) is None
+        truncate_by_reply(a_follower, diverging)
+    assert leader_diverging_epoch(b_leader, a_follower) is None
     assert a.epoch_entries == ((1, 0),)
 
 
@@ -584,27 +608,26 @@ def test_acks_all_fails_when_isr_shrank_below_min_insync_before_hw_passed(
     # Kafka: when the HW reaches the write but the (maximal) ISR is smaller than
     # min.insync.replicas, the produce fails with NOT_ENOUGH_REPLICAS_AFTER_APPEND: an
     # acks=all success promises min.insync.replicas copies.
-    proposals: list[frozenset[int]] = []
-    partition = Partition(
+    replica = PartitionReplica(
         broker_id=1,
         topic="t",
         topic_id=TOPIC,
         index=0,
         log=store.open_partition(TOPIC, 0),
         config=TopicConfig(min_insync_replicas=2),
-        signals=BrokerSignals(),
-        propose_isr=lambda _p, isr, _le, _pe: proposals.append(isr),
     )
-    partition.apply_metadata(
+    replica.apply_metadata(
         PartitionRecord(ar=(1, 2), isr=(1, 2), leader=1, leader_epoch=0, partition_epoch=0),
         TopicConfig(min_insync_replicas=2),
+        now_ms=T0_MS,
     )
-    header = partition.append(one_record(b"w"), acks=-1, current_leader_epoch=0)
+    appended = replica.append_as_leader(one_record(b"w"), acks=-1, current_leader_epoch=0)
+    assert not replica.acks_reached(appended.next_offset, leader_epoch=0)
     # Follower 2 never fetches the write; the controller commits the shrink to {1}.
-    partition.on_isr_proposal_committed(
+    replica.on_isr_proposal_committed(
         PartitionRecord(ar=(1, 2), isr=(1,), leader=1, leader_epoch=0, partition_epoch=1)
     )
-    assert partition.log.high_watermark == header.next_offset  # only broker 1 holds it
+    assert replica.log.high_watermark == appended.next_offset  # only broker 1 holds it
     with pytest.raises(RaftmqError) as raised:
-        partition.wait_for_ack(header.next_offset, leader_epoch=0, timeout_ms=0)
+        replica.acks_reached(appended.next_offset, leader_epoch=0)
     assert raised.value.code == ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND
