@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from raftmq import node_meta, ports
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.controller_session import ControllerSession
 from raftmq.broker.log_store import AsyncGroupCommit, FlushPolicy, LogStore
-from raftmq.broker.metadata_cache import MetadataCache, MetadataDelta, MetadataImage
+from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.purgatory import Purgatory
 from raftmq.broker.replica_manager import ReplicaManager
@@ -68,6 +69,103 @@ def run_broker(options: BrokerOptions) -> int:
     return asyncio.run(_serve(options, lifecycle, meta))
 
 
+class BrokerNode:
+    """The parts of one broker, wired together on the running event loop: log store,
+    controller link and session, metadata cache, replica manager, request handler and
+    gRPC server. `run_broker` drives one; tests build one without a controller session
+    and feed it metadata themselves (`metadata.apply`)."""
+
+    def __init__(
+        self,
+        options: BrokerOptions,
+        *,
+        meta: node_meta.NodeMeta,
+        on_fatal: Callable[[str], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.options = options
+        self.server = grpc.aio.server(
+            options=ports.GRPC_SERVER_OPTIONS, maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX
+        )
+        # Bound before anything else starts: a taken port is an error, never a shared one.
+        self.port = ports.bind_grpc(self.server, *options.listen)
+        self.store = LogStore(
+            options.data_dir / "log", flush_policy=FlushPolicy(options.flush_policy)
+        )
+        self._fsync_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        durable = AsyncGroupCommit(self.store, self._fsync_executor)
+        self.link = ControllerLink(options.controllers)
+        self.produce_purgatory = Purgatory("produce", loop, operations_max=DELAYED_OPERATIONS_MAX)
+        self.fetch_purgatory = Purgatory("fetch", loop, operations_max=DELAYED_OPERATIONS_MAX)
+        self.replicas = ReplicaManager(
+            broker_id=options.node_id,
+            store=self.store,
+            controllers=self.link,
+            broker_epoch=lambda: self.session.broker_epoch,
+            replica_lag_time_max_ms=options.replica_lag_time_max_ms,
+            on_fatal=on_fatal,
+            produce_purgatory=self.produce_purgatory,
+            fetch_purgatory=self.fetch_purgatory,
+            wait_durable=durable.wait,
+        )
+        self.metadata = MetadataCache(
+            self.link,
+            watcher_name=f"broker-{options.node_id}",
+            listener=self.replicas.apply_metadata,
+            on_fatal=on_fatal,
+        )
+        self.session = ControllerSession(
+            node_id=options.node_id,
+            advertise=options.advertise,
+            rack=options.rack,
+            data_dir=options.data_dir,
+            cluster_id=options.cluster_id,
+            link=self.link,
+            metadata=self.metadata,
+            meta=meta,
+            on_fatal=on_fatal,
+            stopping=stopping,
+        )
+        self.handler = RequestHandler(
+            broker_id=options.node_id,
+            replicas=self.replicas,
+            metadata=lambda: self.metadata.image,
+            produce_purgatory=self.produce_purgatory,
+            fetch_purgatory=self.fetch_purgatory,
+            wait_durable=durable.wait,
+        )
+        broker_pb2_grpc.add_BrokerServiceServicer_to_server(
+            BrokerServicer(
+                broker_id=options.node_id,
+                handler=self.handler,
+                replicas=self.replicas,
+                metadata=self.metadata,
+                controllers=self.link,
+                producer_ids=ProducerIdManager(
+                    broker_id=options.node_id,
+                    broker_epoch=lambda: self.session.broker_epoch,
+                    controllers=self.link,
+                ),
+                topic_defaults=options.topic_defaults,
+            ),
+            self.server,
+        )
+
+    async def start_serving(self) -> None:
+        """The gRPC server and the replica duties (not the controller session)."""
+        await self.server.start()
+        self.replicas.start()
+
+    async def close(self) -> None:
+        """Stop serving and release everything (after a controlled shutdown, if any)."""
+        await self.server.stop(grace=SHUTDOWN_GRACE_S)
+        await self.replicas.stop()
+        self.store.close()
+        self._fsync_executor.shutdown(wait=True)
+        await self.link.close()
+
+
 async def _serve(options: BrokerOptions, lifecycle: NodeLifecycle, meta: node_meta.NodeMeta) -> int:
     log = structlog.get_logger("raftmq.broker").bind(node_id=options.node_id)
     loop = asyncio.get_running_loop()
@@ -80,107 +178,29 @@ async def _serve(options: BrokerOptions, lifecycle: NodeLifecycle, meta: node_me
     # Signals are handled by the loop (the handlers installed before only set the stop).
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lifecycle.request_stop, f"signal {signum.name}")
-
-    server = grpc.aio.server(
-        options=ports.GRPC_SERVER_OPTIONS, maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX
+    node = BrokerNode(
+        options, meta=meta, on_fatal=lifecycle.fatal, stopping=lifecycle.stopping.is_set
     )
-    # Bound before anything else starts: a taken port is an error, never a shared one.
-    ports.bind_grpc(server, *options.listen)
-    store = LogStore(options.data_dir / "log", flush_policy=FlushPolicy(options.flush_policy))
-    fsync_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
-    durable = AsyncGroupCommit(store, fsync_executor)
-    link = ControllerLink(options.controllers)
-    produce_purgatory = Purgatory("produce", loop, operations_max=DELAYED_OPERATIONS_MAX)
-    fetch_purgatory = Purgatory("fetch", loop, operations_max=DELAYED_OPERATIONS_MAX)
-    replicas: ReplicaManager | None = None
-
-    def on_metadata(previous: MetadataImage, image: MetadataImage, delta: MetadataDelta) -> None:
-        if replicas is not None:
-            replicas.apply_metadata(previous, image, delta)
-
-    metadata = MetadataCache(
-        link,
-        watcher_name=f"broker-{options.node_id}",
-        listener=on_metadata,
-        on_fatal=lifecycle.fatal,
-    )
-    session = ControllerSession(
-        node_id=options.node_id,
-        advertise=options.advertise,
-        rack=options.rack,
-        data_dir=options.data_dir,
-        cluster_id=options.cluster_id,
-        link=link,
-        metadata=metadata,
-        meta=meta,
-        on_fatal=lifecycle.fatal,
-        stopping=lifecycle.stopping.is_set,
-    )
-    replicas = ReplicaManager(
-        broker_id=options.node_id,
-        store=store,
-        controllers=link,
-        broker_epoch=lambda: session.broker_epoch,
-        replica_lag_time_max_ms=options.replica_lag_time_max_ms,
-        on_fatal=lifecycle.fatal,
-        produce_purgatory=produce_purgatory,
-        fetch_purgatory=fetch_purgatory,
-        wait_durable=durable.wait,
-    )
-    handler = RequestHandler(
-        broker_id=options.node_id,
-        replicas=replicas,
-        metadata=lambda: metadata.image,
-        produce_purgatory=produce_purgatory,
-        fetch_purgatory=fetch_purgatory,
-        wait_durable=durable.wait,
-    )
-    broker_pb2_grpc.add_BrokerServiceServicer_to_server(
-        BrokerServicer(
-            broker_id=options.node_id,
-            handler=handler,
-            replicas=replicas,
-            metadata=metadata,
-            controllers=link,
-            producer_ids=ProducerIdManager(
-                broker_id=options.node_id,
-                broker_epoch=lambda: session.broker_epoch,
-                controllers=link,
-            ),
-            topic_defaults=options.topic_defaults,
-        ),
-        server,
-    )
-
-    async def close_all() -> None:
-        await replicas.stop()
-        store.close()
-        fsync_executor.shutdown(wait=True)
-        await link.close()
-
-    await server.start()
-    replicas.start()
+    await node.start_serving()
     try:
-        await session.register()
+        await node.session.register()
     except DataDirError:
-        await server.stop(grace=None)
-        await close_all()
+        await node.close()
         raise
-    metadata.start()
-    session.start()
+    node.metadata.start()
+    node.session.start()
     log.info(
         "broker.started",
         listen=f"{options.listen[0]}:{options.listen[1]}",
         advertise=options.advertise,
-        broker_epoch=session.broker_epoch,
-        cluster_id=session.cluster_id,
+        broker_epoch=node.session.broker_epoch,
+        cluster_id=node.session.cluster_id,
     )
     await stop_requested.wait()
     log.info("broker.stopping", reason=lifecycle.reason)
-    await session.controlled_shutdown()
-    await session.stop()
-    await metadata.stop()
-    await server.stop(grace=SHUTDOWN_GRACE_S)
-    await close_all()
+    await node.session.controlled_shutdown()
+    await node.session.stop()
+    await node.metadata.stop()
+    await node.close()
     log.info("broker.stopped", exit_code=lifecycle.exit_code)
     return lifecycle.exit_code

@@ -241,11 +241,13 @@ class MetadataCache:
                     return
                 # Keepalives repeat the current version; the server never sends an older one.
                 if update.snapshot or update.version > self.image.version:
-                    self._apply(MetadataDelta.from_pb(update))
+                    self.apply(MetadataDelta.from_pb(update))
         finally:
             stream.cancel()
 
-    def _apply(self, delta: MetadataDelta) -> None:
+    def apply(self, delta: MetadataDelta) -> None:
+        """Apply one update (from the watch stream; tests feed their own). Raises
+        ListenerError when the listener fails; the image is then not published."""
         previous = self.image
         image = previous.apply(delta)
         try:
