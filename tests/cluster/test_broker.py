@@ -3,12 +3,14 @@ restart + truncate + rejoin, byte-identical replicas, min.insync.replicas, bad i
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from raftmq import FirstOffset, Reader
 from raftmq.broker.log_store import LogStore
@@ -17,6 +19,8 @@ from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 from raftmq.message import Message
 from raftmq.record_batch import encode_batch
+from raftmq.v1 import broker_pb2 as bpb
+from raftmq.v1 import broker_pb2_grpc
 from raftmq.v1 import controller_pb2 as pb
 
 pytestmark = pytest.mark.cluster
@@ -288,3 +292,93 @@ def test_long_poll_fetch_wakes_on_append(cluster: LocalCluster) -> None:
     produce_once([endpoint], "wake", encode_batch([Message(b"second", timestamp_ms=2)]))
     thread.join(timeout=15)
     assert results and 0.4 < results[0] < 5.0, results
+
+
+def broker_states(cluster: LocalCluster) -> dict[int, bool]:
+    """broker id -> fenced, as the controller quorum sees it."""
+    status = cluster.describe()
+    assert status is not None
+    return {b.id: b.fenced for b in status.brokers}
+
+
+def test_a_killed_broker_is_fenced_long_before_its_session_times_out(
+    make_cluster: type[LocalCluster],
+) -> None:
+    # Its session stream to the controller leader breaks when the kernel closes the dead
+    # process's connections: the leader fences it then, not after the 30 s session timeout.
+    cluster = make_cluster(controllers=3, brokers=3, session_timeout_ms=30_000)
+    cluster.start()
+    cluster.wait_ready(timeout_s=60)
+    create_topic(cluster, "fast", rf=3)
+    wait_until(lambda: len(partition_state(cluster, "fast")[1]) == 3, timeout_s=20, what="ISR")
+    leader, _ = partition_state(cluster, "fast")
+    killed_at = time.monotonic()
+    cluster.brokers[leader].kill()
+    wait_until(
+        lambda: broker_states(cluster).get(leader) is True,
+        timeout_s=10,
+        what=f"broker {leader} fenced after its kill -9",
+    )
+    fenced_after_s = time.monotonic() - killed_at
+    new_leader, isr = partition_state(cluster, "fast")
+    assert new_leader not in (leader, -1) and leader not in isr
+    assert fenced_after_s < 10  # far below the 30 s session timeout
+    # The others were never fenced.
+    assert [b for b, fenced in broker_states(cluster).items() if fenced] == [leader]
+    cluster.stop()
+
+
+def test_a_thousand_idle_long_polls_hold_no_thread_and_shrink_no_isr(
+    cluster: LocalCluster,
+) -> None:
+    # Before the request engine, each waiting fetch held one of the broker's 64 worker
+    # threads: 100 idle consumers shrank every ISR that broker led and stalled produce.
+    # Now a waiting fetch is a delayed operation; the broker answers everything else.
+    create_topic(cluster, "idle", rf=3)
+    create_topic(cluster, "busy", rf=3)
+    wait_until(lambda: len(partition_state(cluster, "busy")[1]) == 3, timeout_s=20, what="ISR")
+    leader, _ = partition_state(cluster, "idle")
+    endpoint = cluster.layout.broker_endpoints[leader - 1]
+    busy_leader, busy_isr = partition_state(cluster, "busy")
+
+    async def poll(stub: object, deadline: float) -> int:
+        answered = 0
+        request = bpb.FetchRequest(
+            replica_id=-1,
+            max_wait_ms=2_000,
+            min_bytes=1,
+            partitions=[bpb.PartitionFetchData(topic="idle", partition=0, fetch_offset=0)],
+        )
+        while time.monotonic() < deadline:
+            response = await stub.Fetch(request, timeout=10)  # type: ignore[attr-defined]
+            assert response.partitions[0].error.code == ErrorCode.NONE
+            answered += 1
+        return answered
+
+    async def polls(count: int, seconds: float) -> list[int]:
+        channels = [grpc.aio.insecure_channel(endpoint) for _ in range(4)]
+        try:
+            stubs = [broker_pb2_grpc.BrokerServiceStub(c) for c in channels]
+            deadline = time.monotonic() + seconds
+            return await asyncio.gather(*(poll(stubs[i % 4], deadline) for i in range(count)))
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    answers: list[list[int]] = []
+    poller = threading.Thread(target=lambda: answers.append(asyncio.run(polls(1_000, 8.0))))
+    poller.start()
+    writes = 0
+    try:
+        bootstrap = cluster.layout.broker_endpoints
+        started = time.monotonic()
+        while time.monotonic() - started < 6.0:
+            produce_once(bootstrap, "busy", encode_batch([Message(b"w")]), timeout_ms=5_000)
+            writes += 1
+    finally:
+        poller.join(timeout=30)
+    assert answers and len(answers[0]) == 1_000
+    assert all(n >= 1 for n in answers[0])  # every long poll was answered at its timeout
+    assert writes > 100  # acks=all writes kept flowing the whole time
+    assert partition_state(cluster, "busy") == (busy_leader, busy_isr)
+    assert len(partition_state(cluster, "idle")[1]) == 3
