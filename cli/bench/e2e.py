@@ -68,6 +68,8 @@ SPIN_S = 0.0002
 # the end-to-end p99, set the pace: the figure is then the client's as much as the cluster's.
 SENDER_LATE_MS_MAX = 1.0
 SENDER_LATE_SHARE_MAX = 0.25
+# An acknowledgement p99 this close to the end-to-end p99: the write path holds the time.
+WRITE_PATH_SHARE = 0.8
 
 
 def e2e_value(sent_ns: int, sequence: int, padding: bytes) -> bytes:
@@ -133,20 +135,36 @@ class _Seen:
 
 
 def e2e_limited_by(
-    cpu_hint: str, late_p99_ms: float | None, e2e_ms: dict[str, float] | None
+    cpu_hint: str,
+    late_p99_ms: float | None,
+    e2e_ms: dict[str, float] | None,
+    produce_ms: dict[str, float] | None = None,
 ) -> str:
     """The CPU-based hint, led by the sender when its lateness is a fair share of the
-    end-to-end p99, else followed by how well it kept its schedule."""
-    if late_p99_ms is None:
+    end-to-end p99; then which path the end-to-end p99 spent its time on: the write's
+    acknowledgement (a consumer sees a message once the high watermark passes it, which is
+    also when an acks=all write is acknowledged) or the read after it."""
+    if late_p99_ms is None or e2e_ms is None:
         return cpu_hint
-    e2e_p99_ms = e2e_ms["p99"] if e2e_ms else 0.0
+    e2e_p99_ms = e2e_ms["p99"]
     if late_p99_ms > max(SENDER_LATE_MS_MAX, SENDER_LATE_SHARE_MAX * e2e_p99_ms):
         return (
             f"the bench's sender: 1% of its calls went out more than {late_p99_ms:.2f} ms "
             f"behind its schedule, against an end-to-end p99 of {e2e_p99_ms:.2f} ms (the "
             f"client process set part of the pace); {cpu_hint}"
         )
-    return f"{cpu_hint} (the sender kept its schedule within {late_p99_ms:.2f} ms at p99)"
+    line = f"{cpu_hint}; the sender kept its schedule within {late_p99_ms:.2f} ms at p99"
+    if produce_ms is not None:
+        path = (
+            "the write path (replication and the high watermark)"
+            if produce_ms["p99"] >= WRITE_PATH_SHARE * e2e_p99_ms
+            else "the read path (the Readers' fetch after the high watermark moved)"
+        )
+        line += (
+            f"; the end-to-end p99 {e2e_p99_ms:.2f} ms against an acknowledgement p99 of "
+            f"{produce_ms['p99']:.2f} ms: {path} holds most of it"
+        )
+    return line
 
 
 def _read_partition(reader: Reader, samples_s: list[float], seen: _Seen) -> None:
@@ -314,7 +332,10 @@ def run(args: argparse.Namespace) -> Result:
     if seen.duplicates:
         errors.append(f"the Readers saw {seen.duplicates} message(s) twice")
     cpu["limited_by"] = e2e_limited_by(
-        cpu["limited_by"], late.get("p99_ms"), headline_latency_ms(e2e_s)
+        cpu["limited_by"],
+        late.get("p99_ms"),
+        headline_latency_ms(e2e_s),
+        headline_latency_ms(sent.produce_s),
     )
     return {
         "scenario": "e2e",

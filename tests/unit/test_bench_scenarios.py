@@ -98,6 +98,14 @@ def test_e2e_names_a_late_sender_only_when_it_matters() -> None:
     assert e2e_limited_by(hint, None, None) == hint
 
 
+def test_e2e_says_which_path_holds_the_latency() -> None:
+    e2e = {"p50": 3.0, "p99": 10.0, "p999": 12.0}
+    writes = e2e_limited_by("x", 0.1, e2e, {"p50": 3.0, "p99": 9.5, "p999": 11.0})
+    assert writes.endswith("the write path (replication and the high watermark) holds most of it")
+    reads = e2e_limited_by("x", 0.1, e2e, {"p50": 1.0, "p99": 2.0, "p999": 3.0})
+    assert "the read path" in reads
+
+
 # ---------------------------------------------------------------- broker failover
 
 
