@@ -542,16 +542,21 @@ def limited_by(target: str, rows: list[Result]) -> str:
         if probe is not None:
             facts.insert(-1, f"first raw produce acknowledged at {probe['median']:.0f} ms")
         line = "kill -> " + " -> ".join(facts)
+        backoff = ""
+        if probe is not None and recovery["median"] - probe["median"] > CLIENT_BACKOFF_VISIBLE_MS:
+            backoff = (
+                f"the Writer's retry and metadata backoff: the cluster took raw writes "
+                f"{recovery['median'] - probe['median']:.0f} ms before the Writer's first "
+                "acknowledgement"
+            )
         if fenced is not None and fenced["median"] >= 0.6 * recovery["median"]:
             return (
                 f"failure detection: {line}; the new leader is elected only once the "
                 "controller fences the dead broker (its session timeout)"
+                + (f"; then {backoff}" if backoff else "")
             )
-        if probe is not None and recovery["median"] - probe["median"] > CLIENT_BACKOFF_VISIBLE_MS:
-            return (
-                f"the Writer's retry and metadata backoff: {line}; the cluster took writes "
-                f"{recovery['median'] - probe['median']:.0f} ms before the Writer retried"
-            )
+        if backoff:
+            return f"{backoff}: {line}"
         return line
     shrink = _median_max(r["isr_shrink_seen_ms"] for r in rows)
     if shrink is not None:
@@ -602,6 +607,7 @@ def run(args: argparse.Namespace) -> Result:
             check = check_readback(*steady.outcomes(), stored)
             check["writer_errors"] = dict(steady.errors)
             error = read_error or readback_error(check)
+            warning = readback_warning(check)
     except (TimeoutError, RaftmqError) as e:
         error = f"{type(e).__name__}: {e}\n{cluster.tail_logs(5)}"
     finally:

@@ -170,6 +170,12 @@ def test_failover_verdicts_follow_the_runs_own_timings() -> None:
         [_row(recovery_ms=4000, fenced_seen_ms=3900, new_leader_seen_ms=3900, probe_ms=3950)],
     )
     assert detection.startswith("failure detection: kill -> killed broker seen fenced at 3900 ms")
+    assert "backoff" not in detection
+    both = limited_by(
+        "partition-leader",
+        [_row(recovery_ms=5500, fenced_seen_ms=3900, new_leader_seen_ms=3900, probe_ms=4000)],
+    )
+    assert both.startswith("failure detection") and "1500 ms before the Writer" in both
     backoff = limited_by(
         "partition-leader",
         [_row(recovery_ms=1500, fenced_seen_ms=300, new_leader_seen_ms=300, probe_ms=400)],
