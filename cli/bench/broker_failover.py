@@ -179,7 +179,7 @@ class SteadyWriter:
         # Bound: the stop event, duration_s_max and STEADY_WRITES_MAX writes.
         for sequence in range(STEADY_WRITES_MAX):
             while not self._room.acquire(timeout=0.1):
-                if self._stop.is_set():
+                if self._stop.is_set() or time.monotonic() >= deadline:
                     return
             wait_s = next_s - time.perf_counter()
             if wait_s > 0:

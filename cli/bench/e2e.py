@@ -169,9 +169,10 @@ def e2e_limited_by(
 
 def _read_partition(reader: Reader, samples_s: list[float], seen: _Seen) -> None:
     """One Reader thread, until the main thread sets `seen.stop`."""
-    # Bound: the stop event (set at the latest E2E_DRAIN_TIMEOUT_S after the last send);
-    # each read waits READ_TIMEOUT_MS at most.
-    while not seen.stop.is_set():
+    deadline = time.monotonic() + RUN_DURATION_S_MAX + E2E_DRAIN_TIMEOUT_S
+    # Bound: the stop event (set at the latest E2E_DRAIN_TIMEOUT_S after the last send) and
+    # a deadline past the run's longest; each read waits READ_TIMEOUT_MS at most.
+    while not seen.stop.is_set() and time.monotonic() < deadline:
         try:
             message = reader.read_message(timeout_ms=READ_TIMEOUT_MS)
         except TimeoutError:
@@ -282,6 +283,7 @@ def run(args: argparse.Namespace) -> Result:
             Message(e2e_value(0, WARMUP_SEQUENCE, b""), partition=p) for p in range(partitions)
         ]
         writer.write_messages(*warm_up).result()
+        warm = writer.stats()
         readers = _open_readers(args, partitions)
         threads = [
             threading.Thread(
@@ -312,6 +314,7 @@ def run(args: argparse.Namespace) -> Result:
             for t in threads:
                 t.join(timeout=READ_TIMEOUT_MS / 1000 + 2)
         elapsed_s = max(time.perf_counter() - started_s, 1e-9)
+        stats = writer.stats()
         cpu = meter.stop(
             waiting="acks=all replication (the followers' fetches, the HW advance) and the "
             "Readers' long-poll wake-up"
@@ -352,6 +355,13 @@ def run(args: argparse.Namespace) -> Result:
         "acknowledged": sent.acked,
         "failed": sent.failed,
         "duplicates": seen.duplicates,
+        # The Writer seals a batch at once (no linger) unless its partition already has
+        # INFLIGHT_IDEMPOTENT_MAX batches in flight: more messages per batch means queueing.
+        "batches": stats.batches - warm.batches,
+        "batch_messages_avg": round(
+            (stats.messages - warm.messages) / max(1, stats.batches - warm.batches), 2
+        ),
+        "retries": stats.retries - warm.retries,
         **rates(len(e2e_s), sent.value_bytes, elapsed_s),
         "latency_ms": headline_latency_ms(e2e_s),
         "produce_latency_ms": headline_latency_ms(sent.produce_s),
@@ -368,8 +378,9 @@ def render(result: Result) -> str:
         f"bench e2e: topic {result['topic']} ({result['partitions']} partitions, RF "
         f"{result['replication_factor']}), acks=all, {result['message_bytes']} B, "
         f"{result['rate_requested']:.0f} msgs/s requested ({result['rate_achieved']:.0f} "
-        f"issued), one message per write call, a Reader per partition; "
-        f"{result['messages']} of {result['acknowledged']} acknowledged messages consumed",
+        f"issued), one message per write call ({result['batch_messages_avg']:.2f} per "
+        f"batch sent), a Reader per partition; {result['messages']} of "
+        f"{result['acknowledged']} acknowledged messages consumed",
         latency_table("PRODUCE->CONSUME", result["end_to_end_latency"], LATENCY_QUANTILES_FINE),
         latency_table("PRODUCE (ACK)", result["produce_latency"], LATENCY_QUANTILES_FINE),
         latency_table("SENDER LATE", result["sender_late"], LATENCY_QUANTILES_FINE),

@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> Result:
         with cluster, cluster.admin(timeout_ms=CREATE_TIMEOUT_MS) as admin:
             watcher = ClusterWatcher(
                 cluster.bootstrap,
-                topics=["-"],  # fencings only: no partition is tracked
+                track_partitions=False,  # fencings only
                 interval_s=WATCH_INTERVAL_S,
                 duration_s_max=READY_TIMEOUT_S + idle_s + WRITE_TIMEOUT_MS / 1000 + 120,
             ).start()

@@ -181,21 +181,25 @@ class PartitionTracker:
 
 class ClusterWatcher:
     """A daemon thread polling `Admin.cluster_status()` every `interval_s` and feeding the
-    trackers. Start with `start()`, end with `stop()` (joins); `pause()` / `resume()` stop
-    polling for a while (a measurement the polls would disturb). The trackers are read and
-    `expect()`ed under `lock`. Bounded by `duration_s_max` and the stop event."""
+    trackers (the partition tracker with `topics`, all when empty, unless not
+    `track_partitions`). Start with `start()`, end with `stop()` (joins); `pause()` and
+    `resume()` stop polling for a while (a measurement the polls would disturb). The
+    trackers are read and `expect()`ed under `lock`. Bounded by `duration_s_max` and the
+    stop event."""
 
     def __init__(
         self,
         brokers: Sequence[str],
         *,
         topics: Iterable[str] = (),
+        track_partitions: bool = True,
         interval_s: float = WATCH_INTERVAL_S,
         duration_s_max: float,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.fencing = FencingTracker()
         self.partitions = PartitionTracker(frozenset(topics))
+        self._track_partitions = track_partitions
         self.lock = threading.Lock()
         self.polls = 0
         self.poll_errors = 0
@@ -233,7 +237,8 @@ class ClusterWatcher:
     def observe(self, status: ClusterStatus, at_s: float) -> None:
         with self.lock:
             self.fencing.observe(at_s, status.brokers)
-            self.partitions.observe(at_s, status.topics)
+            if self._track_partitions:
+                self.partitions.observe(at_s, status.topics)
 
     def _run(self) -> None:
         deadline = time.monotonic() + self._duration_s_max
