@@ -330,16 +330,23 @@ class ProducerCore:
         batches = self._requests.pop(request_id, None)
         if batches is None:
             return
-        by_partition = {(r.topic, r.partition): r for r in results}
-        for batch in batches:
-            result = by_partition.get((batch.topic, batch.partition))
-            if result is None:
-                error = RaftmqError(
-                    ErrorCode.UNKNOWN_SERVER_ERROR,
-                    f"the broker's answer left out {batch.topic}-{batch.partition}",
-                )
-                self._on_batch_error(batch, error, sent=True, now_ms=now_ms)
-            elif result.error is None:
+        # The broker answers in request order, one result per batch; a request may carry
+        # several batches of one partition, so results pair with batches by position,
+        # never by (topic, partition).
+        if len(results) != len(batches) or any(
+            (r.topic, r.partition) != (b.topic, b.partition)
+            for r, b in zip(results, batches, strict=False)
+        ):
+            error = RaftmqError(
+                ErrorCode.UNKNOWN_SERVER_ERROR,
+                f"the broker answered {len(results)} result(s) to a request of "
+                f"{len(batches)} batch(es), not one per batch in request order",
+            )
+            for batch in batches:  # which of them were appended is unknown
+                self._on_batch_error(batch, error, sent=True, now_ms=now_ms, maybe_written=True)
+            return
+        for batch, result in zip(batches, results, strict=True):
+            if result.error is None:
                 self._on_batch_written(batch, result.base_offset)
             else:
                 self._on_batch_error(batch, result.error, sent=True, now_ms=now_ms)

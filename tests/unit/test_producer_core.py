@@ -69,14 +69,41 @@ def test_a_blocking_caller_does_not_linger() -> None:
 
 def test_sequences_per_partition_and_five_in_flight() -> None:
     c = core(batch_size=1)
-    c.add(messages(7), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    msgs = messages(7)
+    c.add(msgs, "call", now_ms=0, wall_ms=1_700_000_000_000)
     [send] = c.poll(now_ms=0)
     headers = [read_header(b.records) for b in send.batches]
     assert [h.base_sequence for h in headers] == [0, 1, 2, 3, 4]  # 2 wait: 5 in flight
     assert {(h.producer_id, h.producer_epoch) for h in headers} == {(1000, 0)}
+    # Five batches of one partition in one request: each result is its own batch's.
     c.on_produce_response(send.request_id, ok(send, [0, 1, 2, 3, 4]), now_ms=1)
     [send] = c.poll(now_ms=1)
     assert [read_header(b.records).base_sequence for b in send.batches] == [5, 6]
+    c.on_produce_response(send.request_id, ok(send, [5, 6]), now_ms=2)
+    assert [m.offset for m in msgs] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_results_pair_with_the_batches_of_one_partition_by_position() -> None:
+    c = core(batch_size=10)
+    msgs = messages(25)
+    c.add(msgs, "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert [(b.topic, b.partition) for b in send.batches] == [("t", 0)] * 3
+    c.on_produce_response(send.request_id, ok(send, [0, 10, 20]), now_ms=1)
+    assert [m.offset for m in msgs] == list(range(25))
+    assert [x.error for x in c.drain_completions()] == [None, None, None]
+
+
+def test_an_answer_that_does_not_match_the_request_is_outcome_unknown() -> None:
+    c = core(batch_size=1, max_attempts=1)
+    c.add(messages(2), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    [send] = c.poll(now_ms=0)
+    assert len(send.batches) == 2
+    c.on_produce_response(send.request_id, ok(send, [0, 1])[:1], now_ms=1)  # one result
+    completions = c.drain_completions()
+    assert len(completions) == 2
+    assert all(isinstance(x.error, OutcomeUnknownError) for x in completions)
+    assert c.idle()
 
 
 def test_a_retry_resends_the_same_bytes_one_at_a_time_then_completes() -> None:
