@@ -310,7 +310,12 @@ def run(args: argparse.Namespace) -> Result:
     produced = _Produced()
     polls: Result | None = None
     node_cpu: dict[str, float | None] = {}
-    result: Result = {"scenario": "consumers", "count": count, "error": None}
+    result: Result = {
+        "scenario": "consumers",
+        "count": count,
+        "data_dir": str(cluster.data_dir) if args.keep_data else None,
+        "error": None,
+    }
     produce_s = 0.0
     leader = -1
     try:

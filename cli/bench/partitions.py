@@ -237,6 +237,7 @@ def run(args: argparse.Namespace) -> Result:
         "idle": None,
         "write": None,
         "false_fencings": None,
+        "data_dir": str(cluster.data_dir) if args.keep_data else None,
         "error": None,
     }
     started_s = time.perf_counter()
