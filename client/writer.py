@@ -53,8 +53,10 @@ _log = structlog.get_logger("raftmq.client")
 
 
 class WriteError(RaftmqError):
-    """Some messages of a write failed: `errors` pairs each with its cause. Also a
-    RaftmqError, with the first failure's code."""
+    """Some messages of a write failed: `errors` pairs each with its cause (a per-code
+    error such as `LeaderNotAvailableError`, or `OutcomeUnknownError`). Also a
+    RaftmqError, with the first failure's code; `retriable` is True only when every cause
+    is retriable, so `except WriteError as e: if e.retriable: ...` is the retry test."""
 
     def __init__(self, errors: list[tuple[Message, RaftmqError]]) -> None:
         first = errors[0][1]
@@ -69,12 +71,20 @@ class WriteError(RaftmqError):
     def __reduce__(self) -> tuple[object, ...]:
         return (WriteError, (self.errors,))
 
+    @property
+    def retriable(self) -> bool:
+        """Every message failed for a reason that writing it again may cure (a leader
+        change, a timeout, an unknown outcome)."""
+        return all(error.retriable for _, error in self.errors)
+
 
 def check_topics(writer_topic: str | None, messages: Iterable[Message]) -> None:
     """A topic on the Writer and on a message is exclusive: exactly one of them (kafka-go's
-    rule), checked before anything is sent."""
+    rule), checked before anything is sent. A message whose topic is the Writer's own is
+    no conflict: a written message carries its topic, and writing the same messages again
+    (a retry loop) must work."""
     for message in messages:
-        if writer_topic is not None and message.topic is not None:
+        if writer_topic is not None and message.topic not in (None, writer_topic):
             raise ValueError(
                 f"the Writer has topic {writer_topic!r} and a message has topic "
                 f"{message.topic!r}: set the topic on the Writer or on each message, not both"

@@ -194,6 +194,20 @@ def test_a_topic_on_the_writer_and_on_a_message_is_refused(brokers: list[str]) -
         writer.write_messages(Message("x"))
 
 
+def test_the_same_messages_can_be_written_again(brokers: list[str]) -> None:
+    # The seed's retry loop writes the same Message objects again; once written they
+    # carry the Writer's topic, which is no conflict.
+    with Writer(brokers, topic="rewrite", allow_auto_topic_creation=True) as writer:
+        sent = [Message("a"), Message("b")]
+        writer.write_messages(*sent)
+        assert [(m.topic, m.offset) for m in sent] == [("rewrite", 0), ("rewrite", 1)]
+        writer.write_messages(*sent)
+        assert [m.offset for m in sent] == [2, 3]
+        with pytest.raises(ValueError, match="not both"):
+            writer.write_messages(Message("c", topic="another"))
+    assert [m.value for m in read_all(brokers, "rewrite", 0, 4)] == [b"a", b"b"] * 2
+
+
 def test_one_writer_writes_to_several_topics(brokers: list[str]) -> None:
     with Writer(brokers, allow_auto_topic_creation=True) as writer:
         writer.write_messages(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from raftmq import WriteError
 from raftmq.client.balancers import RoundRobin
 from raftmq.client.producer_core import (
     Completion,
@@ -253,3 +254,13 @@ def test_batch_bytes_seals_and_a_big_message_goes_alone() -> None:
     [send] = c.poll(now_ms=0)
     counts = [read_header(b.records).record_count for b in send.batches]
     assert counts == [2, 1, 1]  # 2 x 110 B fit in 250; the 1000 B message is a batch alone
+
+
+def test_a_write_error_is_retriable_only_when_every_cause_is() -> None:
+    a, b = Message("a"), Message("b")
+    no_leader = RaftmqError(ErrorCode.LEADER_NOT_AVAILABLE, "electing")
+    unknown = OutcomeUnknownError("timed out after it was sent")
+    too_large = RaftmqError(ErrorCode.MESSAGE_TOO_LARGE, "big")
+    assert WriteError([(a, no_leader), (b, unknown)]).retriable
+    assert not WriteError([(a, no_leader), (b, too_large)]).retriable
+    assert not WriteError([(a, too_large), (b, no_leader)]).retriable
