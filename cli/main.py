@@ -366,10 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p, timeout_ms=None)
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("bench", help="measure throughput, latency and controller failover")
-    p.add_argument("mode", choices=["produce", "consume", "latency", "failover", "codec"])
+    p = sub.add_parser("bench", help="measure throughput, latency, failover and scale")
+    p.add_argument(
+        "mode",
+        choices=[
+            "produce", "consume", "latency", "e2e", "failover", "partitions", "consumers", "codec"
+        ],
+    )  # fmt: skip
     p.add_argument("--topic", default="bench")
-    p.add_argument("--messages", type=int, default=None, help="default: 200000 (latency: 5000)")
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help="default: 200000 (latency: 5000; e2e and consumers: --duration decides)",
+    )
     p.add_argument("--message-bytes", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=1_000)
     p.add_argument("--partitions", type=int, default=3)
@@ -387,14 +397,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="produce: write_messages calls (of --batch-size messages) not yet acknowledged",
     )
+    p.add_argument("--rate", type=int, default=None, help="e2e: messages per second (default 1000)")
     p.add_argument(
-        "--runs", type=int, default=7, help="failover: kill/measure cycles (median reported)"
+        "--duration",
+        type=float,
+        default=None,
+        help="e2e: seconds of sending (default 10); consumers: seconds of producing (default "
+        "20); partitions: seconds of the idle CPU window (default 10)",
+    )
+    p.add_argument(
+        "--target",
+        choices=["controller-leader", "partition-leader", "follower"],
+        default="controller-leader",
+        help="failover: kill the controller quorum's leader, a partition's leader or an ISR "
+        "follower (the last two on a cluster of their own)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="partitions: partitions of the topic (default 3000); consumers: long-polling "
+        "fetches (default 1000)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="failover: kill/measure cycles, median reported (default 7; broker targets: 5)",
     )
     p.add_argument("--idle-ms", type=int, default=1_000, help="failover: idle time before a kill")
     p.add_argument(
         "--keep-data",
         action="store_true",
-        help="failover: keep the temporary quorum's data and logs",
+        help="failover, partitions, consumers: keep the temporary cluster's data and logs",
     )
     p.add_argument(
         "--progress",

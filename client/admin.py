@@ -77,6 +77,10 @@ def create_topic_request(
     )
 
 
+def delete_topic_request(name: str) -> pb.DeleteTopicRequest:
+    return pb.DeleteTopicRequest(name=name, request_id=uuid.uuid4().hex)
+
+
 def offsets_timestamp(at: int | datetime) -> int:
     """FirstOffset / LastOffset as they are; a datetime (naive: local) as epoch ms."""
     if isinstance(at, datetime):
@@ -143,7 +147,7 @@ class Admin:
         return wire.topic_from_pb(response.topic)
 
     def delete_topic(self, name: str) -> None:
-        self._call("DeleteTopic", pb.DeleteTopicRequest(name=name, request_id=uuid.uuid4().hex))
+        self._call("DeleteTopic", delete_topic_request(name))
 
     def describe_topics(self, *names: str) -> list[TopicRecord]:
         """The named topics (every topic when none is named), with their partitions' leader,

@@ -1,44 +1,36 @@
-"""`AsyncAdmin`: the asyncio twin of `Admin` (same requests and results, grpc.aio)."""
+"""`AsyncAdmin`: the asyncio twin of `Admin` (same requests, results and failover, on
+grpc.aio)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import grpc
 from raftmq import wire
 from raftmq.client.admin import (
     ClusterStatus,
     LastOffset,
     cluster_status_from_pb,
     create_topic_request,
+    delete_topic_request,
     offsets_timestamp,
     plan_list_offsets,
 )
 from raftmq.client.async_conn import AsyncConn
+from raftmq.client.async_controller_client import AsyncEndpointPool, async_call_with_failover
 from raftmq.client.brokers import parse_brokers
-from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import TopicRecord
-from raftmq.v1 import broker_pb2_grpc
 from raftmq.v1 import controller_pb2 as pb
-
-BACKOFF_MS_MAX = 500
 
 
 class AsyncAdmin:
     def __init__(self, brokers: Sequence[str] | str, *, timeout_ms: int = 15_000) -> None:
         self.timeout_ms = timeout_ms
-        self._addresses = parse_brokers(brokers)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._pool = AsyncEndpointPool(parse_brokers(brokers), service="broker")
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close(None)
-        self._channels.clear()
+        await self._pool.close()
 
     async def __aenter__(self) -> AsyncAdmin:
         return self
@@ -47,34 +39,12 @@ class AsyncAdmin:
         await self.close()
 
     async def _call(self, method: str, request: Any) -> Any:
-        """Try the brokers in turn until one answers (transport failures only), bounded by
-        timeout_ms; raise the answer's error."""
-        deadline = time.monotonic() + self.timeout_ms / 1000
-        backoff_ms = 50
-        last = ""
-        while time.monotonic() < deadline:
-            for address in self._addresses:
-                remaining_s = deadline - time.monotonic()
-                if remaining_s <= 0:
-                    break
-                channel = self._channels.get(address)
-                if channel is None:
-                    channel = grpc.aio.insecure_channel(address, options=wire.GRPC_OPTIONS)
-                    self._channels[address] = channel
-                stub: Any = broker_pb2_grpc.BrokerServiceStub(channel)
-                try:
-                    response = await getattr(stub, method)(request, timeout=min(remaining_s, 6.0))
-                except grpc.RpcError as e:
-                    last = f"{address}: {wire.rpc_status(e)}"
-                    continue
-                wire.raise_for(response.error)
-                return response
-            await asyncio.sleep(backoff_ms / 1000)
-            backoff_ms = min(BACKOFF_MS_MAX, backoff_ms * 2)
-        raise RaftmqError(
-            ErrorCode.BROKER_NOT_AVAILABLE,
-            f"no broker answered {method} within {self.timeout_ms} ms (last: {last or 'none'})",
+        """As `Admin._call`: the same failover decisions (`FailoverCall`), on grpc.aio."""
+        response = await async_call_with_failover(
+            self._pool, method, request, timeout_ms=self.timeout_ms
         )
+        wire.raise_for(response.error)
+        return response
 
     async def create_topic(
         self,
@@ -90,9 +60,7 @@ class AsyncAdmin:
         return wire.topic_from_pb(response.topic)
 
     async def delete_topic(self, name: str) -> None:
-        await self._call(
-            "DeleteTopic", pb.DeleteTopicRequest(name=name, request_id=uuid.uuid4().hex)
-        )
+        await self._call("DeleteTopic", delete_topic_request(name))
 
     async def describe_topics(self, *names: str) -> list[TopicRecord]:
         response = await self._call("DescribeTopics", pb.DescribeTopicsRequest(names=list(names)))

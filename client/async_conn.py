@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from raftmq import wire
 from raftmq.client import protocol
-from raftmq.client.conn import DEADLINE_MARGIN_MS, decode_from, transport_error
+from raftmq.client.conn import DEADLINE_MARGIN_MS, closed_error, decode_from, transport_error
 from raftmq.client.protocol import (
     ACKS_ALL,
     EARLIEST,
@@ -78,6 +78,8 @@ class AsyncConn:
             return await getattr(self._stub, method)(request, timeout=timeout_ms / 1000)
         except grpc.RpcError as e:
             raise transport_error(self.address, method, e) from e
+        except grpc.aio.UsageError as e:  # a call on a closed channel
+            raise closed_error(self.address, method) from e
 
     async def produce(
         self,
@@ -102,6 +104,7 @@ class AsyncConn:
         max_bytes: int = 16 << 20,
         partition_max_bytes: int = 4 << 20,
         leader_epoch: int = -1,
+        timeout_ms: int | None = None,
     ) -> list[FetchResult]:
         request = protocol.fetch_request(
             [(t, p, o, leader_epoch) for t, p, o in partitions],
@@ -110,7 +113,9 @@ class AsyncConn:
             max_bytes=max_bytes,
             partition_max_bytes=partition_max_bytes,
         )
-        response = await self.call("Fetch", request, timeout_ms=max_wait_ms + DEADLINE_MARGIN_MS)
+        if timeout_ms is None:
+            timeout_ms = max_wait_ms + DEADLINE_MARGIN_MS
+        response = await self.call("Fetch", request, timeout_ms=timeout_ms)
         return protocol.fetch_results(response)
 
     async def list_offsets(

@@ -4,60 +4,48 @@ asyncio shell on grpc.aio.
     async with AsyncWriter(brokers=["127.0.0.1:9092"], topic="orders") as writer:
         await writer.write_messages(Message(b"one"), Message(b"two"))
 
-One sender task per writer runs the core; each produce request is its own task; answers
-are fed back to the core as they come. Everything runs on the loop that created the
-writer (create it inside `async with` or a coroutine).
+One sender task per writer carries out what the core decides: each produce request is its
+own task, answers are fed back to the core as they come, and one metadata or producer-id
+request at a time is awaited by the sender, bounded by the time the waiting messages have
+left. Everything runs on the loop that created the writer (create it inside `async with`
+or a coroutine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import structlog
 from raftmq.client import protocol
 from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.balancers import Balancer, RoundRobin
-from raftmq.client.conn import DEADLINE_MARGIN_MS, now_ms, wall_ms
+from raftmq.client.conn import now_ms, wall_ms
 from raftmq.client.producer_core import (
-    Completion,
+    MetadataRequest,
     PartitionResult,
     ProducerCore,
+    ProducerIdRequest,
     ProduceSend,
+    WriteCall,
+    WriteError,
     WriterConfig,
     WriterStats,
+    check_topics,
 )
 from raftmq.client.writer import (
-    METADATA_BACKOFF_MS,
-    METADATA_BACKOFF_MS_MAX,
+    CLOSE_FLUSH_MARGIN_MS,
+    Callback,
     RequireAll,
-    WriteError,
-    check_topics,
+    closed_before_accepted,
     compression_codec,
+    deliver,
 )
 from raftmq.errors import RaftmqError
 from raftmq.message import Message
 
 _log = structlog.get_logger("raftmq.client")
-
-
-class _AsyncCall:
-    def __init__(self, messages: list[Message], future: asyncio.Future[list[Message]]) -> None:
-        self.messages = messages
-        self.future = future
-        self.done = 0
-        self.failures: list[tuple[Message, RaftmqError]] = []
-
-    def add(self, completion: Completion) -> None:
-        self.done += len(completion.messages)
-        if completion.error is not None:
-            self.failures.extend((m, completion.error) for m in completion.messages)
-        if self.done == len(self.messages) and not self.future.done():
-            if self.failures:
-                self.future.set_exception(WriteError(self.failures))
-            else:
-                self.future.set_result(self.messages)
 
 
 class AsyncWriter:
@@ -78,7 +66,7 @@ class AsyncWriter:
         request_timeout_ms: int = 30_000,
         allow_auto_topic_creation: bool = False,
         async_: bool = False,
-        completion: Callable[[list[Message], RaftmqError | None], None] | None = None,
+        completion: Callback | None = None,
         buffered_messages_max: int = 100_000,
     ) -> None:
         self.config = WriterConfig(
@@ -101,10 +89,9 @@ class AsyncWriter:
         self._core = ProducerCore(self.config, balancer or RoundRobin())
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
+        # Set when close() starts: no new writes.
         self._closed = False
         self._requests: set[asyncio.Task[None]] = set()
-        self._metadata_backoff_ms = METADATA_BACKOFF_MS
-        self._next_metadata_ms = 0
         self._sender = asyncio.get_running_loop().create_task(self._run())
 
     # ------------------------------------------------------------ public API
@@ -119,9 +106,11 @@ class AsyncWriter:
             return future
         if self._closed:
             raise RuntimeError("write_messages on a closed AsyncWriter")
-        call = _AsyncCall(list(messages), future)
+        written = list(messages)
+        call = WriteCall(written, lambda error: _resolve(future, written, error))
         remaining: Sequence[Message] = messages
-        while remaining:
+        # Bound: each pass adds at least one message or waits for room (or close).
+        while remaining and not self._core.closed:
             room = self._core.room()
             if room <= 0:
                 self._drained.clear()
@@ -130,6 +119,8 @@ class AsyncWriter:
             chunk, remaining = remaining[:room], remaining[room:]
             self._core.add(chunk, call, now_ms=now_ms(), wall_ms=wall_ms(), linger=self.async_)
             self._wakeup.set()
+        if remaining:  # closed while this call waited for room
+            deliver([closed_before_accepted(call, remaining)], self.completion)
         if not self.async_:
             await asyncio.shield(future)
         return future
@@ -141,16 +132,26 @@ class AsyncWriter:
             self._drained.clear()
             await self._drained.wait()
 
-    async def close(self) -> None:
+    async def close(self, timeout_ms: int | None = None) -> None:
+        """As `Writer.close`: flush for at most `timeout_ms` (default write_timeout_ms +
+        5 s), then fail whatever is left; every future is resolved and every completion
+        callback has run when it returns."""
         if self._closed:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), self.config.write_timeout_ms / 1000 + 5)
         self._closed = True
-        self._wakeup.set()
-        await self._sender
+        bound_ms = self.config.write_timeout_ms + CLOSE_FLUSH_MARGIN_MS
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self.flush(), (bound_ms if timeout_ms is None else timeout_ms) / 1000
+            )
+        self._core.close()
+        # The sender may be awaiting a (bounded) metadata or producer-id call: its answer
+        # no longer matters.
+        self._sender.cancel()
+        await asyncio.wait([self._sender])
         for task in list(self._requests):
             task.cancel()
+        self._deliver()
         await self._pool.close()
 
     async def __aenter__(self) -> AsyncWriter:
@@ -160,40 +161,37 @@ class AsyncWriter:
         await self.close()
 
     def stats(self) -> WriterStats:
-        s = self._core.stats
-        return WriterStats(
-            s.messages,
-            s.bytes,
-            s.batches,
-            s.errors,
-            s.retries,
-            s.batch_messages_min,
-            s.batch_messages_max,
-        )
+        return self._core.stats.copy()
 
     # ------------------------------------------------------------ sender task
 
     async def _run(self) -> None:
-        # Bound: until closed; each pass does the core's due work, then waits.
-        while not self._closed:
+        try:
+            await self._loop()
+        except Exception:  # a bug: fail what is left rather than leave callers waiting
+            _log.exception("writer.sender_failed")
+            self._core.close()
+            self._deliver()
+
+    async def _loop(self) -> None:
+        # Bound: until the core is closed; each pass does the core's due work and awaits
+        # at most one bounded request, then waits for a wakeup or the next deadline.
+        while not self._core.closed:
             self._wakeup.clear()
             now = now_ms()
             for send in self._core.poll(now_ms=now):
                 self._start(send)
-            wanted_id = self._core.producer_id_wanted()
-            if wanted_id is not None:
-                await self._init_producer_id(*wanted_id)
-            if now >= self._next_metadata_ms and (topics := self._core.metadata_wanted()):
-                await self._refresh_metadata(topics)
-            self._deliver(self._core.drain_completions())
+            request = self._core.next_request(now_ms=now)
+            self._deliver()
+            if request is not None:
+                await self._perform(request)
+                continue
             now = now_ms()
             wake = self._core.next_wakeup_ms(now_ms=now)
-            if self._core.metadata_wanted():
-                wake = min(wake, self._next_metadata_ms)
             if not self._wakeup.is_set() and wake > now:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), (wake - now) / 1000)
-        self._deliver(self._core.drain_completions())
+        self._deliver()
 
     def _start(self, send: ProduceSend) -> None:
         task = asyncio.get_running_loop().create_task(self._send(send))
@@ -208,7 +206,7 @@ class AsyncWriter:
         )
         try:
             response = await self._pool.conn(send.endpoint).call(
-                "Produce", request, timeout_ms=send.timeout_ms + DEADLINE_MARGIN_MS
+                "Produce", request, timeout_ms=send.rpc_timeout_ms
             )
         except RaftmqError as e:
             if send.acks != 0:
@@ -216,51 +214,51 @@ class AsyncWriter:
         else:
             if send.acks != 0:
                 results = [
-                    PartitionResult(r.topic, r.partition, r.base_offset, r.error)
+                    PartitionResult(r.topic, r.partition, r.base_offset, r.error, r.leader_endpoint)
                     for r in protocol.produce_results(response)
                 ]
                 self._core.on_produce_response(send.request_id, results, now_ms=now_ms())
         self._wakeup.set()
 
-    async def _init_producer_id(self, producer_id: int, producer_epoch: int) -> None:
-        try:
-            new_id, new_epoch = await self._pool.init_producer_id(producer_id, producer_epoch)
-        except RaftmqError as e:
-            _log.info("writer.producer_id_failed", error=str(e))
-            self._core.on_producer_id_failure()
-            await asyncio.sleep(METADATA_BACKOFF_MS / 1000)
+    async def _perform(self, request: MetadataRequest | ProducerIdRequest) -> None:
+        """One metadata or producer-id request, bounded by its timeout."""
+        if isinstance(request, ProducerIdRequest):
+            try:
+                answer = await self._pool.init_producer_id(
+                    request.producer_id, request.producer_epoch, timeout_ms=request.timeout_ms
+                )
+            except RaftmqError as e:
+                if self._core.on_producer_id_failure(e, now_ms=now_ms()):
+                    failures = self._core.producer_id_failures
+                    _log.info("writer.producer_id_failed", error=str(e), failures=failures)
+                return
+            self._core.on_producer_id(*answer)
             return
-        self._core.on_producer_id(new_id, new_epoch)
-
-    async def _refresh_metadata(self, topics: set[str]) -> None:
-        failure: RaftmqError | None = None
         try:
-            await self._pool.fetch_metadata(
-                sorted(topics), allow_auto_topic_creation=self.allow_auto_topic_creation
+            metadata = await self._pool.fetch_metadata(
+                request.topics,
+                allow_auto_topic_creation=self.allow_auto_topic_creation,
+                timeout_ms=request.timeout_ms,
+                prefer=request.prefer,
             )
         except RaftmqError as e:
-            failure = e
-        now = now_ms()
-        if self._pool.metadata is not None:
-            self._core.on_metadata(self._pool.metadata, now_ms=now)
-        if failure is not None:
-            self._core.on_metadata_failure(topics, failure, now_ms=now)
-        if failure is not None or self._core.metadata_wanted() & topics:
-            self._next_metadata_ms = now + self._metadata_backoff_ms
-            self._metadata_backoff_ms = min(METADATA_BACKOFF_MS_MAX, self._metadata_backoff_ms * 2)
-        else:
-            self._metadata_backoff_ms = METADATA_BACKOFF_MS
-        self._wakeup.set()
+            self._core.on_metadata_failure(request.topics, e, now_ms=now_ms())
+            return
+        self._core.on_metadata(metadata, asked=request.topics, now_ms=now_ms())
 
-    def _deliver(self, completions: list[Completion]) -> None:
-        for completion in completions:
-            call = completion.ticket
-            assert isinstance(call, _AsyncCall)
-            if self.completion is not None:
-                try:
-                    self.completion(completion.messages, completion.error)
-                except Exception:
-                    _log.exception("writer.completion_failed")
-            call.add(completion)
+    def _deliver(self) -> None:
+        completions = self._core.drain_completions()
         if completions:
+            deliver(completions, self.completion)
             self._drained.set()
+
+
+def _resolve(
+    future: asyncio.Future[list[Message]], messages: list[Message], error: WriteError | None
+) -> None:
+    if future.done():  # the caller cancelled it: nobody waits for it
+        return
+    if error is None:
+        future.set_result(messages)
+    else:
+        future.set_exception(error)

@@ -1,19 +1,23 @@
 """Bootstrap addresses and the cluster's metadata, for the sync shells (Writer, Reader,
-Admin): connections to brokers by address, and a metadata fetch that tries the bootstrap
-brokers and then every broker learnt, bounded in time."""
+Admin): connections to brokers by address, and a metadata fetch that tries the brokers a
+leader hint named, the bootstrap brokers, then every broker learnt, bounded in time."""
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from raftmq import wire
-from raftmq.client.conn import Conn
+from raftmq.client.conn import Conn, now_ms
+from raftmq.client.deadlines import call_timeout_ms
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError
 
+# One attempt's bound (the whole call's is the caller's `timeout_ms`): a broker that does
+# not answer costs this, then the next one is asked.
 METADATA_TIMEOUT_MS = 5_000
+INIT_PRODUCER_ID_TIMEOUT_MS = 10_000
 
 
 def parse_brokers(brokers: Sequence[str] | str) -> list[str]:
@@ -27,14 +31,34 @@ def parse_brokers(brokers: Sequence[str] | str) -> list[str]:
     return addresses
 
 
-def candidate_addresses(bootstrap: list[str], metadata: ClusterMetadata | None) -> list[str]:
-    """Where to ask for metadata: the bootstrap brokers, then every other broker learnt
-    (shuffled, to spread the load)."""
+def candidate_addresses(
+    bootstrap: list[str], metadata: ClusterMetadata | None, prefer: Sequence[str] = ()
+) -> list[str]:
+    """Where to ask: the `prefer`red brokers (leader hints: they know the newest state),
+    the bootstrap brokers, then every other broker learnt (shuffled, to spread the
+    load); each once."""
     learnt: list[str] = []
     if metadata is not None:
         learnt = [e for b in metadata.brokers if (e := metadata.endpoint(b)) and e not in bootstrap]
         random.shuffle(learnt)
-    return [*bootstrap, *learnt]
+    return list(dict.fromkeys([*prefer, *bootstrap, *learnt]))
+
+
+def attempts(
+    addresses: Sequence[str],
+    *,
+    timeout_ms: int | None,
+    attempt_timeout_ms: int,
+    clock: Callable[[], int] = now_ms,
+) -> Iterator[tuple[str, int]]:
+    """(address, that attempt's timeout) for each address in turn, while the call's
+    `timeout_ms` (None: no bound but each attempt's) has time left. Both pools' loops."""
+    deadline_ms = None if timeout_ms is None else clock() + timeout_ms
+    for address in addresses:
+        remaining_ms = None if deadline_ms is None else deadline_ms - clock()
+        if remaining_ms is not None and remaining_ms <= 0:
+            return
+        yield address, call_timeout_ms(remaining_ms, attempt_timeout_ms)
 
 
 def merge_metadata(
@@ -49,10 +73,21 @@ def merge_metadata(
     return current.merged(answer, topics)
 
 
-def no_metadata(failures: list[str]) -> RaftmqError:
+def no_metadata(failures: list[str], timeout_ms: int | None) -> RaftmqError:
+    within = f" within {timeout_ms} ms" if timeout_ms is not None else ""
     return RaftmqError(
         ErrorCode.BROKER_NOT_AVAILABLE,
-        "no broker answered a metadata request: " + "; ".join(failures[-3:]),
+        f"no broker answered a metadata request{within}: "
+        + ("; ".join(failures[-3:]) or "no time left to ask"),
+    )
+
+
+def no_producer_id(failures: list[str], timeout_ms: int | None) -> RaftmqError:
+    within = f" within {timeout_ms} ms" if timeout_ms is not None else ""
+    return RaftmqError(
+        ErrorCode.BROKER_NOT_AVAILABLE,
+        f"no broker answered InitProducerId{within}: "
+        + ("; ".join(failures[-3:]) or "no time left to ask"),
     )
 
 
@@ -63,48 +98,66 @@ class BrokerPool:
         self.bootstrap = parse_brokers(bootstrap)
         self._lock = threading.Lock()
         self._conns: dict[str, Conn] = {}
+        self._closed = False
         self.metadata: ClusterMetadata | None = None
 
     def conn(self, address: str) -> Conn:
+        """The Conn to `address`; after `close`, raises BROKER_NOT_AVAILABLE (a closing
+        Writer's sender may still try)."""
         with self._lock:
+            if self._closed:
+                raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "the client was closed")
             conn = self._conns.get(address)
             if conn is None:
                 conn = self._conns[address] = Conn(address)
             return conn
 
-    def init_producer_id(self, producer_id: int, producer_epoch: int) -> tuple[int, int]:
-        """InitProducerId at the first broker that answers (any broker can)."""
+    def init_producer_id(
+        self, producer_id: int, producer_epoch: int, *, timeout_ms: int | None = None
+    ) -> tuple[int, int]:
+        """InitProducerId at the first broker that answers (any broker can), within
+        `timeout_ms` in all (None: each attempt's own bound)."""
         failures = []
-        for address in self._candidates():
+        for address, attempt_ms in attempts(
+            self._candidates(),
+            timeout_ms=timeout_ms,
+            attempt_timeout_ms=INIT_PRODUCER_ID_TIMEOUT_MS,
+        ):
             try:
-                return self.conn(address).init_producer_id(producer_id, producer_epoch)
+                return self.conn(address).init_producer_id(
+                    producer_id, producer_epoch, timeout_ms=attempt_ms
+                )
             except RaftmqError as e:
                 if e.code != ErrorCode.BROKER_NOT_AVAILABLE:
                     raise
-                failures.append(str(e))
-        raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "; ".join(failures[-3:]))
+                failures.append(e.message)
+        raise no_producer_id(failures, timeout_ms)
 
-    def _candidates(self) -> list[str]:
-        return candidate_addresses(self.bootstrap, self.metadata)
+    def _candidates(self, prefer: Sequence[str] = ()) -> list[str]:
+        return candidate_addresses(self.bootstrap, self.metadata, prefer)
 
     def fetch_metadata(
         self,
         topics: Sequence[str] = (),
         *,
         allow_auto_topic_creation: bool = False,
-        timeout_ms: int = METADATA_TIMEOUT_MS,
+        timeout_ms: int | None = None,
+        prefer: Sequence[str] = (),
     ) -> ClusterMetadata:
-        """Ask the known brokers in turn; keep and return the newest answer."""
+        """Ask the brokers in turn (`prefer` first), within `timeout_ms` in all (None:
+        each attempt's own bound); keep and return the newest answer."""
         failures = []
-        for address in self._candidates():
+        for address, attempt_ms in attempts(
+            self._candidates(prefer), timeout_ms=timeout_ms, attempt_timeout_ms=METADATA_TIMEOUT_MS
+        ):
             try:
                 metadata = self.conn(address).metadata(
                     topics,
                     allow_auto_topic_creation=allow_auto_topic_creation,
-                    timeout_ms=timeout_ms,
+                    timeout_ms=attempt_ms,
                 )
             except RaftmqError as e:
-                failures.append(str(e))
+                failures.append(e.message)
                 continue
             if metadata.version == 0:
                 failures.append(f"{address} has no metadata yet")
@@ -112,10 +165,11 @@ class BrokerPool:
             with self._lock:
                 self.metadata = merge_metadata(self.metadata, metadata, topics)
                 return self.metadata
-        raise no_metadata(failures)
+        raise no_metadata(failures, timeout_ms)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for conn in self._conns.values():
                 conn.close()
             self._conns.clear()

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from raftmq import wire
 from raftmq.client import protocol
+from raftmq.client.deadlines import DEADLINE_MARGIN_MS
 from raftmq.client.protocol import (
     ACKS_ALL,
     EARLIEST,
@@ -32,9 +33,13 @@ from raftmq.record_batch import decode_batches, encode_batch
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
 
-# A call's gRPC deadline is its own timeout plus this (the broker answers acks=all and
-# long polls at their timeout; the margin covers the round trip).
-DEADLINE_MARGIN_MS = 2_000
+__all__ = ["DEADLINE_MARGIN_MS", "Conn", "decode_from", "now_ms", "transport_error", "wall_ms"]
+
+
+def closed_error(endpoint: str, method: str) -> RaftmqError:
+    return RaftmqError(
+        ErrorCode.BROKER_NOT_AVAILABLE, f"{endpoint} {method}: the connection was closed"
+    )
 
 
 def transport_error(endpoint: str, method: str, e: grpc.RpcError) -> RaftmqError:
@@ -54,6 +59,7 @@ class Conn:
         self.partition = partition
         self._channel = grpc.insecure_channel(address, options=wire.GRPC_OPTIONS)
         self._stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        self._closed = False
 
     @classmethod
     def dial_leader(
@@ -81,6 +87,8 @@ class Conn:
         raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "; ".join(failures) or "no brokers")
 
     def close(self) -> None:
+        """Close the channel; calls in progress fail (BROKER_NOT_AVAILABLE), later ones too."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Conn:
@@ -97,10 +105,21 @@ class Conn:
             return getattr(self._stub, method)(request, timeout=timeout_ms / 1000)
         except grpc.RpcError as e:
             raise transport_error(self.address, method, e) from e
+        except ValueError as e:  # gRPC's answer to a call on a closed channel
+            if not self._closed:
+                raise
+            raise closed_error(self.address, method) from e
 
     def call_future(self, method: str, request: Any, *, timeout_ms: int) -> Future[Any]:
         """The same call without blocking: a future of the response (or of grpc.RpcError)."""
-        future: Future[Any] = getattr(self._stub, method).future(request, timeout=timeout_ms / 1000)
+        try:
+            future: Future[Any] = getattr(self._stub, method).future(
+                request, timeout=timeout_ms / 1000
+            )
+        except ValueError as e:
+            if not self._closed:
+                raise
+            raise closed_error(self.address, method) from e
         return future
 
     def produce(
@@ -127,9 +146,11 @@ class Conn:
         max_bytes: int = 16 << 20,
         partition_max_bytes: int = 4 << 20,
         leader_epoch: int = -1,
+        timeout_ms: int | None = None,
     ) -> list[FetchResult]:
         """Fetch (topic, partition, offset) as a consumer: only data below the high
-        watermark; a long poll of up to `max_wait_ms` until `min_bytes` are there."""
+        watermark; a long poll of up to `max_wait_ms` until `min_bytes` are there. The
+        call's deadline is `timeout_ms` (default: max_wait_ms + DEADLINE_MARGIN_MS)."""
         request = protocol.fetch_request(
             [(t, p, o, leader_epoch) for t, p, o in partitions],
             max_wait_ms=max_wait_ms,
@@ -137,7 +158,9 @@ class Conn:
             max_bytes=max_bytes,
             partition_max_bytes=partition_max_bytes,
         )
-        response = self.call("Fetch", request, timeout_ms=max_wait_ms + DEADLINE_MARGIN_MS)
+        if timeout_ms is None:
+            timeout_ms = max_wait_ms + DEADLINE_MARGIN_MS
+        response = self.call("Fetch", request, timeout_ms=timeout_ms)
         return protocol.fetch_results(response)
 
     def list_offsets(

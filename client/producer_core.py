@@ -1,7 +1,9 @@
 """The Writer's core: batching, partitioning, idempotent sequencing and retry decisions,
 with no I/O and no clock of its own (`now_ms` comes in; actions go out), as h11 is driven
 by bytes. The sync `Writer` and the asyncio `AsyncWriter` are thin shells around it: they
-feed it messages, metadata, responses and the time, and carry out what it asks for.
+feed it messages, metadata, responses and the time, and carry out what it asks for —
+`poll` gives the produce requests to send (without waiting for them), `next_request` the
+one metadata or producer-id request to make next (awaited, bounded by its `timeout_ms`).
 
 Flow of one message: `add` -> the partition's open batch (balancer, or the message's own
 partition) -> sealed when it reaches `batch_size` messages or `batch_bytes`, or after
@@ -10,20 +12,31 @@ partition) -> sealed when it reaches `batch_size` messages or `batch_bytes`, or 
 its offset, or retried, or failed.
 
 Idempotence (on by default): the writer holds a producer id and epoch from the cluster
-(`InitProducerId`); every sealed batch of a partition gets the next sequence numbers; at
-most `INFLIGHT_IDEMPOTENT_MAX` (5) batches per partition are in flight, which is the
-window the partition leader remembers, so a retry after a lost acknowledgement is
-answered with the original offset and never written twice. A batch keeps its encoded
-bytes across retries. After an error a partition sends one batch at a time, in sequence
-order, until its retries are through. A sequence error at the head of a partition (the
-leader lost our state) bumps the epoch and restarts every partition's sequences at 0
-(KIP-360). Without idempotence one batch per partition is in flight (order) and a retry
-may duplicate.
+(`InitProducerId`, asked when there is something to write); every sealed batch of a
+partition gets the next sequence numbers; at most `INFLIGHT_IDEMPOTENT_MAX` (5) batches
+per partition are in flight, which is the window the partition leader remembers, so a
+retry after a lost acknowledgement is answered with the original offset and never
+written twice. A batch keeps its encoded bytes across retries. After an error a
+partition sends one batch at a time, in sequence order, until its retries are through. A
+sequence error at the head of a partition (the leader lost our state) bumps the epoch and
+restarts every partition's sequences at 0 (KIP-360). Without idempotence one batch per
+partition is in flight (order) and a retry may duplicate.
+
+Time: every message has a deadline (`write_timeout_ms` after `add`). Every request is
+bounded by what the earliest pending message has left (`deadlines.py`), so a broker that
+never answers costs a write its own timeout, not an RPC timeout on top; a message past
+its deadline fails at the next `poll`, whatever it waits for (metadata, a producer id, a
+leader), with the last error seen.
+
+Leader hints: a NOT_LEADER_OR_FOLLOWER answer may name the leader. The retry goes there at
+once (with leader epoch -1, as the hint carries none: sequence numbers, not the epoch,
+keep a retry from being written twice), and the metadata refresh asks that broker first.
 
 Outcomes: every message ends in exactly one `Completion`: an offset, or an error. A batch
 that was sent and whose fate is unknown when it gives up (timeout, lost connection, leader
 moved after the append) fails with `OutcomeUnknownError` ("maybe written"); every other
-error means "not written".
+error means "not written". `close` fails whatever is left (in flight: outcome unknown;
+never sent: `WriterClosedError`), so nothing is dropped silently.
 
 Not thread-safe: the shells call it under their lock (sync) or from one event loop.
 """
@@ -38,6 +51,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from raftmq.client.balancers import Balancer
+from raftmq.client.deadlines import call_timeout_ms, wait_budget
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.compression import CODEC_NONE
 from raftmq.errors import (
@@ -45,6 +59,7 @@ from raftmq.errors import (
     ErrorCode,
     OutcomeUnknownError,
     RaftmqError,
+    WriterClosedError,
 )
 from raftmq.message import TIMESTAMP_UNSET, Message
 from raftmq.metadata import NO_LEADER
@@ -55,8 +70,25 @@ INFLIGHT_IDEMPOTENT_MAX = 5  # Kafka: the leader's duplicate window per producer
 REQUEST_BYTES_MAX = 16 << 20  # one ProduceRequest carries at most this many batch bytes
 RETRY_BACKOFF_MS = 100
 RETRY_BACKOFF_MS_MAX = 1_000
+# Metadata and InitProducerId retries: exponential from the first to the max.
+METADATA_BACKOFF_MS = 100
+METADATA_BACKOFF_MS_MAX = 2_000
+# A failing InitProducerId is reported once, then at most this often (it is retried
+# every METADATA_BACKOFF_MS_MAX while messages wait for it).
+PRODUCER_ID_REPORT_INTERVAL_MS = 10_000
 # Per-message overhead counted toward batch_bytes (varints, attributes, deltas).
 RECORD_OVERHEAD_BYTES = 10
+# Codes after which the topic's metadata is refreshed before the retry.
+_STALE_METADATA_CODES = frozenset(
+    {
+        ErrorCode.NOT_LEADER_OR_FOLLOWER,
+        ErrorCode.LEADER_NOT_AVAILABLE,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode.BROKER_NOT_AVAILABLE,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +134,72 @@ class WriterConfig:
         return INFLIGHT_IDEMPOTENT_MAX if self.idempotent else 1
 
 
+def check_topics(writer_topic: str | None, messages: Iterable[Message]) -> None:
+    """A topic on the Writer and on a message is exclusive: exactly one of them (kafka-go's
+    rule), checked before anything is sent. A message whose topic is the Writer's own is
+    no conflict: a written message carries its topic, and writing the same messages again
+    (a retry loop) must work."""
+    for message in messages:
+        if writer_topic is not None and message.topic not in (None, writer_topic):
+            raise ValueError(
+                f"the Writer has topic {writer_topic!r} and a message has topic "
+                f"{message.topic!r}: set the topic on the Writer or on each message, not both"
+            )
+        if writer_topic is None and message.topic is None:
+            raise ValueError("a message has no topic and the Writer has none: set one of them")
+
+
+class WriteError(RaftmqError):
+    """Some messages of a write failed: `errors` pairs each with its cause (a per-code
+    error such as `LeaderNotAvailableError`, or `OutcomeUnknownError`). Also a
+    RaftmqError, with the first failure's code; `retriable` is True only when every cause
+    is retriable, so `except WriteError as e: if e.retriable: ...` is the retry test."""
+
+    def __init__(self, errors: list[tuple[Message, RaftmqError]]) -> None:
+        first = errors[0][1]
+        shown = "; ".join(f"{m!r}: {e}" for m, e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        super().__init__(first.code, f"{len(errors)} message(s) failed: {shown}{more}")
+        self.errors = errors
+
+    def __new__(cls, errors: list[tuple[Message, RaftmqError]]) -> WriteError:
+        return Exception.__new__(cls)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (WriteError, (self.errors,))
+
+    @property
+    def retriable(self) -> bool:
+        """Every message failed for a reason that writing it again may cure (a leader
+        change, a timeout, an unknown outcome)."""
+        return all(error.retriable for _, error in self.errors)
+
+
+class WriteCall:
+    """One `write_messages` call: its messages' outcomes as completions come in (a batch
+    may mix several calls' messages, and a call's messages may span batches). The ticket
+    both shells give `add`; `resolve` gets None (all written) or the WriteError, once."""
+
+    __slots__ = ("failures", "messages", "outcomes", "resolve")
+
+    def __init__(
+        self, messages: list[Message], resolve: Callable[[WriteError | None], None]
+    ) -> None:
+        self.messages = messages
+        self.resolve = resolve
+        self.outcomes = 0
+        self.failures: list[tuple[Message, RaftmqError]] = []
+
+    def add(self, completion: Completion) -> None:
+        """Count one completion; resolve once every message has an outcome."""
+        self.outcomes += len(completion.messages)
+        if completion.error is not None:
+            self.failures.extend((m, completion.error) for m in completion.messages)
+        assert self.outcomes <= len(self.messages)
+        if self.outcomes == len(self.messages):
+            self.resolve(WriteError(self.failures) if self.failures else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """The outcome of some messages of one `add` call (`ticket`): all written (offsets are
@@ -122,7 +220,8 @@ class ProduceBatch:
 
 @dataclass(frozen=True, slots=True)
 class ProduceSend:
-    """Send one ProduceRequest to `endpoint`; report with `on_produce_response` or
+    """Send one ProduceRequest to `endpoint` with the broker's wait `timeout_ms` and the
+    call's deadline `rpc_timeout_ms`; report with `on_produce_response` or
     `on_produce_failure` (acks=0: report nothing)."""
 
     request_id: int
@@ -130,6 +229,27 @@ class ProduceSend:
     acks: int
     timeout_ms: int
     batches: tuple[ProduceBatch, ...]
+    rpc_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerIdRequest:
+    """InitProducerId ((-1, -1): a new id; our own: bump the epoch) at any broker, within
+    `timeout_ms` in all; report with `on_producer_id` or `on_producer_id_failure`."""
+
+    producer_id: int
+    producer_epoch: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRequest:
+    """Metadata for `topics`, asking the `prefer` brokers (leader hints) first, within
+    `timeout_ms` in all; report with `on_metadata` or `on_metadata_failure`."""
+
+    topics: tuple[str, ...]
+    prefer: tuple[str, ...]
+    timeout_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +258,8 @@ class PartitionResult:
     partition: int
     base_offset: int
     error: RaftmqError | None
+    # With NOT_LEADER_OR_FOLLOWER: the leader the broker knows of, if any.
+    leader_endpoint: str | None = None
 
 
 @dataclass(slots=True)
@@ -182,8 +304,19 @@ class _Partition:
     recovering: bool = False
 
 
+def _histogram_bucket(count: int) -> int:
+    """The power of two at or above `count` (1, 2, 4, 8, ...)."""
+    return 1 << max(0, count - 1).bit_length()
+
+
 @dataclass(slots=True)
 class WriterStats:
+    """Counters since the Writer was made (`Writer.stats()` returns a copy). `messages`,
+    `bytes` and `batches` count what was sent once (a retry counts in `retries`, not
+    again); `errors` counts failed messages. The batch size distribution: min, max, avg
+    (messages per batch) and `batch_messages_histogram`: power-of-two upper bound ->
+    batches of at most that many messages (and more than half of it)."""
+
     messages: int = 0
     bytes: int = 0
     batches: int = 0
@@ -191,6 +324,7 @@ class WriterStats:
     retries: int = 0
     batch_messages_min: int = 0
     batch_messages_max: int = 0
+    batch_messages_histogram: dict[int, int] = field(default_factory=dict)
 
     def record_batch(self, count: int, size: int) -> None:
         self.batches += 1
@@ -200,10 +334,24 @@ class WriterStats:
             count if self.batches == 1 else min(self.batch_messages_min, count)
         )
         self.batch_messages_max = max(self.batch_messages_max, count)
+        bucket = _histogram_bucket(count)
+        self.batch_messages_histogram[bucket] = self.batch_messages_histogram.get(bucket, 0) + 1
 
     @property
     def batch_messages_avg(self) -> float:
         return self.messages / self.batches if self.batches else 0.0
+
+    def copy(self) -> WriterStats:
+        return WriterStats(
+            self.messages,
+            self.bytes,
+            self.batches,
+            self.errors,
+            self.retries,
+            self.batch_messages_min,
+            self.batch_messages_max,
+            dict(sorted(self.batch_messages_histogram.items())),
+        )
 
 
 class ProducerCore:
@@ -213,23 +361,40 @@ class ProducerCore:
         self._metadata: ClusterMetadata | None = None
         self._partitions: dict[tuple[str, int], _Partition] = {}
         # Messages waiting for their topic's metadata: topic -> (message, ticket, deadline,
-        # linger).
+        # linger), in arrival order (so in deadline order).
         self._unrouted: dict[str, list[tuple[Message, object, int, bool]]] = {}
         self._stale_topics: set[str] = set()
-        # Why the last metadata refresh failed (None after one succeeded): the reason given
-        # to messages whose topic could not be looked up in time.
+        # Topics a metadata answer said do not exist (until one shows them).
+        self._missing_topics: set[str] = set()
+        # (topic, partition) -> the leader endpoint a NOT_LEADER_OR_FOLLOWER answer named;
+        # dropped when metadata for the topic comes.
+        self._leader_hints: dict[tuple[str, int], str] = {}
+        # Why the last refresh of each kind failed (None after one succeeded), and the last
+        # failure of any request: the reasons given to messages that run out of time.
         self._metadata_error: RaftmqError | None = None
+        self._producer_id_error: RaftmqError | None = None
+        self._last_error: RaftmqError | None = None
+        self._metadata_backoff_ms = METADATA_BACKOFF_MS
+        self._metadata_retry_ms = 0
+        self._metadata_requested = False
         self._completions: list[Completion] = []
         self._request_ids = itertools.count(1)
-        # request id -> the batches it carries (acks != 0 only).
+        # request id -> the batches it carries, in request order (acks != 0 only).
         self._requests: dict[int, list[_Batch]] = {}
         # Accepted, not yet completed. Invariant: 0 <= buffered <= buffered_messages_max.
         self.buffered = 0
         self.producer_id = -1
         self.producer_epoch = -1
         self._producer_id_requested = False
+        self._producer_id_backoff_ms = METADATA_BACKOFF_MS
+        self._producer_id_retry_ms = 0
+        # Consecutive InitProducerId failures, and when the last one was reported.
+        self.producer_id_failures = 0
+        self._producer_id_reported_ms: int | None = None
         self._epoch_bump_needed = False
         self._flush_requested = False
+        # After `close`: everything was failed; nothing is accepted or sent any more.
+        self.closed = False
         self.stats = WriterStats()
 
     # ------------------------------------------------------------ inputs
@@ -251,6 +416,7 @@ class ProducerCore:
         epoch, stamped into messages that have no time (as kafka-go's Writer does).
         `linger=False` (a caller that blocks until they are written gains nothing from
         waiting for more): their batches are sealed at the next poll."""
+        assert not self.closed, "the shell refuses writes after close"
         assert len(messages) <= self.room()
         deadline_ms = now_ms + self.config.write_timeout_ms
         self.buffered += len(messages)
@@ -283,12 +449,27 @@ class ProducerCore:
         """Seal every open batch at the next poll (a `flush()` or `close()` call)."""
         self._flush_requested = True
 
-    def on_metadata(self, metadata: ClusterMetadata, *, now_ms: int) -> None:
-        """A metadata view (the shell's merged one: every topic it knows)."""
+    def on_metadata(
+        self, metadata: ClusterMetadata, *, now_ms: int, asked: Iterable[str] = ()
+    ) -> None:
+        """A metadata view (the shell's merged one: every topic it knows), the answer to a
+        MetadataRequest for `asked` (empty: given unasked, as tests do)."""
+        self._metadata_requested = False
+        if self.closed:
+            return
         self._metadata_error = None
         if self._metadata is None or metadata.version >= self._metadata.version:
             self._metadata = metadata
-        self._stale_topics -= set(metadata.topics)
+        asked = set(asked)
+        known = set(metadata.topics)
+        # The view merges earlier answers: only what was asked is fresh (all of it when the
+        # view came unasked).
+        fresh = asked & known if asked else known
+        self._stale_topics -= fresh
+        self._leader_hints = {
+            key: hint for key, hint in self._leader_hints.items() if key[0] not in fresh
+        }
+        self._missing_topics = (self._missing_topics | asked) - known
         for topic in list(self._unrouted):
             if topic in metadata.topics:
                 waiting = self._unrouted.pop(topic)
@@ -304,25 +485,54 @@ class ProducerCore:
                             deadline_ms=deadline_ms,
                             linger=linger,
                         )
+        if any(self._needs_metadata(topic) for topic in asked):
+            # Missing, or a partition we must write to has no leader yet: ask again later.
+            self._metadata_backed_off(now_ms)
+        elif asked:
+            self._metadata_backoff_ms = METADATA_BACKOFF_MS
+            self._metadata_retry_ms = 0
 
     def on_metadata_failure(
         self, topics: Iterable[str], error: RaftmqError, *, now_ms: int
     ) -> None:
         """A metadata refresh for `topics` failed: messages past their deadline fail."""
-        self._metadata_error = error
+        self._metadata_requested = False
+        if self.closed:
+            return
+        self._metadata_error = self._last_error = error
+        self._metadata_backed_off(now_ms)
         for topic in topics:
-            self._expire_unrouted(topic, error, now_ms=now_ms)
+            self._expire_unrouted(topic, now_ms=now_ms)
 
     def on_producer_id(self, producer_id: int, producer_epoch: int) -> None:
         self._producer_id_requested = False
+        self._producer_id_error = None
+        self.producer_id_failures = 0
+        self._producer_id_reported_ms = None
+        self._producer_id_backoff_ms = METADATA_BACKOFF_MS
+        self._producer_id_retry_ms = 0
         bumped = producer_id == self.producer_id and producer_epoch > self.producer_epoch
         self.producer_id, self.producer_epoch = producer_id, producer_epoch
         if bumped or self._epoch_bump_needed:
             self._epoch_bump_needed = False
             self._restart_sequences()
 
-    def on_producer_id_failure(self) -> None:
+    def on_producer_id_failure(self, error: RaftmqError, *, now_ms: int) -> bool:
+        """InitProducerId failed: retried after a backoff. True when the shell should
+        report it (the first of a run of failures, then every
+        PRODUCER_ID_REPORT_INTERVAL_MS): not every 100 ms."""
         self._producer_id_requested = False
+        self._producer_id_error = self._last_error = error
+        self.producer_id_failures += 1
+        self._producer_id_retry_ms = now_ms + self._producer_id_backoff_ms
+        self._producer_id_backoff_ms = min(
+            METADATA_BACKOFF_MS_MAX, self._producer_id_backoff_ms * 2
+        )
+        last = self._producer_id_reported_ms
+        if last is None or now_ms - last >= PRODUCER_ID_REPORT_INTERVAL_MS:
+            self._producer_id_reported_ms = now_ms
+            return True
+        return False
 
     def on_produce_response(
         self, request_id: int, results: Sequence[PartitionResult], *, now_ms: int
@@ -330,30 +540,97 @@ class ProducerCore:
         batches = self._requests.pop(request_id, None)
         if batches is None:
             return
-        by_partition = {(r.topic, r.partition): r for r in results}
-        for batch in batches:
-            result = by_partition.get((batch.topic, batch.partition))
-            if result is None:
-                error = RaftmqError(
-                    ErrorCode.UNKNOWN_SERVER_ERROR,
-                    f"the broker's answer left out {batch.topic}-{batch.partition}",
-                )
-                self._on_batch_error(batch, error, sent=True, now_ms=now_ms)
-            elif result.error is None:
+        # The broker answers in request order, one result per batch; a request may carry
+        # several batches of one partition, so results pair with batches by position,
+        # never by (topic, partition).
+        if len(results) != len(batches) or any(
+            (r.topic, r.partition) != (b.topic, b.partition)
+            for r, b in zip(results, batches, strict=False)
+        ):
+            error = RaftmqError(
+                ErrorCode.UNKNOWN_SERVER_ERROR,
+                f"the broker answered {len(results)} result(s) to a request of "
+                f"{len(batches)} batch(es), not one per batch in request order",
+            )
+            for batch in batches:  # which of them were appended is unknown
+                self._on_batch_error(batch, error, sent=True, now_ms=now_ms, maybe_written=True)
+            return
+        for batch, result in zip(batches, results, strict=True):
+            if result.error is None:
                 self._on_batch_written(batch, result.base_offset)
             else:
-                self._on_batch_error(batch, result.error, sent=True, now_ms=now_ms)
+                self._on_batch_error(
+                    batch, result.error, sent=True, now_ms=now_ms, hint=result.leader_endpoint
+                )
 
     def on_produce_failure(self, request_id: int, error: RaftmqError, *, now_ms: int) -> None:
         """The request failed in transport (timeout, connection lost): its outcome is unknown."""
-        for batch in self._requests.pop(request_id, ()):
+        batches = self._requests.pop(request_id, ())
+        if batches:
+            self._last_error = error
+        for batch in batches:
             self._stale_topics.add(batch.topic)
             self._on_batch_error(batch, error, sent=True, now_ms=now_ms, maybe_written=True)
+
+    def close(self) -> None:
+        """Fail everything not completed yet, at once (the shell's `close` after its flush
+        bound): what was sent and not answered with OutcomeUnknownError ("maybe written"),
+        the rest with WriterClosedError ("not written"). Later answers are ignored."""
+        if self.closed:
+            return
+        self.closed = True
+        for batches in self._requests.values():
+            for batch in batches:
+                batch.maybe_written = True
+        self._requests.clear()
+        for state in self._partitions.values():
+            where = f"{state.topic}-{state.partition}"
+            for batch in state.in_flight.values():
+                self._fail(
+                    batch.messages,
+                    batch.tickets,
+                    OutcomeUnknownError(
+                        f"{where}: the writer was closed while the batch was in flight "
+                        f"(sent, not answered); it may have been written",
+                        cause=batch.last_error,
+                    ),
+                )
+            for batch in state.queued:
+                if batch.maybe_written:  # an earlier attempt may have been written
+                    last = batch.last_error or self._closed_error(where)
+                    self._give_up(batch, last, closing=True)
+                else:
+                    self._fail(batch.messages, batch.tickets, self._closed_error(where, batch))
+            state.in_flight.clear()
+            state.queued.clear()
+            if state.open:
+                self._fail(state.open, state.open_tickets, self._closed_error(where))
+                state.open, state.open_tickets, state.open_bytes = [], [], 0
+        for topic, waiting in self._unrouted.items():
+            self._fail(
+                [w[0] for w in waiting],
+                [w[1] for w in waiting],
+                WriterClosedError(
+                    f"topic {topic!r}: the writer was closed before its metadata came"
+                ),
+            )
+        self._unrouted.clear()
+        assert self.buffered == 0
+
+    @staticmethod
+    def _closed_error(where: str, batch: _Batch | None = None) -> WriterClosedError:
+        last = batch.last_error if batch is not None else None
+        return WriterClosedError(
+            f"{where}: the writer was closed before the batch was written"
+            + (f" (last attempt refused: {last.message})" if last is not None else "")
+        )
 
     # ------------------------------------------------------------ outputs
 
     def poll(self, *, now_ms: int) -> list[ProduceSend]:
         """Seal what is due, expire what is late, and return the requests to send now."""
+        if self.closed:
+            return []
         flush = self._flush_requested
         self._flush_requested = False
         for state in self._partitions.values():
@@ -361,46 +638,115 @@ class ProducerCore:
                 self._seal(state, now_ms=now_ms)
             self._expire_queued(state, now_ms=now_ms)
         for topic in list(self._unrouted):
-            self._expire_unrouted(topic, self._metadata_error, now_ms=now_ms)
+            self._expire_unrouted(topic, now_ms=now_ms)
         if self.config.idempotent and (self.producer_id < 0 or self._epoch_bump_needed):
             return []
         return self._sends(now_ms=now_ms)
 
-    def producer_id_wanted(self) -> tuple[int, int] | None:
+    def next_request(self, *, now_ms: int) -> MetadataRequest | ProducerIdRequest | None:
+        """The metadata or producer-id request to make now, if any (one at a time: the
+        shell reports its answer before asking again). Its `timeout_ms` is what the
+        earliest waiting message has left, at most `request_timeout_ms`."""
+        if self.closed or self._metadata_requested or self._producer_id_requested:
+            return None
+        topics = self.metadata_wanted()
+        if topics and now_ms >= self._metadata_retry_ms:
+            self._metadata_requested = True
+            prefer = {hint for (topic, _), hint in self._leader_hints.items() if topic in topics}
+            return MetadataRequest(
+                tuple(sorted(topics)), tuple(sorted(prefer)), self._request_timeout_ms(now_ms)
+            )
+        wanted = self._producer_id_wanted(now_ms)
+        if wanted is not None:
+            self._producer_id_requested = True
+            return ProducerIdRequest(*wanted, self._request_timeout_ms(now_ms))
+        return None
+
+    def _producer_id_wanted(self, now_ms: int) -> tuple[int, int] | None:
         """(producer id, epoch) to send in an InitProducerId request now ((-1, -1) for a new
-        id; our own to bump the epoch), or None. The shell reports the answer."""
-        if not self.config.idempotent or self._producer_id_requested:
+        id, asked once there is something to write; our own to bump the epoch), or None."""
+        if not self.config.idempotent or now_ms < self._producer_id_retry_ms:
             return None
         if self.producer_id < 0:
-            self._producer_id_requested = True
-            return (-1, -1)
+            return (-1, -1) if self.buffered > 0 else None
         if self._epoch_bump_needed and not any(s.in_flight for s in self._partitions.values()):
-            self._producer_id_requested = True
             return (self.producer_id, self.producer_epoch)
         return None
 
     def metadata_wanted(self) -> set[str]:
-        """Topics whose metadata the shell should (re)fetch now."""
-        return set(self._unrouted) | self._stale_topics
+        """Topics whose metadata the writer needs: unrouted messages wait for them, or
+        queued batches for their leader."""
+        stale = {
+            state.topic
+            for state in self._partitions.values()
+            if state.queued and state.topic in self._stale_topics
+        }
+        return set(self._unrouted) | stale
 
     def drain_completions(self) -> list[Completion]:
         completions, self._completions = self._completions, []
         return completions
 
     def next_wakeup_ms(self, *, now_ms: int) -> int:
-        """When `poll` has something to do next (linger, backoff or deadline), at the latest."""
+        """When `poll` or `next_request` has something to do next (linger, backoff,
+        deadline, a request's retry), at the latest in a second."""
         wake = now_ms + 1_000
         for state in self._partitions.values():
             if state.open:
                 wake = min(wake, state.open_since_ms + self.config.linger_ms)
-            for batch in state.queued:
-                wake = min(wake, max(batch.backoff_until_ms, now_ms), batch.deadline_ms)
-                break
+            if state.queued:
+                # A head batch past its backoff and still queued waits for an event that
+                # wakes the shell itself (an answer, metadata, a producer id): not a time.
+                head = state.queued[0]
+                if head.backoff_until_ms > now_ms:
+                    wake = min(wake, head.backoff_until_ms)
+                wake = min(wake, *(b.deadline_ms for b in state.queued))
+        for waiting in self._unrouted.values():
+            wake = min(wake, waiting[0][2])
+        if self.metadata_wanted():
+            wake = min(wake, self._metadata_retry_ms)
+        if self.config.idempotent and self.producer_id < 0 and self.buffered > 0:
+            wake = min(wake, self._producer_id_retry_ms)
         return max(wake, now_ms)
 
     def idle(self) -> bool:
         """Every accepted message has completed and its completion was drained."""
         return self.buffered == 0 and not self._completions
+
+    # ------------------------------------------------------------ time
+
+    def _request_timeout_ms(self, now_ms: int) -> int:
+        return call_timeout_ms(self._remaining_ms(now_ms), self.config.request_timeout_ms)
+
+    def _remaining_ms(self, now_ms: int) -> int | None:
+        """What the earliest waiting message has left (None: nothing waits)."""
+        earliest: int | None = None
+        for waiting in self._unrouted.values():
+            earliest = waiting[0][2] if earliest is None else min(earliest, waiting[0][2])
+        for state in self._partitions.values():
+            deadlines = [b.deadline_ms for b in state.queued]
+            deadlines.extend(b.deadline_ms for b in state.in_flight.values())
+            if state.open:
+                deadlines.append(state.open_deadline_ms)
+            if deadlines:
+                first = min(deadlines)
+                earliest = first if earliest is None else min(earliest, first)
+        return None if earliest is None else earliest - now_ms
+
+    def _metadata_backed_off(self, now_ms: int) -> None:
+        self._metadata_retry_ms = now_ms + self._metadata_backoff_ms
+        self._metadata_backoff_ms = min(METADATA_BACKOFF_MS_MAX, self._metadata_backoff_ms * 2)
+
+    def _needs_metadata(self, topic: str) -> bool:
+        """Messages of `topic` still cannot go anywhere: the topic is unknown, or a
+        partition with queued batches has no leader."""
+        if topic in self._unrouted:
+            return True
+        return any(
+            self._leader_of(topic, state.partition) is None
+            for state in self._partitions.values()
+            if state.topic == topic and state.queued
+        )
 
     # ------------------------------------------------------------ routing and batching
 
@@ -490,7 +836,7 @@ class ProducerCore:
         metadata = self._metadata
         if metadata is None:
             return []
-        by_endpoint: dict[str, list[_Batch]] = {}
+        by_endpoint: dict[str, list[tuple[_Batch, int]]] = {}
         sizes: dict[str, int] = {}
         for state in self._partitions.values():
             limit = 1 if state.recovering else self.config.inflight_max
@@ -498,31 +844,33 @@ class ProducerCore:
                 batch = state.queued[0]
                 if batch.backoff_until_ms > now_ms:
                     break
-                endpoint = self._leader_endpoint(batch.topic, batch.partition)
-                if endpoint is None:
+                route = self._route(batch.topic, batch.partition)
+                if route is None:
                     self._stale_topics.add(batch.topic)
                     break
+                endpoint, leader_epoch = route
                 if sizes.get(endpoint, 0) >= REQUEST_BYTES_MAX:
                     break
                 state.queued.popleft()
                 self._prepare(state, batch, now_ms=now_ms)
                 state.in_flight[self._in_flight_key(batch)] = batch
-                by_endpoint.setdefault(endpoint, []).append(batch)
+                by_endpoint.setdefault(endpoint, []).append((batch, leader_epoch))
                 sizes[endpoint] = sizes.get(endpoint, 0) + len(batch.records)
         sends = []
-        for endpoint, batches in by_endpoint.items():
+        for endpoint, routed in by_endpoint.items():
+            batches = [b for b, _ in routed]
             request_id = next(self._request_ids)
+            # The broker waits for acks at most the request timeout, and answers early
+            # enough for the answer to arrive before the earliest batch's deadline.
             deadline_ms = min(b.deadline_ms for b in batches)
-            timeout_ms = max(1, min(deadline_ms - now_ms, self.config.request_timeout_ms))
+            budget = wait_budget(deadline_ms - now_ms, self.config.request_timeout_ms)
             send = ProduceSend(
                 request_id,
                 endpoint,
                 self.config.required_acks,
-                timeout_ms,
-                tuple(
-                    ProduceBatch(b.topic, b.partition, self._leader_epoch(b), b.records)
-                    for b in batches
-                ),
+                max(1, budget.wait_ms),
+                tuple(ProduceBatch(b.topic, b.partition, e, b.records) for b, e in routed),
+                rpc_timeout_ms=budget.timeout_ms,
             )
             if self.config.required_acks == 0:
                 for batch in batches:  # nothing will answer: done once sent
@@ -553,22 +901,24 @@ class ProducerCore:
         else:
             self.stats.retries += 1
 
-    def _leader_endpoint(self, topic: str, partition: int) -> str | None:
-        metadata = self._metadata
-        if metadata is None or topic in self._stale_topics:
-            return None
-        known = metadata.topics.get(topic)
-        if known is None or partition >= len(known.partitions):
-            return None
-        leader = known.partitions[partition].leader
-        return metadata.endpoint(leader) if leader != NO_LEADER else None
+    def _route(self, topic: str, partition: int) -> tuple[str, int] | None:
+        """(endpoint, leader epoch) to send a batch of `topic`-`partition` to: the leader
+        in the metadata, unless the topic's metadata is stale; then the leader a broker
+        named in its refusal, if any (epoch -1: the hint has none); else None (wait for
+        metadata)."""
+        if topic in self._stale_topics:
+            hint = self._leader_hints.get((topic, partition))
+            return None if hint is None else (hint, -1)
+        return self._leader_of(topic, partition)
 
-    def _leader_epoch(self, batch: _Batch) -> int:
+    def _leader_of(self, topic: str, partition: int) -> tuple[str, int] | None:
         metadata = self._metadata
-        known = metadata.topics.get(batch.topic) if metadata is not None else None
-        if known is None or batch.partition >= len(known.partitions):
-            return -1
-        return known.partitions[batch.partition].leader_epoch
+        known = metadata.topics.get(topic) if metadata is not None else None
+        if metadata is None or known is None or partition >= len(known.partitions):
+            return None
+        state = known.partitions[partition]
+        endpoint = metadata.endpoint(state.leader) if state.leader != NO_LEADER else None
+        return None if endpoint is None else (endpoint, state.leader_epoch)
 
     # ------------------------------------------------------------ outcomes
 
@@ -596,6 +946,7 @@ class ProducerCore:
         sent: bool,
         now_ms: int,
         maybe_written: bool = False,
+        hint: str | None = None,
     ) -> None:
         state = self._partitions[(batch.topic, batch.partition)]
         state.in_flight.pop(self._in_flight_key(batch), None)
@@ -614,15 +965,10 @@ class ProducerCore:
             retriable = True
         else:
             retriable = error.retriable
-        if code in (
-            ErrorCode.NOT_LEADER_OR_FOLLOWER,
-            ErrorCode.LEADER_NOT_AVAILABLE,
-            ErrorCode.FENCED_LEADER_EPOCH,
-            ErrorCode.UNKNOWN_LEADER_EPOCH,
-            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-            ErrorCode.BROKER_NOT_AVAILABLE,
-        ):
+        if code in _STALE_METADATA_CODES:
             self._stale_topics.add(batch.topic)
+        if code == ErrorCode.NOT_LEADER_OR_FOLLOWER and hint is not None:
+            self._leader_hints[(batch.topic, batch.partition)] = hint
         out_of_time = now_ms >= batch.deadline_ms
         if retriable and batch.attempts < self.config.max_attempts and not out_of_time:
             backoff_ms = min(RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS << min(batch.attempts - 1, 4))
@@ -656,11 +1002,14 @@ class ProducerCore:
             queued.sort(key=lambda b: b.created_ms)
         state.queued = deque(queued)
 
-    def _give_up(self, batch: _Batch, error: RaftmqError) -> None:
+    def _give_up(self, batch: _Batch, error: RaftmqError, *, closing: bool = False) -> None:
         if batch.maybe_written and not isinstance(error, OutcomeUnknownError):
+            why = (
+                "the writer was closed" if closing else f"gave up after {batch.attempts} attempt(s)"
+            )
             error = OutcomeUnknownError(
-                f"{batch.topic}-{batch.partition}: gave up after {batch.attempts} attempt(s); "
-                f"an attempt may have been written (last error: {error})",
+                f"{batch.topic}-{batch.partition}: {why}; an attempt may have been written "
+                f"(last error: {error})",
                 cause=error,
             )
         self._fail(batch.messages, batch.tickets, error)
@@ -675,23 +1024,38 @@ class ProducerCore:
                 batch.base_sequence = -1
             state.recovering = False
 
+    def _late(self, what: str, *, waiting_for_producer_id: bool, default: ErrorCode) -> RaftmqError:
+        """The error of a message that ran out of time before it was sent: the reason it
+        could not be (the last failure of what it waited for), not a guess; `default`
+        when nothing failed (e.g. metadata kept showing no leader)."""
+        cause = (
+            (self._producer_id_error if waiting_for_producer_id else None)
+            or self._metadata_error
+            or self._last_error
+        )
+        limit = f"not sent within write_timeout_ms={self.config.write_timeout_ms}"
+        if cause is None:
+            return RaftmqError(default, f"{what}: {limit}")
+        return RaftmqError(cause.code, f"{what}: {limit}; last error: {cause.message}")
+
     def _expire_queued(self, state: _Partition, *, now_ms: int) -> None:
         if not state.queued or all(b.deadline_ms > now_ms for b in state.queued):
             return
         kept: deque[_Batch] = deque()
+        waiting_for_id = self.config.idempotent and self.producer_id < 0
         for batch in state.queued:
             if batch.deadline_ms > now_ms:
                 kept.append(batch)
                 continue
-            error = batch.last_error or RaftmqError(
-                ErrorCode.REQUEST_TIMED_OUT,
-                f"{batch.topic}-{batch.partition}: not written within write_timeout_ms="
-                f"{self.config.write_timeout_ms} (no leader reachable)",
+            error = batch.last_error or self._late(
+                f"{batch.topic}-{batch.partition}",
+                waiting_for_producer_id=waiting_for_id,
+                default=ErrorCode.LEADER_NOT_AVAILABLE,
             )
             self._give_up(batch, error)
         state.queued = kept
 
-    def _expire_unrouted(self, topic: str, error: RaftmqError | None, *, now_ms: int) -> None:
+    def _expire_unrouted(self, topic: str, *, now_ms: int) -> None:
         waiting = self._unrouted.get(topic)
         if not waiting:
             return
@@ -701,11 +1065,18 @@ class ProducerCore:
         self._unrouted[topic] = [w for w in waiting if w[2] > now_ms]
         if not self._unrouted[topic]:
             del self._unrouted[topic]
-        failure = error or RaftmqError(
-            ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-            f"topic {topic!r} does not exist (waited write_timeout_ms="
-            f"{self.config.write_timeout_ms} for it)",
-        )
+        if topic in self._missing_topics:
+            failure = RaftmqError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                f"topic {topic!r} does not exist (waited write_timeout_ms="
+                f"{self.config.write_timeout_ms} for it)",
+            )
+        else:  # no metadata answer came in time: say why
+            failure = self._late(
+                f"topic {topic!r}",
+                waiting_for_producer_id=False,
+                default=ErrorCode.BROKER_NOT_AVAILABLE,
+            )
         self._fail([w[0] for w in late], [w[1] for w in late], failure)
 
     def _fail(self, messages: list[Message], tickets: list[object], error: RaftmqError) -> None:

@@ -7,11 +7,13 @@
 `write_messages` blocks until every message is written or failed and raises `WriteError`
 listing each failed message with its cause. With `async_=True` it returns at once and
 every outcome goes to the `completion(messages, error)` callback (and to the returned
-future): nothing is dropped silently. `close()` (or leaving `with`) flushes.
+future): nothing is dropped silently. `close()` (or leaving `with`) flushes, then fails
+whatever is left, so every future is resolved and every callback has run when it returns.
 
-Threads: one sender thread per Writer runs the core (sealing, sending, retries, metadata
-and producer-id requests); produce requests are sent without blocking (gRPC futures),
-and their answers are fed back from gRPC's callback threads. Completions (the callback,
+Threads: one sender thread per Writer carries out what the core decides: produce requests
+are sent without blocking (gRPC futures) and their answers are fed back from gRPC's
+callback threads; one metadata or producer-id request at a time is made on the sender
+thread, bounded by the time the waiting messages have left. Completions (the callback,
 the futures) are delivered on the sender thread, in order, never under the Writer's lock.
 """
 
@@ -19,9 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import grpc
@@ -29,58 +30,45 @@ import structlog
 from raftmq.client import protocol
 from raftmq.client.balancers import Balancer, RoundRobin
 from raftmq.client.brokers import BrokerPool
-from raftmq.client.conn import DEADLINE_MARGIN_MS, now_ms, transport_error, wall_ms
+from raftmq.client.conn import now_ms, transport_error, wall_ms
 from raftmq.client.producer_core import (
     Completion,
+    MetadataRequest,
     PartitionResult,
     ProducerCore,
+    ProducerIdRequest,
     ProduceSend,
+    WriteCall,
+    WriteError,
     WriterConfig,
     WriterStats,
+    check_topics,
 )
 from raftmq.compression import CODEC_NAMES
-from raftmq.errors import RaftmqError
+from raftmq.errors import RaftmqError, WriterClosedError
 from raftmq.message import Message
+
+__all__ = [
+    "RequireAll",
+    "RequireNone",
+    "RequireOne",
+    "WriteError",
+    "Writer",
+    "check_topics",
+    "compression_codec",
+]
 
 RequireAll = -1
 RequireOne = 1
 RequireNone = 0
-METADATA_BACKOFF_MS = 100
-METADATA_BACKOFF_MS_MAX = 2_000
+# close() flushes for the write timeout plus this (an answer's margin) by default.
+CLOSE_FLUSH_MARGIN_MS = 5_000
+# How long close() waits for the sender to deliver the last outcomes and stop.
 CLOSE_TIMEOUT_S = 60.0
 
 _log = structlog.get_logger("raftmq.client")
 
-
-class WriteError(RaftmqError):
-    """Some messages of a write failed: `errors` pairs each with its cause. Also a
-    RaftmqError, with the first failure's code."""
-
-    def __init__(self, errors: list[tuple[Message, RaftmqError]]) -> None:
-        first = errors[0][1]
-        shown = "; ".join(f"{m!r}: {e}" for m, e in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        super().__init__(first.code, f"{len(errors)} message(s) failed: {shown}{more}")
-        self.errors = errors
-
-    def __new__(cls, errors: list[tuple[Message, RaftmqError]]) -> WriteError:
-        return Exception.__new__(cls)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (WriteError, (self.errors,))
-
-
-def check_topics(writer_topic: str | None, messages: Iterable[Message]) -> None:
-    """A topic on the Writer and on a message is exclusive: exactly one of them (kafka-go's
-    rule), checked before anything is sent."""
-    for message in messages:
-        if writer_topic is not None and message.topic is not None:
-            raise ValueError(
-                f"the Writer has topic {writer_topic!r} and a message has topic "
-                f"{message.topic!r}: set the topic on the Writer or on each message, not both"
-            )
-        if writer_topic is None and message.topic is None:
-            raise ValueError("a message has no topic and the Writer has none: set one of them")
+Callback = Callable[[list[Message], RaftmqError | None], None]
 
 
 def compression_codec(compression: str | None) -> int:
@@ -92,28 +80,29 @@ def compression_codec(compression: str | None) -> int:
     return by_name[compression]
 
 
-@dataclass
-class _Call:
-    """One write_messages call: its messages' outcomes as they complete."""
+def deliver(completions: list[Completion], callback: Callback | None) -> None:
+    """Run the completion callback and count each completion toward its call, in order
+    (both shells; the sender thread or the loop). A failing callback is logged, never
+    lets an outcome go undelivered."""
+    for completion in completions:
+        call = completion.ticket
+        assert isinstance(call, WriteCall)
+        if callback is not None:
+            try:
+                callback(completion.messages, completion.error)
+            except Exception:
+                _log.exception("writer.completion_failed")
+        call.add(completion)
 
-    total: int
-    future: Future[list[Message]]
-    written: int = 0
-    failures: list[tuple[Message, RaftmqError]] = field(default_factory=list)
 
-    def add(self, completion: Completion) -> None:
-        """Count one completion; resolve the future once every message has an outcome."""
-        if completion.error is None:
-            self.written += len(completion.messages)
-        else:
-            self.failures.extend((m, completion.error) for m in completion.messages)
-        if self.written + len(self.failures) == self.total:
-            if self.failures:
-                self.future.set_exception(WriteError(self.failures))
-            else:
-                self.future.set_result(self.messages)
-
-    messages: list[Message] = field(default_factory=list)
+def closed_before_accepted(call: WriteCall, messages: Sequence[Message]) -> Completion:
+    """The outcome of a call's messages the writer never took: it was closed while the call
+    waited for room in its buffer."""
+    return Completion(
+        call,
+        list(messages),
+        WriterClosedError("the writer was closed before these messages were accepted"),
+    )
 
 
 class Writer:
@@ -134,7 +123,7 @@ class Writer:
         request_timeout_ms: int = 30_000,
         allow_auto_topic_creation: bool = False,
         async_: bool = False,
-        completion: Callable[[list[Message], RaftmqError | None], None] | None = None,
+        completion: Callback | None = None,
         buffered_messages_max: int = 100_000,
     ) -> None:
         self.config = WriterConfig(
@@ -160,14 +149,13 @@ class Writer:
         self._wakeup = threading.Condition(self._lock)
         # Notified when messages complete (room for blocked writers, flush, close).
         self._drained = threading.Condition(self._lock)
+        # Set when close() starts: no new writes.
         self._closed = threading.Event()
         # Set (under the lock) by whatever gives the sender work; cleared by the sender
         # when it looks. Invariant: no wakeup is lost between its look and its wait.
         self._dirty = False
         # Completions drained from the core and not yet delivered (sender thread).
         self._delivering = 0
-        self._metadata_backoff_ms = METADATA_BACKOFF_MS
-        self._next_metadata_ms = 0
         self._sender = threading.Thread(target=self._run, name="raftmq-writer", daemon=True)
         self._sender.start()
 
@@ -177,19 +165,20 @@ class Writer:
         """Write `messages`. Sync mode: blocks until all are written (their `topic`,
         `partition` and `offset` are then set) or raises WriteError. Async mode: returns a
         future at once; outcomes also go to `completion`. Raises ValueError at once for a
-        message without a topic, or with one when the Writer has its own."""
+        message without a topic, or with another than the Writer's own."""
         check_topics(self.config.topic, messages)
         future: Future[list[Message]] = Future()
         if not messages:
             future.set_result([])
             return future
-        call = _Call(len(messages), future, messages=list(messages))
+        written = list(messages)
+        call = WriteCall(written, lambda error: _resolve(future, written, error))
         remaining: Sequence[Message] = messages
         with self._lock:
             if self._closed.is_set():
                 raise RuntimeError("write_messages on a closed Writer")
-            # Bound: each pass adds at least one message or waits for room.
-            while remaining:
+            # Bound: each pass adds at least one message or waits for room (or close).
+            while remaining and not self._core.closed:
                 room = self._core.room()
                 if room <= 0:
                     self._drained.wait(timeout=1.0)
@@ -197,6 +186,9 @@ class Writer:
                 chunk, remaining = remaining[:room], remaining[room:]
                 self._core.add(chunk, call, now_ms=now_ms(), wall_ms=wall_ms(), linger=self.async_)
                 self._poke()
+        if remaining:  # closed while this call waited for room: the sender has stopped
+            self._sender.join(timeout=CLOSE_TIMEOUT_S)
+            deliver([closed_before_accepted(call, remaining)], self.completion)
         if not self.async_:
             future.result()  # raises WriteError
         return future
@@ -216,16 +208,28 @@ class Writer:
                 self._drained.wait(timeout=remaining if remaining is not None else 1.0)
         return True
 
-    def close(self) -> None:
-        """Flush (bounded by the write timeout), stop the sender, close connections."""
-        if self._closed.is_set():
-            return
-        self.flush(timeout_s=self.config.write_timeout_ms / 1000 + 5)
+    def close(self, timeout_ms: int | None = None) -> None:
+        """Flush for at most `timeout_ms` (default: write_timeout_ms + 5 s, by which every
+        message has met its own deadline), then fail whatever is left — sent and not
+        answered: OutcomeUnknownError; not sent: WriterClosedError — deliver every outcome,
+        stop the sender and close the connections. When it returns, every future is
+        resolved and every completion callback has run (unless called from a callback,
+        on the sender thread: then they run right after that callback returns)."""
         with self._lock:
+            if self._closed.is_set():
+                return
             self._closed.set()
+        on_sender = threading.current_thread() is self._sender
+        if not on_sender:
+            bound_ms = self.config.write_timeout_ms + CLOSE_FLUSH_MARGIN_MS
+            self.flush(timeout_s=(bound_ms if timeout_ms is None else timeout_ms) / 1000)
+        with self._lock:
+            self._core.close()
             self._poke()
-        self._sender.join(timeout=CLOSE_TIMEOUT_S)
+        # Closing the channels cuts a call the sender may be blocked in short.
         self._pool.close()
+        if not on_sender:
+            self._sender.join(timeout=CLOSE_TIMEOUT_S)
 
     def __enter__(self) -> Writer:
         return self
@@ -235,49 +239,45 @@ class Writer:
 
     def stats(self) -> WriterStats:
         with self._lock:
-            s = self._core.stats
-            return WriterStats(
-                s.messages,
-                s.bytes,
-                s.batches,
-                s.errors,
-                s.retries,
-                s.batch_messages_min,
-                s.batch_messages_max,
-            )
+            return self._core.stats.copy()
 
     # ------------------------------------------------------------ sender thread
 
     def _run(self) -> None:
-        # Bound: until closed; each pass does the core's due work, then waits for a
-        # wakeup or the core's next deadline.
-        while True:
+        try:
+            self._loop()
+        except Exception:  # a bug: fail what is left rather than leave callers waiting
+            _log.exception("writer.sender_failed")
             with self._lock:
-                closed = self._closed.is_set()
-                self._dirty = False
-                now = now_ms()
-                sends = [] if closed else self._core.poll(now_ms=now)
-                wanted_id = None if closed else self._core.producer_id_wanted()
-                topics = self._core.metadata_wanted() if now >= self._next_metadata_ms else set()
+                self._core.close()
                 completions = self._core.drain_completions()
                 self._delivering += len(completions)
+            self._deliver(completions)
+
+    def _loop(self) -> None:
+        # Bound: until the core is closed; each pass does the core's due work and at most
+        # one bounded request, then waits for a wakeup or the core's next deadline.
+        while True:
+            with self._lock:
+                self._dirty = False
+                now = now_ms()
+                sends = self._core.poll(now_ms=now)
+                request = self._core.next_request(now_ms=now)
+                completions = self._core.drain_completions()
+                self._delivering += len(completions)
+                closed = self._core.closed
             self._deliver(completions)
             if closed:
                 return
             for send in sends:
                 self._send(send)
-            if wanted_id is not None:
-                self._init_producer_id(*wanted_id)
-            if topics:
-                self._refresh_metadata(topics)
+            if request is not None:
+                self._perform(request)
+                continue  # look again at once: answers may have made work due
             with self._lock:
-                if self._closed.is_set():
-                    return
                 now = now_ms()
                 wake = self._core.next_wakeup_ms(now_ms=now)
-                if self._core.metadata_wanted():
-                    wake = min(wake, self._next_metadata_ms)
-                if not self._dirty and wake > now:
+                if not self._dirty and not self._core.closed and wake > now:
                     self._wakeup.wait(timeout=(wake - now) / 1000)
 
     def _send(self, send: ProduceSend) -> None:
@@ -286,9 +286,17 @@ class Writer:
             acks=send.acks,
             timeout_ms=send.timeout_ms,
         )
-        future = self._pool.conn(send.endpoint).call_future(
-            "Produce", request, timeout_ms=send.timeout_ms + DEADLINE_MARGIN_MS
-        )
+        try:
+            future = self._pool.conn(send.endpoint).call_future(
+                "Produce", request, timeout_ms=send.rpc_timeout_ms
+            )
+        except RaftmqError as e:  # the pool was closed under us
+            closed = e
+            if send.acks != 0:
+                self._on_answer(
+                    lambda now: self._core.on_produce_failure(send.request_id, closed, now_ms=now)
+                )
+            return
         if send.acks == 0:
             return  # nobody waits for an answer (the core completed these already)
 
@@ -302,7 +310,7 @@ class Writer:
                 )
                 return
             results = [
-                PartitionResult(r.topic, r.partition, r.base_offset, r.error)
+                PartitionResult(r.topic, r.partition, r.base_offset, r.error, r.leader_endpoint)
                 for r in protocol.produce_results(response)
             ]
             self._on_answer(
@@ -310,6 +318,37 @@ class Writer:
             )
 
         future.add_done_callback(done)
+
+    def _perform(self, request: MetadataRequest | ProducerIdRequest) -> None:
+        """Sender thread: one metadata or producer-id request, bounded by its timeout."""
+        if isinstance(request, ProducerIdRequest):
+            try:
+                answer = self._pool.init_producer_id(
+                    request.producer_id, request.producer_epoch, timeout_ms=request.timeout_ms
+                )
+            except RaftmqError as e:
+                with self._lock:
+                    report = self._core.on_producer_id_failure(e, now_ms=now_ms())
+                    failures = self._core.producer_id_failures
+                if report:
+                    _log.info("writer.producer_id_failed", error=str(e), failures=failures)
+                return
+            with self._lock:
+                self._core.on_producer_id(*answer)
+            return
+        try:
+            metadata = self._pool.fetch_metadata(
+                request.topics,
+                allow_auto_topic_creation=self.allow_auto_topic_creation,
+                timeout_ms=request.timeout_ms,
+                prefer=request.prefer,
+            )
+        except RaftmqError as e:
+            with self._lock:
+                self._core.on_metadata_failure(request.topics, e, now_ms=now_ms())
+            return
+        with self._lock:
+            self._core.on_metadata(metadata, asked=request.topics, now_ms=now_ms())
 
     def _poke(self) -> None:
         """Under the lock: the sender has work."""
@@ -322,56 +361,23 @@ class Writer:
             feed(now_ms())
             self._poke()
 
-    def _init_producer_id(self, producer_id: int, producer_epoch: int) -> None:
-        try:
-            new_id, new_epoch = self._pool.init_producer_id(producer_id, producer_epoch)
-        except RaftmqError as e:
-            _log.info("writer.producer_id_failed", error=str(e))
-            with self._lock:
-                self._core.on_producer_id_failure()
-            time.sleep(METADATA_BACKOFF_MS / 1000)  # the sender's own backoff
-            return
-        with self._lock:
-            self._core.on_producer_id(new_id, new_epoch)
-
-    def _refresh_metadata(self, topics: set[str]) -> None:
-        try:
-            self._pool.fetch_metadata(
-                sorted(topics), allow_auto_topic_creation=self.allow_auto_topic_creation
-            )
-            failure: RaftmqError | None = None
-        except RaftmqError as e:
-            failure = e
-        with self._lock:
-            now = now_ms()
-            metadata = self._pool.metadata
-            if metadata is not None:
-                self._core.on_metadata(metadata, now_ms=now)
-            if failure is not None:
-                self._core.on_metadata_failure(topics, failure, now_ms=now)
-            still_missing = self._core.metadata_wanted() & topics
-            if failure is not None or still_missing:
-                self._next_metadata_ms = now + self._metadata_backoff_ms
-                self._metadata_backoff_ms = min(
-                    METADATA_BACKOFF_MS_MAX, self._metadata_backoff_ms * 2
-                )
-            else:
-                self._metadata_backoff_ms = METADATA_BACKOFF_MS
-            self._dirty = True  # routed messages may be ready to seal
-
     def _deliver(self, completions: list[Completion]) -> None:
         """Sender thread only: callbacks and futures, in completion order."""
         if not completions:
             return
-        for completion in completions:
-            call = completion.ticket
-            assert isinstance(call, _Call)
-            if self.completion is not None:
-                try:
-                    self.completion(completion.messages, completion.error)
-                except Exception:
-                    _log.exception("writer.completion_failed")
-            call.add(completion)
+        deliver(completions, self.completion)
         with self._lock:
             self._delivering -= len(completions)
             self._drained.notify_all()
+
+
+def _resolve(
+    future: Future[list[Message]], messages: list[Message], error: WriteError | None
+) -> None:
+    try:
+        if error is None:
+            future.set_result(messages)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:  # the caller cancelled the future: nobody waits for it
+        pass

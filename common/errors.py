@@ -140,6 +140,24 @@ class OutcomeUnknownError(RaftmqError):
         return (OutcomeUnknownError, (self.message,))
 
 
+class WriterClosedError(RaftmqError):
+    """Not written: the Writer was closed before the message was sent (its `close()`
+    waited as long as its bound allows, then gave up on what was left). Nothing was sent,
+    so nothing can appear later; not retriable on that Writer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.REQUEST_TIMED_OUT, message)
+        # Not REQUEST_TIMED_OUT's hint ("may or may not have been stored"): never sent.
+        self.args = (f"WRITER_CLOSED: {message} (nothing was sent; write it with an open Writer)",)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (WriterClosedError, (self.message,))
+
+    @property
+    def retriable(self) -> bool:
+        return False
+
+
 # What to do, for the codes a client application meets.
 _HINTS: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION: "create the topic, or let the writer create it with "

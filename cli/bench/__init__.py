@@ -4,7 +4,15 @@
 - `consume`: messages/s through `Reader`s, one per partition;
 - `latency`: one message in flight, a sync `Writer` call each, and produce -> consume
   through a `Reader`;
-- `failover`: SIGKILL of the controller quorum's leader -> the next committed write;
+- `e2e`: produce -> consume latency at a fixed rate (acks=all), a `Reader` per partition;
+- `failover`: SIGKILL of the controller quorum's leader -> the next committed write
+  (`--target controller-leader`, the default); of a partition's leader or of an ISR
+  follower under a steady writer -> writes resume, nothing acknowledged lost
+  (`--target partition-leader|follower`, on a cluster of its own);
+- `partitions`: one topic of thousands of partitions: creation time, idle broker CPU and
+  RSS, a write to every partition (own cluster);
+- `consumers`: many idle long-polling fetches at one broker while producing through it:
+  produce latency, ISR shrinks, fencings (own cluster);
 - `codec`: the record codec alone, on one core.
 
 Every figure comes from one CPython client process, which is often the bottleneck itself
@@ -14,12 +22,13 @@ CPU seconds per wall second and, on Linux, the machine's CPU busy share over the
 
 Output: the scenario's table on stdout; with `--json`, then one JSON object on the last
 line: the whole result, with `scenario` and, where they apply, `msgs_per_s`, `mb_per_s`,
-`latency_ms` {`p50`, `p99`, `p999`} and `recovery_ms` {`median`, `max`}. A progress bar
+`latency_ms` {`p50`, `p99`, `p999`}, `recovery_ms` {`median`, `max`} and
+`false_fencings` (fencings of brokers the bench did not kill). A progress bar
 goes to stderr on long runs, when stderr is a terminal or with `--progress`.
 
 Bounds: every loop stops at a count and at a deadline (`RUN_DURATION_S_MAX`, the
-`--timeout-ms` of each call); failover stops every process it started, by PID, in a
-`finally` (also on Ctrl-C).
+`--timeout-ms` of each call); the scenarios with a cluster of their own (`cluster.py`) stop
+every process they started, by PID, in a `finally` (also on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -29,14 +38,17 @@ import json
 from collections.abc import Callable
 from types import ModuleType
 
-from . import codec, consume, failover, latency, produce
+from . import codec, consume, consumers, e2e, failover, latency, partitions, produce
 from .common import Result
 
 SCENARIOS: dict[str, ModuleType] = {
     "produce": produce,
     "consume": consume,
     "latency": latency,
+    "e2e": e2e,
     "failover": failover,
+    "partitions": partitions,
+    "consumers": consumers,
     "codec": codec,
 }
 MESSAGES_DEFAULT_BY_SCENARIO = {"produce": 200_000, "consume": 200_000, "latency": 5_000}
@@ -51,8 +63,9 @@ def run_bench(args: argparse.Namespace) -> int:
     scenario = SCENARIOS.get(args.mode)
     if scenario is None:
         raise ValueError(f"unknown bench scenario {args.mode!r}")
-    if getattr(args, "messages", None) is None:
-        args.messages = MESSAGES_DEFAULT_BY_SCENARIO.get(args.mode, 0)
+    # e2e and consumers tell "--messages not given" (then --duration counts) from a value.
+    if getattr(args, "messages", None) is None and args.mode in MESSAGES_DEFAULT_BY_SCENARIO:
+        args.messages = MESSAGES_DEFAULT_BY_SCENARIO[args.mode]
     run: Callable[[argparse.Namespace], Result] = scenario.run
     render: Callable[[Result], str] = scenario.render
     result = run(args)

@@ -1,5 +1,6 @@
-"""`raftmq bench failover`: controller failover, SIGKILL of the Raft leader -> the next
-committed metadata write.
+"""`raftmq bench failover [--target controller-leader]`: controller failover, SIGKILL of
+the Raft leader -> the next committed metadata write. (`--target partition-leader` and
+`--target follower` kill brokers instead: `broker_failover.py`.)
 
 Starts its own 3-controller quorum (no brokers) in a temporary directory; for each run,
 SIGKILLs the Raft leader and times kill -> the first committed metadata write (a
@@ -35,9 +36,12 @@ from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc
 
 from .. import format as fmt
+from . import broker_failover
 from .common import CpuMeter, Result, footer_lines
 from .progress import ProgressBar, progress_wanted
 
+TARGET_CONTROLLER_LEADER = "controller-leader"
+TARGETS = (TARGET_CONTROLLER_LEADER, *broker_failover.BROKER_TARGETS)
 FAILOVER_RUNS_DEFAULT = 7
 FAILOVER_RUNS_MAX = 100
 FAILOVER_IDLE_MS_DEFAULT = 1_000
@@ -272,6 +276,11 @@ def _run_line(row: Result) -> str:
 
 
 def run(args: argparse.Namespace) -> Result:
+    target = getattr(args, "target", None) or TARGET_CONTROLLER_LEADER
+    if target not in TARGETS:
+        raise ValueError(f"--target must be one of {', '.join(TARGETS)}")
+    if target != TARGET_CONTROLLER_LEADER:
+        return broker_failover.run(args)
     runs, idle_ms = _check(args)
     keep = bool(getattr(args, "keep_data", False))
     data_dir = Path(tempfile.mkdtemp(prefix="raftmq-bench-failover-"))
@@ -307,6 +316,7 @@ def run(args: argparse.Namespace) -> Result:
         summary.update(median_ms=recovery_ms["median"], min_ms=min(figures), max_ms=max(figures))
     return {
         "scenario": "failover",
+        "target": TARGET_CONTROLLER_LEADER,
         "controllers": 3,
         "runs_requested": runs,
         "idle_ms": idle_ms,
@@ -321,6 +331,8 @@ def run(args: argparse.Namespace) -> Result:
 
 
 def render(result: Result) -> str:
+    if result.get("target", TARGET_CONTROLLER_LEADER) != TARGET_CONTROLLER_LEADER:
+        return broker_failover.render(result)
     lines = [
         f"bench failover: own 3-controller quorum, SIGKILL of the Raft leader -> first "
         f"committed write, after {result['idle_ms']} ms idle, probes every "

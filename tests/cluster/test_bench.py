@@ -90,3 +90,72 @@ def test_failover_on_its_own_quorum(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["recovery_ms"] == {"median": row["failover_ms"], "max": row["failover_ms"]}
     assert "FAILOVER MS" in table and "limited by: " in table
     assert runs.startswith("run 1: killed controller")
+
+
+def test_e2e_at_a_fixed_rate(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
+    result, table, _ = bench(
+        capsys, "e2e", "--bootstrap", bootstrap, "--topic", "bench-e2e", *TOPIC_FLAGS,
+        "--rate", "200", "--duration", "2",
+    )  # fmt: skip
+    assert result["scenario"] == "e2e" and result["error"] is None
+    assert result["messages_requested"] == 400
+    assert result["messages"] == result["acknowledged"] == 400
+    assert result["duplicates"] == 0 and result["failed"] == 0
+    assert result["msgs_per_s"] > 0 and result["mb_per_s"] > 0
+    assert_latency(result["latency_ms"])
+    assert_latency(result["produce_latency_ms"])
+    assert "PRODUCE->CONSUME" in table and "SENDER LATE" in table and "limited by: " in table
+
+
+@pytest.mark.parametrize("target", ["partition-leader", "follower"])
+def test_failover_of_a_broker_on_its_own_cluster(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """The scenario starts (and stops, by PID) its own 3 controllers and 3 brokers, kills a
+    broker once, restarts it, and reads partition 0 back."""
+    result, table, runs = bench(
+        capsys, "failover", "--target", target, "--runs", "1", "--idle-ms", "200",
+        "--partitions", "1",
+    )  # fmt: skip
+    assert (result["scenario"], result["target"]) == ("failover", target)
+    [row] = result["runs"]
+    assert row["error"] is None and row["recovery_ms"] is not None and row["recovery_ms"] > 0
+    assert result["recovery_ms"] == {"median": row["recovery_ms"], "max": row["recovery_ms"]}
+    if target == "partition-leader":
+        assert row["killed"] == row["leader_before"] != row["leader_after"]
+    else:
+        assert row["killed"] != row["leader_before"] == row["leader_after"]
+    # Nothing acknowledged lost, nothing twice (an error otherwise, and main() returns 1).
+    assert result["error"] is None
+    assert (result["lost"], result["duplicates"]) == (0, 0)
+    assert result["readback"]["acknowledged"] > 0
+    assert isinstance(result["false_fencings"], int) and result["fencings"] >= 1
+    assert "RECOVERY MS" in table and "read-back of partition 0" in table
+    assert "false fencings: " in table and "limited by: " in table
+    assert runs.startswith("run 1: killed ")
+
+
+def test_partitions_on_its_own_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    result, table, _ = bench(capsys, "partitions", "--count", "30", "--duration", "2")
+    assert result["scenario"] == "partitions" and result["error"] is None
+    assert result["partitions"] == 30
+    assert result["created_s"] > 0 and result["created_s"] >= result["metadata_ready_s"]
+    assert result["write"]["acknowledged"] == 30
+    idle = result["idle"]
+    brokers = {f"broker-{i}" for i in (1, 2, 3)}
+    assert brokers <= set(idle["cpu_pct"]) and brokers <= set(idle["rss_mib"])
+    assert all(idle["rss_mib"][b] > 0 for b in brokers)
+    assert isinstance(result["false_fencings"], int)
+    assert "IDLE CPU" in table and "limited by: " in table
+
+
+def test_consumers_on_its_own_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    result, table, _ = bench(capsys, "consumers", "--count", "20", "--duration", "2")
+    assert result["scenario"] == "consumers" and result["error"] is None
+    assert result["count"] == 20
+    assert result["long_polls"]["issued"] >= 20
+    assert result["messages"] > 0 and result["msgs_per_s"] > 0
+    assert_latency(result["latency_ms"])
+    assert isinstance(result["isr_shrinks"], int)
+    assert isinstance(result["false_fencings"], int)
+    assert "LONG POLLS" in table and "ISR shrinks: " in table and "limited by: " in table

@@ -5,6 +5,10 @@ leader's kill -9 (no duplicate, no loss)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -80,6 +84,41 @@ def test_messages_round_trip_with_keys_headers_and_times(brokers: list[str]) -> 
             assert abs((datetime.now(UTC) - got.time).total_seconds()) < 60
 
 
+def test_several_batches_of_one_partition_in_one_request_get_their_own_offsets(
+    brokers: list[str],
+) -> None:
+    # 25 messages in batches of 10: one produce request carries three batches of the one
+    # partition, and each message reports its own offset.
+    with Admin(brokers) as admin:
+        admin.create_topic("many-batches", partitions=1, replication_factor=3)
+    sent = [Message(f"m{i}") for i in range(25)]
+    with Writer(brokers, topic="many-batches", batch_size=10) as writer:
+        writer.write_messages(*sent)
+        assert writer.stats().batches == 3
+    assert [m.offset for m in sent] == list(range(25))
+    stored = read_all(brokers, "many-batches", 0, 25)
+    assert [(m.offset, m.value) for m in stored] == [(m.offset, m.value) for m in sent]
+
+
+def test_raftmq_produce_json_prints_each_lines_own_offset(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("produce-json", partitions=1, replication_factor=3)
+    lines = "".join(f"line {i}\n" for i in range(1_200))  # batches of 500: 3 per request
+    done = subprocess.run(
+        [sys.executable, "-m", "raftmq.cli.main", "produce", "produce-json", "--json"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, RAFTMQ_BOOTSTRAP=",".join(brokers)),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [p["value"] for p in printed] == [f"line {i}" for i in range(1_200)]
+    assert [p["offset"] for p in printed] == list(range(1_200))
+
+
 def test_the_same_key_goes_to_the_same_partition(brokers: list[str]) -> None:
     with Writer(brokers, topic="keyed", balancer=Hash(), allow_auto_topic_creation=True) as writer:
         messages = [Message(f"v{i}", key=f"user-{i % 3}") for i in range(30)]
@@ -153,6 +192,20 @@ def test_a_topic_on_the_writer_and_on_a_message_is_refused(brokers: list[str]) -
         writer.write_messages(Message("x", topic="b"))
     with Writer(brokers) as writer, pytest.raises(ValueError, match="no topic"):
         writer.write_messages(Message("x"))
+
+
+def test_the_same_messages_can_be_written_again(brokers: list[str]) -> None:
+    # The seed's retry loop writes the same Message objects again; once written they
+    # carry the Writer's topic, which is no conflict.
+    with Writer(brokers, topic="rewrite", allow_auto_topic_creation=True) as writer:
+        sent = [Message("a"), Message("b")]
+        writer.write_messages(*sent)
+        assert [(m.topic, m.offset) for m in sent] == [("rewrite", 0), ("rewrite", 1)]
+        writer.write_messages(*sent)
+        assert [m.offset for m in sent] == [2, 3]
+        with pytest.raises(ValueError, match="not both"):
+            writer.write_messages(Message("c", topic="another"))
+    assert [m.value for m in read_all(brokers, "rewrite", 0, 4)] == [b"a", b"b"] * 2
 
 
 def test_one_writer_writes_to_several_topics(brokers: list[str]) -> None:

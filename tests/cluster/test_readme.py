@@ -10,9 +10,12 @@ import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from raftmq import Admin, LastOffset
+import raftmq
+from raftmq import Admin, LastOffset, Message, WriteError, Writer
+from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -51,6 +54,20 @@ def run(name: str, cluster: LocalCluster) -> str:
     return out.getvalue()
 
 
+class FirstWriteFindsNoLeader(Writer):
+    """A Writer whose first write fails as one to a brand-new topic may (its leader is
+    not elected yet): retriable, nothing written. Later writes are real."""
+
+    writes = 0
+
+    def write_messages(self, *messages: Message) -> Any:
+        type(self).writes += 1
+        if type(self).writes == 1:
+            no_leader = RaftmqError(ErrorCode.LEADER_NOT_AVAILABLE, "topic-B-0 has no leader yet")
+            raise WriteError([(m, no_leader) for m in messages])
+        return super().write_messages(*messages)
+
+
 def test_every_example_is_run_here() -> None:
     assert set(examples()) == {
         "writer",
@@ -67,12 +84,17 @@ def test_the_examples_in_order(cluster: LocalCluster) -> None:
     run("writer", cluster)
     printed = run("async-writes", cluster)
     assert printed.count("stored") > 0 and "failed" not in printed
-    run("auto-create", cluster)
+    # The auto-create example's retry path runs: its first write fails (retriable).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(raftmq, "Writer", FirstWriteFindsNoLeader, raising=False)
+        run("auto-create", cluster)
+    assert FirstWriteFindsNoLeader.writes == 2
     run("multiple-topics", cluster)
     brokers = cluster.layout.broker_endpoints
     with Admin(brokers) as admin:
         assert set(admin.list_topics()) >= {"topic-A", "topic-B", "topic-C"}
         end = admin.list_offsets("topic-A", LastOffset)[0]
+        assert admin.list_offsets("topic-B", LastOffset) == {0: 2 + 1}  # auto-create, multiple
     assert end == 3 + 100 + 1
     lines = run("reader", cluster).splitlines()
     assert lines[0].startswith("message at offset 42: ")

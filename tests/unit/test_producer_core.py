@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import pytest
+from raftmq import WriteError
 from raftmq.client.balancers import RoundRobin
 from raftmq.client.producer_core import (
     Completion,
+    MetadataRequest,
     PartitionResult,
     ProducerCore,
+    ProducerIdRequest,
     ProduceSend,
     WriterConfig,
 )
 from raftmq.client.protocol import ClusterMetadata
-from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError
+from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
 from raftmq.message import Message
 from raftmq.metadata import BrokerRegistration, PartitionRecord, TopicRecord
 from raftmq.record_batch import read_header
@@ -35,7 +39,6 @@ def core(**config: object) -> ProducerCore:
     c = ProducerCore(WriterConfig(topic="t", **config), RoundRobin())  # type: ignore[arg-type]
     c.on_metadata(metadata(), now_ms=0)
     if c.config.idempotent:
-        assert c.producer_id_wanted() == (-1, -1)
         c.on_producer_id(1000, 0)
     return c
 
@@ -69,14 +72,41 @@ def test_a_blocking_caller_does_not_linger() -> None:
 
 def test_sequences_per_partition_and_five_in_flight() -> None:
     c = core(batch_size=1)
-    c.add(messages(7), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    msgs = messages(7)
+    c.add(msgs, "call", now_ms=0, wall_ms=1_700_000_000_000)
     [send] = c.poll(now_ms=0)
     headers = [read_header(b.records) for b in send.batches]
     assert [h.base_sequence for h in headers] == [0, 1, 2, 3, 4]  # 2 wait: 5 in flight
     assert {(h.producer_id, h.producer_epoch) for h in headers} == {(1000, 0)}
+    # Five batches of one partition in one request: each result is its own batch's.
     c.on_produce_response(send.request_id, ok(send, [0, 1, 2, 3, 4]), now_ms=1)
     [send] = c.poll(now_ms=1)
     assert [read_header(b.records).base_sequence for b in send.batches] == [5, 6]
+    c.on_produce_response(send.request_id, ok(send, [5, 6]), now_ms=2)
+    assert [m.offset for m in msgs] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_results_pair_with_the_batches_of_one_partition_by_position() -> None:
+    c = core(batch_size=10)
+    msgs = messages(25)
+    c.add(msgs, "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert [(b.topic, b.partition) for b in send.batches] == [("t", 0)] * 3
+    c.on_produce_response(send.request_id, ok(send, [0, 10, 20]), now_ms=1)
+    assert [m.offset for m in msgs] == list(range(25))
+    assert [x.error for x in c.drain_completions()] == [None, None, None]
+
+
+def test_an_answer_that_does_not_match_the_request_is_outcome_unknown() -> None:
+    c = core(batch_size=1, max_attempts=1)
+    c.add(messages(2), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    [send] = c.poll(now_ms=0)
+    assert len(send.batches) == 2
+    c.on_produce_response(send.request_id, ok(send, [0, 1])[:1], now_ms=1)  # one result
+    completions = c.drain_completions()
+    assert len(completions) == 2
+    assert all(isinstance(x.error, OutcomeUnknownError) for x in completions)
+    assert c.idle()
 
 
 def test_a_retry_resends_the_same_bytes_one_at_a_time_then_completes() -> None:
@@ -144,9 +174,11 @@ def test_messages_of_an_unknown_topic_fail_after_the_write_timeout() -> None:
     c2 = ProducerCore(
         WriterConfig(topic="missing", idempotent=False, write_timeout_ms=1_000), RoundRobin()
     )
-    c2.on_metadata(metadata(), now_ms=0)
     c2.add(messages(1, partition=None), "call", now_ms=0, wall_ms=1_700_000_000_000)
     assert c2.metadata_wanted() == {"missing"}
+    request = c2.next_request(now_ms=0)
+    assert isinstance(request, MetadataRequest) and request.topics == ("missing",)
+    c2.on_metadata(metadata(), asked=request.topics, now_ms=1)  # answered: no such topic
     c2.poll(now_ms=999)
     assert c2.drain_completions() == []
     c2.poll(now_ms=1_000)
@@ -162,7 +194,9 @@ def test_a_sequence_lost_by_the_leader_bumps_the_epoch_and_restarts_sequences() 
     oos = RaftmqError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, "expects 7")
     c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, oos)] * 2, now_ms=1)
     assert c.poll(now_ms=500) == []  # no sends until the epoch is bumped
-    assert c.producer_id_wanted() == (1000, 0)
+    request = c.next_request(now_ms=500)
+    assert isinstance(request, ProducerIdRequest)
+    assert (request.producer_id, request.producer_epoch) == (1000, 0)
     c.on_producer_id(1000, 1)
     [send] = c.poll(now_ms=500)
     header = read_header(send.batches[0].records)
@@ -207,11 +241,12 @@ def test_a_request_gets_at_most_the_request_timeout() -> None:
     c = core(request_timeout_ms=2_000, write_timeout_ms=30_000)
     c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c.poll(now_ms=0)
-    assert send.timeout_ms == 2_000
+    assert (send.timeout_ms, send.rpc_timeout_ms) == (2_000, 4_000)  # + the answer's margin
     c2 = core(request_timeout_ms=20_000, write_timeout_ms=5_000)
     c2.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
     [send] = c2.poll(now_ms=1_000)
-    assert send.timeout_ms == 4_000  # what is left of the write timeout
+    # 4 s are left: the broker answers 2 s early, so that its answer arrives in time.
+    assert (send.timeout_ms, send.rpc_timeout_ms) == (2_000, 4_000)
 
 
 def test_batch_bytes_seals_and_a_big_message_goes_alone() -> None:
@@ -226,3 +261,143 @@ def test_batch_bytes_seals_and_a_big_message_goes_alone() -> None:
     [send] = c.poll(now_ms=0)
     counts = [read_header(b.records).record_count for b in send.batches]
     assert counts == [2, 1, 1]  # 2 x 110 B fit in 250; the 1000 B message is a batch alone
+
+
+def test_a_write_error_is_retriable_only_when_every_cause_is() -> None:
+    a, b = Message("a"), Message("b")
+    no_leader = RaftmqError(ErrorCode.LEADER_NOT_AVAILABLE, "electing")
+    unknown = OutcomeUnknownError("timed out after it was sent")
+    too_large = RaftmqError(ErrorCode.MESSAGE_TOO_LARGE, "big")
+    assert WriteError([(a, no_leader), (b, unknown)]).retriable
+    assert not WriteError([(a, no_leader), (b, too_large)]).retriable
+    assert not WriteError([(a, too_large), (b, no_leader)]).retriable
+
+
+def test_a_leader_hint_routes_the_retry_and_is_asked_for_metadata_first() -> None:
+    c = core(batch_size=1)
+    msgs = messages(1)
+    c.add(msgs, "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert send.endpoint == "127.0.0.1:9001"
+    moved = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved to broker 2")
+    hint = "127.0.0.1:9002"
+    c.on_produce_response(
+        send.request_id, [PartitionResult("t", 0, -1, moved, leader_endpoint=hint)], now_ms=1
+    )
+    request = c.next_request(now_ms=1)
+    assert isinstance(request, MetadataRequest)
+    assert (request.topics, request.prefer) == (("t",), (hint,))
+    # Before the metadata answer: the retry goes to the hinted leader, epoch unchecked.
+    [retry] = c.poll(now_ms=200)
+    assert retry.endpoint == hint
+    assert retry.batches[0].leader_epoch == -1
+    assert retry.batches[0].records == send.batches[0].records
+    c.on_produce_response(retry.request_id, ok(retry, [7]), now_ms=201)
+    assert msgs[0].offset == 7
+
+
+def test_without_a_hint_the_retry_waits_for_metadata() -> None:
+    c = core(batch_size=1)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    moved = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved")
+    c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, moved)], now_ms=1)
+    assert c.poll(now_ms=200) == []
+    request = c.next_request(now_ms=200)
+    assert isinstance(request, MetadataRequest) and request.prefer == ()
+    c.on_metadata(metadata(version=2, leader=2), asked=request.topics, now_ms=201)
+    [retry] = c.poll(now_ms=201)
+    assert retry.endpoint == "127.0.0.1:9002" and retry.batches[0].leader_epoch == 0
+
+
+def test_requests_are_bounded_by_what_the_earliest_message_has_left() -> None:
+    c = ProducerCore(WriterConfig(topic="t", write_timeout_ms=1_000), RoundRobin())
+    assert c.next_request(now_ms=0) is None  # nothing to write: no producer id yet
+    c.add(messages(1, partition=None), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    metadata_request = c.next_request(now_ms=300)
+    assert isinstance(metadata_request, MetadataRequest)
+    assert metadata_request.timeout_ms == 700
+    assert c.next_request(now_ms=300) is None  # one request at a time
+    c.on_metadata(metadata(), asked=metadata_request.topics, now_ms=310)
+    id_request = c.next_request(now_ms=310)
+    assert isinstance(id_request, ProducerIdRequest)
+    assert (id_request.producer_id, id_request.timeout_ms) == (-1, 690)
+
+
+def test_messages_expire_while_the_producer_id_is_pending_with_its_error() -> None:
+    c = ProducerCore(WriterConfig(topic="t", write_timeout_ms=1_000), RoundRobin())
+    c.on_metadata(metadata(), now_ms=0)
+    c.add(messages(2), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    request = c.next_request(now_ms=0)
+    assert isinstance(request, ProducerIdRequest)
+    unanswered = RaftmqError(
+        ErrorCode.BROKER_NOT_AVAILABLE, "127.0.0.1:1 InitProducerId failed: DEADLINE_EXCEEDED"
+    )
+    assert c.on_producer_id_failure(unanswered, now_ms=1_000)  # reported: the first one
+    assert c.poll(now_ms=1_000) == []
+    [completion] = c.drain_completions()
+    assert completion.error is not None
+    assert completion.error.code == ErrorCode.BROKER_NOT_AVAILABLE
+    assert "DEADLINE_EXCEEDED" in completion.error.message
+    assert c.idle()
+
+
+def test_producer_id_failures_are_retried_with_backoff_and_reported_rarely() -> None:
+    c = ProducerCore(WriterConfig(topic="t"), RoundRobin())
+    c.on_metadata(metadata(), now_ms=0)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    failure = RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "down")
+    reported: list[bool] = []
+    asked_ms: list[int] = []
+    now = 0
+    for _ in range(1_000):  # bound; ends after 12 requests
+        c.poll(now_ms=now)
+        request = c.next_request(now_ms=now)
+        if request is not None:
+            assert isinstance(request, ProducerIdRequest)
+            asked_ms.append(now)
+            reported.append(c.on_producer_id_failure(failure, now_ms=now))
+            if len(reported) == 12:
+                break
+        now = c.next_wakeup_ms(now_ms=now)
+    gaps = [b - a for a, b in itertools.pairwise(asked_ms)]
+    assert gaps[:5] == [100, 200, 400, 800, 1_600] and set(gaps[5:]) == {2_000}
+    assert reported[0] and not any(reported[1:6])  # not every 100 ms
+    assert reported.count(True) == 2  # and again after PRODUCER_ID_REPORT_INTERVAL_MS
+
+
+def test_close_fails_in_flight_as_outcome_unknown_and_the_rest_as_not_written() -> None:
+    c = core(batch_size=1)
+    c.add(messages(1), "sent", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    c.add(messages(1), "open", now_ms=1, wall_ms=1_700_000_000_000)  # lingers
+    c.add(messages(1, partition=None), "unrouted", now_ms=1, wall_ms=1_700_000_000_000)
+    c2_topic = Message("x", topic="unknown")
+    c.add([c2_topic], "unknown-topic", now_ms=1, wall_ms=1_700_000_000_000)
+    c.close()
+    by_ticket = {x.ticket: x.error for x in c.drain_completions()}
+    assert isinstance(by_ticket.pop("sent"), OutcomeUnknownError)
+    assert all(isinstance(e, WriterClosedError) for e in by_ticket.values()), by_ticket
+    assert set(by_ticket) == {"open", "unrouted", "unknown-topic"}
+    assert c.idle() and c.poll(now_ms=2) == [] and c.next_request(now_ms=2) is None
+    c.on_produce_response(send.request_id, ok(send), now_ms=3)  # a late answer: ignored
+    assert c.drain_completions() == []
+
+
+def test_stats_count_batches_and_their_size_distribution() -> None:
+    c = core(batch_size=10)
+    c.add(messages(25), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    stats = c.stats.copy()
+    assert (stats.messages, stats.batches, stats.errors, stats.retries) == (25, 3, 0, 0)
+    assert stats.bytes == sum(len(b.records) for b in send.batches)
+    assert (stats.batch_messages_min, stats.batch_messages_max) == (5, 10)
+    assert stats.batch_messages_avg == pytest.approx(25 / 3)
+    assert stats.batch_messages_histogram == {8: 1, 16: 2}  # 5 <= 8; 10 <= 16
+    c.on_produce_failure(
+        send.request_id, RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "cut"), now_ms=1
+    )
+    c.on_metadata(metadata(version=2), asked=("t",), now_ms=2)
+    assert len(c.poll(now_ms=1_000)) == 1
+    assert c.stats.retries == 1 and c.stats.batches == 3  # a resend is a retry, not a batch
+    assert stats.retries == 0  # the copy did not move
