@@ -402,9 +402,14 @@ class LogStore:
         while not self._stopping.wait(interval_s):
             try:
                 self._sync_wal_now()
-            except RaftmqError as e:
+            except Exception as e:
                 # Keep trying: a transient error must not silently end periodic fsyncs.
-                _log.error("log_store.flush_failed", path=str(self.path), error=str(e))
+                _log.error(
+                    "log_store.flush_failed",
+                    path=str(self.path),
+                    error=str(e),
+                    exc_info=not isinstance(e, RaftmqError),
+                )
 
     # --- lifecycle --------------------------------------------------------------------------
 

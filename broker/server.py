@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -295,7 +296,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 name=name,
                 partitions=self.topic_defaults.partitions,
                 replication_factor=self.topic_defaults.replication_factor,
-                request_id=f"auto-create-{name}",
+                # A fresh id each time: after a delete, a reused one would be answered from
+                # the controller's dedupe cache ("created") and create nothing.
+                request_id=f"auto-create-{name}-{uuid.uuid4().hex}",
             ),
             ctl.CreateTopicResponse,
         )

@@ -180,7 +180,7 @@ def layout_from_base_port(
     base_port: int, *, controllers: int, brokers: int, host: str = "127.0.0.1"
 ) -> ClusterLayout:
     """Every port of a local cluster from one base port (see the module docstring)."""
-    assert base_port > 0 and base_port + RAFT_PORT_OFFSET + controllers <= 65535
+    assert base_port > 0 and base_port + RAFT_PORT_OFFSET + controllers - 1 <= 65535
     assert brokers <= BROKERS_MAX <= CONTROLLER_PORT_OFFSET
     return ClusterLayout(
         host,

@@ -23,6 +23,18 @@ def test_a_killed_broker_is_reported_restarted_and_rejoins(raftmq_up: type[Raftm
     up = raftmq_up()
     up.wait_for_line("raftmq is ready")
     assert up.wait_for_line("Cluster id:").split()[-1] != "?"
+    # One --base-port B moves every port: brokers B.., controllers B+100.., Raft B+200..
+    b = up.base_port
+    assert (
+        up.wait_for_line("Brokers:").split()[-1]
+        == f"127.0.0.1:{b},127.0.0.1:{b + 1},127.0.0.1:{b + 2}"
+    )
+    controllers = up.wait_for_line("Controllers:").split()[-1].split(",")
+    assert controllers == [f"127.0.0.1:{b + 100 + i}" for i in range(3)]
+    assert up.wait_for_line("Raft:").split()[-1].split(",") == [
+        f"127.0.0.1:{b + 200 + i}" for i in range(3)
+    ]
+    assert not port_free("127.0.0.1", b + 100) and not port_free("127.0.0.1", b + 200)
     bootstrap = [f"127.0.0.1:{up.base_port}"]
     with Admin(bootstrap) as admin:
         admin.create_topic("watched", partitions=3, replication_factor=3)
