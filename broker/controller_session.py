@@ -188,8 +188,17 @@ class ControllerSession:
                     return True
                 await asyncio.sleep(HEARTBEAT_INTERVAL_MS / 1000)
             return False
-        except (grpc.RpcError, TimeoutError) as e:
-            self.log.info("broker.heartbeat_failed", endpoint=endpoint, error=repr(e))
+        except TimeoutError:
+            # A slow controller, not a dead broker: leave the stream with a goodbye so
+            # that its end is not taken for this process's death.
+            self.log.info("broker.heartbeat_timed_out", endpoint=endpoint)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(call.write(self._request(goodbye=True)), 0.2)
+            return False
+        except grpc.RpcError as e:
+            self.log.info(
+                "broker.heartbeat_failed", endpoint=endpoint, code=str(wire.rpc_status(e))
+            )
             return False
         finally:
             self._call = None

@@ -166,7 +166,9 @@ class ReplicaSession:
                 state.ready = True
             self._dirty[key] = None
         assert self.inflight_bytes >= 0
-        self._schedule_flush()
+        # Answered now, not on the next loop turn: the positions just advanced the high
+        # watermark, and waiting acks=all requests complete in this flush.
+        self.flush()
 
     # ------------------------------------------------------------ hooks
 
@@ -332,10 +334,10 @@ class ReplicaSessions:
     ) -> None:
         for key in removed:
             self._unindex(session, key)
-        session.on_positions(positions, removed)
         for position in positions:
             key = (position.topic_id, position.partition)
             self._by_partition.setdefault(key, set()).add(session)
+        session.on_positions(positions, removed)
 
     def _unindex(self, session: ReplicaSession, key: PartitionKey) -> None:
         followers = self._by_partition.get(key)
