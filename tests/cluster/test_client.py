@@ -428,6 +428,8 @@ def test_a_reader_with_a_stale_leader_epoch_is_fenced_then_recovers(
             assert reader.stats().errors_by_code.get("FENCED_LEADER_EPOCH") == 1
         finally:
             reader.close()
+            if not cluster.brokers[preferred].running:  # a failure midway: for later tests
+                cluster.brokers[preferred].start()
 
 
 def elect_preferred_leader(cluster: LocalCluster, topic: str) -> None:
