@@ -212,7 +212,7 @@ def test_a_write_to_a_broker_that_never_answers_fails_within_its_timeout(
     ):
         writer.write_messages(Message("x"))
     elapsed_s = time.monotonic() - started
-    assert elapsed_s < 3, elapsed_s  # not InitProducerId's 10 s plus metadata's 5 s
+    assert elapsed_s < 4, elapsed_s  # not InitProducerId's 10 s plus metadata's 5 s
     cause = only_cause(e.value)
     # The last transport error, not a guess (it said UNKNOWN_TOPIC_OR_PARTITION).
     assert cause.code == ErrorCode.BROKER_NOT_AVAILABLE
@@ -225,7 +225,7 @@ def test_a_read_from_a_broker_that_never_answers_times_out_in_time(silent_broker
         with pytest.raises(TimeoutError, match="DEADLINE_EXCEEDED"):
             reader.read_message(timeout_ms=500)
         elapsed_s = time.monotonic() - started
-        assert elapsed_s < 1.5, elapsed_s  # not the metadata call's 5 s
+        assert elapsed_s < 2.5, elapsed_s  # not the metadata call's 5 s
         with pytest.raises(TimeoutError):
             reader.read_lag(timeout_ms=300)
 
@@ -236,13 +236,13 @@ def test_the_async_twins_are_bounded_the_same_way(silent_broker: str) -> None:
         async with AsyncWriter([silent_broker], topic="t", write_timeout_ms=1_000) as writer:
             with pytest.raises(WriteError) as e:
                 await writer.write_messages(Message("x"))
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 4
         assert only_cause(e.value).code == ErrorCode.BROKER_NOT_AVAILABLE
         async with AsyncReader([silent_broker], "t") as reader:
             started = time.monotonic()
             with pytest.raises(TimeoutError, match="DEADLINE_EXCEEDED"):
                 await reader.read_message(timeout_ms=500)
-            assert time.monotonic() - started < 1.5
+            assert time.monotonic() - started < 2.5
 
     asyncio.run(main())
 
