@@ -194,8 +194,17 @@ def fakes() -> Iterator[list[FakeBroker]]:
 
 
 def only_cause(error: BaseException | None) -> RaftmqError:
+    """The cause of a one-message WriteError."""
     assert isinstance(error, WriteError), error
     [(_, cause)] = error.errors
+    return cause
+
+
+def only_cause_of(error: BaseException | None) -> RaftmqError:
+    """The one cause every message of a WriteError failed with."""
+    assert isinstance(error, WriteError), error
+    causes = {id(cause): cause for _, cause in error.errors}
+    [cause] = causes.values()
     return cause
 
 
@@ -277,13 +286,6 @@ def test_close_delivers_an_unanswered_async_write(silent_broker: str) -> None:
     assert future.done()
     assert [n for n, _ in outcomes] == [2]
     assert only_cause_of(future.exception()).code == ErrorCode.BROKER_NOT_AVAILABLE
-
-
-def only_cause_of(error: BaseException | None) -> RaftmqError:
-    assert isinstance(error, WriteError), error
-    causes = {id(cause): cause for _, cause in error.errors}
-    [cause] = causes.values()
-    return cause
 
 
 def test_close_fails_what_is_left_in_flight_as_maybe_written_and_the_rest_as_not_written(
