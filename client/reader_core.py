@@ -20,7 +20,7 @@ own timeout, and the TimeoutError names the last error seen.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raftmq.client.deadlines import Deadline, call_timeout_ms, wait_budget
 from raftmq.client.protocol import EARLIEST, LATEST, ClusterMetadata, FetchResult, OffsetResult
@@ -110,6 +110,8 @@ class ReaderStats:
     errors: int = 0
     offset: int = -1
     lag: int = -1
+    # Error code name -> how often (FENCED_LEADER_EPOCH: a stale leader epoch was fenced).
+    errors_by_code: dict[str, int] = field(default_factory=dict)
 
 
 class ReaderCore:
@@ -138,6 +140,7 @@ class ReaderCore:
         self._fetched_bytes = 0
         self._fetches = 0
         self._errors = 0
+        self._errors_by_code: dict[str, int] = {}
 
     # ------------------------------------------------------------ position
 
@@ -230,6 +233,7 @@ class ReaderCore:
             errors=self._errors,
             offset=self.offset,
             lag=self.lag,
+            errors_by_code=dict(self._errors_by_code),
         )
 
     def next_step(self, *, now_ms: int, remaining_ms: int | None = None) -> Step:
@@ -342,6 +346,8 @@ class ReaderCore:
 
     def _fail(self, error: RaftmqError, *, now_ms: int) -> None:
         self._errors += 1
+        name = error.code.name
+        self._errors_by_code[name] = self._errors_by_code.get(name, 0) + 1
         self.last_error = error
         self._backoff_until_ms = now_ms + self._backoff_ms
         self._backoff_ms = min(BACKOFF_MS_MAX, self._backoff_ms * 2)

@@ -1,22 +1,29 @@
-"""The client library against a real cluster: Writer, Reader, Conn and Admin, every
-compression codec, headers and timestamps, async completions, timeouts, auto topic
-creation, several topics from one Writer, and the idempotent producer across a partition
-leader's kill -9 (no duplicate, no loss)."""
+"""The client library against a real cluster: Writer, Reader, Conn and Admin and their
+asyncio twins, every compression codec, headers and timestamps, offsets of several batches
+per request, async completions, timeouts, auto topic creation (and brokers forbidding it),
+several topics from one Writer, stats, a stale leader epoch fenced, and the idempotent
+producer across a partition leader's kill -9 (no duplicate, no loss)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from raftmq import (
     Admin,
+    AsyncAdmin,
+    AsyncConn,
+    AsyncReader,
+    AsyncWriter,
     Conn,
     FirstOffset,
     Hash,
@@ -26,8 +33,13 @@ from raftmq import (
     WriteError,
     Writer,
 )
-from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.client.conn import decode_from
+from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.errors import ErrorCode, RaftmqError, UnknownTopicOrPartitionError
 from raftmq.local_cluster import LocalCluster, free_ports, wait_until
+from raftmq.metadata import PartitionRecord
+from raftmq.record_batch import encode_batch
+from raftmq.v1 import controller_pb2 as cpb
 
 pytestmark = pytest.mark.cluster
 
@@ -298,6 +310,7 @@ def test_an_idempotent_writer_loses_and_duplicates_nothing_across_a_leader_kill(
     finally:
         stop.set()
         thread.join(timeout=60)
+    cluster.wait_ready(timeout_s=60)  # every broker back for the tests after this one
     with Admin(brokers) as admin:
         end = admin.list_offsets("exactly-once", LastOffset)[0]
     stored = [m.value for m in read_all(brokers, "exactly-once", 0, end)]
@@ -305,3 +318,224 @@ def test_an_idempotent_writer_loses_and_duplicates_nothing_across_a_leader_kill(
     missing = set(acknowledged) - set(stored)
     assert not missing, f"{len(missing)} acknowledged messages lost"
     assert failed == [] or set(failed).isdisjoint(set(acknowledged))
+
+
+def test_writer_stats_count_messages_bytes_batches_errors_and_batch_sizes(
+    brokers: list[str],
+) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("stats", partitions=1, replication_factor=3)
+    with Writer(brokers, topic="stats", batch_size=10) as writer:
+        writer.write_messages(*(Message(f"m{i}") for i in range(25)))
+        with pytest.raises(WriteError):
+            writer.write_messages(Message("x", partition=3))  # no such partition
+        stats = writer.stats()
+    assert (stats.messages, stats.batches, stats.errors, stats.retries) == (25, 3, 1, 0)
+    assert stats.bytes > 25 * len(b"m10")
+    assert (stats.batch_messages_min, stats.batch_messages_max) == (5, 10)
+    assert stats.batch_messages_avg == pytest.approx(25 / 3)
+    assert stats.batch_messages_histogram == {8: 1, 16: 2}  # batches of 5, 10 and 10
+
+
+def test_admin_deletes_a_topic(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("doomed", partitions=2, replication_factor=3)
+        assert "doomed" in admin.list_topics()
+        admin.delete_topic("doomed")
+        assert "doomed" not in admin.list_topics()
+        with pytest.raises(UnknownTopicOrPartitionError):
+            admin.describe_topics("doomed")
+        with pytest.raises(UnknownTopicOrPartitionError):
+            admin.delete_topic("doomed")
+
+
+def test_read_lag_resolves_the_position_first(brokers: list[str]) -> None:
+    with Writer(brokers, topic="lag", allow_auto_topic_creation=True) as writer:
+        writer.write_messages(*(Message(f"m{i}") for i in range(6)))
+    with Reader(brokers, "lag", 0) as reader:  # at FirstOffset, not resolved yet
+        assert reader.read_lag() == 6
+        assert reader.offset == 0
+
+    async def main() -> int:
+        async with AsyncReader(brokers, "lag", 0) as reader:
+            return await reader.read_lag()
+
+    assert asyncio.run(main()) == 6
+
+
+def test_readers_refuse_consumer_groups_until_they_exist() -> None:
+    with pytest.raises(TypeError, match="consumer groups"):
+        Reader(["127.0.0.1:1"], "t", group_id="g")
+    with pytest.raises(TypeError, match="consumer groups"):
+        AsyncReader(["127.0.0.1:1"], "t", group_id="g")
+
+
+def test_brokers_can_forbid_auto_topic_creation(make_cluster: type[LocalCluster]) -> None:
+    cluster = make_cluster(controllers=1, brokers=1, broker_args=["--no-auto-create-topics"])
+    cluster.start()
+    cluster.wait_ready(timeout_s=60)
+    brokers = cluster.layout.broker_endpoints
+    with (
+        pytest.raises(WriteError) as e,
+        Writer(
+            brokers, topic="wanted", allow_auto_topic_creation=True, write_timeout_ms=2_000
+        ) as w,
+    ):
+        w.write_messages(Message("x"))
+    assert {cause.code for _, cause in e.value.errors} == {ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+    with Admin(brokers) as admin:
+        assert "wanted" not in admin.list_topics()
+
+
+def test_a_reader_with_a_stale_leader_epoch_is_fenced_then_recovers(
+    cluster: LocalCluster, brokers: list[str]
+) -> None:
+    # The Reader sends the leader epoch its metadata shows. Leadership goes away from the
+    # preferred leader and back (two elections): the same broker leads again, with a newer
+    # epoch, and the Reader's next fetch there is fenced instead of being served.
+    with Admin(brokers) as admin:
+        created = admin.create_topic("fenced", partitions=1, replication_factor=3)
+        preferred = created.partitions[0].ar[0]
+
+        def partition() -> PartitionRecord:
+            [topic] = admin.describe_topics("fenced")
+            return topic.partitions[0]
+
+        with Writer(brokers, topic="fenced") as writer:
+            writer.write_messages(Message("before"))
+        reader = Reader(brokers, "fenced", 0)
+        try:
+            assert reader.read_message(timeout_ms=10_000).value == b"before"
+            epoch_read = partition().leader_epoch
+            cluster.brokers[preferred].stop()  # a controlled shutdown moves leadership
+            wait_until(lambda: partition().leader != preferred, timeout_s=30, what="a new leader")
+            cluster.brokers[preferred].start()
+            wait_until(
+                lambda: preferred in partition().isr,
+                timeout_s=60,
+                what="the restarted broker in sync",
+            )
+            elect_preferred_leader(cluster, "fenced")
+            wait_until(
+                lambda: partition().leader == preferred,
+                timeout_s=30,
+                what="the preferred leader back",
+            )
+            assert partition().leader_epoch >= epoch_read + 2
+            with Writer(brokers, topic="fenced") as writer:
+                writer.write_messages(Message("after"))
+            assert reader.read_message(timeout_ms=20_000).value == b"after"
+            assert reader.stats().errors_by_code.get("FENCED_LEADER_EPOCH") == 1
+        finally:
+            reader.close()
+            if not cluster.brokers[preferred].running:  # a failure midway: for later tests
+                cluster.brokers[preferred].start()
+
+
+def elect_preferred_leader(cluster: LocalCluster, topic: str) -> None:
+    pool = EndpointPool(cluster.layout.controller_endpoints, service="controller")
+    try:
+        response = call_with_failover(
+            pool,
+            "ElectLeaders",
+            cpb.ElectLeadersRequest(
+                type=cpb.PREFERRED,
+                partitions=[cpb.TopicPartition(topic=topic, partition=0)],
+                request_id=uuid.uuid4().hex,
+            ),
+            timeout_ms=15_000,
+        )
+    finally:
+        pool.close()
+    assert response.error.code == 0, response.error
+
+
+# ---------------------------------------------------------------- the asyncio twins
+
+
+def test_an_async_writer_reports_a_failure_through_its_callback_too(brokers: list[str]) -> None:
+    outcomes: list[tuple[int, RaftmqError | None]] = []
+
+    async def main() -> WriteError:
+        async with AsyncWriter(
+            brokers,
+            topic="no-such-topic-async",
+            async_=True,
+            write_timeout_ms=1_500,
+            completion=lambda messages, error: outcomes.append((len(messages), error)),
+        ) as writer:
+            future = await writer.write_messages(Message("a"), Message("b"))
+            with pytest.raises(WriteError) as e:
+                await future
+        return e.value
+
+    error = asyncio.run(main())
+    assert len(error.errors) == 2
+    assert sum(n for n, _ in outcomes) == 2
+    assert all(
+        err is not None and err.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION for _, err in outcomes
+    )
+
+
+def test_an_async_reader_iterates_with_async_for(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("async-for", partitions=1, replication_factor=3)
+
+    async def main() -> list[bytes | None]:
+        async with AsyncWriter(brokers, topic="async-for") as writer:
+            await writer.write_messages(*(Message(f"m{i}") for i in range(5)))
+        got: list[bytes | None] = []
+        async with AsyncReader(brokers, "async-for", 0, start_offset=FirstOffset) as reader:
+            async for message in reader:
+                got.append(message.value)
+                if len(got) == 5:
+                    break
+            assert reader.offset == 5 and await reader.read_lag() == 0
+            assert reader.stats().messages == 5
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == [f"m{i}".encode() for i in range(5)]
+
+
+def test_async_conn_has_the_raw_calls(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("async-conn", partitions=1, replication_factor=3)
+
+    async def main() -> None:
+        conn = await AsyncConn.dial_leader(brokers, "async-conn", 0)
+        async with conn:
+            assert await conn.write_messages(Message("one"), Message("two")) == 0
+            assert [m.value for m in await conn.read_batch(0)] == [b"one", b"two"]
+            assert await conn.read_offsets() == (0, 2)
+            [produced] = await conn.produce([("async-conn", 0, encode_batch([Message("three")]))])
+            assert (produced.error, produced.base_offset) == (None, 2)
+            [fetched] = await conn.fetch([("async-conn", 0, 2)], max_wait_ms=0)
+            assert fetched.error is None and fetched.high_watermark == 3
+            assert [m.value for m in decode_from(fetched.records, "async-conn", 0, 2)] == [b"three"]
+            [latest] = await conn.list_offsets([("async-conn", 0, LastOffset)])
+            assert latest.offset == 3
+            metadata = await conn.metadata(["async-conn"])
+            assert metadata.leader("async-conn", 0)[0] == conn.address
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_async_admin_creates_describes_lists_offsets_and_deletes(brokers: list[str]) -> None:
+    async def main() -> None:
+        async with AsyncAdmin(brokers) as admin:
+            created = await admin.create_topic("async-admin", partitions=2, replication_factor=3)
+            assert len(created.partitions) == 2
+            [described] = await admin.describe_topics("async-admin")
+            assert described.name == "async-admin" and len(described.partitions) == 2
+            async with AsyncWriter(brokers, topic="async-admin") as writer:
+                await writer.write_messages(Message("p0", partition=0), Message("p1", partition=1))
+            assert await admin.list_offsets("async-admin", LastOffset) == {0: 1, 1: 1}
+            assert await admin.list_offsets("async-admin", FirstOffset) == {0: 0, 1: 0}
+            assert "async-admin" in await admin.list_topics()
+            assert (await admin.cluster_status()).cluster_id
+            await admin.delete_topic("async-admin")
+            assert "async-admin" not in await admin.list_topics()
+            with pytest.raises(UnknownTopicOrPartitionError):
+                await admin.describe_topics("async-admin")
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -194,8 +194,17 @@ def fakes() -> Iterator[list[FakeBroker]]:
 
 
 def only_cause(error: BaseException | None) -> RaftmqError:
+    """The cause of a one-message WriteError."""
     assert isinstance(error, WriteError), error
     [(_, cause)] = error.errors
+    return cause
+
+
+def only_cause_of(error: BaseException | None) -> RaftmqError:
+    """The one cause every message of a WriteError failed with."""
+    assert isinstance(error, WriteError), error
+    causes = {id(cause): cause for _, cause in error.errors}
+    [cause] = causes.values()
     return cause
 
 
@@ -212,7 +221,7 @@ def test_a_write_to_a_broker_that_never_answers_fails_within_its_timeout(
     ):
         writer.write_messages(Message("x"))
     elapsed_s = time.monotonic() - started
-    assert elapsed_s < 3, elapsed_s  # not InitProducerId's 10 s plus metadata's 5 s
+    assert elapsed_s < 4, elapsed_s  # not InitProducerId's 10 s plus metadata's 5 s
     cause = only_cause(e.value)
     # The last transport error, not a guess (it said UNKNOWN_TOPIC_OR_PARTITION).
     assert cause.code == ErrorCode.BROKER_NOT_AVAILABLE
@@ -225,7 +234,7 @@ def test_a_read_from_a_broker_that_never_answers_times_out_in_time(silent_broker
         with pytest.raises(TimeoutError, match="DEADLINE_EXCEEDED"):
             reader.read_message(timeout_ms=500)
         elapsed_s = time.monotonic() - started
-        assert elapsed_s < 1.5, elapsed_s  # not the metadata call's 5 s
+        assert elapsed_s < 2.5, elapsed_s  # not the metadata call's 5 s
         with pytest.raises(TimeoutError):
             reader.read_lag(timeout_ms=300)
 
@@ -236,13 +245,13 @@ def test_the_async_twins_are_bounded_the_same_way(silent_broker: str) -> None:
         async with AsyncWriter([silent_broker], topic="t", write_timeout_ms=1_000) as writer:
             with pytest.raises(WriteError) as e:
                 await writer.write_messages(Message("x"))
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 4
         assert only_cause(e.value).code == ErrorCode.BROKER_NOT_AVAILABLE
         async with AsyncReader([silent_broker], "t") as reader:
             started = time.monotonic()
             with pytest.raises(TimeoutError, match="DEADLINE_EXCEEDED"):
                 await reader.read_message(timeout_ms=500)
-            assert time.monotonic() - started < 1.5
+            assert time.monotonic() - started < 2.5
 
     asyncio.run(main())
 
@@ -277,13 +286,6 @@ def test_close_delivers_an_unanswered_async_write(silent_broker: str) -> None:
     assert future.done()
     assert [n for n, _ in outcomes] == [2]
     assert only_cause_of(future.exception()).code == ErrorCode.BROKER_NOT_AVAILABLE
-
-
-def only_cause_of(error: BaseException | None) -> RaftmqError:
-    assert isinstance(error, WriteError), error
-    causes = {id(cause): cause for _, cause in error.errors}
-    [cause] = causes.values()
-    return cause
 
 
 def test_close_fails_what_is_left_in_flight_as_maybe_written_and_the_rest_as_not_written(

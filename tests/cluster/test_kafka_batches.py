@@ -1,6 +1,6 @@
 """Kafka record batches through real broker processes: what kafka-python encodes (headers,
 every compression codec) is stored, replicated and served unchanged and reads back with
-our decoder; every codec of our encoder round-trips the same way."""
+our decoder and through a Reader; every codec of our encoder round-trips the same way."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from raftmq.client.conn import Conn
+from raftmq.client.reader import Reader
 from raftmq.compression import CODEC_NAMES
 from raftmq.local_cluster import LocalCluster
 from raftmq.message import Message
@@ -100,10 +101,18 @@ def check_kafka_python_batch(client: list[str], compression: int) -> None:
     stored = produce_and_fetch(client, batch)
     base_offset = read_header(stored).base_offset
     decoded = decode_batch(stored)
-    assert [(m.offset, m.key, m.value, list(m.headers), m.timestamp_ms) for m in decoded] == [
+    expected = [
         (base_offset + i, key, value, headers, timestamp_ms)
         for i, (key, value, timestamp_ms, headers) in enumerate(sent)
     ]
+    assert [
+        (m.offset, m.key, m.value, list(m.headers), m.timestamp_ms) for m in decoded
+    ] == expected
+    # And through the Reader, as an application reads them.
+    with Reader(client, TOPIC, 0, start_offset=base_offset) as reader:
+        read = [reader.read_message(timeout_ms=10_000) for _ in sent]
+    assert [(m.offset, m.key, m.value, list(m.headers), m.timestamp_ms) for m in read] == expected
+    assert {(m.topic, m.partition) for m in read} == {(TOPIC, 0)}
 
 
 def test_every_codec_round_trips_through_the_broker(client: list[str]) -> None:

@@ -101,6 +101,7 @@ def test_a_fenced_epoch_refreshes_metadata_and_the_next_fetch_has_the_new_epoch(
     core.on_metadata(metadata(epoch=5))
     step = core.next_read(now_ms=1_000, deadline=None)
     assert isinstance(step, FetchStep) and step.leader_epoch == 5
+    assert core.current_stats().errors_by_code == {"FENCED_LEADER_EPOCH": 1}
 
 
 def test_a_leader_hint_is_asked_for_metadata_first() -> None:
@@ -111,6 +112,7 @@ def test_a_leader_hint_is_asked_for_metadata_first() -> None:
     core.on_fetch(step, FetchResult("t", 0, moved, b"", -1, -1, -1, "127.0.0.1:9002"), now_ms=1)
     step = core.next_read(now_ms=1_000, deadline=None)
     assert step == MetadataStep(("127.0.0.1:9002",), None)
+    assert isinstance(step, MetadataStep)
     assert candidate_addresses(["127.0.0.1:9001"], None, step.prefer) == [
         "127.0.0.1:9002",
         "127.0.0.1:9001",
