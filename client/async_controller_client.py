@@ -25,17 +25,24 @@ class AsyncEndpointPool:
     """grpc.aio channels to a fixed list of HOST:PORT endpoints plus those learnt from
     hints; the same ordering as `EndpointPool`."""
 
-    def __init__(self, endpoints: Sequence[str], *, service: str) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        service: str,
+        channel_options: Sequence[tuple[str, int]] = tuple(wire.GRPC_OPTIONS),
+    ) -> None:
         assert service in ("controller", "broker")
         self.ordering = EndpointOrder(endpoints)
         self.service = service
+        self.channel_options = list(channel_options)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
 
     def stub(self, endpoint: str) -> Any:
         stub = self._stubs.get(endpoint)
         if stub is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
+            channel = grpc.aio.insecure_channel(endpoint, options=self.channel_options)
             self._channels[endpoint] = channel
             stub = (
                 controller_pb2_grpc.ControllerServiceStub(channel)
