@@ -44,6 +44,21 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_ORDER_SEQUENCE_NUMBER = 31
     UNKNOWN_PRODUCER_ID = 32
     INVALID_PRODUCER_EPOCH = 33
+    COORDINATOR_NOT_AVAILABLE = 34
+    NOT_COORDINATOR = 35
+    COORDINATOR_LOAD_IN_PROGRESS = 36
+    INVALID_GROUP_ID = 37
+    UNKNOWN_MEMBER_ID = 38
+    FENCED_MEMBER_EPOCH = 39
+    STALE_MEMBER_EPOCH = 40
+    UNRELEASED_INSTANCE_ID = 41
+    GROUP_ID_NOT_FOUND = 42
+    NON_EMPTY_GROUP = 43
+    UNSUPPORTED_ASSIGNOR = 44
+    NOT_PARTITION_OWNER = 45
+    GROUP_MAX_SIZE_REACHED = 46
+    OFFSET_METADATA_TOO_LARGE = 47
+    INVALID_COMMIT_OFFSET = 48
 
     @property
     def retriable(self) -> bool:
@@ -68,6 +83,11 @@ _RETRIABLE = frozenset(
         ErrorCode.REQUEST_TIMED_OUT,
         ErrorCode.KAFKA_STORAGE_ERROR,
         ErrorCode.DUPLICATE_BROKER_REGISTRATION,
+        ErrorCode.COORDINATOR_NOT_AVAILABLE,
+        ErrorCode.NOT_COORDINATOR,
+        ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
+        ErrorCode.STALE_MEMBER_EPOCH,
+        ErrorCode.UNRELEASED_INSTANCE_ID,
     }
 )
 
@@ -186,6 +206,17 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_TOPIC_NAME: "use [a-zA-Z0-9._-], at most 249 characters, not starting "
     "with '__'",
     ErrorCode.INVALID_REPLICATION_FACTOR: "use at most as many replicas as there are live brokers",
+    ErrorCode.NOT_COORDINATOR: "find the group's coordinator again and retry there",
+    ErrorCode.COORDINATOR_LOAD_IN_PROGRESS: "the coordinator is loading the group; retry shortly",
+    ErrorCode.COORDINATOR_NOT_AVAILABLE: "the group's coordinator is not available yet; retry "
+    "after a backoff",
+    ErrorCode.UNKNOWN_MEMBER_ID: "the member left the group or was evicted; join again",
+    ErrorCode.FENCED_MEMBER_EPOCH: "the member was fenced (a newer epoch exists); join again",
+    ErrorCode.STALE_MEMBER_EPOCH: "heartbeat to learn the current member epoch, then retry",
+    ErrorCode.NOT_PARTITION_OWNER: "the member does not own the partition at its epoch; its "
+    "commit was refused so that a zombie cannot move the group's offset",
+    ErrorCode.NON_EMPTY_GROUP: "stop the group's consumers first",
+    ErrorCode.GROUP_ID_NOT_FOUND: "no such group",
 }
 
 
@@ -324,6 +355,66 @@ class InvalidProducerEpochError(RaftmqError):
     """INVALID_PRODUCER_EPOCH."""
 
 
+class CoordinatorNotAvailableError(RaftmqError):
+    """COORDINATOR_NOT_AVAILABLE."""
+
+
+class NotCoordinatorError(RaftmqError):
+    """NOT_COORDINATOR."""
+
+
+class CoordinatorLoadInProgressError(RaftmqError):
+    """COORDINATOR_LOAD_IN_PROGRESS."""
+
+
+class InvalidGroupIdError(RaftmqError):
+    """INVALID_GROUP_ID."""
+
+
+class UnknownMemberIdError(RaftmqError):
+    """UNKNOWN_MEMBER_ID."""
+
+
+class FencedMemberEpochError(RaftmqError):
+    """FENCED_MEMBER_EPOCH."""
+
+
+class StaleMemberEpochError(RaftmqError):
+    """STALE_MEMBER_EPOCH."""
+
+
+class UnreleasedInstanceIdError(RaftmqError):
+    """UNRELEASED_INSTANCE_ID."""
+
+
+class GroupIdNotFoundError(RaftmqError):
+    """GROUP_ID_NOT_FOUND."""
+
+
+class NonEmptyGroupError(RaftmqError):
+    """NON_EMPTY_GROUP."""
+
+
+class UnsupportedAssignorError(RaftmqError):
+    """UNSUPPORTED_ASSIGNOR."""
+
+
+class NotPartitionOwnerError(RaftmqError):
+    """NOT_PARTITION_OWNER."""
+
+
+class GroupMaxSizeReachedError(RaftmqError):
+    """GROUP_MAX_SIZE_REACHED."""
+
+
+class OffsetMetadataTooLargeError(RaftmqError):
+    """OFFSET_METADATA_TOO_LARGE."""
+
+
+class InvalidCommitOffsetError(RaftmqError):
+    """INVALID_COMMIT_OFFSET."""
+
+
 _BY_CODE: dict[ErrorCode, type[RaftmqError]] = {
     ErrorCode.UNKNOWN_SERVER_ERROR: UnknownServerErrorError,
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
@@ -358,5 +449,20 @@ _BY_CODE: dict[ErrorCode, type[RaftmqError]] = {
     ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER: OutOfOrderSequenceNumberError,
     ErrorCode.UNKNOWN_PRODUCER_ID: UnknownProducerIdError,
     ErrorCode.INVALID_PRODUCER_EPOCH: InvalidProducerEpochError,
+    ErrorCode.COORDINATOR_NOT_AVAILABLE: CoordinatorNotAvailableError,
+    ErrorCode.NOT_COORDINATOR: NotCoordinatorError,
+    ErrorCode.COORDINATOR_LOAD_IN_PROGRESS: CoordinatorLoadInProgressError,
+    ErrorCode.INVALID_GROUP_ID: InvalidGroupIdError,
+    ErrorCode.UNKNOWN_MEMBER_ID: UnknownMemberIdError,
+    ErrorCode.FENCED_MEMBER_EPOCH: FencedMemberEpochError,
+    ErrorCode.STALE_MEMBER_EPOCH: StaleMemberEpochError,
+    ErrorCode.UNRELEASED_INSTANCE_ID: UnreleasedInstanceIdError,
+    ErrorCode.GROUP_ID_NOT_FOUND: GroupIdNotFoundError,
+    ErrorCode.NON_EMPTY_GROUP: NonEmptyGroupError,
+    ErrorCode.UNSUPPORTED_ASSIGNOR: UnsupportedAssignorError,
+    ErrorCode.NOT_PARTITION_OWNER: NotPartitionOwnerError,
+    ErrorCode.GROUP_MAX_SIZE_REACHED: GroupMaxSizeReachedError,
+    ErrorCode.OFFSET_METADATA_TOO_LARGE: OffsetMetadataTooLargeError,
+    ErrorCode.INVALID_COMMIT_OFFSET: InvalidCommitOffsetError,
 }
 assert set(_BY_CODE) == set(ErrorCode) - {ErrorCode.NONE}

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from raftmq.errors import ErrorCode, RaftmqError
 
 MAX_PARTITIONS = 10_000
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
+DEFAULT_CLEANUP_POLICY = "delete"
+DEFAULT_DELETE_RETENTION_MS = 24 * 3600 * 1000  # Kafka's delete.retention.ms
 _MAX_TOPIC_NAME_LENGTH = 249
 _LEGAL_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 
@@ -22,6 +25,20 @@ class TopicConfig:
     retention_bytes: int = -1  # -1: no size limit
     max_message_bytes: int = 1_048_588  # Kafka's default, one batch
     unclean_leader_election_enable: bool = False
+    # "delete": retention by time and size; "compact": keep the latest record per key;
+    # "compact,delete": both. Invariant: one of CLEANUP_POLICIES.
+    cleanup_policy: str = DEFAULT_CLEANUP_POLICY
+    # Compacted topics: a key's tombstone (null value) is kept this long after it was
+    # written, so that consumers see the deletion.
+    delete_retention_ms: int = DEFAULT_DELETE_RETENTION_MS
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    @property
+    def deletes_by_retention(self) -> bool:
+        return "delete" in self.cleanup_policy
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -30,6 +47,8 @@ class TopicConfig:
             "retention.bytes": str(self.retention_bytes),
             "max.message.bytes": str(self.max_message_bytes),
             "unclean.leader.election.enable": str(self.unclean_leader_election_enable).lower(),
+            "cleanup.policy": self.cleanup_policy,
+            "delete.retention.ms": str(self.delete_retention_ms),
         }
 
 
@@ -68,6 +87,16 @@ def parse_topic_config(configs: Mapping[str, str], *, replication_factor: int) -
             values["max_message_bytes"] = _parse_int(key, value, minimum=64, maximum=64 << 20)
         elif key == "unclean.leader.election.enable":
             values["unclean_leader_election_enable"] = _parse_bool(key, value)
+        elif key == "cleanup.policy":
+            policy = ",".join(sorted(p.strip() for p in value.lower().split(",") if p.strip()))
+            if policy not in CLEANUP_POLICIES:
+                raise RaftmqError(
+                    ErrorCode.INVALID_CONFIG,
+                    f"cleanup.policy={value!r} must be delete, compact or compact,delete",
+                )
+            values["cleanup_policy"] = policy
+        elif key == "delete.retention.ms":
+            values["delete_retention_ms"] = _parse_int(key, value, minimum=0)
         else:
             known = ", ".join(sorted(default.to_dict()))
             raise RaftmqError(ErrorCode.INVALID_CONFIG, f"unknown config {key!r} (known: {known})")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
-from raftmq.topic_config import TopicConfig
+from raftmq.topic_config import DEFAULT_CLEANUP_POLICY, DEFAULT_DELETE_RETENTION_MS, TopicConfig
 from raftmq.v1 import common_pb2 as pb
 
 # What a grpc.aio stream's read() returns at the end of the stream (not in grpc's stubs).
@@ -67,6 +67,8 @@ def config_to_pb(config: TopicConfig) -> pb.TopicConfig:
         retention_bytes=config.retention_bytes,
         max_message_bytes=config.max_message_bytes,
         unclean_leader_election_enable=config.unclean_leader_election_enable,
+        cleanup_policy=config.cleanup_policy,
+        delete_retention_ms=config.delete_retention_ms,
     )
 
 
@@ -77,6 +79,10 @@ def config_from_pb(config: pb.TopicConfig) -> TopicConfig:
         retention_bytes=config.retention_bytes,
         max_message_bytes=config.max_message_bytes,
         unclean_leader_election_enable=config.unclean_leader_election_enable,
+        cleanup_policy=config.cleanup_policy or DEFAULT_CLEANUP_POLICY,
+        delete_retention_ms=config.delete_retention_ms
+        if config.cleanup_policy
+        else DEFAULT_DELETE_RETENTION_MS,
     )
 
 

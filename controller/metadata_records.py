@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
-from raftmq.topic_config import TopicConfig
+from raftmq.topic_config import DEFAULT_CLEANUP_POLICY, DEFAULT_DELETE_RETENTION_MS, TopicConfig
 
 RECORD_SCHEMA_VERSION = 1
 
@@ -173,6 +173,8 @@ def config_to_dict(config: TopicConfig) -> dict[str, Any]:
         "retention_bytes": config.retention_bytes,
         "max_message_bytes": config.max_message_bytes,
         "unclean_leader_election_enable": config.unclean_leader_election_enable,
+        "cleanup_policy": config.cleanup_policy,
+        "delete_retention_ms": config.delete_retention_ms,
     }
 
 
@@ -184,6 +186,10 @@ def config_from_dict(raw: Mapping[str, Any]) -> TopicConfig:
         retention_bytes=_int(raw, "retention_bytes"),
         max_message_bytes=_int(raw, "max_message_bytes"),
         unclean_leader_election_enable=_bool(raw, "unclean_leader_election_enable"),
+        # Added in schema 1 after its first release: absent in older entries, which are
+        # topics of the default policy.
+        cleanup_policy=str(raw.get("cleanup_policy", DEFAULT_CLEANUP_POLICY)),
+        delete_retention_ms=int(raw.get("delete_retention_ms", DEFAULT_DELETE_RETENTION_MS)),
     )
 
 

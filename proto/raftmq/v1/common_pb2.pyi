@@ -43,6 +43,21 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUT_OF_ORDER_SEQUENCE_NUMBER: _ClassVar[ErrorCode]
     UNKNOWN_PRODUCER_ID: _ClassVar[ErrorCode]
     INVALID_PRODUCER_EPOCH: _ClassVar[ErrorCode]
+    COORDINATOR_NOT_AVAILABLE: _ClassVar[ErrorCode]
+    NOT_COORDINATOR: _ClassVar[ErrorCode]
+    COORDINATOR_LOAD_IN_PROGRESS: _ClassVar[ErrorCode]
+    INVALID_GROUP_ID: _ClassVar[ErrorCode]
+    UNKNOWN_MEMBER_ID: _ClassVar[ErrorCode]
+    FENCED_MEMBER_EPOCH: _ClassVar[ErrorCode]
+    STALE_MEMBER_EPOCH: _ClassVar[ErrorCode]
+    UNRELEASED_INSTANCE_ID: _ClassVar[ErrorCode]
+    GROUP_ID_NOT_FOUND: _ClassVar[ErrorCode]
+    NON_EMPTY_GROUP: _ClassVar[ErrorCode]
+    UNSUPPORTED_ASSIGNOR: _ClassVar[ErrorCode]
+    NOT_PARTITION_OWNER: _ClassVar[ErrorCode]
+    GROUP_MAX_SIZE_REACHED: _ClassVar[ErrorCode]
+    OFFSET_METADATA_TOO_LARGE: _ClassVar[ErrorCode]
+    INVALID_COMMIT_OFFSET: _ClassVar[ErrorCode]
 NONE: ErrorCode
 UNKNOWN_SERVER_ERROR: ErrorCode
 INVALID_REQUEST: ErrorCode
@@ -77,6 +92,21 @@ INCONSISTENT_CLUSTER_ID: ErrorCode
 OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode
 UNKNOWN_PRODUCER_ID: ErrorCode
 INVALID_PRODUCER_EPOCH: ErrorCode
+COORDINATOR_NOT_AVAILABLE: ErrorCode
+NOT_COORDINATOR: ErrorCode
+COORDINATOR_LOAD_IN_PROGRESS: ErrorCode
+INVALID_GROUP_ID: ErrorCode
+UNKNOWN_MEMBER_ID: ErrorCode
+FENCED_MEMBER_EPOCH: ErrorCode
+STALE_MEMBER_EPOCH: ErrorCode
+UNRELEASED_INSTANCE_ID: ErrorCode
+GROUP_ID_NOT_FOUND: ErrorCode
+NON_EMPTY_GROUP: ErrorCode
+UNSUPPORTED_ASSIGNOR: ErrorCode
+NOT_PARTITION_OWNER: ErrorCode
+GROUP_MAX_SIZE_REACHED: ErrorCode
+OFFSET_METADATA_TOO_LARGE: ErrorCode
+INVALID_COMMIT_OFFSET: ErrorCode
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "retriable", "leader_id", "leader_endpoint")
@@ -137,18 +167,22 @@ class PartitionState(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., ar: _Optional[_Iterable[int]] = ..., isr: _Optional[_Iterable[int]] = ..., osr: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., partition_epoch: _Optional[int] = ...) -> None: ...
 
 class TopicConfig(_message.Message):
-    __slots__ = ("min_insync_replicas", "retention_ms", "retention_bytes", "max_message_bytes", "unclean_leader_election_enable")
+    __slots__ = ("min_insync_replicas", "retention_ms", "retention_bytes", "max_message_bytes", "unclean_leader_election_enable", "cleanup_policy", "delete_retention_ms")
     MIN_INSYNC_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     UNCLEAN_LEADER_ELECTION_ENABLE_FIELD_NUMBER: _ClassVar[int]
+    CLEANUP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     min_insync_replicas: int
     retention_ms: int
     retention_bytes: int
     max_message_bytes: int
     unclean_leader_election_enable: bool
-    def __init__(self, min_insync_replicas: _Optional[int] = ..., retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., unclean_leader_election_enable: _Optional[bool] = ...) -> None: ...
+    cleanup_policy: str
+    delete_retention_ms: int
+    def __init__(self, min_insync_replicas: _Optional[int] = ..., retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., unclean_leader_election_enable: _Optional[bool] = ..., cleanup_policy: _Optional[str] = ..., delete_retention_ms: _Optional[int] = ...) -> None: ...
 
 class Topic(_message.Message):
     __slots__ = ("name", "topic_id", "config", "partitions", "replication_factor")
