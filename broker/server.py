@@ -334,6 +334,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             return response
 
     async def CreateTopic(self, request: Any, context: Any) -> Any:
+        request.internal = False  # only the cluster creates its internal topics
         return await self._forward("CreateTopic", request, ctl.CreateTopicResponse)
 
     async def DeleteTopic(self, request: Any, context: Any) -> Any:

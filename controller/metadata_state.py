@@ -100,6 +100,8 @@ REQUEST_IDS_MAX = 10_000
 CHANGE_SETS_MAX = 2_000
 # Topic names with this prefix belong to the cluster itself (`__consumer_offsets`, ...).
 INTERNAL_TOPIC_PREFIX = "__"
+# The internal topics brokers may ask the controller to create (CreateTopic internal=true).
+INTERNAL_TOPICS = frozenset({"__consumer_offsets"})
 
 
 @dataclass(slots=True)
@@ -484,6 +486,11 @@ class MetadataState:
                 raise RaftmqError(
                     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {command.name!r} does not exist"
                 )
+            if command.name.startswith(INTERNAL_TOPIC_PREFIX):
+                raise RaftmqError(
+                    ErrorCode.POLICY_VIOLATION,
+                    f"topic {command.name!r} is internal to the cluster and cannot be deleted",
+                )
             return [TopicDeleted(command.name)], CommandResult()
         if isinstance(command, AlterPartition):
             return self._alter_partition(command)
@@ -619,6 +626,12 @@ class MetadataState:
 
     def _create_topic(self, command: CreateTopic) -> tuple[list[Record], CommandResult]:
         validate_topic_name(command.name)
+        if command.internal and command.name not in INTERNAL_TOPICS:
+            raise RaftmqError(
+                ErrorCode.INVALID_TOPIC_NAME,
+                f"{command.name!r} is not an internal topic (those are "
+                f"{', '.join(sorted(INTERNAL_TOPICS))})",
+            )
         if command.name.startswith(INTERNAL_TOPIC_PREFIX) and not command.internal:
             raise RaftmqError(
                 ErrorCode.INVALID_TOPIC_NAME,

@@ -342,6 +342,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 request.partitions,
                 request.replication_factor,
                 tuple(sorted(request.configs.items())),
+                internal=request.internal,
             )
         )
         response = pb.CreateTopicResponse(error=_result_error(self.quorum, result))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from raftmq.v1 import common_pb2 as raftmq_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1araftmq/v1/controller.proto\x12\traftmq.v1\x1a\x16raftmq/v1/common.proto\"\x9f\x01\n\x15RegisterBrokerRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12%\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x13.raftmq.v1.Endpoint\x12\x0c\n\x04rack\x18\x03 \x01(\t\x12\x16\n\x0eincarnation_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ncluster_id\x18\x06 \x01(\t\"c\n\x16RegisterBrokerResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"\x80\x01\n\x16\x42rokerHeartbeatRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x18\n\x10metadata_version\x18\x03 \x01(\x03\x12\x12\n\nwant_fence\x18\x04 \x01(\x08\x12\x0f\n\x07goodbye\x18\x05 \x01(\x08\"d\n\x17\x42rokerHeartbeatResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x0e\n\x06\x66\x65nced\x18\x02 \x01(\x08\x12\x18\n\x10\x63ontroller_epoch\x18\x03 \x01(\x03\"X\n\x19\x43ontrolledShutdownRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\\\n\x1a\x43ontrolledShutdownResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x1d\n\x15remaining_leaderships\x18\x02 \x01(\x05\"=\n\x14WatchMetadataRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x03\x12\x0f\n\x07watcher\x18\x02 \x01(\t\"\x8e\x02\n\x0eMetadataUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12&\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x15.raftmq.v1.BrokerInfo\x12 \n\x06topics\x18\x04 \x03(\x0b\x32\x10.raftmq.v1.Topic\x12\x16\n\x0e\x64\x65leted_topics\x18\x05 \x03(\t\x12.\n\x0b\x63ontrollers\x18\x06 \x03(\x0b\x32\x19.raftmq.v1.ControllerInfo\x12\x18\n\x10\x63ontroller_epoch\x18\x07 \x01(\x03\x12-\n\npartitions\x18\x08 \x03(\x0b\x32\x19.raftmq.v1.PartitionDelta\"[\n\x0ePartitionDelta\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\x12(\n\x05state\x18\x03 \x01(\x0b\x32\x19.raftmq.v1.PartitionState\"\xd3\x01\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\x05\x12\x1a\n\x12replication_factor\x18\x03 \x01(\x05\x12;\n\x07\x63onfigs\x18\x04 \x03(\x0b\x32*.raftmq.v1.CreateTopicRequest.ConfigsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x13\x43reateTopicResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x1f\n\x05topic\x18\x02 \x01(\x0b\x32\x10.raftmq.v1.Topic\"6\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"6\n\x13\x44\x65leteTopicResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\"&\n\x15\x44\x65scribeTopicsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"u\n\x16\x44\x65scribeTopicsResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12 \n\x06topics\x18\x02 \x03(\x0b\x32\x10.raftmq.v1.Topic\x12\x18\n\x10metadata_version\x18\x03 \x01(\x03\"\xc8\x01\n\x15\x41lterPartitionRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x10\n\x08topic_id\x18\x04 \x01(\x0c\x12\x11\n\tpartition\x18\x05 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x06 \x01(\x05\x12\x17\n\x0fpartition_epoch\x18\x07 \x01(\x05\x12\x0f\n\x07new_isr\x18\x08 \x03(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\"g\n\x16\x41lterPartitionResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12,\n\tpartition\x18\x02 \x01(\x0b\x32\x19.raftmq.v1.PartitionState\"2\n\x0eTopicPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x7f\n\x13\x45lectLeadersRequest\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.raftmq.v1.ElectionType\x12-\n\npartitions\x18\x02 \x03(\x0b\x32\x19.raftmq.v1.TopicPartition\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"H\n\x14\x45lectLeadersResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x0f\n\x07\x65lected\x18\x02 \x01(\x05\"\x18\n\x16\x44\x65scribeClusterRequest\"e\n\x0bQuorumVoter\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12%\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x13.raftmq.v1.Endpoint\x12\r\n\x05state\x18\x04 \x01(\t\"\x81\x01\n\nQuorumInfo\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12&\n\x06voters\x18\x03 \x03(\x0b\x32\x16.raftmq.v1.QuorumVoter\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x03\x12\x14\n\x0clast_applied\x18\x05 \x01(\x03\"\xdd\x01\n\x17\x44\x65scribeClusterResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12)\n\ncontroller\x18\x02 \x01(\x0b\x32\x15.raftmq.v1.QuorumInfo\x12&\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x15.raftmq.v1.BrokerInfo\x12 \n\x06topics\x18\x04 \x03(\x0b\x32\x10.raftmq.v1.Topic\x12\x18\n\x10metadata_version\x18\x05 \x01(\x03\x12\x12\n\ncluster_id\x18\x06 \x01(\t\"Y\n\x1a\x41llocateProducerIdsRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"h\n\x1b\x41llocateProducerIdsResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x19\n\x11\x66irst_producer_id\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x05**\n\x0c\x45lectionType\x12\r\n\tPREFERRED\x10\x00\x12\x0b\n\x07UNCLEAN\x10\x01\x32\xad\x08\n\x11\x43ontrollerService\x12U\n\x0eRegisterBroker\x12 .raftmq.v1.RegisterBrokerRequest\x1a!.raftmq.v1.RegisterBrokerResponse\x12X\n\x0f\x42rokerHeartbeat\x12!.raftmq.v1.BrokerHeartbeatRequest\x1a\".raftmq.v1.BrokerHeartbeatResponse\x12Z\n\rBrokerSession\x12!.raftmq.v1.BrokerHeartbeatRequest\x1a\".raftmq.v1.BrokerHeartbeatResponse(\x01\x30\x01\x12\x61\n\x12\x43ontrolledShutdown\x12$.raftmq.v1.ControlledShutdownRequest\x1a%.raftmq.v1.ControlledShutdownResponse\x12M\n\rWatchMetadata\x12\x1f.raftmq.v1.WatchMetadataRequest\x1a\x19.raftmq.v1.MetadataUpdate0\x01\x12L\n\x0b\x43reateTopic\x12\x1d.raftmq.v1.CreateTopicRequest\x1a\x1e.raftmq.v1.CreateTopicResponse\x12L\n\x0b\x44\x65leteTopic\x12\x1d.raftmq.v1.DeleteTopicRequest\x1a\x1e.raftmq.v1.DeleteTopicResponse\x12U\n\x0e\x44\x65scribeTopics\x12 .raftmq.v1.DescribeTopicsRequest\x1a!.raftmq.v1.DescribeTopicsResponse\x12U\n\x0e\x41lterPartition\x12 .raftmq.v1.AlterPartitionRequest\x1a!.raftmq.v1.AlterPartitionResponse\x12O\n\x0c\x45lectLeaders\x12\x1e.raftmq.v1.ElectLeadersRequest\x1a\x1f.raftmq.v1.ElectLeadersResponse\x12X\n\x0f\x44\x65scribeCluster\x12!.raftmq.v1.DescribeClusterRequest\x1a\".raftmq.v1.DescribeClusterResponse\x12\x64\n\x13\x41llocateProducerIds\x12%.raftmq.v1.AllocateProducerIdsRequest\x1a&.raftmq.v1.AllocateProducerIdsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1araftmq/v1/controller.proto\x12\traftmq.v1\x1a\x16raftmq/v1/common.proto\"\x9f\x01\n\x15RegisterBrokerRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12%\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x13.raftmq.v1.Endpoint\x12\x0c\n\x04rack\x18\x03 \x01(\t\x12\x16\n\x0eincarnation_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ncluster_id\x18\x06 \x01(\t\"c\n\x16RegisterBrokerResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"\x80\x01\n\x16\x42rokerHeartbeatRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x18\n\x10metadata_version\x18\x03 \x01(\x03\x12\x12\n\nwant_fence\x18\x04 \x01(\x08\x12\x0f\n\x07goodbye\x18\x05 \x01(\x08\"d\n\x17\x42rokerHeartbeatResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x0e\n\x06\x66\x65nced\x18\x02 \x01(\x08\x12\x18\n\x10\x63ontroller_epoch\x18\x03 \x01(\x03\"X\n\x19\x43ontrolledShutdownRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\\\n\x1a\x43ontrolledShutdownResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x1d\n\x15remaining_leaderships\x18\x02 \x01(\x05\"=\n\x14WatchMetadataRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x03\x12\x0f\n\x07watcher\x18\x02 \x01(\t\"\x8e\x02\n\x0eMetadataUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12&\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x15.raftmq.v1.BrokerInfo\x12 \n\x06topics\x18\x04 \x03(\x0b\x32\x10.raftmq.v1.Topic\x12\x16\n\x0e\x64\x65leted_topics\x18\x05 \x03(\t\x12.\n\x0b\x63ontrollers\x18\x06 \x03(\x0b\x32\x19.raftmq.v1.ControllerInfo\x12\x18\n\x10\x63ontroller_epoch\x18\x07 \x01(\x03\x12-\n\npartitions\x18\x08 \x03(\x0b\x32\x19.raftmq.v1.PartitionDelta\"[\n\x0ePartitionDelta\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\x0c\x12(\n\x05state\x18\x03 \x01(\x0b\x32\x19.raftmq.v1.PartitionState\"\xe5\x01\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\x05\x12\x1a\n\x12replication_factor\x18\x03 \x01(\x05\x12;\n\x07\x63onfigs\x18\x04 \x03(\x0b\x32*.raftmq.v1.CreateTopicRequest.ConfigsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08internal\x18\x06 \x01(\x08\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x13\x43reateTopicResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x1f\n\x05topic\x18\x02 \x01(\x0b\x32\x10.raftmq.v1.Topic\"6\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"6\n\x13\x44\x65leteTopicResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\"&\n\x15\x44\x65scribeTopicsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"u\n\x16\x44\x65scribeTopicsResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12 \n\x06topics\x18\x02 \x03(\x0b\x32\x10.raftmq.v1.Topic\x12\x18\n\x10metadata_version\x18\x03 \x01(\x03\"\xc8\x01\n\x15\x41lterPartitionRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x10\n\x08topic_id\x18\x04 \x01(\x0c\x12\x11\n\tpartition\x18\x05 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x06 \x01(\x05\x12\x17\n\x0fpartition_epoch\x18\x07 \x01(\x05\x12\x0f\n\x07new_isr\x18\x08 \x03(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\"g\n\x16\x41lterPartitionResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12,\n\tpartition\x18\x02 \x01(\x0b\x32\x19.raftmq.v1.PartitionState\"2\n\x0eTopicPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x7f\n\x13\x45lectLeadersRequest\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.raftmq.v1.ElectionType\x12-\n\npartitions\x18\x02 \x03(\x0b\x32\x19.raftmq.v1.TopicPartition\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"H\n\x14\x45lectLeadersResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x0f\n\x07\x65lected\x18\x02 \x01(\x05\"\x18\n\x16\x44\x65scribeClusterRequest\"e\n\x0bQuorumVoter\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12%\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x13.raftmq.v1.Endpoint\x12\r\n\x05state\x18\x04 \x01(\t\"\x81\x01\n\nQuorumInfo\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12&\n\x06voters\x18\x03 \x03(\x0b\x32\x16.raftmq.v1.QuorumVoter\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x03\x12\x14\n\x0clast_applied\x18\x05 \x01(\x03\"\xdd\x01\n\x17\x44\x65scribeClusterResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12)\n\ncontroller\x18\x02 \x01(\x0b\x32\x15.raftmq.v1.QuorumInfo\x12&\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x15.raftmq.v1.BrokerInfo\x12 \n\x06topics\x18\x04 \x03(\x0b\x32\x10.raftmq.v1.Topic\x12\x18\n\x10metadata_version\x18\x05 \x01(\x03\x12\x12\n\ncluster_id\x18\x06 \x01(\t\"Y\n\x1a\x41llocateProducerIdsRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"h\n\x1b\x41llocateProducerIdsResponse\x12\x1f\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x10.raftmq.v1.Error\x12\x19\n\x11\x66irst_producer_id\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x05**\n\x0c\x45lectionType\x12\r\n\tPREFERRED\x10\x00\x12\x0b\n\x07UNCLEAN\x10\x01\x32\xad\x08\n\x11\x43ontrollerService\x12U\n\x0eRegisterBroker\x12 .raftmq.v1.RegisterBrokerRequest\x1a!.raftmq.v1.RegisterBrokerResponse\x12X\n\x0f\x42rokerHeartbeat\x12!.raftmq.v1.BrokerHeartbeatRequest\x1a\".raftmq.v1.BrokerHeartbeatResponse\x12Z\n\rBrokerSession\x12!.raftmq.v1.BrokerHeartbeatRequest\x1a\".raftmq.v1.BrokerHeartbeatResponse(\x01\x30\x01\x12\x61\n\x12\x43ontrolledShutdown\x12$.raftmq.v1.ControlledShutdownRequest\x1a%.raftmq.v1.ControlledShutdownResponse\x12M\n\rWatchMetadata\x12\x1f.raftmq.v1.WatchMetadataRequest\x1a\x19.raftmq.v1.MetadataUpdate0\x01\x12L\n\x0b\x43reateTopic\x12\x1d.raftmq.v1.CreateTopicRequest\x1a\x1e.raftmq.v1.CreateTopicResponse\x12L\n\x0b\x44\x65leteTopic\x12\x1d.raftmq.v1.DeleteTopicRequest\x1a\x1e.raftmq.v1.DeleteTopicResponse\x12U\n\x0e\x44\x65scribeTopics\x12 .raftmq.v1.DescribeTopicsRequest\x1a!.raftmq.v1.DescribeTopicsResponse\x12U\n\x0e\x41lterPartition\x12 .raftmq.v1.AlterPartitionRequest\x1a!.raftmq.v1.AlterPartitionResponse\x12O\n\x0c\x45lectLeaders\x12\x1e.raftmq.v1.ElectLeadersRequest\x1a\x1f.raftmq.v1.ElectLeadersResponse\x12X\n\x0f\x44\x65scribeCluster\x12!.raftmq.v1.DescribeClusterRequest\x1a\".raftmq.v1.DescribeClusterResponse\x12\x64\n\x13\x41llocateProducerIds\x12%.raftmq.v1.AllocateProducerIdsRequest\x1a&.raftmq.v1.AllocateProducerIdsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATETOPICREQUEST_CONFIGSENTRY']._loaded_options = None
   _globals['_CREATETOPICREQUEST_CONFIGSENTRY']._serialized_options = b'8\001'
-  _globals['_ELECTIONTYPE']._serialized_start=2993
-  _globals['_ELECTIONTYPE']._serialized_end=3035
+  _globals['_ELECTIONTYPE']._serialized_start=3011
+  _globals['_ELECTIONTYPE']._serialized_end=3053
   _globals['_REGISTERBROKERREQUEST']._serialized_start=66
   _globals['_REGISTERBROKERREQUEST']._serialized_end=225
   _globals['_REGISTERBROKERRESPONSE']._serialized_start=227
@@ -55,41 +55,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTITIONDELTA']._serialized_start=1081
   _globals['_PARTITIONDELTA']._serialized_end=1172
   _globals['_CREATETOPICREQUEST']._serialized_start=1175
-  _globals['_CREATETOPICREQUEST']._serialized_end=1386
-  _globals['_CREATETOPICREQUEST_CONFIGSENTRY']._serialized_start=1340
-  _globals['_CREATETOPICREQUEST_CONFIGSENTRY']._serialized_end=1386
-  _globals['_CREATETOPICRESPONSE']._serialized_start=1388
-  _globals['_CREATETOPICRESPONSE']._serialized_end=1475
-  _globals['_DELETETOPICREQUEST']._serialized_start=1477
-  _globals['_DELETETOPICREQUEST']._serialized_end=1531
-  _globals['_DELETETOPICRESPONSE']._serialized_start=1533
-  _globals['_DELETETOPICRESPONSE']._serialized_end=1587
-  _globals['_DESCRIBETOPICSREQUEST']._serialized_start=1589
-  _globals['_DESCRIBETOPICSREQUEST']._serialized_end=1627
-  _globals['_DESCRIBETOPICSRESPONSE']._serialized_start=1629
-  _globals['_DESCRIBETOPICSRESPONSE']._serialized_end=1746
-  _globals['_ALTERPARTITIONREQUEST']._serialized_start=1749
-  _globals['_ALTERPARTITIONREQUEST']._serialized_end=1949
-  _globals['_ALTERPARTITIONRESPONSE']._serialized_start=1951
-  _globals['_ALTERPARTITIONRESPONSE']._serialized_end=2054
-  _globals['_TOPICPARTITION']._serialized_start=2056
-  _globals['_TOPICPARTITION']._serialized_end=2106
-  _globals['_ELECTLEADERSREQUEST']._serialized_start=2108
-  _globals['_ELECTLEADERSREQUEST']._serialized_end=2235
-  _globals['_ELECTLEADERSRESPONSE']._serialized_start=2237
-  _globals['_ELECTLEADERSRESPONSE']._serialized_end=2309
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=2311
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=2335
-  _globals['_QUORUMVOTER']._serialized_start=2337
-  _globals['_QUORUMVOTER']._serialized_end=2438
-  _globals['_QUORUMINFO']._serialized_start=2441
-  _globals['_QUORUMINFO']._serialized_end=2570
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=2573
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=2794
-  _globals['_ALLOCATEPRODUCERIDSREQUEST']._serialized_start=2796
-  _globals['_ALLOCATEPRODUCERIDSREQUEST']._serialized_end=2885
-  _globals['_ALLOCATEPRODUCERIDSRESPONSE']._serialized_start=2887
-  _globals['_ALLOCATEPRODUCERIDSRESPONSE']._serialized_end=2991
-  _globals['_CONTROLLERSERVICE']._serialized_start=3038
-  _globals['_CONTROLLERSERVICE']._serialized_end=4107
+  _globals['_CREATETOPICREQUEST']._serialized_end=1404
+  _globals['_CREATETOPICREQUEST_CONFIGSENTRY']._serialized_start=1358
+  _globals['_CREATETOPICREQUEST_CONFIGSENTRY']._serialized_end=1404
+  _globals['_CREATETOPICRESPONSE']._serialized_start=1406
+  _globals['_CREATETOPICRESPONSE']._serialized_end=1493
+  _globals['_DELETETOPICREQUEST']._serialized_start=1495
+  _globals['_DELETETOPICREQUEST']._serialized_end=1549
+  _globals['_DELETETOPICRESPONSE']._serialized_start=1551
+  _globals['_DELETETOPICRESPONSE']._serialized_end=1605
+  _globals['_DESCRIBETOPICSREQUEST']._serialized_start=1607
+  _globals['_DESCRIBETOPICSREQUEST']._serialized_end=1645
+  _globals['_DESCRIBETOPICSRESPONSE']._serialized_start=1647
+  _globals['_DESCRIBETOPICSRESPONSE']._serialized_end=1764
+  _globals['_ALTERPARTITIONREQUEST']._serialized_start=1767
+  _globals['_ALTERPARTITIONREQUEST']._serialized_end=1967
+  _globals['_ALTERPARTITIONRESPONSE']._serialized_start=1969
+  _globals['_ALTERPARTITIONRESPONSE']._serialized_end=2072
+  _globals['_TOPICPARTITION']._serialized_start=2074
+  _globals['_TOPICPARTITION']._serialized_end=2124
+  _globals['_ELECTLEADERSREQUEST']._serialized_start=2126
+  _globals['_ELECTLEADERSREQUEST']._serialized_end=2253
+  _globals['_ELECTLEADERSRESPONSE']._serialized_start=2255
+  _globals['_ELECTLEADERSRESPONSE']._serialized_end=2327
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=2329
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=2353
+  _globals['_QUORUMVOTER']._serialized_start=2355
+  _globals['_QUORUMVOTER']._serialized_end=2456
+  _globals['_QUORUMINFO']._serialized_start=2459
+  _globals['_QUORUMINFO']._serialized_end=2588
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=2591
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=2812
+  _globals['_ALLOCATEPRODUCERIDSREQUEST']._serialized_start=2814
+  _globals['_ALLOCATEPRODUCERIDSREQUEST']._serialized_end=2903
+  _globals['_ALLOCATEPRODUCERIDSRESPONSE']._serialized_start=2905
+  _globals['_ALLOCATEPRODUCERIDSRESPONSE']._serialized_end=3009
+  _globals['_CONTROLLERSERVICE']._serialized_start=3056
+  _globals['_CONTROLLERSERVICE']._serialized_end=4125
 # @@protoc_insertion_point(module_scope)
