@@ -521,11 +521,12 @@ class PartitionLog:
         self._check_invariants()
         return AppendResult(base_offset, header.next_offset, duplicate=False)
 
-    def append_as_follower(self, records: bytes) -> int:
+    def append_as_follower(self, records: bytes, *, allow_gaps: bool = False) -> int:
         """Store whole stamped batches copied from the leader; return the new log end offset.
 
         `records` is a concatenation of batches (a fetch response's records). The first must
-        start exactly at log_end_offset and each next one where the previous ended, else
+        start exactly at log_end_offset and each next one where the previous ended (or, with
+        `allow_gaps` — a compacted topic — anywhere after it), else
         UnexpectedAppendOffsetError; framing/CRC problems raise CORRUPT_MESSAGE. In both
         cases nothing is stored. The caller truncates (by leader epoch) before appending.
         Each batch's partition_leader_epoch updates the epoch cache. Cost: one CRC pass and
@@ -541,7 +542,9 @@ class PartitionLog:
         wb = self.store.new_write_batch()
         # Bound: len(records) // 61 batches (iter_batches stops at the end of the buffer).
         for header, batch in iter_batches(records):
-            if header.base_offset != next_offset:
+            # A compacted leader's log has holes: its next batch may start after our end.
+            gap_allowed = allow_gaps and header.base_offset > next_offset
+            if header.base_offset != next_offset and not gap_allowed:
                 raise UnexpectedAppendOffsetError(
                     expected_offset=next_offset, actual_offset=header.base_offset
                 )
@@ -607,9 +610,15 @@ class PartitionLog:
         begin, _ = data_range(self._prefix)
         it = self.store.iterator(upper_bound=data_key(self._prefix, upper_offset))
         it.seek_for_prev(data_key(self._prefix, fetch_offset))
-        # The log is contiguous from log_start_offset, so some batch holds fetch_offset.
-        assert it.valid() and it.key().startswith(begin)
-        value: bytes = it.value()
+        value: bytes | None = it.value() if it.valid() and it.key().startswith(begin) else None
+        if value is None or read_header(value).next_offset <= fetch_offset:
+            # fetch_offset is in a hole a compaction left: the next batch after it. (An
+            # uncompacted log is contiguous, and some batch holds every offset.)
+            it.seek(data_key(self._prefix, fetch_offset))
+            if not it.valid():
+                return b"", fetch_offset
+            value = it.value()
+        assert value is not None
         end_offset = read_header(value).next_offset
         assert end_offset > fetch_offset
         chunks = [value]
@@ -625,6 +634,56 @@ class PartitionLog:
             end_offset = read_header(value).next_offset
             it.next()
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), end_offset
+
+    def replace_batches(self, changes: list[tuple[int, bytes, bytes | None]]) -> int:
+        """Compaction: replace stored batches (base offset, the bytes read, the new bytes or
+        None to delete it) in one write, below the high watermark only. A batch whose stored
+        bytes are no longer the ones read (retention removed it meanwhile) is left alone.
+        The log's offsets do not move: a deleted batch leaves a hole. Returns how many
+        were replaced."""
+        self._check_open()
+        wb = self.store.new_write_batch()
+        size_bytes = self._size_bytes
+        done = 0
+        for base_offset, expected, new in changes:
+            assert new is None or read_header(new).next_offset == read_header(expected).next_offset
+            key = data_key(self._prefix, base_offset)
+            if read_header(expected).next_offset > self._high_watermark:
+                continue  # never the tail above the high watermark
+            it = self.store.iterator(upper_bound=data_key(self._prefix, base_offset + 1))
+            it.seek(key)
+            if not it.valid() or it.key() != key or it.value() != expected:
+                continue
+            if new is None:
+                wb.delete(key)
+                size_bytes -= len(expected)
+            else:
+                wb.put(key, new)
+                size_bytes += len(new) - len(expected)
+            done += 1
+        if not done:
+            return 0
+        # The first batches gone: the log starts at the first one left (offsets below it
+        # held only superseded records), so that a log always starts with a batch.
+        new_start = self._log_start_offset
+        if any(new is None and base == new_start for base, _, new in changes):
+            deleted = {base for base, _, new in changes if new is None}
+            it = self.store.iterator(upper_bound=data_range(self._prefix)[1])
+            it.seek(data_key(self._prefix, new_start))
+            # Bound: one step per deleted batch at the start of the log.
+            while it.valid() and data_key_offset(it.key()) in deleted:
+                it.next()
+            assert it.valid(), "compaction never removes the last batch of a log"
+            new_start = data_key_offset(it.key())
+        epochs = _epochs_truncate_from_start(self._epochs, new_start)
+        self._stage_epochs(wb, epochs)
+        self._stage_meta(wb, log_start_offset=new_start, size_bytes=size_bytes)
+        self._write(wb)
+        self._size_bytes = size_bytes
+        self._log_start_offset = new_start
+        self._epochs = epochs
+        self._check_invariants()
+        return done
 
     def stored_batches(self, upper_offset: int) -> Iterator[tuple[int, bytes]]:
         """(base_offset, stored bytes) of every batch whose base offset is below

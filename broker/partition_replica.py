@@ -42,7 +42,7 @@ class ReplicaLog(Protocol):
     def assign_epoch(self, epoch: int, start_offset: int) -> None: ...
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]: ...
     def append_as_leader(self, batch: bytes, *, leader_epoch: int) -> AppendResult: ...
-    def append_as_follower(self, records: bytes) -> int: ...
+    def append_as_follower(self, records: bytes, *, allow_gaps: bool = False) -> int: ...
     def read_with_end(
         self, fetch_offset: int, *, max_bytes: int, upper_offset: int
     ) -> tuple[bytes, int]: ...
@@ -469,7 +469,9 @@ class PartitionReplica(Generic[LogT]):
                 log.truncate_to(offset)
                 return ReplyOutcome(truncated=True)
             if reply.records:
-                log.append_as_follower(reply.records)
+                # A compacted leader's log has holes (where whole batches were compacted
+                # away): its next batch may start past our log end.
+                log.append_as_follower(reply.records, allow_gaps=self.config.compacted)
             log.set_high_watermark_as_follower(reply.high_watermark)
             return ReplyOutcome(appended=bool(reply.records))
         if reply.error == ErrorCode.OFFSET_OUT_OF_RANGE:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from raftmq import wire
 from raftmq.broker.controller_link import ControllerLink
+from raftmq.broker.log_cleaner import LogCleaner
 from raftmq.broker.log_store import LogStore
 from raftmq.broker.metadata_cache import MetadataDelta, MetadataImage
 from raftmq.broker.partition_log import PartitionLog
@@ -78,6 +79,11 @@ class ReplicaManager:
         self.wait_durable = wait_durable
         self.now_ms = now_ms
         self.sessions = ReplicaSessions()
+        self.cleaner = LogCleaner(
+            self.replicas,
+            is_current=lambda r: self._replicas.get(r.key) is r,
+            on_fatal=on_fatal,
+        )
         # Replicas assigned to this broker, by (topic id, index) and by (name, index).
         # Invariant: every value of _by_name is a value of _replicas, under its topic's
         # current name (a deleted topic's partition never shadows a new one's).
@@ -103,6 +109,7 @@ class ReplicaManager:
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
 
     def start(self) -> None:
+        self.cleaner.start()
         loop = asyncio.get_running_loop()
         for name, target in (
             ("replica-duties", self._duty_loop),
@@ -123,6 +130,7 @@ class ReplicaManager:
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.cleaner.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -452,11 +460,15 @@ class ReplicaManager:
                 return
             log = replica.log
             try:
-                removed = log.enforce_retention(
-                    now_ms=wall_ms,
-                    retention_ms=replica.config.retention_ms,
-                    retention_bytes=replica.config.retention_bytes,
-                    batches_max=RETENTION_BATCHES_PER_PASS,
+                removed = (
+                    log.enforce_retention(
+                        now_ms=wall_ms,
+                        retention_ms=replica.config.retention_ms,
+                        retention_bytes=replica.config.retention_bytes,
+                        batches_max=RETENTION_BATCHES_PER_PASS,
+                    )
+                    if replica.config.deletes_by_retention
+                    else 0
                 )
                 log.expire_producers(now_ms=wall_ms, expiration_ms=PRODUCER_ID_EXPIRATION_MS)
                 log.checkpoint_high_watermark()

@@ -68,12 +68,15 @@ __all__ = [
     "PURE_PYTHON_CODEC_ENV",
     "RECORD_BYTES_MIN",
     "BatchHeader",
+    "RecordSlice",
     "codec_implementation",
     "decode_batch",
     "decode_batches",
     "encode_batch",
     "iter_batches",
     "read_header",
+    "rebuild_batch",
+    "record_slices",
     "stamp_batch",
     "validate_batch",
 ]
@@ -447,3 +450,88 @@ def decode_batches(
         )
         pos = batch_end
     return messages
+
+
+# --- compaction (the broker's log cleaner; never on the produce, replicate or fetch path) ----
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSlice:
+    """One record of a batch as compaction sees it: its identity, and its bytes (length
+    prefix included) so that a kept record is copied, never re-encoded."""
+
+    offset: int
+    key: bytes | None
+    tombstone: bool  # a null value: the key's deletion
+    timestamp_ms: int
+    raw: bytes
+
+
+def record_slices(batch: bytes) -> tuple[BatchHeader, list[RecordSlice]]:
+    """Every record of one whole stored batch (decompressed if need be). Raises RaftmqError
+    CORRUPT_MESSAGE for malformed input."""
+    header = _check_framing(memoryview(batch), 0, len(batch))
+    codec = header.attributes & _CODEC_MASK
+    if codec > _CODEC_MAX:
+        raise _corrupt(f"unknown compression codec {codec}")
+    data = (
+        batch[HEADER_SIZE:]
+        if codec == CODEC_NONE
+        else decompress(codec, memoryview(batch)[HEADER_SIZE:])
+    )
+    data = bytes(data)
+    slices: list[RecordSlice] = []
+    outer = _codec_py._Reader(data, 0, len(data))
+    try:
+        # Bound: record_count records, each consuming at least one byte of the data.
+        for index in range(header.record_count):
+            begin = outer.pos
+            length = outer.varint()
+            start = outer.pos
+            if not 0 < length <= len(data) - start:
+                raise ValueError(f"record {index} of {length} bytes overruns the batch")
+            reader = _codec_py._Reader(data, start + 1, start + length)  # after attributes
+            timestamp_ms = header.base_timestamp + reader.varlong()
+            offset = header.base_offset + reader.varint()
+            key = reader.sized("key")
+            _, value_length = reader.skip_sized("value")
+            slices.append(
+                RecordSlice(
+                    offset, key, value_length < 0, timestamp_ms, data[begin : start + length]
+                )
+            )
+            outer.pos = start + length
+    except ValueError as e:
+        raise _corrupt(f"bad records in a stored batch: {e}") from e
+    return header, slices
+
+
+def rebuild_batch(header: BatchHeader, kept: Sequence[RecordSlice]) -> bytes:
+    """A batch of the `kept` records of the batch `header` describes: same base offset,
+    leader epoch, attributes (compression), base timestamp, producer fields and
+    last_offset_delta (so that the batch still ends where it ended: offsets stay offsets,
+    compaction leaves holes); record_count and CRC are new."""
+    assert kept, "a batch keeps at least one record"
+    records = b"".join(r.raw for r in kept)
+    codec = header.attributes & _CODEC_MASK
+    if codec != CODEC_NONE:
+        records = compress(codec, records)
+    covered_header = _CRC_COVERED.pack(
+        header.attributes,
+        header.last_offset_delta,
+        header.base_timestamp,
+        header.max_timestamp,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        len(kept),
+    )
+    crc = crc32c.crc32c(records, crc32c.crc32c(covered_header))
+    prefix = _UNCOVERED_PREFIX.pack(
+        header.base_offset,
+        HEADER_SIZE - _LENGTH_PREFIX_SIZE + len(records),
+        header.partition_leader_epoch,
+        MAGIC,
+        crc,
+    )
+    return b"".join((prefix, covered_header, records))
