@@ -23,6 +23,7 @@ import structlog
 from raftmq import node_meta, ports
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.controller_session import ControllerSession
+from raftmq.broker.group_coordinator import GroupConfig, GroupCoordinator
 from raftmq.broker.log_store import AsyncGroupCommit, FlushPolicy, LogStore
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.producer_ids import ProducerIdManager
@@ -54,6 +55,7 @@ class BrokerOptions:
     # The cluster this broker must join ("" : whichever its data dir or the quorum says).
     cluster_id: str = ""
     topic_defaults: TopicDefaults = field(default_factory=TopicDefaults)
+    groups: GroupConfig = field(default_factory=GroupConfig)
 
 
 def run_broker(options: BrokerOptions) -> int:
@@ -135,6 +137,15 @@ class BrokerNode:
             fetch_purgatory=self.fetch_purgatory,
             wait_durable=durable.wait,
         )
+        self.groups = GroupCoordinator(
+            broker_id=options.node_id,
+            handler=self.handler,
+            metadata=lambda: self.metadata.image,
+            controllers=self.link,
+            on_fatal=on_fatal,
+            config=options.groups,
+        )
+        self.replicas.role_listeners.append(self.groups.on_replica_role)
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(
             BrokerServicer(
                 broker_id=options.node_id,
@@ -148,6 +159,7 @@ class BrokerNode:
                     controllers=self.link,
                 ),
                 topic_defaults=options.topic_defaults,
+                groups=self.groups,
             ),
             self.server,
         )
@@ -156,10 +168,12 @@ class BrokerNode:
         """The gRPC server and the replica duties (not the controller session)."""
         await self.server.start()
         self.replicas.start()
+        self.groups.start()
 
     async def close(self) -> None:
         """Stop serving and release everything (after a controlled shutdown, if any)."""
         await self.server.stop(grace=SHUTDOWN_GRACE_S)
+        await self.groups.stop()
         await self.replicas.stop()
         self.store.close()
         self._fsync_executor.shutdown(wait=True)

@@ -104,6 +104,9 @@ class ReplicaManager:
         self._first_image_applied = False
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Called with a replica whose role changed (or that is dropped), on the loop: the
+        # group coordinator follows its partitions' leadership this way.
+        self.role_listeners: list[Callable[[Replica], None]] = []
         self.isr_shrinks_proposed = 0
         self.isr_expands_proposed = 0
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
@@ -287,6 +290,8 @@ class ReplicaManager:
         if transition.role_changed:
             self._log_transition(replica, was_leader)
             self._route_fetching(replica, image)
+            for listener in self.role_listeners:
+                listener(replica)
         if transition.role_changed or transition.isr_changed:
             self._on_partition_state_changed(replica)
         if transition.high_watermark_advanced:
@@ -393,6 +398,8 @@ class ReplicaManager:
         for fetcher in self._fetchers.values():
             fetcher.remove(key)
         replica.stop()
+        for listener in self.role_listeners:
+            listener(replica)
         self._complete_waiting([key])
         replica.log.delete()
         self.log.info("partition.deleted", topic=replica.topic, partition=replica.index)

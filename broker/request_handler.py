@@ -360,11 +360,24 @@ class RequestHandler:
             # The leader's own copy is durable per the flush policy before anyone is told.
             await self.wait_durable()
         if acks == -1 and waits:
-            operation = DelayedProduce(waits, timeout_ms=timeout_ms, error_of=self.error_of)
-            keys = [w.replica.key for w in waits]
-            if not self.produce_purgatory.try_complete_else_watch(operation, keys):
-                await operation.future
+            await self._wait_acks(waits, timeout_ms)
         return results
+
+    async def _wait_acks(self, waits: list[_AckWait], timeout_ms: int) -> None:
+        operation = DelayedProduce(waits, timeout_ms=timeout_ms, error_of=self.error_of)
+        keys = [w.replica.key for w in waits]
+        if not self.produce_purgatory.try_complete_else_watch(operation, keys):
+            await operation.future
+
+    async def wait_replicated(
+        self, replica: PartitionReplica[Any], end_offset: int, *, leader_epoch: int, timeout_ms: int
+    ) -> PartitionError | None:
+        """Wait until `replica`'s high watermark reaches `end_offset` as acks=all defines
+        it (for the broker's own writes, e.g. the group coordinator's): None once there, or
+        the error (leadership moved, ISR too small, timeout)."""
+        result = ProducePartitionResult(replica.topic, replica.index)
+        await self._wait_acks([_AckWait(replica, result, end_offset, leader_epoch)], timeout_ms)
+        return result.error
 
     @staticmethod
     def _refuse_produce(count: int, acks: int) -> PartitionError | None:

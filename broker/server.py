@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ import grpc
 import structlog
 from raftmq import wire
 from raftmq.broker.controller_link import ControllerLink
+from raftmq.broker.group_coordinator import GroupCoordinator
+from raftmq.broker.group_shard import CommitOffset, CommitRequest, HeartbeatRequest
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.replica_manager import ReplicaManager
@@ -72,7 +74,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         controllers: ControllerLink,
         producer_ids: ProducerIdManager,
         topic_defaults: TopicDefaults,
+        groups: GroupCoordinator,
     ) -> None:
+        self.groups = groups
         self.broker_id = broker_id
         self.handler = handler
         self.replicas = replicas
@@ -333,6 +337,125 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             response.error.CopyFrom(wire.exception_to_pb(e))
             return response
 
+    # ------------------------------------------------------------ consumer groups
+
+    async def FindCoordinator(self, request: pb.FindCoordinatorRequest, context: Any) -> Any:
+        answers = await self.groups.find_coordinator(list(request.group_ids))
+        response = pb.FindCoordinatorResponse()
+        for info in answers:
+            item = response.coordinators.add(
+                group_id=info.group_id,
+                error=_maybe_error_pb(info.error),
+                node_id=info.node_id,
+                partition=info.partition,
+            )
+            if info.endpoint is not None:
+                item.endpoint.host, item.endpoint.port = info.endpoint
+        return response
+
+    async def ConsumerGroupHeartbeat(
+        self, request: pb.ConsumerGroupHeartbeatRequest, context: Any
+    ) -> Any:
+        answer = await self.groups.heartbeat(
+            HeartbeatRequest(
+                group_id=request.group_id,
+                member_id=request.member_id,
+                member_epoch=request.member_epoch,
+                instance_id=request.instance_id,
+                rebalance_timeout_ms=request.rebalance_timeout_ms,
+                session_timeout_ms=request.session_timeout_ms,
+                subscribed_topics=tuple(request.subscribed_topics),
+                subscribed_pattern=request.subscribed_pattern,
+                assignor=request.assignor,
+                owned=_partitions_from_pb(request.owned),
+                client_id=request.client_id,
+            )
+        )
+        return pb.ConsumerGroupHeartbeatResponse(
+            error=_maybe_error_pb(answer.error),
+            member_id=answer.member_id,
+            member_epoch=answer.member_epoch,
+            heartbeat_interval_ms=answer.heartbeat_interval_ms,
+            assignment=_partitions_pb(answer.assignment),
+        )
+
+    async def OffsetCommit(self, request: pb.OffsetCommitRequest, context: Any) -> Any:
+        answer = await self.groups.commit(
+            CommitRequest(
+                request.group_id,
+                request.member_id,
+                request.member_epoch,
+                tuple(
+                    CommitOffset(p.topic, p.partition, p.offset, p.leader_epoch, p.metadata)
+                    for p in request.partitions
+                ),
+            )
+        )
+        response = pb.OffsetCommitResponse(error=_maybe_error_pb(answer.error))
+        for item in request.partitions:
+            tp = (item.topic, item.partition)
+            error = answer.error if answer.error is not None else answer.partitions.get(tp)
+            response.partitions.add(
+                topic=item.topic, partition=item.partition, error=_maybe_error_pb(error)
+            )
+        return response
+
+    async def OffsetFetch(self, request: pb.OffsetFetchRequest, context: Any) -> Any:
+        wanted = sorted(_partitions_from_pb(request.partitions)) or None
+        error, offsets = await self.groups.fetch_offsets(request.group_id, wanted)
+        response = pb.OffsetFetchResponse(error=_maybe_error_pb(error))
+        for (topic, index), value in offsets.items():
+            item = response.partitions.add(topic=topic, partition=index, offset=-1, leader_epoch=-1)
+            if value is not None:
+                item.offset = value.offset
+                item.leader_epoch = value.leader_epoch
+                item.metadata = value.metadata
+                item.commit_timestamp_ms = value.commit_timestamp_ms
+        return response
+
+    async def ListGroups(self, request: pb.ListGroupsRequest, context: Any) -> Any:
+        return pb.ListGroupsResponse(
+            error=wire.ok_pb(),
+            groups=[
+                pb.GroupListing(group_id=g, state=state, coordinator_id=self.broker_id)
+                for g, state in self.groups.list_groups()
+            ],
+        )
+
+    async def DescribeGroups(self, request: pb.DescribeGroupsRequest, context: Any) -> Any:
+        response = pb.DescribeGroupsResponse()
+        for group_id in request.group_ids:
+            error, description = await self.groups.describe(group_id)
+            item = response.groups.add(
+                group_id=group_id, error=_maybe_error_pb(error), coordinator_id=self.broker_id
+            )
+            if description is None:
+                continue
+            item.state = description.state
+            item.group_epoch = description.group_epoch
+            item.assignment_epoch = description.assignment_epoch
+            item.assignor = description.assignor
+            for m in description.members:
+                item.members.add(
+                    member_id=m.member_id,
+                    instance_id=m.instance_id,
+                    client_id=m.client_id,
+                    member_epoch=m.member_epoch,
+                    assignment=_partitions_pb(m.assigned),
+                    revoking=_partitions_pb(m.revoking),
+                    target=_partitions_pb(m.target),
+                    subscribed_topics=list(m.subscribed_topics),
+                    subscribed_pattern=m.subscribed_pattern,
+                )
+        return response
+
+    async def DeleteGroups(self, request: pb.DeleteGroupsRequest, context: Any) -> Any:
+        response = pb.DeleteGroupsResponse()
+        for group_id in request.group_ids:
+            error = await self.groups.delete(group_id)
+            response.results.add(group_id=group_id, error=_maybe_error_pb(error))
+        return response
+
     async def CreateTopic(self, request: Any, context: Any) -> Any:
         request.internal = False  # only the cluster creates its internal topics
         return await self._forward("CreateTopic", request, ctl.CreateTopicResponse)
@@ -345,6 +468,21 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     async def DescribeCluster(self, request: Any, context: Any) -> Any:
         return await self._forward("DescribeCluster", request, ctl.DescribeClusterResponse)
+
+
+def _partitions_pb(partitions: Iterable[tuple[str, int]]) -> list[pb.TopicPartitions]:
+    by_topic: dict[str, list[int]] = {}
+    for topic, index in sorted(partitions):
+        by_topic.setdefault(topic, []).append(index)
+    return [pb.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()]
+
+
+def _partitions_from_pb(items: Iterable[pb.TopicPartitions]) -> frozenset[tuple[str, int]]:
+    return frozenset((item.topic, p) for item in items for p in item.partitions)
+
+
+def _maybe_error_pb(error: RaftmqError | None) -> cpb.Error:
+    return wire.ok_pb() if error is None else wire.exception_to_pb(error)
 
 
 class _Outbox:

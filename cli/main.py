@@ -108,6 +108,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from raftmq.broker.broker import BrokerOptions, run_broker
+    from raftmq.broker.group_coordinator import GroupConfig
     from raftmq.broker.server import TopicDefaults
 
     configure_logging(json=args.log_json)
@@ -127,6 +128,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 auto_create=args.auto_create_topics,
                 partitions=args.default_partitions,
                 replication_factor=args.default_replication_factor,
+            ),
+            groups=GroupConfig(
+                offsets_topic_partitions=args.offsets_topic_partitions,
+                offsets_topic_replication_factor=args.offsets_topic_replication_factor,
+                offsets_retention_ms=args.offsets_retention_ms,
             ),
         )
     )
@@ -298,6 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-partitions", type=int, default=1, help="of auto-created topics")
     p.add_argument(
         "--default-replication-factor", type=int, default=1, help="of auto-created topics"
+    )
+    p.add_argument(
+        "--offsets-topic-partitions",
+        type=int,
+        default=12,
+        help="partitions of __consumer_offsets when the cluster creates it",
+    )
+    p.add_argument(
+        "--offsets-topic-replication-factor",
+        type=int,
+        default=3,
+        help="its replication factor (capped by the live brokers at creation)",
+    )
+    p.add_argument(
+        "--offsets-retention-ms",
+        type=int,
+        default=7 * 24 * 3600 * 1000,
+        help="a group's offsets are dropped this long after it became empty",
     )
     p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_broker)
