@@ -143,11 +143,11 @@ def test_a_fetcher_survives_a_partition_storage_error(
             failures = [2]  # the follower's first two appends fail as a broken disk would
             original = PartitionLog.append_as_follower
 
-            def flaky(self: PartitionLog, records: bytes) -> int:
+            def flaky(self: PartitionLog, records: bytes, *, allow_gaps: bool = False) -> int:
                 if self.store is nodes[2].store and failures[0] > 0:
                     failures[0] -= 1
                     raise RaftmqError(ErrorCode.KAFKA_STORAGE_ERROR, "write failed: injected")
-                return original(self, records)
+                return original(self, records, allow_gaps=allow_gaps)
 
             monkeypatch.setattr(PartitionLog, "append_as_follower", flaky)
             apply_snapshot(nodes[2], image(nodes, leader=1))
