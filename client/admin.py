@@ -1,5 +1,6 @@
-"""`Admin`: topics, offsets and the cluster's status, through any broker (brokers forward
-admin requests to the controller quorum, so clients only ever need broker addresses).
+"""`Admin`: topics, offsets, consumer groups and the cluster's status, through any broker
+(brokers forward admin requests to the controller quorum, so clients only ever need broker
+addresses; group calls go to the group's coordinator, found through any broker).
 
 Calls fail over between the bootstrap brokers and are bounded by `timeout_ms`; a topic
 create or delete carries a request id, so a retry after an unknown outcome is applied
@@ -7,18 +8,32 @@ once."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import grpc
 from raftmq import wire
+from raftmq.client import group_protocol as gp
 from raftmq.client.brokers import parse_brokers
-from raftmq.client.conn import Conn
-from raftmq.client.controller_client import EndpointPool, call_with_failover
+from raftmq.client.conn import Conn, now_ms, transport_error
+from raftmq.client.controller_client import Backoff, EndpointPool, call_with_failover
+from raftmq.client.group_admin import (
+    CoordinatorCall,
+    FindStep,
+    GroupDescription,
+    ResetTo,
+    check_reset_to,
+    described_topics,
+    group_description,
+    merged_listings,
+    reset_targets,
+)
 from raftmq.client.protocol import EARLIEST, LATEST
-from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.errors import ErrorCode, RaftmqError, UnknownTopicOrPartitionError
 from raftmq.metadata import BrokerRegistration, TopicRecord
 from raftmq.v1 import controller_pb2 as pb
 
@@ -184,3 +199,113 @@ class Admin:
     def cluster_status(self) -> ClusterStatus:
         """The controller quorum (leader, term, voters), brokers and topics."""
         return cluster_status_from_pb(self._call("DescribeCluster", pb.DescribeClusterRequest()))
+
+    # ------------------------------------------------------------ consumer groups
+
+    def list_groups(self) -> list[gp.GroupListing]:
+        """Every consumer group (each broker lists those it coordinates), by id."""
+        listings: list[gp.GroupListing] = []
+        for broker in self.cluster_status().brokers:
+            if broker.fenced:
+                continue  # a fenced broker leads nothing, so it coordinates nothing
+            endpoint = f"{broker.host}:{broker.port}"
+            result = self._at(endpoint, gp.ListGroupsRequest(), timeout_ms=self.timeout_ms)
+            assert isinstance(result, gp.ListGroupsResult)
+            if result.error is not None:
+                raise result.error
+            listings += result.groups
+        return merged_listings(listings)
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """A group's state, epoch and members with their assignments, and per partition its
+        committed offset, log end offset (high watermark) and lag. GroupIdNotFoundError for
+        a group that does not exist."""
+        described = self._group_call(group_id, gp.DescribeGroupsRequest(group_id))
+        assert isinstance(described, gp.GroupDescriptionResult)
+        if described.error is not None:
+            raise described.error
+        fetched = self._group_call(group_id, gp.OffsetFetchRequest(group_id))
+        assert isinstance(fetched, gp.OffsetFetchResult)
+        if fetched.error is not None and fetched.error.code != ErrorCode.GROUP_ID_NOT_FOUND:
+            raise fetched.error
+        ends: dict[tuple[str, int], int] = {}
+        for topic in described_topics(described, fetched.offsets):
+            try:
+                offsets = self.list_offsets(topic, LastOffset)
+            except UnknownTopicOrPartitionError:
+                continue  # deleted since: its committed offsets show without an end
+            ends.update({(topic, p): o for p, o in offsets.items()})
+        return group_description(described, fetched.offsets, ends)
+
+    def reset_offsets(self, group_id: str, topic: str, to: ResetTo) -> dict[int, int]:
+        """Set `group_id`'s committed offsets of every partition of `topic` to "earliest"
+        (the log start), "latest" (the high watermark), an offset (clamped into the log)
+        or the first offset at or after a datetime. Only while the group has no members
+        (NonEmptyGroupError). Returns partition -> the offset committed."""
+        check_reset_to(to)
+        earliest = self.list_offsets(topic, FirstOffset)
+        latest = self.list_offsets(topic, LastOffset)
+        at_time = self.list_offsets(topic, to) if isinstance(to, datetime) else None
+        targets = reset_targets(to, earliest, latest, at_time)
+        request = gp.OffsetCommitRequest(
+            group_id,
+            "",
+            gp.ADMIN_COMMIT_EPOCH,
+            tuple(gp.CommitOffset(topic, p, o) for p, o in targets.items()),
+        )
+        result = self._group_call(group_id, request)
+        assert isinstance(result, gp.OffsetCommitResult)
+        raise_commit_errors(result)
+        return targets
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete an empty group and its committed offsets (NonEmptyGroupError while it
+        has members, GroupIdNotFoundError if there is none)."""
+        result = self._group_call(group_id, gp.DeleteGroupsRequest(group_id))
+        assert isinstance(result, gp.DeleteGroupResult)
+        if result.error is not None:
+            raise result.error
+
+    def _at(self, endpoint: str, request: gp.Request, *, timeout_ms: int) -> gp.Result:
+        """One call at one broker; a transport failure raises BROKER_NOT_AVAILABLE."""
+        method, message = gp.to_pb(request)
+        try:
+            response = getattr(self._pool.stub(endpoint), method)(
+                message, timeout=timeout_ms / 1000
+            )
+        except grpc.RpcError as e:
+            raise transport_error(endpoint, method, e) from e
+        return gp.from_pb(request, response)
+
+    def _group_call(self, group_id: str, request: gp.Request) -> gp.Result:
+        """`request` at the group's coordinator, found and followed (`CoordinatorCall`)."""
+        method, _ = gp.to_pb(request)
+        plan = CoordinatorCall(
+            group_id, method, self._pool.ordering, now_ms=now_ms(), timeout_ms=self.timeout_ms
+        )
+        # Bound: CoordinatorCall gives up after its attempts or timeout_ms.
+        while (step := plan.next(now_ms=now_ms())) is not None:
+            if isinstance(step, Backoff):
+                time.sleep(step.wait_ms / 1000)
+                continue
+            find = isinstance(step, FindStep)
+            asked: gp.Request = gp.FindCoordinatorRequest(group_id) if find else request
+            try:
+                result = self._at(step.endpoint, asked, timeout_ms=step.timeout_ms)
+            except RaftmqError as e:
+                plan.on_transport_failure(step.endpoint, e)
+                continue
+            if isinstance(result, gp.CoordinatorResult) and find:
+                plan.on_coordinator(result)
+            elif plan.on_answer(gp.coordinator_error(result)):
+                return result
+        raise plan.give_up()
+
+
+def raise_commit_errors(result: gp.OffsetCommitResult) -> None:
+    """An admin commit's errors: the whole request's, else the first partition's."""
+    if result.error is not None:
+        raise result.error
+    for (topic, partition), error in sorted(result.partitions.items()):
+        if error is not None:
+            raise RaftmqError(error.code, f"{topic}-{partition}: {error.message}")

@@ -1,25 +1,44 @@
 """`AsyncAdmin`: the asyncio twin of `Admin` (same requests, results and failover, on
-grpc.aio)."""
+grpc.aio; consumer-group calls make the same `CoordinatorCall` decisions)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import grpc
 from raftmq import wire
+from raftmq.client import group_protocol as gp
 from raftmq.client.admin import (
     ClusterStatus,
+    FirstOffset,
     LastOffset,
     cluster_status_from_pb,
     create_topic_request,
     delete_topic_request,
     offsets_timestamp,
     plan_list_offsets,
+    raise_commit_errors,
 )
 from raftmq.client.async_conn import AsyncConn
 from raftmq.client.async_controller_client import AsyncEndpointPool, async_call_with_failover
 from raftmq.client.brokers import parse_brokers
+from raftmq.client.conn import now_ms, transport_error
+from raftmq.client.controller_client import Backoff
+from raftmq.client.group_admin import (
+    CoordinatorCall,
+    FindStep,
+    GroupDescription,
+    ResetTo,
+    check_reset_to,
+    described_topics,
+    group_description,
+    merged_listings,
+    reset_targets,
+)
+from raftmq.errors import ErrorCode, RaftmqError, UnknownTopicOrPartitionError
 from raftmq.metadata import TopicRecord
 from raftmq.v1 import controller_pb2 as pb
 
@@ -91,3 +110,97 @@ class AsyncAdmin:
                     raise result.error
                 offsets[result.partition] = result.offset
         return dict(sorted(offsets.items()))
+
+    # ------------------------------------------------------------ consumer groups
+
+    async def list_groups(self) -> list[gp.GroupListing]:
+        """As `Admin.list_groups`."""
+        listings: list[gp.GroupListing] = []
+        for broker in (await self.cluster_status()).brokers:
+            if broker.fenced:
+                continue
+            endpoint = f"{broker.host}:{broker.port}"
+            result = await self._at(endpoint, gp.ListGroupsRequest(), timeout_ms=self.timeout_ms)
+            assert isinstance(result, gp.ListGroupsResult)
+            if result.error is not None:
+                raise result.error
+            listings += result.groups
+        return merged_listings(listings)
+
+    async def describe_group(self, group_id: str) -> GroupDescription:
+        """As `Admin.describe_group`."""
+        described = await self._group_call(group_id, gp.DescribeGroupsRequest(group_id))
+        assert isinstance(described, gp.GroupDescriptionResult)
+        if described.error is not None:
+            raise described.error
+        fetched = await self._group_call(group_id, gp.OffsetFetchRequest(group_id))
+        assert isinstance(fetched, gp.OffsetFetchResult)
+        if fetched.error is not None and fetched.error.code != ErrorCode.GROUP_ID_NOT_FOUND:
+            raise fetched.error
+        ends: dict[tuple[str, int], int] = {}
+        for topic in described_topics(described, fetched.offsets):
+            try:
+                offsets = await self.list_offsets(topic, LastOffset)
+            except UnknownTopicOrPartitionError:
+                continue
+            ends.update({(topic, p): o for p, o in offsets.items()})
+        return group_description(described, fetched.offsets, ends)
+
+    async def reset_offsets(self, group_id: str, topic: str, to: ResetTo) -> dict[int, int]:
+        """As `Admin.reset_offsets`."""
+        check_reset_to(to)
+        earliest = await self.list_offsets(topic, FirstOffset)
+        latest = await self.list_offsets(topic, LastOffset)
+        at_time = await self.list_offsets(topic, to) if isinstance(to, datetime) else None
+        targets = reset_targets(to, earliest, latest, at_time)
+        request = gp.OffsetCommitRequest(
+            group_id,
+            "",
+            gp.ADMIN_COMMIT_EPOCH,
+            tuple(gp.CommitOffset(topic, p, o) for p, o in targets.items()),
+        )
+        result = await self._group_call(group_id, request)
+        assert isinstance(result, gp.OffsetCommitResult)
+        raise_commit_errors(result)
+        return targets
+
+    async def delete_group(self, group_id: str) -> None:
+        """As `Admin.delete_group`."""
+        result = await self._group_call(group_id, gp.DeleteGroupsRequest(group_id))
+        assert isinstance(result, gp.DeleteGroupResult)
+        if result.error is not None:
+            raise result.error
+
+    async def _at(self, endpoint: str, request: gp.Request, *, timeout_ms: int) -> gp.Result:
+        method, message = gp.to_pb(request)
+        try:
+            response = await getattr(self._pool.stub(endpoint), method)(
+                message, timeout=timeout_ms / 1000
+            )
+        except grpc.RpcError as e:
+            raise transport_error(endpoint, method, e) from e
+        return gp.from_pb(request, response)
+
+    async def _group_call(self, group_id: str, request: gp.Request) -> gp.Result:
+        """As `Admin._group_call`."""
+        method, _ = gp.to_pb(request)
+        plan = CoordinatorCall(
+            group_id, method, self._pool.ordering, now_ms=now_ms(), timeout_ms=self.timeout_ms
+        )
+        # Bound: CoordinatorCall gives up after its attempts or timeout_ms.
+        while (step := plan.next(now_ms=now_ms())) is not None:
+            if isinstance(step, Backoff):
+                await asyncio.sleep(step.wait_ms / 1000)
+                continue
+            find = isinstance(step, FindStep)
+            asked: gp.Request = gp.FindCoordinatorRequest(group_id) if find else request
+            try:
+                result = await self._at(step.endpoint, asked, timeout_ms=step.timeout_ms)
+            except RaftmqError as e:
+                plan.on_transport_failure(step.endpoint, e)
+                continue
+            if isinstance(result, gp.CoordinatorResult) and find:
+                plan.on_coordinator(result)
+            elif plan.on_answer(gp.coordinator_error(result)):
+                return result
+        raise plan.give_up()

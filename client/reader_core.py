@@ -21,12 +21,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from raftmq.client.deadlines import Deadline, call_timeout_ms, wait_budget
 from raftmq.client.protocol import EARLIEST, LATEST, ClusterMetadata, FetchResult, OffsetResult
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
 from raftmq.record_batch import decode_batches
+
+if TYPE_CHECKING:
+    from raftmq.client.group_core import GroupStats
 
 FirstOffset = EARLIEST
 LastOffset = LATEST
@@ -50,12 +54,8 @@ class ReaderConfig:
             raise ValueError("max_wait_ms must be >= 0")
 
 
-def check_reader_args(partition: int, group_id: str | None) -> None:
-    if group_id is not None:
-        raise TypeError(
-            "consumer groups (group_id=) are not supported yet: they come with the "
-            "consumer-groups release; read one partition with partition= meanwhile"
-        )
+def check_reader_args(partition: int) -> None:
+    """A Reader of one partition (group mode is checked by `GroupConfig`)."""
     if partition < 0:
         raise ValueError(f"partition must be >= 0, got {partition}")
 
@@ -112,6 +112,9 @@ class ReaderStats:
     lag: int = -1
     # Error code name -> how often (FENCED_LEADER_EPOCH: a stale leader epoch was fenced).
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    # A consumer group's Reader: its membership, partitions and commits (None otherwise;
+    # `offset` is then -1 and `lag` the sum over the partitions it owns).
+    group: GroupStats | None = None
 
 
 class ReaderCore:
@@ -156,6 +159,16 @@ class ReaderCore:
             raise ValueError(f"a time before 1970 ({timestamp_ms} ms) has no offset")
         self._seek_time_ms = timestamp_ms
         self._drop_buffer()
+
+    def drop_buffer(self) -> None:
+        """Forget what was fetched and not handed out (a seek; a consumer group's partition
+        being revoked): it does not count as read, and the position stays."""
+        self._drop_buffer()
+
+    @property
+    def buffered(self) -> int:
+        """Messages fetched and not handed out yet."""
+        return len(self._buffer)
 
     def _drop_buffer(self) -> None:
         """A seek: what was fetched and not handed out does not count as read."""
@@ -211,6 +224,24 @@ class ReaderCore:
             return max(0, hw - self.offset)
         remaining_ms = self._remaining(now_ms, deadline, "no high watermark")
         return self.next_step(now_ms=now_ms, remaining_ms=remaining_ms)
+
+    @property
+    def wants_high_watermark(self) -> bool:
+        """`ask_high_watermark` was called and the answer has not come yet."""
+        return self._high_watermark_wanted
+
+    def asked_lag(self) -> int | None:
+        """The lag against the high watermark `ask_high_watermark` asked for, once it came
+        and the position is resolved (else None). Unlike `next_lag`, it keeps the answer."""
+        hw = self._asked_high_watermark
+        if hw is None or not self.resolved:
+            return None
+        return max(0, hw - self.offset)
+
+    def backoff(self, error: RaftmqError, *, now_ms: int) -> None:
+        """Count `error` and back off before the next step (a caller that handled an error
+        `on_fetch` raised, e.g. a consumer group resetting an out-of-range position)."""
+        self._fail(error, now_ms=now_ms)
 
     def _remaining(self, now_ms: int, deadline: Deadline | None, what: str) -> int | None:
         if deadline is None:

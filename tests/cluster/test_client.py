@@ -363,11 +363,15 @@ def test_read_lag_resolves_the_position_first(brokers: list[str]) -> None:
     assert asyncio.run(main()) == 6
 
 
-def test_readers_refuse_consumer_groups_until_they_exist() -> None:
-    with pytest.raises(TypeError, match="consumer groups"):
-        Reader(["127.0.0.1:1"], "t", group_id="g")
-    with pytest.raises(TypeError, match="consumer groups"):
-        AsyncReader(["127.0.0.1:1"], "t", group_id="g")
+def test_readers_refuse_arguments_of_the_other_mode() -> None:
+    with pytest.raises(TypeError, match="exclusive"):
+        Reader(["127.0.0.1:1"], "t", 0, group_id="g")
+    with pytest.raises(TypeError, match="auto_offset_reset"):
+        AsyncReader(["127.0.0.1:1"], "t", group_id="g", start_offset=FirstOffset)
+    with pytest.raises(TypeError, match="needs a consumer group"):
+        Reader(["127.0.0.1:1"], "t", group_topics=["t"])
+    with Reader(["127.0.0.1:1"], "t") as reader, pytest.raises(RuntimeError, match="group"):
+        reader.commit_messages(Message(b"x"))
 
 
 def test_brokers_can_forbid_auto_topic_creation(make_cluster: type[LocalCluster]) -> None:

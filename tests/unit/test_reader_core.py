@@ -1,5 +1,6 @@
 """The Reader's core, driven by hand: steps and their time budgets, answers, leader hints,
-the lag, and the refusal of consumer groups. Shared by Reader and AsyncReader."""
+the lag, and its argument checks. Shared by Reader and AsyncReader (and, per partition,
+by a consumer group's GroupCore)."""
 
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def test_the_lag_is_asked_after_the_position_is_resolved() -> None:
         core.next_lag(now_ms=10_000, deadline=deadline)
 
 
-def test_consumer_groups_are_refused_until_they_exist() -> None:
-    with pytest.raises(TypeError, match="consumer groups"):
-        check_reader_args(0, "my-group")
-    check_reader_args(0, None)
+def test_a_negative_partition_is_refused() -> None:
+    with pytest.raises(ValueError, match="partition must be >= 0"):
+        check_reader_args(-1)
+    check_reader_args(0)
