@@ -1,5 +1,6 @@
 """`raftmq produce` and `raftmq consume`: stdin lines in, messages out, through the client
-library (`Writer`, `Reader`, `Admin`, `Conn`) like any other application."""
+library (`Writer`, `Reader`, `Admin`, `Conn`) like any other application. `consume
+--group G` is a member of consumer group G (a `Reader` with `group_id`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ PRODUCE_CHUNKS_IN_FLIGHT_MAX = 8
 # is nothing new: the delay before a new message is seen, and the idle request rate.
 CONSUME_ROUND_WAIT_MS = 500
 CONSUME_PARTITION_WAIT_MS_MIN = 20
+# consume --group commits what it printed this often, and on exit (the last message too).
+CONSUME_GROUP_COMMIT_INTERVAL_MS = 1_000
 
 
 def _text(data: bytes | None) -> str | None:
@@ -273,7 +276,48 @@ def _consumed_line(m: Message, *, json_lines: bool) -> str:
     return json.dumps(shown) + "\n"
 
 
+def consume_group(args: argparse.Namespace) -> int:
+    """`consume TOPIC --group G`: the partitions G's coordinator assigns this member; a
+    group without committed offsets starts at the end, or the beginning with
+    --from-beginning. Ends after --max-messages, or --timeout-ms without a message (or
+    Ctrl-C): it then commits what it printed and leaves the group."""
+    if args.offset is not None or args.partition is not None:
+        raise ValueError(
+            "--group: the group's coordinator assigns partitions and the group's commits "
+            "say where to start (--offset and --partition do not apply; see `raftmq group "
+            "reset-offsets`)"
+        )
+    brokers = parse_brokers(args.bootstrap)
+    partition_count(brokers, args.topic, None)  # an unknown topic fails now, not later
+    left = args.max_messages
+    reader = Reader(
+        brokers,
+        group_id=args.group,
+        topic=args.topic,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+        commit_interval_ms=CONSUME_GROUP_COMMIT_INTERVAL_MS,
+        client_id="raftmq-cli",
+    )
+    try:
+        # Bound: until --max-messages were printed or --timeout-ms passed without one
+        # (neither given: until interrupted, like kafka-console-consumer).
+        while left is None or left > 0:
+            try:
+                message = reader.read_message(timeout_ms=args.timeout_ms)
+            except TimeoutError:
+                return 0
+            sys.stdout.write(_consumed_line(message, json_lines=args.json))
+            sys.stdout.flush()  # printed before the next read marks it processed
+            if left is not None:
+                left -= 1
+        return 0
+    finally:
+        reader.close()  # commits what was printed, the last message too; leaves the group
+
+
 def consume(args: argparse.Namespace) -> int:
+    if getattr(args, "group", None) is not None:
+        return consume_group(args)
     brokers = parse_brokers(args.bootstrap)
     count = partition_count(brokers, args.topic, args.partition)
     partitions = [args.partition] if args.partition is not None else list(range(count))

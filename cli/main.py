@@ -46,6 +46,18 @@ def _add_target(parser: argparse.ArgumentParser, *, timeout_ms: int | None = 15_
     )
 
 
+def _add_group_target(parser: argparse.ArgumentParser) -> None:
+    """`group ...`: brokers only (a group's coordinator is a broker)."""
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("RAFTMQ_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+        help="comma-separated broker HOST:PORT list (env RAFTMQ_BOOTSTRAP; default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--timeout-ms", type=int, default=15_000, help="give up after this long")
+    parser.set_defaults(func=cmd_group)
+
+
 def admin_pool(args: argparse.Namespace) -> EndpointPool:
     if args.controllers:
         return EndpointPool(_split(args.controllers), service="controller")
@@ -244,6 +256,18 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return consume(args)
 
 
+def cmd_group(args: argparse.Namespace) -> int:
+    from raftmq.cli import groups
+
+    command = {
+        "list": groups.cmd_list,
+        "describe": groups.cmd_describe,
+        "reset-offsets": groups.cmd_reset_offsets,
+        "delete": groups.cmd_delete,
+    }[args.group_command]
+    return command(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from raftmq.cli.bench import run_bench
 
@@ -383,12 +407,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consume", help="print messages of a topic")
     p.add_argument("topic")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--from-beginning", action="store_true")
+    start.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="from the first offset (with --group: where the group has committed nothing)",
+    )
     start.add_argument("--offset", type=int, default=None)
     p.add_argument("--partition", type=int, default=None)
     p.add_argument("--max-messages", type=int, default=None)
+    p.add_argument(
+        "--group",
+        default=None,
+        metavar="G",
+        help="consume as a member of consumer group G: its partitions, from its committed "
+        "offsets; what was printed is committed (and the group left) on exit",
+    )
     _add_target(p, timeout_ms=None)
     p.set_defaults(func=cmd_consume)
+
+    group = sub.add_parser("group", help="list, describe, reset and delete consumer groups")
+    gsub = group.add_subparsers(dest="group_command", required=True)
+    p = gsub.add_parser("list", help="every consumer group, its state and coordinator")
+    _add_group_target(p)
+    p = gsub.add_parser(
+        "describe",
+        help="state, members and assignments; committed offset, log end offset and lag "
+        "per partition",
+    )
+    p.add_argument("group")
+    _add_group_target(p)
+    p = gsub.add_parser("reset-offsets", help="set an empty group's committed offsets of one topic")
+    p.add_argument("group")
+    p.add_argument("--topic", required=True)
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="the log start offsets")
+    to.add_argument("--to-latest", action="store_true", help="the high watermarks")
+    to.add_argument("--to-offset", type=int, metavar="N", help="offset N (kept within each log)")
+    to.add_argument(
+        "--to-time",
+        metavar="ISO8601",
+        help="the first offset at or after this time (e.g. 2026-01-02T03:04:05Z)",
+    )
+    _add_group_target(p)
+    p = gsub.add_parser("delete", help="delete an empty group and its committed offsets")
+    p.add_argument("group")
+    _add_group_target(p)
 
     p = sub.add_parser("bench", help="measure throughput, latency, failover and scale")
     p.add_argument(

@@ -987,6 +987,7 @@ class GroupCore:
                 self._fatal(self.last_error)
             return
         self.coordinator = result.endpoint
+        self.last_error = None
         self._event("group.coordinator_found", coordinator=result.endpoint)
 
     def _on_heartbeat(self, entry: _Inflight, result: HeartbeatResult, now_ms: int) -> None:
@@ -1064,6 +1065,10 @@ class GroupCore:
             self.last_error = error
             if error.code in _MEMBER_GONE_CODES:
                 self._lose_all(error, now_ms)
+            elif error.code == ErrorCode.STALE_MEMBER_EPOCH:
+                # Learn the current epoch, then commit again what is still owned.
+                self._heartbeat_soon = True
+                self._commit_after_heartbeat = True
             elif error.code in _ROUTING_CODES or error.retriable:
                 self._route(error, now_ms)
             else:
@@ -1471,6 +1476,7 @@ class GroupCore:
 
     def _ok(self) -> None:
         self._backoff_ms = BACKOFF_MS
+        self.last_error = None
 
     def _settle_tickets(self, now_ms: int) -> None:
         for ticket in self._tickets:

@@ -42,11 +42,19 @@ JOIN_MARGIN_S = 5.0
 WAIT_S_MAX = 1.0
 
 
+# The membership events an operator must hear of (a library prints nothing else: joins,
+# assignments and revocations are routine, and counted in stats().group).
+WARNING_EVENTS = frozenset(
+    {"group.partitions_lost", "group.poll_timed_out", "group.failed", "group.leave_timed_out"}
+)
+
+
 def log_events(core: GroupCore) -> None:
-    """The core's membership events as structlog events (both shells)."""
+    """The core's notable membership events as structlog warnings (both shells)."""
     while core.events:
         name, data = core.events.popleft()
-        _log.info(name, **data)
+        if name in WARNING_EVENTS:
+            _log.warning(name, **data)
 
 
 def timed_out(core: GroupCore, what: str, deadline: Deadline) -> TimeoutError:

@@ -92,6 +92,8 @@ class FakeCluster:
         self.hold: set[type] = set()
         self.heartbeat_errors: list[RaftmqError] = []
         self.commit_errors: dict[TopicPartition, RaftmqError] = {}
+        # The next commit's error for the whole request (the coordinator's epoch checks).
+        self.commit_request_error: RaftmqError | None = None
         self.requests: list[Request] = []
 
     # ------------------------------------------------------------ driving
@@ -174,6 +176,11 @@ class FakeCluster:
             )
         if isinstance(request, OffsetCommitRequest):
             answers: dict[TopicPartition, RaftmqError | None] = {}
+            if self.commit_request_error is not None:
+                error, self.commit_request_error = self.commit_request_error, None
+                return OffsetCommitResult(
+                    error, {(o.topic, o.partition): error for o in request.offsets}
+                )
             for o in request.offsets:
                 tp = (o.topic, o.partition)
                 answers[tp] = self.commit_errors.pop(tp, None)
@@ -396,12 +403,19 @@ def test_a_commit_times_out_without_moving_what_was_committed() -> None:
     assert core.feeds[T0].committed == -1
 
 
-def test_stale_member_epoch_heartbeats_then_commits_again_at_the_new_epoch() -> None:
+@pytest.mark.parametrize("whole_request", [True, False])
+def test_stale_member_epoch_heartbeats_then_commits_again_at_the_new_epoch(
+    whole_request: bool,
+) -> None:
     core, cluster = make(partitions=1)
     cluster.produce(0, b"a")
     cluster.join()
     m0 = cluster.read(auto=False)
-    cluster.commit_errors[T0] = RaftmqError(ErrorCode.STALE_MEMBER_EPOCH, "epoch 1 < 2")
+    stale = RaftmqError(ErrorCode.STALE_MEMBER_EPOCH, "epoch 1 < 2")
+    if whole_request:
+        cluster.commit_request_error = stale
+    else:
+        cluster.commit_errors[T0] = stale
     cluster.epoch = 2
     ticket = core.commit([m0], now_ms=cluster.now)
     cluster.settle(3)
@@ -520,12 +534,17 @@ def test_lost_partitions_are_dropped_without_a_commit_and_the_member_rejoins(
     assert core.current_stats().group.lost == 2  # type: ignore[union-attr]
 
 
-def test_a_commit_answered_unknown_member_loses_the_partitions() -> None:
+@pytest.mark.parametrize("whole_request", [True, False])
+def test_a_commit_answered_unknown_member_loses_the_partitions(whole_request: bool) -> None:
     core, cluster = make(partitions=1)
     cluster.produce(0, b"a", b"b")
     cluster.join()
     m0 = cluster.read(auto=False)
-    cluster.commit_errors[T0] = RaftmqError(ErrorCode.UNKNOWN_MEMBER_ID, "evicted")
+    evicted = RaftmqError(ErrorCode.UNKNOWN_MEMBER_ID, "evicted")
+    if whole_request:
+        cluster.commit_request_error = evicted
+    else:
+        cluster.commit_errors[T0] = evicted
     ticket = core.commit([m0], now_ms=cluster.now)
     cluster.step()
     cluster.step()
