@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
-from raftmq import node_meta, ports
+from raftmq import metrics, node_meta, ports
+from raftmq.broker.broker_metrics import BrokerMetrics
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.controller_session import ControllerSession
 from raftmq.broker.group_coordinator import GroupConfig, GroupCoordinator
@@ -31,20 +34,37 @@ from raftmq.broker.purgatory import Purgatory
 from raftmq.broker.replica_manager import ReplicaManager
 from raftmq.broker.request_handler import RequestHandler
 from raftmq.broker.server import BrokerServicer, TopicDefaults
-from raftmq.lifecycle import NodeLifecycle
+from raftmq.health import AsyncNodeHealth, add_standard_services
+from raftmq.lifecycle import NodeLifecycle, run_guarded_async
+from raftmq.metadata import Listener
 from raftmq.node_meta import DataDirError
 from raftmq.v1 import broker_pb2_grpc
 
 # Bounds of the aio server: RPCs in progress at once (long polls and follower streams
 # included; they hold no thread, only memory).
 CONCURRENT_RPCS_MAX = 20_000
+BROKER_SERVICE = "raftmq.v1.BrokerService"
+METRICS_REFRESH_S = 1.0
 DELAYED_OPERATIONS_MAX = 100_000
 SHUTDOWN_GRACE_S = 1.0
+
+
+DEFAULT_LISTENER = "PLAINTEXT"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One named gRPC listener: what it binds, and what it tells clients to dial."""
+
+    name: str
+    bind: tuple[str, int]
+    advertise: tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
     node_id: int
+    # The inter-broker listener (followers, the controllers' hints use it).
     listen: tuple[str, int]
     advertise: tuple[str, int]
     controllers: list[str]
@@ -56,6 +76,13 @@ class BrokerOptions:
     cluster_id: str = ""
     topic_defaults: TopicDefaults = field(default_factory=TopicDefaults)
     groups: GroupConfig = field(default_factory=GroupConfig)
+    # Named listeners (Kafka's): () means one, DEFAULT_LISTENER, on listen/advertise.
+    # Invariant: names unique; the inter-broker one is `listen`/`advertise`.
+    listeners: tuple[ListenerConfig, ...] = ()
+    metrics_listen: tuple[str, int] | None = None
+
+    def all_listeners(self) -> tuple[ListenerConfig, ...]:
+        return self.listeners or (ListenerConfig(DEFAULT_LISTENER, self.listen, self.advertise),)
 
 
 def run_broker(options: BrokerOptions) -> int:
@@ -87,11 +114,33 @@ class BrokerNode:
     ) -> None:
         loop = asyncio.get_running_loop()
         self.options = options
-        self.server = grpc.aio.server(
-            options=ports.GRPC_SERVER_OPTIONS, maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX
+        self._on_fatal = on_fatal
+        # One aio server per listener (a servicer knows which listener a call came in on),
+        # bound before anything else starts: a taken port is an error, never a shared one.
+        self.servers: dict[str, Any] = {}
+        self.ports: dict[str, int] = {}
+        for listener in options.all_listeners():
+            server = grpc.aio.server(
+                options=ports.GRPC_SERVER_OPTIONS, maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX
+            )
+            self.ports[listener.name] = ports.bind_grpc(server, *listener.bind)
+            self.servers[listener.name] = server
+        inter_broker = next(
+            (x.name for x in options.all_listeners() if x.bind == options.listen),
+            options.all_listeners()[0].name,
         )
-        # Bound before anything else starts: a taken port is an error, never a shared one.
-        self.port = ports.bind_grpc(self.server, *options.listen)
+        self.port = self.ports[inter_broker]
+        self.health = AsyncNodeHealth([BROKER_SERVICE])
+        self.metrics = BrokerMetrics(
+            broker_id=options.node_id, data_dir=options.data_dir, request_limit=CONCURRENT_RPCS_MAX
+        )
+        # Bound before anything starts, as the gRPC ports.
+        self.metrics_server = (
+            metrics.serve(self.metrics.registry, *options.metrics_listen)
+            if options.metrics_listen is not None
+            else None
+        )
+        self._metrics_task: asyncio.Task[None] | None = None
         self.store = LogStore(
             options.data_dir / "log", flush_policy=FlushPolicy(options.flush_policy)
         )
@@ -120,6 +169,9 @@ class BrokerNode:
         self.session = ControllerSession(
             node_id=options.node_id,
             advertise=options.advertise,
+            listeners=tuple(
+                Listener(x.name, x.advertise[0], x.advertise[1]) for x in options.listeners
+            ),
             rack=options.rack,
             data_dir=options.data_dir,
             cluster_id=options.cluster_id,
@@ -146,33 +198,70 @@ class BrokerNode:
             config=options.groups,
         )
         self.replicas.role_listeners.append(self.groups.on_replica_role)
-        broker_pb2_grpc.add_BrokerServiceServicer_to_server(
-            BrokerServicer(
-                broker_id=options.node_id,
-                handler=self.handler,
-                replicas=self.replicas,
-                metadata=self.metadata,
-                controllers=self.link,
-                producer_ids=ProducerIdManager(
-                    broker_id=options.node_id,
-                    broker_epoch=lambda: self.session.broker_epoch,
-                    controllers=self.link,
-                ),
-                topic_defaults=options.topic_defaults,
-                groups=self.groups,
-            ),
-            self.server,
+        producer_ids = ProducerIdManager(
+            broker_id=options.node_id,
+            broker_epoch=lambda: self.session.broker_epoch,
+            controllers=self.link,
         )
+        named = bool(options.listeners)
+        for name, server in self.servers.items():
+            broker_pb2_grpc.add_BrokerServiceServicer_to_server(
+                BrokerServicer(
+                    broker_id=options.node_id,
+                    handler=self.handler,
+                    replicas=self.replicas,
+                    metadata=self.metadata,
+                    controllers=self.link,
+                    producer_ids=producer_ids,
+                    topic_defaults=options.topic_defaults,
+                    groups=self.groups,
+                    listener=name if named else None,
+                    metrics=self.metrics,
+                ),
+                server,
+            )
+            add_standard_services(server, [BROKER_SERVICE], self.health.servicer)
 
     async def start_serving(self) -> None:
         """The gRPC server and the replica duties (not the controller session)."""
-        await self.server.start()
+        for server in self.servers.values():
+            await server.start()
+        await self.health.set_serving(False)
         self.replicas.start()
+        self._metrics_task = asyncio.get_running_loop().create_task(
+            run_guarded_async(
+                self._refresh_metrics,
+                name="metrics",
+                stopping=lambda: False,
+                on_fatal=self._on_fatal,
+            )
+        )
         self.groups.start()
+
+    async def _refresh_metrics(self) -> None:
+        while True:
+            self.metrics.refresh(
+                replicas=self.replicas.replicas(),
+                purgatories={
+                    "produce": self.produce_purgatory.waiting,
+                    "fetch": self.fetch_purgatory.waiting,
+                },
+                sessions=len(self.replicas.sessions),
+                shrinks=self.replicas.isr_shrinks_proposed,
+                expands=self.replicas.isr_expands_proposed,
+                groups=self.groups.metrics_inputs,
+            )
+            await asyncio.sleep(METRICS_REFRESH_S)
 
     async def close(self) -> None:
         """Stop serving and release everything (after a controlled shutdown, if any)."""
-        await self.server.stop(grace=SHUTDOWN_GRACE_S)
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        await asyncio.gather(*(s.stop(grace=SHUTDOWN_GRACE_S) for s in self.servers.values()))
         await self.groups.stop()
         await self.replicas.stop()
         self.store.close()
@@ -201,17 +290,19 @@ async def _serve(options: BrokerOptions, lifecycle: NodeLifecycle, meta: node_me
     except DataDirError:
         await node.close()
         raise
+    node.session.on_serving = node.health.set_serving
     node.metadata.start()
     node.session.start()
     log.info(
         "broker.started",
-        listen=f"{options.listen[0]}:{options.listen[1]}",
+        listeners={x.name: f"{x.bind[0]}:{x.bind[1]}" for x in options.all_listeners()},
         advertise=options.advertise,
         broker_epoch=node.session.broker_epoch,
         cluster_id=node.session.cluster_id,
     )
     await stop_requested.wait()
     log.info("broker.stopping", reason=lifecycle.reason)
+    await node.health.shutting_down()
     await node.session.controlled_shutdown()
     await node.session.stop()
     await node.metadata.stop()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.lifecycle import run_guarded_async
+from raftmq.metadata import Listener
 from raftmq.node_meta import DataDirError, NodeMeta
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as ctl
@@ -48,6 +49,7 @@ class ControllerSession:
         *,
         node_id: int,
         advertise: tuple[str, int],
+        listeners: tuple[Listener, ...],
         rack: str,
         data_dir: Path,
         cluster_id: str,
@@ -59,6 +61,10 @@ class ControllerSession:
     ) -> None:
         self.node_id = node_id
         self.advertise = advertise
+        self.listeners = listeners
+        # Called after every heartbeat answer with whether the broker serves (registered,
+        # caught up with the metadata, unfenced): the health service follows it.
+        self.on_serving: Callable[[bool], Awaitable[None]] | None = None
         self.rack = rack
         self.data_dir = data_dir
         self._cluster_id = cluster_id
@@ -99,6 +105,7 @@ class ControllerSession:
                         incarnation_id=self.incarnation_id,
                         request_id=request_id,
                         cluster_id=self.cluster_id,
+                        listeners=[wire.listener_to_pb(x) for x in self.listeners],
                     ),
                     timeout_ms=10_000,
                 )
@@ -211,6 +218,9 @@ class ControllerSession:
             if response.fenced != self.fenced:
                 self.fenced = response.fenced
                 self.log.info("broker.fence_changed", fenced=self.fenced)
+            if self.on_serving is not None:
+                caught_up = self.metadata.image.version >= self.broker_epoch >= 0
+                await self.on_serving(caught_up and not self.fenced)
             return False
         if error.code == ErrorCode.NOT_CONTROLLER:
             with contextlib.suppress(grpc.RpcError):

@@ -260,7 +260,10 @@ class GroupCoordinator:
             )
         return shard
 
-    async def find_coordinator(self, group_ids: Iterable[str]) -> list[CoordinatorInfo]:
+    async def find_coordinator(
+        self, group_ids: Iterable[str], *, listener: str | None = None
+    ) -> list[CoordinatorInfo]:
+        """Each group's coordinator, with its address on `listener` (None: inter-broker)."""
         image = self.metadata()
         topic = image.topics.get(OFFSETS_TOPIC)
         if topic is None:
@@ -280,7 +283,8 @@ class GroupCoordinator:
             index = partition_for(group_id, len(topic.partitions))
             leader = topic.partitions[index].leader
             broker = image.brokers.get(leader)
-            if leader == NO_LEADER or broker is None:
+            endpoint = broker.endpoint_for(listener) if broker is not None else None
+            if leader == NO_LEADER or endpoint is None:
                 answers.append(
                     CoordinatorInfo(
                         group_id,
@@ -292,9 +296,7 @@ class GroupCoordinator:
                     )
                 )
             else:
-                answers.append(
-                    CoordinatorInfo(group_id, None, leader, (broker.host, broker.port), index)
-                )
+                answers.append(CoordinatorInfo(group_id, None, leader, endpoint, index))
         return answers
 
     async def _create_offsets_topic(self, image: MetadataImage) -> None:
@@ -379,6 +381,17 @@ class GroupCoordinator:
         if description is None:
             return RaftmqError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group_id!r}"), None
         return None, description
+
+    def metrics_inputs(self) -> list[tuple[str, int, dict[tuple[str, int], int]]]:
+        """(group, members, committed offset per partition) of every loaded group."""
+        found = []
+        for shard in self._shards.values():
+            if shard.loading:
+                continue
+            for group in shard.state.groups.values():
+                offsets = {tp: v.offset for tp, v in group.offsets.items()}
+                found.append((group.group_id, len(group.members), offsets))
+        return found
 
     def list_groups(self) -> list[tuple[str, str]]:
         groups: list[tuple[str, str]] = []

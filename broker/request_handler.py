@@ -38,12 +38,12 @@ PartitionKey = tuple[bytes, int]
 @dataclass(frozen=True, slots=True)
 class PartitionError:
     """An error for one partition, with the current leader when we know it (so that a
-    client can go there without asking for metadata first)."""
+    client can go there without asking for metadata first: each front door gives the
+    leader's address on the listener the client came in on)."""
 
     code: ErrorCode
     message: str = ""
     leader_id: int = -1
-    leader_endpoint: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,9 +318,7 @@ class RequestHandler:
             return PartitionError(
                 ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{partition} has no leader right now"
             )
-        broker = image.brokers.get(leader)
-        endpoint = (broker.host, broker.port) if broker is not None else None
-        return PartitionError(code, message, leader, endpoint)
+        return PartitionError(code, message, leader)
 
     # ------------------------------------------------------------ produce
 

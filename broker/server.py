@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
 from raftmq import wire
+from raftmq.broker.broker_metrics import BrokerMetrics
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.group_coordinator import GroupCoordinator
 from raftmq.broker.group_shard import CommitOffset, CommitRequest, HeartbeatRequest
@@ -38,6 +41,7 @@ from raftmq.broker.request_handler import (
     RequestHandler,
 )
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.record_batch import HEADER_SIZE, read_header, record_count
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc as rpc
 from raftmq.v1 import common_pb2 as cpb
@@ -55,12 +59,47 @@ class TopicDefaults:
     replication_factor: int = 1
 
 
-def _error_pb(error: PartitionError | None) -> cpb.Error:
-    if error is None:
-        return wire.ok_pb()
-    return wire.error_to_pb(
-        error.code, error.message, leader_id=error.leader_id, leader_endpoint=error.leader_endpoint
-    )
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def instrumented(api: str) -> Callable[[_Method], _Method]:
+    """Count, time and record the errors of a unary RPC (Prometheus, when the servicer
+    has metrics): the request-level error and every partition's."""
+
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        async def call(self: BrokerServicer, request: Any, context: Any) -> Any:
+            metrics = self.metrics
+            if metrics is None:
+                return await method(self, request, context)
+            started = time.perf_counter()
+            metrics.requests_in_flight.inc()
+            metrics.seen_client(context.peer())
+            try:
+                response = await method(self, request, context)
+            finally:
+                metrics.requests_in_flight.dec()
+                metrics.request_duration.labels(api).observe(time.perf_counter() - started)
+                metrics.requests.labels(api).inc()
+            for code in _error_codes(response):
+                metrics.request_errors.labels(api, code).inc()
+            return response
+
+        return call  # type: ignore[return-value]
+
+    return wrap
+
+
+def _error_codes(response: Any) -> list[str]:
+    codes = []
+    error = getattr(response, "error", None)
+    if error is not None and error.code:
+        codes.append(cpb.ErrorCode.Name(error.code))
+    for item in getattr(response, "partitions", ()):
+        item_error = getattr(item, "error", None)
+        if item_error is not None and item_error.code:
+            codes.append(cpb.ErrorCode.Name(item_error.code))
+    return codes
 
 
 class BrokerServicer(rpc.BrokerServiceServicer):
@@ -75,7 +114,13 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         producer_ids: ProducerIdManager,
         topic_defaults: TopicDefaults,
         groups: GroupCoordinator,
+        listener: str | None = None,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
+        # The listener this servicer serves (None: a broker without named listeners):
+        # metadata and hints give addresses on it.
+        self.listener = listener
         self.groups = groups
         self.broker_id = broker_id
         self.handler = handler
@@ -86,8 +131,21 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         self.topic_defaults = topic_defaults
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
 
+    def _error_pb(self, error: PartitionError | None) -> cpb.Error:
+        """The error with the leader's address on this listener."""
+        if error is None:
+            return wire.ok_pb()
+        endpoint = None
+        if error.leader_id >= 0:
+            broker = self.metadata.image.brokers.get(error.leader_id)
+            endpoint = broker.endpoint_for(self.listener) if broker is not None else None
+        return wire.error_to_pb(
+            error.code, error.message, leader_id=error.leader_id, leader_endpoint=endpoint
+        )
+
     # ------------------------------------------------------------ produce
 
+    @instrumented("Produce")
     async def Produce(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ProduceResponse:
@@ -99,12 +157,19 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             acks=request.acks,
             timeout_ms=request.timeout_ms,
         )
+        if self.metrics is not None:
+            for data, result in zip(request.partitions, results, strict=True):
+                if result.error is None and len(data.records) >= HEADER_SIZE:
+                    self.metrics.bytes_in.labels(data.topic).inc(len(data.records))
+                    self.metrics.messages_in.labels(data.topic).inc(
+                        read_header(data.records).record_count
+                    )
         return pb.ProduceResponse(
             partitions=[
                 pb.PartitionProduceResult(
                     topic=r.topic,
                     partition=r.partition,
-                    error=_error_pb(r.error),
+                    error=self._error_pb(r.error),
                     base_offset=r.base_offset if r.error is None else -1,
                     log_start_offset=r.log_start_offset,
                     leader_epoch=r.leader_epoch,
@@ -115,6 +180,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     # ------------------------------------------------------------ fetch (consumers)
 
+    @instrumented("Fetch")
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchResponse:
@@ -147,13 +213,18 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             min_bytes=request.min_bytes,
             max_bytes=request.max_bytes,
         )
+        if self.metrics is not None:
+            for r in results:
+                if r.records:
+                    self.metrics.bytes_out.labels(r.topic).inc(len(r.records))
+                    self.metrics.messages_out.labels(r.topic).inc(record_count(r.records))
         return pb.FetchResponse(
             partitions=[
                 pb.PartitionFetchResult(
                     topic=r.topic,
                     topic_id=r.topic_id,
                     partition=r.partition,
-                    error=_error_pb(r.error),
+                    error=self._error_pb(r.error),
                     high_watermark=r.high_watermark,
                     log_start_offset=r.log_start_offset,
                     log_end_offset=r.log_end_offset,
@@ -253,6 +324,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     # ------------------------------------------------------------ offsets and metadata
 
+    @instrumented("ListOffsets")
     async def ListOffsets(
         self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListOffsetsResponse:
@@ -264,7 +336,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 pb.ListOffsetsResult(
                     topic=r.topic,
                     partition=r.partition,
-                    error=_error_pb(r.error),
+                    error=self._error_pb(r.error),
                     offset=r.offset,
                     timestamp=r.timestamp,
                     leader_epoch=r.leader_epoch,
@@ -273,6 +345,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             ]
         )
 
+    @instrumented("Metadata")
     async def Metadata(
         self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MetadataResponse:
@@ -282,8 +355,16 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             if missing:
                 await asyncio.gather(*(self._auto_create(name) for name in missing))
         names = list(request.topics) or sorted(image.topics)
+        brokers = []
+        for _, b in sorted(image.brokers.items()):
+            endpoint = b.endpoint_for(self.listener)
+            if endpoint is None:
+                continue  # not reachable on this listener (Kafka leaves such brokers out)
+            info = wire.broker_to_pb(b)
+            info.endpoint.host, info.endpoint.port = endpoint
+            brokers.append(info)
         return pb.MetadataResponse(
-            brokers=[wire.broker_to_pb(b) for _, b in sorted(image.brokers.items())],
+            brokers=brokers,
             topics=[wire.topic_to_pb(image.topics[n]) for n in names if n in image.topics],
             controllers=[wire.controller_to_pb(c) for _, c in sorted(image.controllers.items())],
             metadata_version=image.version,
@@ -312,6 +393,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         elif error.code != ErrorCode.TOPIC_ALREADY_EXISTS:
             self.log.info("topic.auto_create_failed", topic=name, error=str(error))
 
+    @instrumented("InitProducerId")
     async def InitProducerId(
         self, request: pb.InitProducerIdRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InitProducerIdResponse:
@@ -339,8 +421,11 @@ class BrokerServicer(rpc.BrokerServiceServicer):
 
     # ------------------------------------------------------------ consumer groups
 
+    @instrumented("FindCoordinator")
     async def FindCoordinator(self, request: pb.FindCoordinatorRequest, context: Any) -> Any:
-        answers = await self.groups.find_coordinator(list(request.group_ids))
+        answers = await self.groups.find_coordinator(
+            list(request.group_ids), listener=self.listener
+        )
         response = pb.FindCoordinatorResponse()
         for info in answers:
             item = response.coordinators.add(
@@ -353,6 +438,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 item.endpoint.host, item.endpoint.port = info.endpoint
         return response
 
+    @instrumented("ConsumerGroupHeartbeat")
     async def ConsumerGroupHeartbeat(
         self, request: pb.ConsumerGroupHeartbeatRequest, context: Any
     ) -> Any:
@@ -379,6 +465,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             assignment=_partitions_pb(answer.assignment),
         )
 
+    @instrumented("OffsetCommit")
     async def OffsetCommit(self, request: pb.OffsetCommitRequest, context: Any) -> Any:
         answer = await self.groups.commit(
             CommitRequest(
@@ -400,6 +487,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             )
         return response
 
+    @instrumented("OffsetFetch")
     async def OffsetFetch(self, request: pb.OffsetFetchRequest, context: Any) -> Any:
         wanted = sorted(_partitions_from_pb(request.partitions)) or None
         error, offsets = await self.groups.fetch_offsets(request.group_id, wanted)
@@ -413,6 +501,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 item.commit_timestamp_ms = value.commit_timestamp_ms
         return response
 
+    @instrumented("ListGroups")
     async def ListGroups(self, request: pb.ListGroupsRequest, context: Any) -> Any:
         return pb.ListGroupsResponse(
             error=wire.ok_pb(),
@@ -422,6 +511,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             ],
         )
 
+    @instrumented("DescribeGroups")
     async def DescribeGroups(self, request: pb.DescribeGroupsRequest, context: Any) -> Any:
         response = pb.DescribeGroupsResponse()
         for group_id in request.group_ids:
@@ -449,6 +539,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 )
         return response
 
+    @instrumented("DeleteGroups")
     async def DeleteGroups(self, request: pb.DeleteGroupsRequest, context: Any) -> Any:
         response = pb.DeleteGroupsResponse()
         for group_id in request.group_ids:
@@ -456,16 +547,20 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             response.results.add(group_id=group_id, error=_maybe_error_pb(error))
         return response
 
+    @instrumented("CreateTopic")
     async def CreateTopic(self, request: Any, context: Any) -> Any:
         request.internal = False  # only the cluster creates its internal topics
         return await self._forward("CreateTopic", request, ctl.CreateTopicResponse)
 
+    @instrumented("DeleteTopic")
     async def DeleteTopic(self, request: Any, context: Any) -> Any:
         return await self._forward("DeleteTopic", request, ctl.DeleteTopicResponse)
 
+    @instrumented("DescribeTopics")
     async def DescribeTopics(self, request: Any, context: Any) -> Any:
         return await self._forward("DescribeTopics", request, ctl.DescribeTopicsResponse)
 
+    @instrumented("DescribeCluster")
     async def DescribeCluster(self, request: Any, context: Any) -> Any:
         return await self._forward("DescribeCluster", request, ctl.DescribeClusterResponse)
 

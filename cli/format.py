@@ -23,6 +23,8 @@ def topic_json(topic: cpb.Topic) -> dict[str, Any]:
             "retention.bytes": topic.config.retention_bytes,
             "max.message.bytes": topic.config.max_message_bytes,
             "unclean.leader.election.enable": topic.config.unclean_leader_election_enable,
+            "cleanup.policy": topic.config.cleanup_policy or "delete",
+            "delete.retention.ms": topic.config.delete_retention_ms,
         },
         "partitions": [
             {
@@ -45,9 +47,22 @@ def broker_state(b: cpb.BrokerInfo) -> str:
     return _FENCED_STATE[b.fenced]
 
 
+def partition_health(topics: Sequence[cpb.Topic]) -> dict[str, int]:
+    """Kafka's three health counts: partitions with ISR < AR, with ISR below
+    min.insync.replicas (acks=all writes fail there), and without a leader."""
+    counts = {"under_replicated": 0, "under_min_isr": 0, "offline": 0}
+    for topic in topics:
+        for p in topic.partitions:
+            counts["under_replicated"] += len(p.isr) < len(p.ar)
+            counts["under_min_isr"] += len(p.isr) < topic.config.min_insync_replicas
+            counts["offline"] += p.leader < 0
+    return counts
+
+
 def cluster_json(response: pb.DescribeClusterResponse) -> dict[str, Any]:
     return {
         "cluster_id": response.cluster_id,
+        "partitions": partition_health(response.topics),
         "controller": {
             "leader_id": response.controller.leader_id,
             "term": response.controller.term,
@@ -104,8 +119,11 @@ def topic_table(topics: Sequence[dict[str, Any]]) -> str:
 
 def cluster_text(status: dict[str, Any]) -> str:
     controller = status["controller"]
+    health = status["partitions"]
     parts = [
         f"Cluster id: {status['cluster_id'] or '(not initialized yet)'}",
+        f"Partitions: {health['under_replicated']} under-replicated, "
+        f"{health['under_min_isr']} under min ISR, {health['offline']} offline",
         f"Controller quorum: leader {controller['leader_id']}, term {controller['term']}, "
         f"metadata version {status['metadata_version']}",
         table(

@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raftmq import wire
 from raftmq.client.controller_client import EndpointPool, call_with_failover
@@ -20,6 +20,9 @@ from raftmq.ports import PortInUseError
 from raftmq.v1 import controller_pb2 as pb
 
 from . import format as fmt
+
+if TYPE_CHECKING:
+    from raftmq.broker.broker import ListenerConfig
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 EXIT_ERROR = 1
@@ -110,6 +113,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
             raft_secret=secret,
             session_timeout_ms=args.session_timeout_ms,
             cluster_id=args.cluster_id,
+            metrics_listen=wire.parse_host_port(args.metrics_listen)
+            if args.metrics_listen
+            else None,
         )
     )
     if lifecycle.exit_code:
@@ -118,18 +124,77 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return lifecycle.exit_code
 
 
+def parse_listeners(text: str, what: str) -> list[tuple[str, tuple[str, int]]]:
+    """`NAME://HOST:PORT,...` -> [(NAME, (HOST, PORT)), ...]; names unique."""
+    found: list[tuple[str, tuple[str, int]]] = []
+    for item in _split(text):
+        name, sep, address = item.partition("://")
+        if not sep or not name or not name.replace("_", "").isalnum():
+            raise ValueError(f"{what}: {item!r} is not NAME://HOST:PORT")
+        if any(name == n for n, _ in found):
+            raise ValueError(f"{what}: listener {name} appears twice")
+        found.append((name.upper(), wire.parse_host_port(address)))
+    if not found:
+        raise ValueError(f"{what} is empty")
+    return found
+
+
+def broker_listeners(
+    args: argparse.Namespace,
+) -> tuple[list[ListenerConfig], tuple[str, int], tuple[str, int]]:
+    """The broker's listeners from --listeners/--advertised-listeners/
+    --inter-broker-listener-name, or the one of --listen/--advertise; and the inter-broker
+    listener's bind and advertised addresses."""
+    from raftmq.broker.broker import ListenerConfig
+
+    if not args.listeners:
+        if not args.listen:
+            raise ValueError("give --listen HOST:PORT or --listeners NAME://HOST:PORT,...")
+        listen = wire.parse_host_port(args.listen)
+        return [], listen, wire.parse_host_port(args.advertise) if args.advertise else listen
+    binds = parse_listeners(args.listeners, "--listeners")
+    advertised = dict(
+        parse_listeners(args.advertised_listeners, "--advertised-listeners")
+        if args.advertised_listeners
+        else binds
+    )
+    listeners = []
+    for name, bind in binds:
+        advertise = advertised.get(name)
+        if advertise is None:
+            raise ValueError(f"--advertised-listeners has no address for listener {name}")
+        if advertise[0] in ("0.0.0.0", "::", ""):
+            raise ValueError(
+                f"listener {name} would advertise {advertise[0]}: give a reachable address "
+                "in --advertised-listeners"
+            )
+        listeners.append(ListenerConfig(name, bind, advertise))
+    unknown = set(advertised) - {n for n, _ in binds}
+    if unknown:
+        raise ValueError(f"--advertised-listeners names unknown listeners: {sorted(unknown)}")
+    inter = (args.inter_broker_listener_name or binds[0][0]).upper()
+    chosen = next((x for x in listeners if x.name == inter), None)
+    if chosen is None:
+        raise ValueError(f"--inter-broker-listener-name {inter} is not one of the listeners")
+    return list(listeners), chosen.bind, chosen.advertise
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from raftmq.broker.broker import BrokerOptions, run_broker
     from raftmq.broker.group_coordinator import GroupConfig
     from raftmq.broker.server import TopicDefaults
 
     configure_logging(json=args.log_json)
-    listen = wire.parse_host_port(args.listen)
+    listeners, listen, advertise = broker_listeners(args)
     return run_broker(
         BrokerOptions(
             node_id=args.node_id,
             listen=listen,
-            advertise=wire.parse_host_port(args.advertise) if args.advertise else listen,
+            advertise=advertise,
+            listeners=tuple(listeners),
+            metrics_listen=wire.parse_host_port(args.metrics_listen)
+            if args.metrics_listen
+            else None,
             controllers=_split(args.controllers),
             data_dir=Path(args.data_dir),
             rack=args.rack,
@@ -148,6 +213,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
             ),
         )
     )
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from raftmq.health import probe
+
+    status = probe(args.address, service=args.service, timeout_ms=args.timeout_ms)
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -291,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, help="gRPC HOST:PORT to bind")
     p.add_argument("--advertise", help="gRPC HOST:PORT others use (default: --listen)")
     p.add_argument("--raft-listen", required=True, help="Raft HOST:PORT to bind")
+    p.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus /metrics endpoint")
     p.add_argument("--voters", required=True, help="ID@HOST:RAFTPORT,... (1, 3 or 5 voters)")
     p.add_argument("--data-dir", required=True)
     p.add_argument(
@@ -311,8 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run one broker")
     p.add_argument("--node-id", type=int, required=True)
-    p.add_argument("--listen", required=True, help="gRPC HOST:PORT to bind")
+    p.add_argument("--listen", help="gRPC HOST:PORT to bind (one listener; or use --listeners)")
     p.add_argument("--advertise", help="HOST:PORT clients and peers connect to (default: --listen)")
+    p.add_argument(
+        "--listeners",
+        help="named listeners NAME://HOST:PORT,... to bind, e.g. "
+        "INTERNAL://0.0.0.0:9092,EXTERNAL://0.0.0.0:19092 (instead of --listen)",
+    )
+    p.add_argument(
+        "--advertised-listeners",
+        help="NAME://HOST:PORT,... each listener tells its clients (default: --listeners)",
+    )
+    p.add_argument(
+        "--inter-broker-listener-name",
+        help="the listener other brokers and the controllers use (default: the first)",
+    )
+    p.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus /metrics endpoint")
     p.add_argument("--controllers", required=True, help="controller HOST:PORT,...")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--cluster-id", default="", help="refuse to join a quorum of any other cluster")
@@ -349,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("health", help="ask a node's gRPC health service (exit 0 when SERVING)")
+    p.add_argument("address", help="HOST:PORT of a controller or broker")
+    p.add_argument("--service", default="", help="a service name ('' = the node)")
+    p.add_argument("--timeout-ms", type=int, default=3_000)
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("up", help="start a local cluster (3 controllers, 3 brokers) and wait")
     p.add_argument("--data-dir", default="./raftmq-data")
@@ -538,8 +632,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVER_COMMANDS = ("controller", "broker")
+
+
+def server_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The subcommand parser of `command` (controller or broker)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    raise AssertionError("no subcommands")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from raftmq.cli.env_config import apply_environment
+
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), "")
+    if command in SERVER_COMMANDS:
+        try:
+            apply_environment(server_parser(parser, command), command, os.environ)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -22,9 +22,9 @@ from pathlib import Path
 from raftmq import ports
 from raftmq.local_cluster import (
     BROKERS_MAX,
-    RAFT_PORT_OFFSET,
     LocalCluster,
     describe_exit,
+    highest_port_offset,
     layout_from_base_port,
 )
 from raftmq.supervisor import Supervisor
@@ -67,11 +67,11 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
 def _check_args(args: argparse.Namespace) -> None:
     if not 1 <= args.brokers <= BROKERS_MAX:
         raise UpError(f"--brokers must be in [1, {BROKERS_MAX}], got {args.brokers}")
-    highest = args.base_port + RAFT_PORT_OFFSET + args.controllers - 1
-    if args.base_port < 1 or highest > 65535:
+    offset = highest_port_offset(args.controllers, metrics=True)
+    if args.base_port < 1 or args.base_port + offset > 65535:
         raise UpError(
             f"--base-port {args.base_port} puts ports outside [1, 65535] "
-            f"(the cluster uses base..base+{RAFT_PORT_OFFSET + args.controllers - 1})"
+            f"(the cluster uses base..base+{offset})"
         )
 
 
@@ -79,7 +79,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         layout = layout_from_base_port(
-            args.base_port, controllers=args.controllers, brokers=args.brokers
+            args.base_port, controllers=args.controllers, brokers=args.brokers, metrics=True
         )
         data_dir = Path(args.data_dir)
         with _data_dir_lock(data_dir):
@@ -104,6 +104,8 @@ def _print_ready(cluster: LocalCluster, *, no_restart: bool) -> None:
     _say(f"Raft:        {','.join(layout.raft_endpoints)}")
     _say(f"Brokers:     {','.join(layout.broker_endpoints)}")
     _say(f"Logs:        {cluster.data_dir / 'logs'}")
+    for name, url in layout.metrics_urls():
+        _say(f"Metrics:     {name:<13} {url}")
     for p in cluster.processes:
         _say(f"  {p.name:<13} pid {p.pid}")
     _say(f"\nraftmq is ready. Bootstrap address: {layout.broker_endpoints[0]}")
@@ -119,6 +121,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         controllers=args.controllers,
         brokers=args.brokers,
         base_port=args.base_port,
+        metrics=True,
         broker_args=[
             f"--flush-policy={args.flush_policy}",
             # Auto-created topics are replicated like the topics people create by hand.

@@ -12,6 +12,8 @@ Ports, from one base port B (`raftmq up --base-port`, default 9092):
     B + i        broker i+1, gRPC          (i < 64)
     B + 100 + i  controller i+1, gRPC      (i < 5)
     B + 200 + i  controller i+1, Raft      (i < 5)
+    B + 300 + i  broker i+1, metrics       (HTTP /metrics; with metrics=True)
+    B + 380 + i  controller i+1, metrics
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ STOP_TIMEOUT_S = 10.0
 BROKERS_MAX = 64
 CONTROLLER_PORT_OFFSET = 100
 RAFT_PORT_OFFSET = 200
+BROKER_METRICS_PORT_OFFSET = 300
+CONTROLLER_METRICS_PORT_OFFSET = 380
 
 _launcher_pipe_lock = threading.Lock()
 _launcher_pipe_read_fd: int | None = None
@@ -177,17 +181,37 @@ class ManagedProcess:
 
 
 def layout_from_base_port(
-    base_port: int, *, controllers: int, brokers: int, host: str = "127.0.0.1"
+    base_port: int,
+    *,
+    controllers: int,
+    brokers: int,
+    host: str = "127.0.0.1",
+    metrics: bool = False,
 ) -> ClusterLayout:
     """Every port of a local cluster from one base port (see the module docstring)."""
-    assert base_port > 0 and base_port + RAFT_PORT_OFFSET + controllers - 1 <= 65535
+    assert base_port > 0 and base_port + highest_port_offset(controllers, metrics=metrics) <= 65535
     assert brokers <= BROKERS_MAX <= CONTROLLER_PORT_OFFSET
     return ClusterLayout(
         host,
         controller_ports=[base_port + CONTROLLER_PORT_OFFSET + i for i in range(controllers)],
         raft_ports=[base_port + RAFT_PORT_OFFSET + i for i in range(controllers)],
         broker_ports=[base_port + i for i in range(brokers)],
+        broker_metrics_ports=(
+            [base_port + BROKER_METRICS_PORT_OFFSET + i for i in range(brokers)] if metrics else []
+        ),
+        controller_metrics_ports=(
+            [base_port + CONTROLLER_METRICS_PORT_OFFSET + i for i in range(controllers)]
+            if metrics
+            else []
+        ),
     )
+
+
+def highest_port_offset(controllers: int, *, metrics: bool) -> int:
+    """The largest offset from the base port a cluster uses."""
+    if metrics:
+        return CONTROLLER_METRICS_PORT_OFFSET + controllers - 1
+    return RAFT_PORT_OFFSET + controllers - 1
 
 
 @dataclass
@@ -200,6 +224,21 @@ class ClusterLayout:
     # Invariant: empty or one entry per controller / broker.
     controller_hosts: list[str] = field(default_factory=list)
     broker_hosts: list[str] = field(default_factory=list)
+    # Prometheus endpoints; empty: metrics off. Invariant: empty or one per node.
+    broker_metrics_ports: list[int] = field(default_factory=list)
+    controller_metrics_ports: list[int] = field(default_factory=list)
+
+    def metrics_urls(self) -> list[tuple[str, str]]:
+        """(node name, http://HOST:PORT/metrics) of every node with metrics."""
+        out = [
+            (f"broker-{i + 1}", f"http://{self.broker_host(i)}:{p}/metrics")
+            for i, p in enumerate(self.broker_metrics_ports)
+        ]
+        out += [
+            (f"controller-{i + 1}", f"http://{self.controller_host(i)}:{p}/metrics")
+            for i, p in enumerate(self.controller_metrics_ports)
+        ]
+        return out
 
     def controller_host(self, index: int) -> str:
         return self.controller_hosts[index] if self.controller_hosts else self.host
@@ -231,6 +270,14 @@ class ClusterLayout:
         ):
             out.append((f"controller-{i + 1}", self.controller_host(i), grpc_port))
             out.append((f"controller-{i + 1}", self.controller_host(i), raft_port))
+        out += [
+            (f"broker-{i + 1}", self.broker_host(i), p)
+            for i, p in enumerate(self.broker_metrics_ports)
+        ]
+        out += [
+            (f"controller-{i + 1}", self.controller_host(i), p)
+            for i, p in enumerate(self.controller_metrics_ports)
+        ]
         return out
 
 
@@ -252,6 +299,7 @@ class LocalCluster:
         controller_hosts: Sequence[str] = (),
         broker_hosts: Sequence[str] = (),
         wrappers: Mapping[str, Sequence[str]] | None = None,
+        metrics: bool = False,
     ) -> None:
         """`base_port`: every port from it (see the module docstring); None: free ports the
         kernel picks. `controller_hosts` / `broker_hosts` give each node its own address
@@ -266,16 +314,22 @@ class LocalCluster:
         self.data_dir = data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if base_port is None:
-            ports = free_ports(2 * controllers + brokers)
+            ports = free_ports(
+                2 * controllers + brokers + (controllers + brokers if metrics else 0)
+            )
             self.layout = ClusterLayout(
                 host,
                 controller_ports=ports[:controllers],
                 raft_ports=ports[controllers : 2 * controllers],
-                broker_ports=ports[2 * controllers :],
+                broker_ports=ports[2 * controllers : 2 * controllers + brokers],
             )
+            if metrics:
+                rest = ports[2 * controllers + brokers :]
+                self.layout.broker_metrics_ports = rest[:brokers]
+                self.layout.controller_metrics_ports = rest[brokers:]
         else:
             self.layout = layout_from_base_port(
-                base_port, controllers=controllers, brokers=brokers, host=host
+                base_port, controllers=controllers, brokers=brokers, host=host, metrics=metrics
             )
         self.layout.controller_hosts = list(controller_hosts)
         self.layout.broker_hosts = list(broker_hosts)
@@ -299,6 +353,13 @@ class LocalCluster:
                     f"--data-dir={self.data_dir / name}",
                     f"--raft-secret-file={secret_path}",
                     f"--session-timeout-ms={session_timeout_ms}",
+                    *(
+                        [
+                            f"--metrics-listen={self.layout.controller_host(i)}:{self.layout.controller_metrics_ports[i]}"
+                        ]
+                        if self.layout.controller_metrics_ports
+                        else []
+                    ),
                     "--log-json",
                     *cluster_args,
                     *controller_args,
@@ -318,6 +379,13 @@ class LocalCluster:
                     f"--listen={self.layout.broker_endpoints[i]}",
                     f"--controllers={','.join(self.layout.controller_endpoints)}",
                     f"--data-dir={self.data_dir / name}",
+                    *(
+                        [
+                            f"--metrics-listen={self.layout.broker_host(i)}:{self.layout.broker_metrics_ports[i]}"
+                        ]
+                        if self.layout.broker_metrics_ports
+                        else []
+                    ),
                     "--log-json",
                     *cluster_args,
                     *broker_args,

@@ -8,6 +8,18 @@ from dataclasses import dataclass
 from raftmq.topic_config import TopicConfig
 
 NO_LEADER = -1
+PROTOCOL_GRPC = "grpc"
+PROTOCOL_KAFKA = "kafka"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One advertised listener of a broker (Kafka's named listeners)."""
+
+    name: str
+    host: str
+    port: int
+    protocol: str = PROTOCOL_GRPC
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +36,23 @@ class BrokerRegistration:
     # ISR member of an offline partition (kept so that the data's owner is remembered).
     fenced: bool
     shutting_down: bool = False
+    # Every advertised listener; host/port above is the inter-broker one. Empty for a
+    # broker registered before named listeners (it has only host/port).
+    listeners: tuple[Listener, ...] = ()
+
+    def endpoint_for(
+        self, listener: str | None, *, protocol: str = PROTOCOL_GRPC
+    ) -> tuple[str, int] | None:
+        """The address to give a client of `listener` (None: the inter-broker one). None
+        when this broker has no such listener."""
+        if listener is None:
+            return (self.host, self.port) if protocol == PROTOCOL_GRPC else None
+        for item in self.listeners:
+            if item.name == listener and item.protocol == protocol:
+                return item.host, item.port
+        if not self.listeners and protocol == PROTOCOL_GRPC:
+            return self.host, self.port
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import grpc
 from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
+from raftmq.metadata import (
+    PROTOCOL_GRPC,
+    BrokerRegistration,
+    ControllerRecord,
+    Listener,
+    PartitionRecord,
+    TopicRecord,
+)
 from raftmq.topic_config import DEFAULT_CLEANUP_POLICY, DEFAULT_DELETE_RETENTION_MS, TopicConfig
 from raftmq.v1 import common_pb2 as pb
 
@@ -137,6 +144,19 @@ def broker_to_pb(b: BrokerRegistration) -> pb.BrokerInfo:
         broker_epoch=b.broker_epoch,
         fenced=b.fenced,
         shutting_down=b.shutting_down,
+        listeners=[listener_to_pb(item) for item in b.listeners],
+    )
+
+
+def listener_to_pb(item: Listener) -> pb.Listener:
+    return pb.Listener(
+        name=item.name, endpoint=pb.Endpoint(host=item.host, port=item.port), protocol=item.protocol
+    )
+
+
+def listener_from_pb(item: pb.Listener) -> Listener:
+    return Listener(
+        item.name, item.endpoint.host, item.endpoint.port, item.protocol or PROTOCOL_GRPC
     )
 
 
@@ -150,6 +170,7 @@ def broker_from_pb(b: pb.BrokerInfo) -> BrokerRegistration:
         broker_epoch=b.broker_epoch,
         fenced=b.fenced,
         shutting_down=b.shutting_down,
+        listeners=tuple(listener_from_pb(item) for item in b.listeners),
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from raftmq.errors import ErrorCode
-from raftmq.metadata import PartitionRecord
+from raftmq.metadata import Listener, PartitionRecord
 
 # Producer ids are handed to brokers in blocks of this many (Kafka's ProducerIdManager).
 PRODUCER_ID_BLOCK_SIZE = 1_000
@@ -53,6 +53,7 @@ class RegisterBroker:
     incarnation_id: str
     # The cluster the broker's data dir belongs to; "" on the broker's first start.
     cluster_id: str = ""
+    listeners: tuple[Listener, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from raftmq.metadata import BrokerRegistration, ControllerRecord, PartitionRecord, TopicRecord
+from raftmq.metadata import (
+    BrokerRegistration,
+    ControllerRecord,
+    Listener,
+    PartitionRecord,
+    TopicRecord,
+)
 from raftmq.topic_config import DEFAULT_CLEANUP_POLICY, DEFAULT_DELETE_RETENTION_MS, TopicConfig
 
 RECORD_SCHEMA_VERSION = 1
@@ -203,6 +209,7 @@ def broker_to_dict(b: BrokerRegistration) -> dict[str, Any]:
         "broker_epoch": b.broker_epoch,
         "fenced": b.fenced,
         "shutting_down": b.shutting_down,
+        "listeners": [[x.name, x.host, x.port, x.protocol] for x in b.listeners],
     }
 
 
@@ -216,6 +223,11 @@ def broker_from_dict(raw: Mapping[str, Any]) -> BrokerRegistration:
         broker_epoch=_int(raw, "broker_epoch"),
         fenced=_bool(raw, "fenced"),
         shutting_down=_bool(raw, "shutting_down"),
+        # Added in schema 1 after its first release: absent in older entries.
+        listeners=tuple(
+            Listener(str(n), str(h), int(p), str(proto))
+            for n, h, p, proto in raw.get("listeners", [])
+        ),
     )
 
 

@@ -571,6 +571,7 @@ class MetadataState:
                     broker_epoch=broker_epoch,
                     # Fenced until it heartbeats having caught up with the metadata.
                     fenced=True,
+                    listeners=command.listeners,
                 )
             )
         )

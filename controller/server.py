@@ -9,6 +9,7 @@ once answered."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import threading
@@ -21,12 +22,14 @@ from pathlib import Path
 
 import grpc
 import structlog
-from raftmq import node_meta, ports, wire
+from raftmq import metrics, node_meta, ports, wire
 from raftmq.controller import metadata_commands as mc
 from raftmq.controller import metadata_state as ms
+from raftmq.controller.controller_metrics import ControllerMetrics
 from raftmq.controller.quorum import ControllerQuorum, QuorumConfig
 from raftmq.controller.read_index import ReadIndex, is_version_probe
 from raftmq.errors import ErrorCode
+from raftmq.health import NodeHealth, add_standard_services
 from raftmq.lifecycle import NodeLifecycle
 from raftmq.metadata import PartitionRecord
 from raftmq.v1 import common_pb2 as cpb
@@ -42,6 +45,7 @@ WATCH_KEEPALIVE_MS = 1_000
 # A controller that has known no Raft leader for this long (cut off in a minority) ends
 # its watch streams, so watchers move to a controller whose metadata is current.
 WATCH_LEADERLESS_MS_MAX = 3_000
+CONTROLLER_SERVICE = "raftmq.v1.ControllerService"
 # --cluster-id: Kafka's are 22 base64url characters; operators may pick readable ones.
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -137,6 +141,7 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                 request.rack,
                 request.incarnation_id,
                 request.cluster_id,
+                tuple(wire.listener_from_pb(item) for item in request.listeners),
             )
         )
         broker_epoch = result.value if result.ok and isinstance(result.value, int) else -1
@@ -438,6 +443,7 @@ class ControllerOptions:
     raft_secret: str
     session_timeout_ms: int = 4_000
     cluster_id: str = ""  # --cluster-id; "" to take the data dir's or the quorum's
+    metrics_listen: tuple[str, int] | None = None
 
 
 def parse_voters(text: str) -> dict[int, str]:
@@ -483,6 +489,12 @@ def run_controller(options: ControllerOptions) -> NodeLifecycle:
         maximum_concurrent_rpcs=CONCURRENT_RPCS_MAX,
     )
     ports.bind_grpc(server, *options.listen)
+    node_metrics = ControllerMetrics(node_id=options.node_id)
+    metrics_server = (
+        metrics.serve(node_metrics.registry, *options.metrics_listen)
+        if options.metrics_listen is not None
+        else None
+    )
     try:
         quorum = ControllerQuorum(
             QuorumConfig(
@@ -502,10 +514,15 @@ def run_controller(options: ControllerOptions) -> NodeLifecycle:
         )
     except BaseException:
         server.stop(grace=None)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         raise
     rpc.add_ControllerServiceServicer_to_server(
         ControllerServicer(quorum, lifecycle.stopping), server
     )
+    node_health = NodeHealth([CONTROLLER_SERVICE])
+    add_standard_services(server, [CONTROLLER_SERVICE], node_health.servicer)
+    node_health.set_serving(False)
     server.start()
     quorum.start()
     log.info(
@@ -514,10 +531,18 @@ def run_controller(options: ControllerOptions) -> NodeLifecycle:
         raft=options.voters[options.node_id],
         voters=len(options.voters),
     )
-    # The main thread only waits: pysyncobj's tick thread runs while it is alive.
+    # The main thread only waits (pysyncobj's tick thread runs while it is alive) and
+    # keeps the health status: SERVING while the quorum has a leader and a cluster id.
     while not lifecycle.stopping.wait(0.5):
-        pass
+        node_health.set_serving(
+            quorum.has_reachable_leader() and bool(quorum.read(lambda s: s.cluster_id))
+        )
+        status = quorum.status()
+        quorum.read(functools.partial(node_metrics.refresh, status))
     log.info("controller.stopping", reason=lifecycle.reason)
+    node_health.shutting_down()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     server.stop(grace=1.0).wait(timeout=3)
     quorum.stop()
     log.info("controller.stopped", exit_code=lifecycle.exit_code)

@@ -131,7 +131,7 @@ class Endpoint(_message.Message):
     def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class BrokerInfo(_message.Message):
-    __slots__ = ("id", "endpoint", "rack", "incarnation_id", "broker_epoch", "fenced", "shutting_down")
+    __slots__ = ("id", "endpoint", "rack", "incarnation_id", "broker_epoch", "fenced", "shutting_down", "listeners")
     ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     RACK_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class BrokerInfo(_message.Message):
     BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
     SHUTTING_DOWN_FIELD_NUMBER: _ClassVar[int]
+    LISTENERS_FIELD_NUMBER: _ClassVar[int]
     id: int
     endpoint: Endpoint
     rack: str
@@ -146,7 +147,18 @@ class BrokerInfo(_message.Message):
     broker_epoch: int
     fenced: bool
     shutting_down: bool
-    def __init__(self, id: _Optional[int] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., rack: _Optional[str] = ..., incarnation_id: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., shutting_down: _Optional[bool] = ...) -> None: ...
+    listeners: _containers.RepeatedCompositeFieldContainer[Listener]
+    def __init__(self, id: _Optional[int] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., rack: _Optional[str] = ..., incarnation_id: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., shutting_down: _Optional[bool] = ..., listeners: _Optional[_Iterable[_Union[Listener, _Mapping]]] = ...) -> None: ...
+
+class Listener(_message.Message):
+    __slots__ = ("name", "endpoint", "protocol")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    endpoint: Endpoint
+    protocol: str
+    def __init__(self, name: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class PartitionState(_message.Message):
     __slots__ = ("partition", "ar", "isr", "osr", "leader", "leader_epoch", "partition_epoch")

@@ -16,20 +16,22 @@ PREFERRED: ElectionType
 UNCLEAN: ElectionType
 
 class RegisterBrokerRequest(_message.Message):
-    __slots__ = ("broker_id", "endpoint", "rack", "incarnation_id", "request_id", "cluster_id")
+    __slots__ = ("broker_id", "endpoint", "rack", "incarnation_id", "request_id", "cluster_id", "listeners")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     RACK_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTENERS_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     endpoint: _common_pb2.Endpoint
     rack: str
     incarnation_id: str
     request_id: str
     cluster_id: str
-    def __init__(self, broker_id: _Optional[int] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., rack: _Optional[str] = ..., incarnation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    listeners: _containers.RepeatedCompositeFieldContainer[_common_pb2.Listener]
+    def __init__(self, broker_id: _Optional[int] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., rack: _Optional[str] = ..., incarnation_id: _Optional[str] = ..., request_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., listeners: _Optional[_Iterable[_Union[_common_pb2.Listener, _Mapping]]] = ...) -> None: ...
 
 class RegisterBrokerResponse(_message.Message):
     __slots__ = ("error", "broker_epoch", "cluster_id")

@@ -1,0 +1,192 @@
+"""A broker's Prometheus metrics (see `raftmq.metrics` for the conventions).
+
+Counters and histograms are updated where things happen (request adapters, the handler's
+appends and reads); gauges are refreshed from the broker's state once a second on its
+event loop (`refresh`), so that a scrape — on the HTTP server's thread — only reads values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from raftmq.broker.partition_log import PartitionLog
+from raftmq.broker.partition_replica import ROLE_LEADER, PartitionReplica
+from raftmq.metrics import DURATION_BUCKETS_S
+
+# A client counts as connected for this long after its last call.
+CLIENT_SEEN_MS = 60_000
+CLIENTS_TRACKED_MAX = 10_000
+
+
+class BrokerMetrics:
+    def __init__(self, *, broker_id: int, data_dir: Path, request_limit: int) -> None:
+        self.registry = CollectorRegistry()
+        self.data_dir = data_dir
+        r = self.registry
+        self.requests = Counter(
+            "raftmq_broker_requests", "Requests handled, by API", ["api"], registry=r
+        )
+        self.request_errors = Counter(
+            "raftmq_broker_request_errors",
+            "Errors answered, by API and error code (per partition for produce/fetch)",
+            ["api", "error"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "raftmq_broker_request_duration_seconds",
+            "Time from a request's arrival to its answer (long polls included)",
+            ["api"],
+            buckets=DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "raftmq_broker_requests_in_flight", "Requests being handled or waiting", registry=r
+        )
+        self.request_limit = Gauge(
+            "raftmq_broker_request_limit",
+            "Requests the broker holds at most at once (in_flight / limit = saturation)",
+            registry=r,
+        )
+        self.request_limit.set(request_limit)
+        self.delayed = Gauge(
+            "raftmq_broker_delayed_operations",
+            "Waiting acks=all produces and long-polling fetches",
+            ["purgatory"],
+            registry=r,
+        )
+        self.bytes_in = Counter(
+            "raftmq_broker_topic_bytes_in", "Bytes appended by producers", ["topic"], registry=r
+        )
+        self.messages_in = Counter(
+            "raftmq_broker_topic_messages_in",
+            "Records appended by producers",
+            ["topic"],
+            registry=r,
+        )
+        self.bytes_out = Counter(
+            "raftmq_broker_topic_bytes_out", "Bytes served to consumers", ["topic"], registry=r
+        )
+        self.messages_out = Counter(
+            "raftmq_broker_topic_messages_out", "Records served to consumers", ["topic"], registry=r
+        )
+        self.partitions = Gauge("raftmq_broker_partitions", "Partition replicas hosted", registry=r)
+        self.leaders = Gauge("raftmq_broker_leader_partitions", "Partitions led", registry=r)
+        self.under_replicated = Gauge(
+            "raftmq_broker_under_replicated_partitions",
+            "Led partitions whose ISR is smaller than their AR",
+            registry=r,
+        )
+        self.under_min_isr = Gauge(
+            "raftmq_broker_under_min_isr_partitions",
+            "Led partitions whose ISR is smaller than min.insync.replicas",
+            registry=r,
+        )
+        self.isr_shrinks = Counter(
+            "raftmq_broker_isr_shrinks", "ISR shrinks this broker proposed", registry=r
+        )
+        self.isr_expands = Counter(
+            "raftmq_broker_isr_expands", "ISR expansions this broker proposed", registry=r
+        )
+        self._shrinks_seen = self._expands_seen = 0
+        self.log_size = Gauge(
+            "raftmq_broker_log_size_bytes", "Bytes of every hosted partition log", registry=r
+        )
+        self.disk_free = Gauge(
+            "raftmq_broker_disk_free_bytes", "Free bytes on the data dir's file system", registry=r
+        )
+        self.replica_sessions = Gauge(
+            "raftmq_broker_replica_sessions", "Followers' fetch sessions open here", registry=r
+        )
+        self.clients = Gauge(
+            "raftmq_broker_client_connections",
+            f"Client addresses that called in the last {CLIENT_SEEN_MS // 1000} s",
+            registry=r,
+        )
+        self.group_lag = Gauge(
+            "raftmq_group_lag",
+            "A consumer group's lag: high watermark minus committed offset (groups this "
+            "broker coordinates, partitions it hosts)",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.group_members = Gauge(
+            "raftmq_group_members",
+            "Members of the groups this broker coordinates",
+            ["group"],
+            registry=r,
+        )
+        self.broker_info = Gauge(
+            "raftmq_broker_info", "Constant 1, with the broker id", ["broker_id"], registry=r
+        )
+        self.broker_info.labels(str(broker_id)).set(1)
+        self._clients: dict[str, float] = {}
+        self._lag_labels: set[tuple[str, str, str]] = set()
+        self._member_labels: set[str] = set()
+
+    def seen_client(self, peer: str) -> None:
+        """A call from `peer` (ip:port of the client's connection; the port is dropped)."""
+        address = peer.rsplit(":", 1)[0] if peer.count(":") == 1 else peer
+        if len(self._clients) >= CLIENTS_TRACKED_MAX and address not in self._clients:
+            return
+        self._clients[address] = time.monotonic()
+
+    def refresh(
+        self,
+        *,
+        replicas: Sequence[PartitionReplica[PartitionLog]],
+        purgatories: dict[str, int],
+        sessions: int,
+        shrinks: int,
+        expands: int,
+        groups: Callable[[], list[tuple[str, int, dict[tuple[str, int], int]]]],
+    ) -> None:
+        """On the loop, once a second: every gauge from the broker's state."""
+        led = under_replicated = under_min = size = 0
+        high_watermarks: dict[tuple[str, int], int] = {}
+        for replica in replicas:
+            log = replica.log
+            size += log.size_bytes
+            high_watermarks[(replica.topic, replica.index)] = log.high_watermark
+            if replica.role == ROLE_LEADER:
+                led += 1
+                isr = len(replica.isr)
+                under_replicated += isr < len(replica.ar)
+                under_min += isr < replica.config.min_insync_replicas
+        self.partitions.set(len(replicas))
+        self.leaders.set(led)
+        self.under_replicated.set(under_replicated)
+        self.under_min_isr.set(under_min)
+        self.log_size.set(size)
+        with contextlib.suppress(OSError):
+            self.disk_free.set(shutil.disk_usage(self.data_dir).free)
+        for name, waiting in purgatories.items():
+            self.delayed.labels(name).set(waiting)
+        self.replica_sessions.set(sessions)
+        self.isr_shrinks.inc(shrinks - self._shrinks_seen)
+        self.isr_expands.inc(expands - self._expands_seen)
+        self._shrinks_seen, self._expands_seen = shrinks, expands
+        now = time.monotonic()
+        self._clients = {a: t for a, t in self._clients.items() if now - t < CLIENT_SEEN_MS / 1000}
+        self.clients.set(len(self._clients))
+        lag_labels: set[tuple[str, str, str]] = set()
+        member_labels: set[str] = set()
+        for group, members, committed in groups():
+            self.group_members.labels(group).set(members)
+            member_labels.add(group)
+            for (topic, index), offset in committed.items():
+                hw = high_watermarks.get((topic, index))
+                if hw is None:
+                    continue
+                labels = (group, topic, str(index))
+                self.group_lag.labels(*labels).set(max(0, hw - offset))
+                lag_labels.add(labels)
+        for labels in self._lag_labels - lag_labels:
+            self.group_lag.remove(*labels)
+        for group in self._member_labels - member_labels:
+            self.group_members.remove(group)
+        self._lag_labels, self._member_labels = lag_labels, member_labels
