@@ -77,6 +77,9 @@ def test_every_example_is_run_here() -> None:
         "reader",
         "asyncio",
         "admin",
+        "consumer-group",
+        "explicit-commit",
+        "commit-interval",
     }
 
 
@@ -102,3 +105,26 @@ def test_the_examples_in_order(cluster: LocalCluster) -> None:
     assert run("asyncio", cluster).strip() == "[b'hello', b'world']"
     printed = run("admin", cluster).splitlines()
     assert printed[1] == "{0: 0, 1: 0, 2: 0}"
+    # The consumer group examples share one group: the first reads topic-A from its start
+    # (no commits yet), each later one only what was written after the group's commits.
+    lines = run("consumer-group", cluster).splitlines()
+    assert len(lines) == end
+    assert lines[0] == "message at topic/partition/offset topic-A/0/0: b'Key-A' = b'Hello World!'"
+    after = [Message(f"after-{i}".encode()) for i in range(5)]
+    with Writer(brokers, topic="topic-A") as writer:
+        writer.write_messages(*after[:3])
+    lines = run("explicit-commit", cluster).splitlines()
+    assert [line.rsplit(" = ", 1)[1] for line in lines] == [
+        "b'after-0'",
+        "b'after-1'",
+        "b'after-2'",
+    ]
+    assert lines[0].startswith(f"message at topic/partition/offset topic-A/0/{end}: ")
+    with Writer(brokers, topic="topic-A") as writer:
+        writer.write_messages(*after[3:])
+    lines = run("commit-interval", cluster).splitlines()
+    assert [line.rsplit(" = ", 1)[1] for line in lines] == ["b'after-3'", "b'after-4'"]
+    with Admin(brokers) as admin:
+        group = admin.describe_group("consumer-group-id")
+    assert (group.state, group.lag) == ("empty", 0)  # each close committed, then left
+    assert [p.committed_offset for p in group.partitions] == [end + 5]
