@@ -72,6 +72,8 @@ def cluster_json(response: pb.DescribeClusterResponse) -> dict[str, Any]:
                     "state": v.state,
                     "raft_address": v.raft_address,
                     "endpoint": f"{v.endpoint.host}:{v.endpoint.port}" if v.endpoint.host else "",
+                    "match_index": v.match_index,
+                    "last_contact_ms": v.last_contact_ms,
                 }
                 for v in response.controller.voters
             ],

@@ -98,6 +98,10 @@ class VoterStatus:
     node_id: int
     raft_address: str
     state: str  # leader | follower | unreachable
+    # The leader's view (-1 on other controllers, and for the leader itself): the last
+    # Raft index it knows the voter holds, and how long ago the voter last answered it.
+    match_index: int = -1
+    last_contact_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +353,13 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
     def status(self) -> QuorumStatus:
         raw = self.getStatus()
         leader_id = self.leader_id()
+        leading = leader_id == self.config.node_id
+        # pysyncobj keeps, on the leader, when each follower last answered (monotonic s).
+        responses: dict[Any, float] = dict(getattr(self, "_SyncObj__lastResponseTime", {}))
+        contact_ms = {
+            getattr(node, "id", str(node)): int((time.monotonic() - at) * 1000)
+            for node, at in responses.items()
+        }
         voters = []
         for node, addr in sorted(self.config.voters.items()):
             if node == self.config.node_id:
@@ -361,7 +372,18 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
                 role = "follower"
             else:
                 role = "unreachable"
-            voters.append(VoterStatus(node, addr, role))
+            own = node == self.config.node_id
+            voters.append(
+                VoterStatus(
+                    node,
+                    addr,
+                    role,
+                    match_index=int(raw.get(f"match_idx_server_{addr}", -1))
+                    if leading and not own
+                    else -1,
+                    last_contact_ms=contact_ms.get(addr, -1) if leading and not own else -1,
+                )
+            )
         return QuorumStatus(
             leader_id=leader_id,
             term=int(raw.get("raft_term", 0)),

@@ -315,6 +315,8 @@ class ControllerServicer(rpc.ControllerServiceServicer):
                         raft_address=v.raft_address,
                         endpoint=cpb.Endpoint(host=c.host, port=c.port) if c else None,
                         state=v.state,
+                        match_index=v.match_index,
+                        last_contact_ms=v.last_contact_ms,
                     )
                 )
             return pb.DescribeClusterResponse(

@@ -20,7 +20,7 @@ from raftmq import Admin, Message, Reader, Writer
 from raftmq.health import probe
 from raftmq.local_cluster import LocalCluster, ManagedProcess, free_ports, wait_until
 from raftmq.v1 import broker_pb2 as pb
-from raftmq.v1 import broker_pb2_grpc
+from raftmq.v1 import broker_pb2_grpc, controller_pb2, controller_pb2_grpc
 
 pytestmark = pytest.mark.cluster
 
@@ -198,3 +198,23 @@ def test_every_node_serves_metrics(make_cluster: type[LocalCluster]) -> None:
     ]
     assert sorted(float(line.split()[-1]) for line in leaders) == [0.0, 0.0, 1.0]
     assert all("raftmq_controller_raft_term" in texts[f"controller-{i}"] for i in (1, 2, 3))
+    # The leader's view of its followers: how far they are and when they last answered.
+    with Admin(bootstrap) as admin:
+        status = admin.cluster_status()
+    views = []
+    for endpoint in cluster.layout.controller_endpoints:
+        with grpc.insecure_channel(endpoint) as channel:
+            views.append(
+                controller_pb2_grpc.ControllerServiceStub(channel).DescribeCluster(
+                    controller_pb2.DescribeClusterRequest(), timeout=5
+                )
+            )
+    assert {v.cluster_id for v in views} == {status.cluster_id}
+    leader_id = views[0].controller.leader_id
+    leader_view = views[leader_id - 1]  # controller i listens at endpoint i-1
+    followers = [v for v in leader_view.controller.voters if v.id != leader_id]
+    assert len(followers) == 2
+    assert all(0 <= v.last_contact_ms < 5_000 and v.match_index > 0 for v in followers)
+    # Another controller does not pretend to know.
+    other = views[leader_id % 3]
+    assert all(v.last_contact_ms == -1 for v in other.controller.voters)

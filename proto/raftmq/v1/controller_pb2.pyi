@@ -245,16 +245,20 @@ class DescribeClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QuorumVoter(_message.Message):
-    __slots__ = ("id", "raft_address", "endpoint", "state")
+    __slots__ = ("id", "raft_address", "endpoint", "state", "match_index", "last_contact_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTACT_MS_FIELD_NUMBER: _ClassVar[int]
     id: int
     raft_address: str
     endpoint: _common_pb2.Endpoint
     state: str
-    def __init__(self, id: _Optional[int] = ..., raft_address: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., state: _Optional[str] = ...) -> None: ...
+    match_index: int
+    last_contact_ms: int
+    def __init__(self, id: _Optional[int] = ..., raft_address: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., state: _Optional[str] = ..., match_index: _Optional[int] = ..., last_contact_ms: _Optional[int] = ...) -> None: ...
 
 class QuorumInfo(_message.Message):
     __slots__ = ("leader_id", "term", "voters", "commit_index", "last_applied")
