@@ -63,10 +63,10 @@ class AsyncGroupReader:
         deadline = Deadline.after(timeout_ms, now_ms=now_ms())
         self._check_open()
         self._core.app_enter(now_ms=now_ms())
-        self._wakeup.set()  # a commit may be due now
         try:
             # Bound: until a message, the deadline, or an error.
             while True:
+                self._wake_if_wanted()  # a commit due, a partition to fetch again
                 self._changed.clear()
                 now = now_ms()
                 message = self._core.next_message(now_ms=now, auto_commit=auto_commit)
@@ -76,7 +76,7 @@ class AsyncGroupReader:
                 self._check_open()
         finally:
             self._core.app_exit(now_ms=now_ms())
-            self._wakeup.set()
+            self._wake_if_wanted()
 
     async def commit_messages(self, messages: Sequence[Message], timeout_ms: int | None) -> None:
         bound = COMMIT_TIMEOUT_MS if timeout_ms is None else timeout_ms
@@ -108,6 +108,7 @@ class AsyncGroupReader:
             lag = self._core.lag_answer()
             if lag is not None:
                 return lag
+            self._wake_if_wanted()
             await self._wait(deadline, now_ms(), "no lag")
             self._check_open()
 
@@ -148,6 +149,11 @@ class AsyncGroupReader:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("read on a closed AsyncReader")
+
+    def _wake_if_wanted(self) -> None:
+        """Wake the background task only when the application's calls gave it work."""
+        if self._core.take_poll_wanted():
+            self._wakeup.set()
 
     async def _wait(self, deadline: Deadline | None, now: int, what: str) -> None:
         if deadline is not None and now >= deadline.at_ms:

@@ -79,7 +79,9 @@ class CoordinatorCall:
         self._deadline_ms = now_ms + timeout_ms
         self.coordinator: str | None = None
         self._attempts = 0
-        self._find_index = 0
+        # Brokers that failed in transport during this call: asked again only when every
+        # one has failed.
+        self._unreachable: set[str] = set()
         self._backoff_ms = BACKOFF_MS
         self._back_off = False
         self.last_error: RaftmqError | None = None
@@ -97,7 +99,11 @@ class CoordinatorCall:
         timeout_ms = min(remaining_ms, self.rpc_timeout_ms)
         if self.coordinator is None:
             order = self.ordering.order()
-            return FindStep(order[self._find_index % len(order)], timeout_ms)
+            reachable = [e for e in order if e not in self._unreachable]
+            if not reachable:
+                self._unreachable.clear()
+                reachable = order
+            return FindStep(reachable[0], timeout_ms)
         return CoordinatorStep(self.coordinator, timeout_ms)
 
     def on_coordinator(self, result: CoordinatorResult) -> None:
@@ -110,8 +116,7 @@ class CoordinatorCall:
         )
         if not error.retriable:
             raise error
-        self.last_error = error
-        self._find_index += 1
+        self.last_error = error  # e.g. the offsets topic is being created: ask again
         self._back_off = True
 
     def on_answer(self, error: RaftmqError | None) -> bool:
@@ -127,10 +132,10 @@ class CoordinatorCall:
     def on_transport_failure(self, endpoint: str, error: RaftmqError) -> None:
         self.last_error = error
         if endpoint == self.coordinator:
-            self.coordinator = None
+            self.coordinator = None  # find it again: it may have moved with its partition
         else:
-            self.ordering.demote(endpoint)
-            self._find_index += 1
+            self.ordering.demote(endpoint)  # later calls start elsewhere too
+        self._unreachable.add(endpoint)
         self._back_off = True
 
     def give_up(self) -> RaftmqError:
@@ -236,7 +241,7 @@ def check_reset_to(to: ResetTo) -> None:
     if isinstance(to, str) and to not in RESET_NAMES:
         raise ValueError(f"to= must be 'earliest' or 'latest' (or an offset, a datetime): {to!r}")
     if isinstance(to, int) and to < 0:
-        raise ValueError(f"an offset to reset to must be >= 0, got {to}")
+        raise ValueError(f"to= an offset must be >= 0, got {to}")
 
 
 def reset_targets(

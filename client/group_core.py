@@ -475,6 +475,9 @@ class GroupCore:
         # Commits that failed for good while leaving (part of close_error).
         self._close_failures: list[tuple[TopicPartition, int, RaftmqError]] = []
         self._lag_tokens: dict[TopicPartition, int] | None = None
+        # The application's calls made work for poll() (a buffer emptied: fetch again; a
+        # commit is due): the shell wakes its background up only then (`take_poll_wanted`).
+        self._poll_wanted = False
         # Stats of feeds that are gone, and the group's counters.
         self._retired = ReaderStats()
         self._stats = GroupStats(config.group_id, member_id, 0, "", None, [])
@@ -485,8 +488,10 @@ class GroupCore:
         """The application called read_message / fetch_message: it is done with the
         message it held (auto commit: that message is processed now)."""
         self._app_inside = True
-        self._release_held(processed=True)
+        if self._release_held(processed=True) and self.config.commit_interval_ms == 0:
+            self._poll_wanted = True  # commit it now
         if self.state is MemberState.POLL_TIMEOUT:
+            self._poll_wanted = True
             self._event("group.rejoining", reason="the application polled again")
             self._stats.rejoins += 1
             self.state = MemberState.JOINING
@@ -527,6 +532,7 @@ class GroupCore:
             else:
                 ready.popleft()
                 self._ready_set.discard((tp, token))
+                self._poll_wanted = True  # fetch it again
             if feed.delivered_start < 0:
                 feed.delivered_start = message.offset
             feed.delivered_end = message.offset + 1
@@ -570,6 +576,7 @@ class GroupCore:
                 wanted[tp] = (feed.token, offset + 1)
         ticket = CommitTicket(wanted, failures, now_ms + timeout_ms)
         self._tickets.append(ticket)
+        self._poll_wanted = True
         self._settle_tickets(now_ms)
         return ticket
 
@@ -610,6 +617,12 @@ class GroupCore:
         """`read_lag`: ask every owned partition's leader for its high watermark now;
         `lag_answer` sums them once all came."""
         self._lag_tokens = None
+        self._poll_wanted = True
+
+    def take_poll_wanted(self) -> bool:
+        """Did the application's calls since the last look give poll() something to do?"""
+        wanted, self._poll_wanted = self._poll_wanted, False
+        return wanted
 
     def lag_answer(self) -> int | None:
         if self.error is not None:
@@ -621,6 +634,7 @@ class GroupCore:
             self._lag_tokens = {tp: f.token for tp, f in self.feeds.items() if not f.revoking}
             for tp in self._lag_tokens:
                 self.feeds[tp].reader.ask_high_watermark()
+            self._poll_wanted = True
         total = 0
         for tp, token in self._lag_tokens.items():
             feed = self.feeds.get(tp)
@@ -1295,14 +1309,22 @@ class GroupCore:
 
     # ------------------------------------------------------------ transitions
 
-    def _release_held(self, *, processed: bool) -> None:
+    def _release_held(self, *, processed: bool) -> bool:
+        """The application is done with the message it held; True when that made an
+        offset to commit (read_message's)."""
         held = self._held
         self._held = None
-        if held is None or not processed or not held.auto_commit:
-            return
+        if held is None:
+            return False
         feed = self._live(held.tp, held.token)
-        if feed is not None:
-            feed.processed = max(feed.processed, held.offset + 1)
+        if feed is None:
+            return False
+        if feed.revoking:
+            self._poll_wanted = True  # its release waited for this
+        if not processed or not held.auto_commit:
+            return False
+        feed.processed = max(feed.processed, held.offset + 1)
+        return True
 
     def _release(self, feed: PartitionFeed) -> None:
         """A revoked partition is given up: not listed as owned from now on (a heartbeat

@@ -97,10 +97,10 @@ class GroupReader:
         with self._lock:
             self._check_open()
             self._core.app_enter(now_ms=now_ms())
-            self._poke()  # a commit may be due now
             try:
                 # Bound: until a message, the deadline, or an error.
                 while True:
+                    self._poke_if_wanted()  # a commit due, a partition to fetch again
                     now = now_ms()
                     message = self._core.next_message(now_ms=now, auto_commit=auto_commit)
                     if message is not None:
@@ -109,7 +109,7 @@ class GroupReader:
                     self._check_open()
             finally:
                 self._core.app_exit(now_ms=now_ms())
-                self._poke()
+                self._poke_if_wanted()
 
     def commit_messages(self, messages: Sequence[Message], timeout_ms: int | None) -> None:
         """Commit the highest offset per partition of `messages`; raises CommitError for
@@ -142,6 +142,7 @@ class GroupReader:
                 lag = self._core.lag_answer()
                 if lag is not None:
                     return lag
+                self._poke_if_wanted()
                 self._wait(deadline, now_ms(), "no lag")
                 self._check_open()
 
@@ -198,6 +199,12 @@ class GroupReader:
         """Under the lock: the background thread has work."""
         self._dirty = True
         self._wakeup.notify()
+
+    def _poke_if_wanted(self) -> None:
+        """Under the lock: wake the background thread only when the application's calls
+        gave it work (not once per message)."""
+        if self._core.take_poll_wanted():
+            self._poke()
 
     # ------------------------------------------------------------ background thread
 

@@ -880,3 +880,25 @@ def test_reader_arguments_make_a_group_config_or_none() -> None:
     assert (config.topics, config.instance_id, config.leave_epoch) == (("a", "b"), "i", -2)
     pattern = reader_args(group_id="g", topic_pattern=r"orders\..*")
     assert pattern is not None and pattern.pattern == r"orders\..*"
+
+
+def test_the_application_wakes_the_background_up_only_when_it_has_work() -> None:
+    core, cluster = make(partitions=1, commit_interval_ms=1_000)
+    cluster.produce(0, b"a", b"b", b"c")
+    cluster.join()
+    cluster.settle()
+    core.take_poll_wanted()
+    cluster.read()
+    cluster.read()  # the first is processed now, but commits wait for the interval
+    assert not core.take_poll_wanted()
+    cluster.read()  # the buffer is empty now: fetch again
+    assert core.take_poll_wanted()
+    sync, sync_cluster = make(partitions=1)
+    sync_cluster.produce(0, b"a", b"b", b"c")
+    sync_cluster.join()
+    sync_cluster.settle()
+    sync_cluster.read()
+    sync.take_poll_wanted()
+    sync.app_enter(now_ms=sync_cluster.now)  # synchronous: its commit is due now
+    assert sync.take_poll_wanted()
+    sync.app_exit(now_ms=sync_cluster.now)
