@@ -13,7 +13,9 @@
   reads again; explicit commits; the asyncio twins;
 - the CLI: consume --group with --timeout-ms commits what it printed and a second run
   resumes after it; group describe shows the lag going down; reset-offsets on an empty
-  group and its refusal on a live one; delete.
+  group and its refusal on a live one; delete;
+- a kill -9 of the coordinator's broker during consumption: no acknowledged message is
+  skipped and committed offsets never go backwards.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import pytest
 from raftmq import Admin, AsyncAdmin, AsyncReader, Message, Reader, Writer
-from raftmq.errors import ErrorCode, GroupIdNotFoundError, NonEmptyGroupError
+from raftmq.errors import ErrorCode, GroupIdNotFoundError, NonEmptyGroupError, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -299,7 +301,7 @@ def test_a_static_member_restarted_within_its_session_keeps_its_partitions(
         first.close()  # leaves with epoch -2: its partitions wait for it
         restarted = Reader(brokers, group_instance_id="worker-1", **options)
         wait_until(
-            lambda: set(restarted.assignment) == kept,  # type: ignore[union-attr]
+            lambda: set(restarted.assignment) == kept,
             timeout_s=SLACK_S,
             what="the restarted member owning its partitions again",
         )
@@ -525,3 +527,68 @@ def test_reset_offsets_of_an_empty_group_its_refusal_on_a_live_one_and_delete(
     assert gone.returncode == 1 and ErrorCode.GROUP_ID_NOT_FOUND.name in gone.stderr
     listed = json.loads(raftmq(brokers, "group", "list", "--json").stdout)
     assert "resetters" not in {g["group_id"] for g in listed}
+
+
+# ---------------------------------------------------------------- coordinator failover
+
+
+def test_a_kill_9_of_the_coordinators_broker_loses_no_message_and_no_commit(
+    cluster: LocalCluster, brokers: list[str]
+) -> None:
+    """Last in the module: it kills a broker (and starts it again at the end)."""
+    make_topic(brokers, "failover", 3)
+    values = produce(brokers, "failover", 150)
+    seen: set[bytes] = set()
+    history: dict[int, list[int]] = {}
+
+    def sample(admin: Admin) -> bool:
+        """Record the group's committed offsets now, when the coordinator answers in
+        time; True when some were committed."""
+        try:
+            described = admin.describe_group("failing")
+        except RaftmqError:
+            return False  # moving: the next sample sees it
+        for p in described.partitions:
+            if p.committed_offset >= 0:
+                history.setdefault(p.partition, []).append(p.committed_offset)
+        return bool(history)
+
+    killed = -1
+    try:
+        with (
+            Reader(
+                brokers,
+                group_id="failing",
+                topic="failover",
+                auto_offset_reset="earliest",
+                commit_interval_ms=100,
+            ) as reader,
+            Admin(brokers, timeout_ms=5_000) as admin,
+        ):
+            while len(seen) < 50:
+                seen.add(reader.read_message(timeout_ms=10_000).value or b"")
+            # The commit interval passes: the samples have commits to compare from here.
+            wait_until(lambda: sample(admin), timeout_s=SLACK_S, what="first commits")
+            killed = admin.describe_group("failing").coordinator_id
+            cluster.brokers[killed].kill()
+            values += produce(brokers, "failover", 150, start=150)  # during the failover
+            deadline = time.monotonic() + 60 + SLACK_S
+            # Bound: the deadline.
+            while not set(values) <= seen:
+                assert time.monotonic() < deadline, f"{len(set(values) - seen)} never read"
+                with contextlib.suppress(TimeoutError):
+                    seen.add(reader.read_message(timeout_ms=1_000).value or b"")
+                if len(seen) % 25 == 0:
+                    sample(admin)
+            stats = reader.stats().group
+            assert stats is not None and stats.state == "member"
+        with Admin(brokers, timeout_ms=30_000) as admin:
+            after = admin.describe_group("failing")
+            sample(admin)
+        assert after.coordinator_id != killed
+        assert after.state == "empty" and after.lag == 0  # close committed it all
+        assert history and all(h == sorted(h) for h in history.values())  # never backwards
+    finally:
+        if killed > 0:
+            cluster.brokers[killed].start()
+            cluster.wait_ready(timeout_s=60, brokers=3)
