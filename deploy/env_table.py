@@ -92,15 +92,18 @@ def table() -> str:
         per_command = rows[variable]
         flag = flags[variable]
         commands = ", ".join(per_command)
-        values = set(per_command.values())
-        if len(values) == 1:
-            default, meaning = next(iter(values))
-        else:
-            default = "; ".join(f"{c}: {d}" for c, (d, _) in per_command.items())
-            meaning = "; ".join(f"{c}: {m}" for c, (_, m) in per_command.items())
+        default = _joined({c: d for c, (d, _) in per_command.items()})
+        meaning = _joined({c: m for c, (_, m) in per_command.items()})
         shown_flag = "—" if flag == "--raft-secret" else f"`{flag}`"
         lines.append(f"| `{variable}` | {shown_flag} | {commands} | {default} | {meaning} |")
     return "\n".join(lines)
+
+
+def _joined(per_command: dict[str, str]) -> str:
+    """One value when the commands agree, else `controller: X; broker: Y`."""
+    if len(set(per_command.values())) == 1:
+        return next(iter(per_command.values()))
+    return "; ".join(f"{c}: {v}" for c, v in per_command.items())
 
 
 def readme_table(readme: str) -> str:
