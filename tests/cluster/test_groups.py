@@ -30,10 +30,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from raftmq import Admin, AsyncAdmin, AsyncReader, Message, Reader, Writer
+from raftmq.broker.group_coordinator import OFFSETS_TOPIC, partition_for
 from raftmq.errors import ErrorCode, GroupIdNotFoundError, NonEmptyGroupError, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 
@@ -532,10 +534,50 @@ def test_reset_offsets_of_an_empty_group_its_refusal_on_a_live_one_and_delete(
 # ---------------------------------------------------------------- coordinator failover
 
 
+def compacted_after(cluster: LocalCluster, broker_id: int, partition: int, since: datetime) -> bool:
+    """Has broker `broker_id` compacted `__consumer_offsets`-`partition` since `since`
+    (the `log.compacted` events of its JSON log)?"""
+    path = cluster.data_dir / "logs" / f"broker-{broker_id}.log"
+    for line in path.read_text(errors="replace").splitlines():
+        if '"log.compacted"' not in line:
+            continue
+        event = json.loads(line)
+        if (
+            (event["topic"], event["partition"]) == (OFFSETS_TOPIC, partition)
+            and event["records_removed"] > 0
+            and datetime.fromisoformat(event["timestamp"]) > since
+        ):
+            return True
+    return False
+
+
+SERVER_LOAD_BUG = pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,  # of the wait for a new coordinator that loaded the group
+    reason="server: a new coordinator cannot load a compacted __consumer_offsets partition "
+    "that holds an empty group (replay in offset order trips GroupShard.check_invariants: "
+    "the leave's GroupValue is after the group's last AssignmentValue once compaction "
+    "dropped the older GroupValue); the load task dies unawaited and the partition answers "
+    "COORDINATOR_LOAD_IN_PROGRESS forever",
+)
+
+
+@pytest.mark.parametrize(
+    "empty_neighbour",
+    [False, pytest.param(True, marks=SERVER_LOAD_BUG)],
+    ids=["alone", "with-a-compacted-empty-group"],
+)
 def test_a_kill_9_of_the_coordinators_broker_loses_no_message_and_no_commit(
-    cluster: LocalCluster, brokers: list[str]
+    make_cluster: type[LocalCluster], empty_neighbour: bool
 ) -> None:
-    """Last in the module: it kills a broker (and starts it again at the end)."""
+    """A cluster of its own (it kills a broker, and no other test's groups share the
+    offsets partition). With `empty_neighbour`, that partition also holds a group that
+    was used and is empty now, and was compacted before the kill, as a long-lived
+    coordinator's partitions are."""
+    cluster = make_cluster(controllers=1, brokers=3)
+    cluster.start()
+    cluster.wait_ready(timeout_s=60)
+    brokers = cluster.layout.broker_endpoints
     make_topic(brokers, "failover", 3)
     values = produce(brokers, "failover", 150)
     seen: set[bytes] = set()
@@ -553,42 +595,64 @@ def test_a_kill_9_of_the_coordinators_broker_loses_no_message_and_no_commit(
                 history.setdefault(p.partition, []).append(p.committed_offset)
         return bool(history)
 
-    killed = -1
-    try:
-        with (
-            Reader(
-                brokers,
-                group_id="failing",
-                topic="failover",
-                auto_offset_reset="earliest",
-                commit_interval_ms=100,
-            ) as reader,
-            Admin(brokers, timeout_ms=5_000) as admin,
-        ):
-            while len(seen) < 50:
-                seen.add(reader.read_message(timeout_ms=10_000).value or b"")
-            # The commit interval passes: the samples have commits to compare from here.
-            wait_until(lambda: sample(admin), timeout_s=SLACK_S, what="first commits")
-            killed = admin.describe_group("failing").coordinator_id
-            cluster.brokers[killed].kill()
-            values += produce(brokers, "failover", 150, start=150)  # during the failover
-            deadline = time.monotonic() + 60 + SLACK_S
-            # Bound: the deadline.
-            while not set(values) <= seen:
-                assert time.monotonic() < deadline, f"{len(set(values) - seen)} never read"
-                with contextlib.suppress(TimeoutError):
-                    seen.add(reader.read_message(timeout_ms=1_000).value or b"")
-                if len(seen) % 25 == 0:
-                    sample(admin)
-            stats = reader.stats().group
-            assert stats is not None and stats.state == "member"
-        with Admin(brokers, timeout_ms=30_000) as admin:
-            after = admin.describe_group("failing")
-            sample(admin)
-        assert after.coordinator_id != killed
-        assert after.state == "empty" and after.lag == 0  # close committed it all
-        assert history and all(h == sorted(h) for h in history.values())  # never backwards
-    finally:
-        if killed > 0:
-            cluster.brokers[killed].start()
-            cluster.wait_ready(timeout_s=60, brokers=3)
+    with (
+        Reader(
+            brokers,
+            group_id="failing",
+            topic="failover",
+            auto_offset_reset="earliest",
+            commit_interval_ms=100,
+        ) as reader,
+        Admin(brokers, timeout_ms=5_000) as admin,
+    ):
+        while len(seen) < 50:
+            seen.add(reader.read_message(timeout_ms=10_000).value or b"")
+        # The commit interval passes: the samples have commits to compare from here.
+        wait_until(lambda: sample(admin), timeout_s=SLACK_S, what="first commits")
+        killed = admin.describe_group("failing").coordinator_id
+        if empty_neighbour:
+            offsets_partitions = len(admin.describe_topics(OFFSETS_TOPIC)[0].partitions)
+            partition = partition_for("failing", offsets_partitions)
+            neighbour = next(
+                g
+                for i in range(10_000)
+                if partition_for(g := f"neighbour-{i}", offsets_partitions) == partition
+            )
+            left_at = datetime.now(UTC)
+            with Reader(
+                brokers, group_id=neighbour, topic="failover", auto_offset_reset="earliest"
+            ) as other:
+                other.read_message(timeout_ms=10_000)
+            wait_until(
+                lambda: compacted_after(cluster, killed, partition, left_at),
+                timeout_s=30 + SLACK_S,
+                what=f"a compaction of {OFFSETS_TOPIC}-{partition}",
+            )
+        cluster.brokers[killed].kill()
+        values += produce(brokers, "failover", 150, start=150)  # during the failover
+
+        def loaded_elsewhere() -> bool:
+            try:
+                return admin.describe_group("failing").coordinator_id != killed
+            except RaftmqError:
+                return False  # not elected, or loading
+
+        wait_until(
+            loaded_elsewhere, timeout_s=30 + SLACK_S, what="a new coordinator that loaded the group"
+        )
+        deadline = time.monotonic() + 60 + SLACK_S
+        # Bound: the deadline.
+        while not set(values) <= seen:
+            assert time.monotonic() < deadline, f"{len(set(values) - seen)} never read"
+            with contextlib.suppress(TimeoutError):
+                seen.add(reader.read_message(timeout_ms=1_000).value or b"")
+            if len(seen) % 25 == 0:
+                sample(admin)
+        stats = reader.stats().group
+        assert stats is not None and stats.state == "member"
+    with Admin(brokers, timeout_ms=30_000) as admin:
+        after = admin.describe_group("failing")
+        sample(admin)
+    assert after.coordinator_id != killed
+    assert after.state == "empty" and after.lag == 0  # close committed it all
+    assert history and all(h == sorted(h) for h in history.values())  # never backwards
