@@ -276,6 +276,42 @@ def test_two_groups_each_read_every_message(brokers: list[str]) -> None:
             assert admin.describe_group(group).lag == 0
 
 
+def test_several_topics_and_a_pattern_and_a_new_matching_topic_is_picked_up(
+    brokers: list[str],
+) -> None:
+    make_topic(brokers, "multi-a", 2)
+    make_topic(brokers, "multi-b", 1)
+    values = produce(brokers, "multi-a", 10) + produce(brokers, "multi-b", 5)
+    with Reader(
+        brokers,
+        group_id="multi",
+        group_topics=["multi-a", "multi-b"],
+        auto_offset_reset="earliest",
+    ) as reader:
+        read = read_everything([reader], len(values))
+        assert sorted(m.value or b"" for m in read) == sorted(values)
+        assert {m.topic for m in read} == {"multi-a", "multi-b"}
+    make_topic(brokers, "orders.eu", 2)
+    eu = produce(brokers, "orders.eu", 6)
+    with Reader(
+        brokers, group_id="orders", topic_pattern=r"orders\..*", auto_offset_reset="earliest"
+    ) as reader:
+        assert sorted(m.value or b"" for m in read_everything([reader], len(eu))) == sorted(eu)
+        # A topic created later that matches: the coordinator assigns it, the member reads it.
+        make_topic(brokers, "orders.us", 1)
+        make_topic(brokers, "orders-not-matching", 1)
+        wait_until(
+            lambda: ("orders.us", 0) in reader.assignment,
+            timeout_s=30 + SLACK_S,
+            what="the new matching topic assigned",
+        )
+        us = produce(brokers, "orders.us", 4)
+        produce(brokers, "orders-not-matching", 3)
+        read = read_everything([reader], len(us))
+        assert sorted(m.value or b"" for m in read) == sorted(us)
+        assert {t for t, _ in reader.assignment} == {"orders.eu", "orders.us"}
+
+
 # ---------------------------------------------------------------- static membership
 
 
