@@ -39,6 +39,20 @@ reads after heal are treated together); a position is (topic, partition, offset)
 - `replica_hw_mismatch`: replicas of one partition whose high watermarks differ after heal
   (a warning: followers learn the HW one fetch late).
 
+Consumer groups (`raftmq.chaos.group_checker`, which states each rule exactly): a group
+member's deliveries count as reads above (positions and values; not the per-consumer
+ordering), and
+
+- `committed_offset_regressed`: a group's committed offset of a partition went backwards
+  (reads of the committed offsets, and acknowledged commits, in real-time order);
+- `committed_too_far`: a member committed beyond what it was handed + 1, or the group's
+  committed offset was seen beyond what its members were handed + 1;
+- `partition_double_owned`: two members of one group owned a partition at the same time
+  (from their own assignment observations; a member that ended ungracefully is allowed the
+  coordinator's session lag);
+- `group_unconsumed`: an acknowledged value no member of a group was handed; an error
+  only when `groups_drained` (otherwise a warning).
+
 Every anomaly entry is a JSON-serializable dict with `op_indexes` (the offending ops, sorted,
 at most `OP_INDEXES_PER_ENTRY_MAX`) and a one-line `explanation`, plus kind-specific fields.
 """
@@ -50,9 +64,15 @@ import itertools
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from raftmq.chaos.group_checker import (
+    GROUP_ANOMALY_KINDS,
+    GROUP_FIGURES,
+    ZOMBIE_GRACE_MS_DEFAULT,
+    check_groups,
+)
 from raftmq.chaos.history import (
     FaultWindow,
     History,
@@ -82,12 +102,14 @@ ANOMALY_KINDS: tuple[str, ...] = (
     "offset_gap",
     "replica_divergence",
     "replica_hw_mismatch",
+    *GROUP_ANOMALY_KINDS,
 )
 # Kinds that make a history invalid whatever the flags of `check`.
 _ALWAYS_ERRORS: frozenset[str] = frozenset(ANOMALY_KINDS) - {
     "unseen",
     "duplicate",
     "replica_hw_mismatch",
+    "group_unconsumed",
 }
 
 # Keys of `CheckResult.stats`, always all present. "*_pending": invoked, never completed.
@@ -103,6 +125,8 @@ STATS_KEYS: tuple[str, ...] = (
     "reads_total",
     "partitions_read",
     "faults",
+    # Consumer groups, summed over the groups (`CheckResult.groups` has them per group).
+    *(f"group_{figure}" for figure in GROUP_FIGURES),
 )
 
 # Entries kept per anomaly kind (counts stay exact): a broken run can have millions of
@@ -162,6 +186,8 @@ class CheckResult:
     error_kinds: tuple[str, ...]
     # Findings that do not make the history invalid but a person should read.
     warnings: tuple[str, ...]
+    # Per consumer group: its figures (`raftmq.chaos.group_checker.GROUP_FIGURES`).
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -177,6 +203,7 @@ class CheckResult:
             "stats": dict(self.stats),
             "recovery": {k: v.to_json_dict() for k, v in self.recovery.items()},
             "warnings": list(self.warnings),
+            "groups": {g: dict(figures) for g, figures in self.groups.items()},
         }
 
 
@@ -187,6 +214,8 @@ def check(
     faults: Sequence[FaultWindow] = (),
     final_read_complete: bool = True,
     duplicates_are_errors: bool = True,
+    groups_drained: bool = True,
+    zombie_grace_ms: float = ZOMBIE_GRACE_MS_DEFAULT,
     anomalies_per_kind_max: int = ANOMALIES_PER_KIND_MAX_DEFAULT,
 ) -> CheckResult:
     """Check a finished run. Pure: reads its arguments, returns findings.
@@ -194,9 +223,11 @@ def check(
     `history` is a `History` (a snapshot is taken) or its ops in index order.
     `final_read_complete`: the runner read every partition to its high watermark after heal
     (then unread acked values are errors). `duplicates_are_errors` (the default): a value
-    at two positions makes the history invalid (the producers were idempotent). Raises
-    `MalformedHistoryError` when the history breaks the pairing rules of
-    `raftmq.chaos.history` (a workload bug, not a system anomaly).
+    at two positions makes the history invalid (the producers were idempotent).
+    `groups_drained`: every consumer group committed up to the high watermarks after heal
+    (then an acked value a group was never handed is an error); `zombie_grace_ms`: see
+    `raftmq.chaos.group_checker`. Raises `MalformedHistoryError` when the history breaks the
+    pairing rules of `raftmq.chaos.history` (a workload bug, not a system anomaly).
     """
     assert anomalies_per_kind_max >= 0
     ops = history.ops() if isinstance(history, History) else history
@@ -206,12 +237,26 @@ def check(
     state.resolve_offsets()
     state.collect_details(ops)
     state.check_replicas(replicas)
+    groups = check_groups(
+        ops,
+        acked=(done for done in state.send_done.values() if done.type == "ok"),
+        groups_drained=groups_drained,
+        anomalies_max=anomalies_per_kind_max,
+        zombie_grace_ms=zombie_grace_ms,
+    )
+    for kind in GROUP_ANOMALY_KINDS:
+        state.counts[kind] = groups.counts[kind]
+        state.anomalies[kind] = groups.anomalies[kind]
+    for figure, total in groups.totals.items():
+        state.stats[f"group_{figure}"] = total
 
     error_kinds = set(_ALWAYS_ERRORS)
     if final_read_complete:
         error_kinds.add("unseen")
     if duplicates_are_errors:
         error_kinds.add("duplicate")
+    if groups_drained:
+        error_kinds.add("group_unconsumed")
     ordered_error_kinds = tuple(k for k in ANOMALY_KINDS if k in error_kinds)
     recovery = recovery_stats(faults)
     state.stats["faults"] = len(faults)
@@ -223,9 +268,11 @@ def check(
         stats=stats,
         recovery=recovery,
         error_kinds=ordered_error_kinds,
-        warnings=tuple(
-            _warnings(state, recovery, faults, final_read_complete, duplicates_are_errors)
+        warnings=(
+            *_warnings(state, recovery, faults, final_read_complete, duplicates_are_errors),
+            *groups.warnings,
         ),
+        groups=groups.per_group,
     )
 
 
@@ -355,7 +402,8 @@ class _Scan:
                 raise MalformedHistoryError(f"op index {op.index} after {previous_index}")
             previous_index = op.index
             validate_op(op)
-            op_kinds[(op.f, op.type)] += 1
+            # Group polls are counted by the group checks, apart from the consumers' polls.
+            op_kinds[(op.f if not op.group else f"group {op.f}", op.type)] += 1
             if op.f == "send":
                 if op.type == "invoke":
                     if op.value in self.send_invoke:
@@ -371,6 +419,8 @@ class _Scan:
                 if op.type == "ok":
                     self._on_ack(op, invoke, send_order)
                 continue
+            if op.f != "poll":
+                continue  # the other group functions: `raftmq.chaos.group_checker`
             # A poll.
             if op.type == "invoke":
                 if op.process in poll_pending:
@@ -382,6 +432,11 @@ class _Scan:
             if poll_pending.pop(op.process, None) is None:
                 raise MalformedHistoryError(f"op {op.index}: completion without an invoke")
             if op.type != "ok":
+                continue
+            if op.group:
+                # A group member's deliveries: positions and values as any read, but no
+                # per-consumer ordering (rebalances rewind and skip across assignments).
+                self._on_reads(op, None)
                 continue
             cursor = cursors.setdefault((op.process, op.topic), {})
             if op.is_seek:
@@ -448,11 +503,14 @@ class _Scan:
         done_indexes.append(op.index)
         running_max.append(best)
 
-    def _on_reads(self, op: Op, cursor: dict[int, tuple[int, int]]) -> None:
+    def _on_reads(self, op: Op, cursor: dict[int, tuple[int, int]] | None) -> None:
+        """Index the reads of an ok poll; `cursor` (the consumer's last read per partition)
+        None for a group member's: no ordering checks, not counted in `reads_total`."""
         # The hot loop of the checker: keep it to dict lookups.
         topic, index, process = op.topic, op.index, op.process
         read_at, value_read_at, max_read = self.read_at, self.value_read_at, self.max_read
-        self.stats["reads_total"] += len(op.reads)
+        if cursor is not None:
+            self.stats["reads_total"] += len(op.reads)
         for partition, offset, value in op.reads:
             position = (topic, partition, offset)
             seen = read_at.get(position)
@@ -468,6 +526,8 @@ class _Scan:
             highest = max_read.get((topic, partition))
             if highest is None or offset > highest[0]:
                 max_read[(topic, partition)] = (offset, index)
+            if cursor is None:
+                continue
             last = cursor.get(partition)
             cursor[partition] = (offset, index)
             if last is None:
