@@ -451,7 +451,7 @@ class _Scan:
             for op_type in ("invoke", "ok", "fail", "info"):
                 stats[f"{f}_{op_type}"] = op_kinds[(f, op_type)]
         stats["send_pending"] = stats["send_invoke"] - len(self.send_done)
-        stats["poll_pending"] = len(poll_pending)
+        stats["poll_pending"] = sum(1 for op in poll_pending.values() if not op.group)
 
     def _on_ack(
         self,

@@ -162,10 +162,17 @@ def plan_schedule(seed: int, duration_s: float, kinds: Sequence[str]) -> list[Fa
 
 class RunClock:
     """Milliseconds since the run started, from the monotonic clock: the one time base of
-    the history, the fault windows and the recovery measurements."""
+    the history, the fault windows and the recovery measurements. `time.monotonic` is
+    CLOCK_MONOTONIC, shared by every process of the machine: a group member process keeps
+    the same clock with `RunClock(start_s=...)` of the runner's `start_s`."""
 
-    def __init__(self) -> None:
-        self._start_s = time.monotonic()
+    def __init__(self, *, start_s: float | None = None) -> None:
+        self._start_s = time.monotonic() if start_s is None else start_s
+
+    @property
+    def start_s(self) -> float:
+        """The `time.monotonic()` the run started at."""
+        return self._start_s
 
     def now_ms(self) -> float:
         return round((time.monotonic() - self._start_s) * 1000.0, 3)

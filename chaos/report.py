@@ -30,6 +30,7 @@ TIMELINE_FILE = "timeline.png"
 SUMMARY_EXAMPLES_PER_KIND = 3
 # Bound on timeline buckets: a long run gets wider buckets instead of a huge array.
 TIMELINE_BUCKETS_MAX = 20_000
+_KIND_WIDTH = max(len(kind) for kind in ANOMALY_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,13 +290,26 @@ def format_summary(
         f"{stats['seeks']} seeks)"
     )
 
+    if result.groups:
+        lines.append(
+            "consumer groups  deliveries (again)  commits ok/fail/info  offset reads  "
+            "assignment changes (lost)  members started/crashed/closed"
+        )
+        for group, g in result.groups.items():
+            commits = f"{g['commits_ok']}/{g['commits_fail']}/{g['commits_info']}"
+            changes = f"{g['assignment_changes']} ({g['assignments_lost']})"
+            members = f"{g['members_started']}/{g['members_crashed']}/{g['members_closed']}"
+            lines.append(
+                f"  {group:<14} {g['deliveries']:>10} ({g['redeliveries']:>5})  {commits:>20}"
+                f"  {g['offset_reads_ok']:>12}  {changes:>25}  {members:>15}"
+            )
     lines.append("anomalies (FAIL: makes the run invalid, warn: reported only):")
     for kind in ANOMALY_KINDS:
         count = result.counts[kind]
         mark = "FAIL" if kind in result.error_kinds else "warn"
         if not count:
             mark = "ok"
-        lines.append(f"  {mark:<4} {kind:<22} {count:>7}")
+        lines.append(f"  {mark:<4} {kind:<{_KIND_WIDTH}} {count:>7}")
         for entry in result.anomalies[kind][:SUMMARY_EXAMPLES_PER_KIND]:
             lines.append(f"         - {entry['explanation']}")
         if count > SUMMARY_EXAMPLES_PER_KIND:
@@ -336,14 +350,17 @@ def format_campaign(campaign: dict[str, Any]) -> str:
         f"campaign: {campaign['valid']} of {campaign['runs']} runs valid"
         + (f", aborted seeds {campaign['aborted_seeds']}" if campaign["aborted_seeds"] else ""),
         f"  {'seed':>8} {'result':>7} {'sends ok':>9} {'fail':>5} {'info':>5} {'faults':>6}"
-        "  anomalies",
+        f" {'delivered':>9} {'commits':>7} {'rebal.':>6} {'crashed':>7}  anomalies",
     ]
     for run in campaign["per_run"]:
         result = "VALID" if run["ok"] else "FAILED"
         found = ", ".join(f"{k} {n}" for k, n in run["anomalies"].items()) or "none"
+        g = run.get("groups", {})
         lines.append(
             f"  {run['seed']:>8} {result:>7} {run['send_ok']:>9} {run['send_fail']:>5} "
-            f"{run['send_info']:>5} {sum(run['faults'].values()):>6}  {found}"
+            f"{run['send_info']:>5} {sum(run['faults'].values()):>6} "
+            f"{g.get('deliveries', 0):>9} {g.get('commits_ok', 0):>7} "
+            f"{g.get('assignment_changes', 0):>6} {g.get('members_crashed', 0):>7}  {found}"
         )
     lines.append(
         f"  total: {campaign['send_ok']} sends ok, {campaign['send_fail']} failed, "
@@ -351,6 +368,24 @@ def format_campaign(campaign: dict[str, Any]) -> str:
         f"Writers, {campaign['faults']} faults; anomalies: "
         + (", ".join(f"{k} {n}" for k, n in campaign["anomalies"].items()) or "none")
     )
+    groups = campaign.get("groups", {})
+    if groups.get("groups"):
+        group_anomalies = campaign.get("group_anomalies", {})
+        lines.append(
+            f"  groups: {groups.get('deliveries', 0)} deliveries ({groups.get('redeliveries', 0)}"
+            f" again), {groups.get('commits_ok', 0)} commits ok / {groups.get('commits_fail', 0)}"
+            f" failed / {groups.get('commits_info', 0)} unknown, "
+            f"{groups.get('offset_reads_ok', 0)} offset reads, "
+            f"{groups.get('assignment_changes', 0)} assignment changes seen "
+            f"({groups.get('assignments_lost', 0)} with partitions lost), "
+            f"{groups.get('members_crashed', 0)} members SIGKILLed (restarted "
+            f"{groups.get('restarts_same_instance', 0)} x same instance id, "
+            f"{groups.get('restarts_new_instance', 0)} x new), "
+            f"{groups.get('zombie_overlaps', 0)} zombie overlaps allowed; group anomalies: "
+            + (", ".join(f"{k} {n}" for k, n in group_anomalies.items() if n) or "none")
+        )
+        if campaign.get("groups_undrained_seeds"):
+            lines.append(f"  groups did not drain in seeds {campaign['groups_undrained_seeds']}")
     lines.append("recovery over all faults (ms since fault start, median / max):")
     lines.append(f"  {'kind':<28} {'count':>5}  {'produce':>13}  {'leader':>13}")
     for kind, rec in campaign["recovery"].items():

@@ -2,17 +2,21 @@
 
 A run: start a fresh cluster (3 controllers, 3 brokers; one network namespace per node when
 possible), create the topic (RF 3, 3 partitions, min.insync.replicas=2, unclean election
-off), start the workload, let the nemesis inject its seeded faults one at a time, heal
-everything, keep producing until produce works again on every partition, stop the clients,
-wait until the replicas converged, read every partition to its high watermark, stop the
-brokers cleanly (SIGTERM), hash every replica's stored bytes below its high watermark,
-check the history and write the report (report.json, history.jsonl, timeline.png) next to
-the node logs (`cluster/logs/`).
+off), start the workload (producers, consumers, and the consumer groups' member processes,
+`raftmq.chaos.group_workload`), wait until every group owns every partition, let the
+nemesis inject its seeded faults one at a time (a group member is SIGKILLed and restarted
+during each), heal everything, keep producing until produce works again on every
+partition, stop the clients, wait until the replicas converged, read every partition to
+its high watermark, let the groups drain (commit up to those high watermarks), close the
+members, stop the brokers cleanly (SIGTERM), hash every replica's stored bytes below its
+high watermark, check the history and write the report (report.json, history.jsonl,
+timeline.png) next to the node logs (`cluster/logs/`, the members' in `members/`).
 
 A run fails (exit 1) when the checker finds the history invalid (a duplicated value
 included: the producers are idempotent Writers), or when the final read could not reach
-every partition's high watermark: then the durability of acknowledged writes is
-unverified, which must not pass silently. Liveness problems (a fault after which
+every partition's high watermark or the groups could not drain: then the durability of
+acknowledged writes, or their delivery to every group, is unverified, which must not pass
+silently. Liveness problems (a fault after which
 produce or leadership never came back, replicas that never converged after the heal) are
 printed as `LIVENESS:` lines and returned in `ChaosRun.liveness_problems`; the test suite
 fails on them, the command reports them without failing (its verdict is about safety).
@@ -35,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from raftmq.chaos.checker import CheckResult, check, recovery_stats
+from raftmq.chaos.checker import ANOMALY_KINDS, CheckResult, check, recovery_stats
 from raftmq.chaos.cluster import ChaosCluster, ClusterTuning, probe_netns, read_replica_logs
+from raftmq.chaos.group_checker import GROUP_ANOMALY_KINDS
+from raftmq.chaos.group_workload import GroupsConfig, GroupWorkload
 from raftmq.chaos.history import FaultWindow, History, ReplicaLog, write_jsonl
 from raftmq.chaos.nemesis import (
     NETWORK_FAULT_KINDS,
@@ -68,6 +74,11 @@ CONVERGE_TIMEOUT_S = 60.0
 # moved: give them two fetches before the brokers are stopped.
 CONVERGE_SETTLE_S = 1.2
 FINAL_READ_TIMEOUT_S = 90.0
+# Until every group owns every partition, before the first fault (the first FindCoordinator
+# creates __consumer_offsets).
+GROUPS_ASSIGNED_TIMEOUT_S = 45.0
+# After the final read, until every group committed up to the high watermarks.
+GROUPS_DRAIN_TIMEOUT_S = 90.0
 POLL_INTERVAL_S = 0.2
 # One observation call of the runner to a broker (metadata, a one-byte fetch).
 BROKER_CALL_TIMEOUT_MS = 3_000
@@ -101,6 +112,10 @@ class ChaosRun:
     # The producers' Writer counters summed (`Workload.writer_totals`): "retries" says how
     # often a send was resent, i.e. how much the duplicate check was exercised.
     writer_totals: dict[str, int] = field(default_factory=dict)
+    # The groups committed up to the final read's high watermarks after the heal (True
+    # without groups); what the member chaos did (`group_chaos_figures`).
+    groups_drained: bool = True
+    group_chaos: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -190,6 +205,8 @@ def run_chaos_detailed(
             final = stages.final
             replicas = stages.replicas
             writers = stages.writer_totals
+            drained = stages.groups_drained
+            group_chaos = stages.group_chaos
     except BaseException:
         # Keep what was recorded, for the post-mortem; the cluster is already torn down.
         write_jsonl(history.ops(), out_dir / HISTORY_FILE)
@@ -215,7 +232,20 @@ def run_chaos_detailed(
     if not replicas:
         harness.append("no replica log was read: replica divergence is unchecked")
 
-    result = check(ops, replicas=replicas, faults=windows, final_read_complete=final.complete)
+    crashed_during = {(str(kind), float(start)) for kind, start in group_chaos.get("faults", ())}
+    uncrashed = [w for w in windows if (w.kind, w.start_ms) not in crashed_during]
+    if group_chaos and uncrashed:
+        notes.append(
+            f"{len(uncrashed)} faults without a group member crash (no member was up): "
+            + ", ".join(f"{w.kind}@{w.start_ms / 1000:.1f}s" for w in uncrashed[:5])
+        )
+    result = check(
+        ops,
+        replicas=replicas,
+        faults=windows,
+        final_read_complete=final.complete,
+        groups_drained=drained,
+    )
     report_path = write_report(
         result,
         out_dir=out_dir,
@@ -245,6 +275,8 @@ def run_chaos_detailed(
             "liveness_problems": liveness,
             "harness_problems": harness,
             "writers": writers,
+            "groups_drained": drained,
+            "group_chaos": group_chaos,
         },
     )
     summary = format_summary(result, seed=seed, faults=windows, replay_command=replay)
@@ -264,6 +296,8 @@ def run_chaos_detailed(
         liveness_problems=liveness,
         harness_problems=harness,
         writer_totals=writers,
+        groups_drained=drained,
+        group_chaos=group_chaos,
     )
     for line in summary.rstrip("\n").splitlines():
         emit(line)
@@ -272,6 +306,12 @@ def run_chaos_detailed(
         f"{writers.get('batches', 0)} batches, resent {writers.get('retries', 0)} after a "
         f"failed attempt, failed {writers.get('errors', 0)} messages"
     )
+    if group_chaos:
+        emit(
+            f"member chaos: {group_chaos['crashes']} members SIGKILLed during "
+            f"{len(group_chaos['faults'])} faults, restarted {group_chaos['restarts_same']} "
+            f"times with the same instance id and {group_chaos['restarts_new']} with a new one"
+        )
     for note in notes:
         emit(f"note: {note}")
     for problem in liveness:
@@ -279,7 +319,11 @@ def run_chaos_detailed(
     for problem in harness:
         emit(f"UNVERIFIED: {problem}")
     if result.valid and not run.ok:
-        why = "the final read did not reach every high watermark" if not final.complete else ""
+        why = ""
+        if not final.complete:
+            why = "the final read did not reach every high watermark"
+        elif not drained:
+            why = "the consumer groups did not drain to the high watermarks"
         emit(f"RESULT: FAILED: {why or 'the run is unverified (see UNVERIFIED above)'}")
         emit(f"replay this run (seed {seed}):\n  {replay}")
     emit(f"report: {report_path}")
@@ -321,6 +365,8 @@ class _Stages:
         self.final = FinalRead(False, {}, {}, ("not run",))
         self.replicas: list[ReplicaLog] = []
         self.writer_totals: dict[str, int] = {}
+        self.groups_drained = True
+        self.group_chaos: dict[str, Any] = {}
 
     def run(self) -> None:
         cluster = self.cluster
@@ -335,19 +381,53 @@ class _Stages:
             config=self.config,
             seed=self.seed,
         )
+        groups: GroupWorkload | None = None
+        if self.config.groups > 0 and self.config.group_members > 0:
+            groups = GroupWorkload(
+                bootstrap=cluster.broker_endpoints,
+                history=self.history,
+                clock=self.clock,
+                config=groups_config(self.config),
+                seed=self.seed,
+                log_dir=cluster.data_dir.parent / "members",
+            )
+        try:
+            self._run_workload(cluster, workload, groups, topic_id)
+        finally:
+            if groups is not None:
+                groups.close()
+
+    def _run_workload(
+        self,
+        cluster: ChaosCluster,
+        workload: Workload,
+        groups: GroupWorkload | None,
+        topic_id: bytes,
+    ) -> None:
         nemesis = Nemesis(
             cluster, self.steps, topic=self.config.topic, clock=self.clock, stopping=self.stopping
         )
         self.nemesis = nemesis
         monitor = RecoveryMonitor(cluster, nemesis, topic=self.config.topic)
         workload.start()
+        if groups is not None:
+            groups.start()
         monitor.start()
         try:
             time.sleep(WARMUP_S)
+            if groups is not None:
+                if not groups.wait_assigned(GROUPS_ASSIGNED_TIMEOUT_S):
+                    self.notes.append(
+                        f"the groups did not own every partition within "
+                        f"{GROUPS_ASSIGNED_TIMEOUT_S:.0f} s of the start"
+                    )
+                groups.start_chaos(lambda: [f.window for f in nemesis.faults()])
             try:
                 nemesis.run()
             finally:
                 nemesis.heal_all()
+                if groups is not None:
+                    groups.stop_chaos()
             _log.info("nemesis.finished", faults=len(nemesis.faults()))
             self._wait_produce_after(self.clock.now_ms())
             nemesis_wait_s = 0.0
@@ -379,6 +459,8 @@ class _Stages:
             timeout_s=FINAL_READ_TIMEOUT_S,
         )
         _log.info("final_read.finished", complete=self.final.complete)
+        if groups is not None:
+            self._drain_groups(groups)
         # SIGTERM, one broker at a time: each exits cleanly (checkpointing its high
         # watermarks) before its store is opened here.
         for name in cluster.broker_names:
@@ -392,6 +474,30 @@ class _Stages:
         self.harness_problems.extend(problems)
         for name in cluster.controller_names:
             cluster.stop(name)
+
+    def _drain_groups(self, groups: GroupWorkload) -> None:
+        """Let every group commit up to the final read's high watermarks, close the
+        members, and keep what the member chaos did."""
+        if self.final.complete:
+            missing = groups.drain(self.final.high_watermarks, GROUPS_DRAIN_TIMEOUT_S)
+        else:
+            missing = "the final read is incomplete: no high watermarks to drain to"
+        groups.stop()
+        self.groups_drained = missing is None
+        if missing is not None:
+            self.harness_problems.append(
+                f"the consumer groups did not drain within {GROUPS_DRAIN_TIMEOUT_S:.0f} s "
+                f"after the heal ({missing}): every group consuming every acknowledged "
+                "message is unverified"
+            )
+        self.harness_problems.extend(groups.problems)
+        figures = groups.figures
+        self.group_chaos = {
+            "crashes": figures.crashes,
+            "restarts_same": figures.restarts_same_instance,
+            "restarts_new": figures.restarts_new_instance,
+            "faults": [list(f) for f in figures.faults_with_crash],
+        }
 
     def _wait_topic_ready(self) -> None:
         """Every partition led, with a full ISR, and visible to the brokers' metadata."""
@@ -512,6 +618,20 @@ class _Stages:
         return None
 
 
+def groups_config(config: WorkloadConfig) -> GroupsConfig:
+    """The group workload's part of a run's configuration."""
+    return GroupsConfig(
+        topic=config.topic,
+        partitions=config.partitions,
+        groups=config.groups,
+        members=config.group_members,
+        session_timeout_ms=config.group_session_timeout_ms,
+        offsets_read_interval_ms=config.offsets_read_interval_ms,
+        poll_wait_ms=config.consumer_max_wait_ms,
+        fetch_bytes_max=config.fetch_bytes_max,
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     """`raftmq chaos --duration SECONDS --seed N [--runs K] --out DIR --faults kind,...|all`.
 
@@ -593,17 +713,46 @@ def summary_figures(run: ChaosRun) -> dict[str, Any]:
         "faults": {k: r.count for k, r in run.result.recovery.items()},
         "recovery": {k: r.to_json_dict() for k, r in run.result.recovery.items()},
         "anomalies": {k: n for k, n in run.result.counts.items() if n},
+        "groups": group_totals(run),
+        "groups_drained": run.groups_drained,
         "liveness_problems": list(run.liveness_problems),
         "harness_problems": list(run.harness_problems),
     }
+
+
+# The group figures a run and a campaign report (summed over the groups of a run).
+GROUP_SUMMARY_FIGURES = (
+    "deliveries",
+    "redeliveries",
+    "commits_ok",
+    "commits_fail",
+    "commits_info",
+    "offset_reads_ok",
+    "assignment_changes",
+    "assignments_lost",
+    "members_crashed",
+    "zombie_overlaps",
+)
+
+
+def group_totals(run: ChaosRun) -> dict[str, int]:
+    """A run's group figures summed over its groups, plus how its members were restarted."""
+    stats = run.result.stats
+    totals = {name: stats[f"group_{name}"] for name in GROUP_SUMMARY_FIGURES}
+    totals["groups"] = len(run.result.groups)
+    totals["restarts_same_instance"] = int(run.group_chaos.get("restarts_same", 0))
+    totals["restarts_new_instance"] = int(run.group_chaos.get("restarts_new", 0))
+    return totals
 
 
 def campaign_figures(runs: Sequence[ChaosRun], aborted: Sequence[int]) -> dict[str, Any]:
     """Many runs in one dict: each run's figures, anomaly totals, and recovery per fault kind
     over every fault of every run (medians of the individual faults, not of run medians)."""
     anomalies: Counter[str] = Counter()
+    groups: Counter[str] = Counter()
     for run in runs:
         anomalies.update({k: n for k, n in run.result.counts.items() if n})
+        groups.update(group_totals(run))
     recovery = recovery_stats(w for run in runs for w in run.faults)
     return {
         "runs": len(runs) + len(aborted),
@@ -615,6 +764,11 @@ def campaign_figures(runs: Sequence[ChaosRun], aborted: Sequence[int]) -> dict[s
         "writer_retries": sum(run.writer_totals.get("retries", 0) for run in runs),
         "faults": sum(len(run.faults) for run in runs),
         "anomalies": dict(sorted(anomalies.items())),
+        "group_anomalies": {
+            k: anomalies.get(k, 0) for k in ANOMALY_KINDS if k in GROUP_ANOMALY_KINDS
+        },
+        "groups": dict(groups),
+        "groups_undrained_seeds": [run.seed for run in runs if not run.groups_drained],
         "recovery": {k: r.to_json_dict() for k, r in recovery.items()},
         "per_run": [summary_figures(run) for run in runs],
     }
@@ -623,6 +777,8 @@ def campaign_figures(runs: Sequence[ChaosRun], aborted: Sequence[int]) -> dict[s
 __all__ = [
     "ChaosRun",
     "campaign_figures",
+    "group_totals",
+    "groups_config",
     "main",
     "replay_command",
     "run_chaos",

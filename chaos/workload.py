@@ -100,6 +100,13 @@ class WorkloadConfig:
     attempt_timeout_ms: int = 2_000
     consumer_max_wait_ms: int = 100
     fetch_bytes_max: int = 256 << 10
+    # Consumer groups (`raftmq.chaos.group_workload`): groups of members each, on the topic.
+    groups: int = 2
+    group_members: int = 3
+    # As the cluster's broker session (ClusterTuning): a crashed member's partitions move
+    # within seconds, and a fault longer than this evicts members that cannot heartbeat.
+    group_session_timeout_ms: int = 3_000
+    offsets_read_interval_ms: int = 250
 
 
 def send_outcome(error: RaftmqError) -> tuple[CompletionType, str]:

@@ -94,3 +94,36 @@ def test_a_run_with_a_duplicate_fails_the_campaign() -> None:
     text = format_campaign(campaign)
     failed_line = next(line for line in text.splitlines() if line.strip().startswith("11 "))
     assert "FAILED" in failed_line and "duplicate 1" in failed_line
+
+
+def _group_run(seed: int, *, too_far: bool) -> ChaosRun:
+    """A run whose one group member was handed v0 and committed 1 (or, too far, 2)."""
+    run = _run(seed, [100.0], sends_ok=2)
+    history = History()
+    send = history.invoke_send("producer-0", "chaos", "v0", partition=0, time_ms=0.0)
+    history.complete(send, "ok", time_ms=0.5, offset=0)
+    history.member_event("g0-m0.0", "chaos", group="g0", event="start", time_ms=1.0)
+    poll = history.invoke_poll("g0-m0.0", "chaos", group="g0", time_ms=2.0)
+    history.complete(poll, "ok", time_ms=3.0, reads=[(0, 0, "v0")])
+    commit = history.invoke_commit(
+        "g0-m0.0", "chaos", group="g0", partition=0, offset=2 if too_far else 1, time_ms=4.0
+    )
+    history.complete(commit, "ok", time_ms=5.0)
+    run.result = check(history, faults=run.faults)
+    run.group_chaos = {"crashes": 0, "restarts_same": 1, "restarts_new": 2, "faults": []}
+    return run
+
+
+def test_campaign_reports_group_figures_and_group_anomalies() -> None:
+    runs = [_group_run(21, too_far=False), _group_run(22, too_far=True)]
+    assert runs[0].ok and not runs[1].ok
+    campaign = campaign_figures(runs, aborted=[])
+    assert campaign["valid"] == 1
+    assert campaign["group_anomalies"]["committed_too_far"] == 1
+    assert campaign["groups"]["deliveries"] == 2 and campaign["groups"]["commits_ok"] == 2
+    assert campaign["groups"]["restarts_new_instance"] == 4
+    assert campaign["per_run"][0]["groups"]["groups"] == 1
+    text = format_campaign(campaign)
+    assert "groups: 2 deliveries" in text and "committed_too_far 1" in text
+    failed_line = next(line for line in text.splitlines() if line.strip().startswith("22 "))
+    assert "FAILED" in failed_line and "committed_too_far 1" in failed_line

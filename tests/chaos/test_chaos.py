@@ -1,8 +1,10 @@
 """Seeded chaos runs against real processes: every fault kind at least once, then the one
 checker (no lost / unseen / duplicated / inconsistent / aborted writes, ordering, replica
-bytes).
+bytes; for the consumer groups: committed offsets never backwards nor too far, no
+partition owned twice, every acknowledged message consumed by every group).
 
-Part of the default suite (two short scenarios, about two minutes on 2 cores). Network
+Part of the default suite (two short scenarios, about a minute and a half on 2 cores; the
+group workload is smaller than `raftmq chaos`'s: 2 groups of 2 members). Network
 faults need network namespaces (root, `ip`); without them that scenario is skipped and says
 why. The long run is `-m soak` (RAFTMQ_CHAOS_DURATION_S, RAFTMQ_CHAOS_SEED), or the command
 `raftmq chaos --duration SECONDS --seed N`.
@@ -31,6 +33,7 @@ from raftmq.chaos.nemesis import (
     plan_schedule,
 )
 from raftmq.chaos.runner import ChaosRun, run_chaos_detailed
+from raftmq.chaos.workload import WorkloadConfig
 
 pytestmark = pytest.mark.chaos
 
@@ -43,6 +46,8 @@ SCENARIOS = [
     pytest.param(3, 48.0, PROCESS_FAULTS, id="process-faults"),
     pytest.param(4, 22.0, NETWORK_FAULTS, id="network-faults"),
 ]
+# One group per commit mode (explicit, auto), two members each.
+SMALL_GROUPS = WorkloadConfig(groups=2, group_members=2)
 
 
 def _our_namespaces() -> list[str]:
@@ -67,6 +72,22 @@ def _assert_run_passed(run: ChaosRun) -> None:
     assert not run.liveness_problems, (
         "liveness: " + "; ".join(run.liveness_problems) + f"\nreplay: {run.replay_command}"
     )
+    assert run.groups_drained, f"the groups did not drain, replay: {run.replay_command}"
+
+
+def _assert_groups_exercised(run: ChaosRun) -> None:
+    """A member was SIGKILLed during every fault and restarted with the same and with a new
+    instance id; both groups (explicit and auto commits) consumed and rebalanced."""
+    crashed_during = {(kind, start) for kind, start in run.group_chaos["faults"]}
+    assert all((f.kind, f.start_ms) in crashed_during for f in run.faults), run.group_chaos
+    assert run.group_chaos["restarts_same"] >= 1 and run.group_chaos["restarts_new"] >= 1
+    groups = run.result.groups
+    assert set(groups) == {"g0", "g1"}
+    assert groups["g0"]["commits_ok"] > 0  # the explicit group's commits are in the history
+    for figures in groups.values():
+        assert figures["deliveries"] >= figures["values_consumed"] > 0
+        assert figures["assignment_changes"] > 0 and figures["offset_reads_ok"] > 0
+    assert sum(g["members_crashed"] for g in groups.values()) == run.group_chaos["crashes"]
 
 
 @pytest.mark.parametrize(("seed", "duration_s", "kinds"), SCENARIOS)
@@ -78,10 +99,13 @@ def test_seeded_chaos_run_keeps_every_acknowledged_write(
         pytest.skip(f"network faults need network namespaces: {netns.reason}")
     assert {s.kind for s in plan_schedule(seed, duration_s, kinds)} == set(kinds)
 
-    run = run_chaos_detailed(seed, duration_s, tmp_path / f"seed-{seed}", kinds)
+    run = run_chaos_detailed(
+        seed, duration_s, tmp_path / f"seed-{seed}", kinds, workload_config=SMALL_GROUPS
+    )
 
     assert run.injected_kinds == set(kinds), run.summary
     _assert_run_passed(run)
+    _assert_groups_exercised(run)
     # Every fault was healed and the cluster had leaders again before the final read.
     assert all(f.end_ms is not None for f in run.faults)
     assert all(f.recovered_leader_ms is not None for f in run.faults), run.summary
