@@ -551,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "mode",
         choices=[
-            "produce", "consume", "latency", "e2e", "failover", "partitions", "consumers", "codec"
+            "produce", "consume", "latency", "e2e", "failover", "partitions", "consumers",
+            "rebalance", "codec",
         ],
     )  # fmt: skip
     p.add_argument("--topic", default="bench")
@@ -598,19 +599,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="partitions: partitions of the topic (default 3000); consumers: long-polling "
-        "fetches (default 1000)",
+        "fetches (default 1000); rebalance: partitions of the group's topic (default 60)",
+    )
+    p.add_argument(
+        "--members", type=int, default=None, help="rebalance: members of the group (default 10)"
     )
     p.add_argument(
         "--runs",
         type=int,
         default=None,
-        help="failover: kill/measure cycles, median reported (default 7; broker targets: 5)",
+        help="failover: kill/measure cycles, median reported (default 7; broker targets: 5); "
+        "rebalance: leaves and joins, each (default 5)",
     )
     p.add_argument("--idle-ms", type=int, default=1_000, help="failover: idle time before a kill")
     p.add_argument(
         "--keep-data",
         action="store_true",
-        help="failover, partitions, consumers: keep the temporary cluster's data and logs",
+        help="failover, partitions, consumers, rebalance: keep the temporary cluster's data "
+        "and logs",
     )
     p.add_argument(
         "--progress",

@@ -13,6 +13,8 @@
   RSS, a write to every partition (own cluster);
 - `consumers`: many idle long-polling fetches at one broker while producing through it:
   produce latency, ISR shrinks, fencings (own cluster);
+- `rebalance`: a consumer group of 10 members on 60 partitions; one member leaves or
+  joins -> every partition owned by exactly one member again (own cluster);
 - `codec`: the record codec alone, on one core.
 
 Every figure comes from one CPython client process, which is often the bottleneck itself
@@ -38,7 +40,7 @@ import json
 from collections.abc import Callable
 from types import ModuleType
 
-from . import codec, consume, consumers, e2e, failover, latency, partitions, produce
+from . import codec, consume, consumers, e2e, failover, latency, partitions, produce, rebalance
 from .common import Result
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -49,6 +51,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "failover": failover,
     "partitions": partitions,
     "consumers": consumers,
+    "rebalance": rebalance,
     "codec": codec,
 }
 MESSAGES_DEFAULT_BY_SCENARIO = {"produce": 200_000, "consume": 200_000, "latency": 5_000}

@@ -159,3 +159,27 @@ def test_consumers_on_its_own_cluster(capsys: pytest.CaptureFixture[str]) -> Non
     assert isinstance(result["isr_shrinks"], int)
     assert isinstance(result["false_fencings"], int)
     assert "LONG POLLS" in table and "ISR shrinks: " in table and "limited by: " in table
+
+
+def test_rebalance_on_its_own_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    """A group of 3 members on 6 partitions: one leaves, one joins; the figures are the
+    members' own view of every partition owned once again (not asserted: shape only)."""
+    result, table, runs = bench(
+        capsys, "rebalance", "--count", "6", "--members", "3", "--runs", "1"
+    )
+    assert result["scenario"] == "rebalance" and result["error"] is None
+    assert (result["partitions"], result["members"]) == (6, 3)
+    assert [(r["change"], r["members"]) for r in result["runs"]] == [("leave", 2), ("join", 3)]
+    for change in ("leave", "join"):
+        [row] = [r for r in result["runs"] if r["change"] == change]
+        assert row["error"] is None and row["recovery_ms"] > 0 and row["moved"] >= 1
+        figure = row["recovery_ms"]
+        assert result[change] == {"runs": 1, "recovery_ms": {"median": figure, "max": figure}}
+    every = sorted(r["recovery_ms"] for r in result["runs"])
+    assert result["recovery_ms"] == {
+        "median": round((every[0] + every[1]) / 2, 1),
+        "max": every[1],
+    }
+    assert isinstance(result["target_met"], bool) and result["target_median_ms"] == 1000.0
+    assert "RECOVERY MS" in table and "target (issue 11)" in table and "limited by: " in table
+    assert runs.startswith("run 1: one member left")
