@@ -8,8 +8,8 @@ read periodically, and the drain after the heal.
   read: each commit and its outcome is in the history), odd groups by `read_message`'s
   auto commit (kafka-go's default path: its commits are invisible, but the committed-offset
   reads and the deliveries still check it). Every member is static (a `group_instance_id`).
-- `MemberChaos`: for every fault the nemesis injects, one member (seeded choice, preferring
-  a group with no member down) is SIGKILLed shortly after the fault began and restarted
+- `MemberChaos`: for every fault the nemesis injects, one member (of each group in turn, a
+  seeded choice within it) is SIGKILLed shortly after the fault began and restarted
   `RESTART_DELAY_S_RANGE` later as a new process: alternately with the same instance id (a
   static member's restart: it takes the old member's place at once) and with a new one (a
   new member; the old one is evicted when its session expires), the first two restarts of
@@ -396,14 +396,20 @@ class GroupWorkload:
         return self.assigned()
 
     def crash_one(self) -> str | None:
-        """SIGKILL one live member (seeded choice, a group with no member down first) and
-        schedule its restart; the process name, or None when no member is up."""
+        """SIGKILL one live member and schedule its restart; the process name, or None when
+        no member is up. The groups take turns (both commit modes see crashes alike); within
+        the group a seeded choice, a group with no member down first."""
         with self._lock:
             live = [s for s in self.slots if s.current is not None]
             if not live:
                 return None
+            turn = self.figures.crashes % self.config.groups
             down_groups = {s.group for s in self.slots if s.current is None}
-            preferred = [s for s in live if s.group not in down_groups] or live
+            preferred = (
+                [s for s in live if s.group_index == turn and s.group not in down_groups]
+                or [s for s in live if s.group not in down_groups]
+                or live
+            )
             slot = self.rng.choice(preferred)
             member = slot.current
             assert member is not None
