@@ -625,6 +625,8 @@ class GroupCore:
         return wanted
 
     def lag_answer(self) -> int | None:
+        """After `ask_lag`: the lag once every partition owned when the member first
+        looked has answered (partitions released meanwhile do not count), else None."""
         if self.error is not None:
             raise self.error
         if self.state is not MemberState.MEMBER:
