@@ -61,6 +61,9 @@ from raftmq.v1 import controller_pb2 as ctl
 OFFSETS_TOPIC = "__consumer_offsets"
 TICK_INTERVAL_MS = 100
 LOAD_BATCHES_PER_SLICE = 64
+# A failed load is tried again after this long, doubling up to the max.
+LOAD_RETRY_BACKOFF_S_MIN = 1.0
+LOAD_RETRY_BACKOFF_S_MAX = 30.0
 WRITE_TIMEOUT_MS = 10_000
 CREATE_RETRY_MS = 1_000
 # Large groups write large assignment records in one batch.
@@ -201,6 +204,25 @@ class GroupCoordinator:
         self.log.info("group_coordinator.unloaded", partition=index, groups=len(shard.state.groups))
 
     async def _load(self, index: int, shard: _Shard) -> None:
+        """Load the shard; a load that fails (a bug: the partition's records do not build
+        a valid state) is logged and tried again with backoff, never dropped silently —
+        the partition answers COORDINATOR_LOAD_IN_PROGRESS meanwhile."""
+        backoff_s = LOAD_RETRY_BACKOFF_S_MIN
+        while self._shards.get(index) is shard:
+            try:
+                await self._load_once(index, shard)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception(
+                    "group_coordinator.load_failed", partition=index, retry_in_s=backoff_s
+                )
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, LOAD_RETRY_BACKOFF_S_MAX)
+            shard.state = GroupShard(offsets_retention_ms=self.config.offsets_retention_ms)
+
+    async def _load_once(self, index: int, shard: _Shard) -> None:
         started = time.monotonic()
         log = shard.replica.log
         end = log.log_end_offset
@@ -216,7 +238,7 @@ class GroupCoordinator:
                     # partition correctly, so it must not serve it at all.
                     self.on_fatal(f"{OFFSETS_TOPIC}-{index} at offset {message.offset}: {e}")
                     return
-                shard.state.replay(record)
+                shard.state.load(record)
                 records += 1
             if count % LOAD_BATCHES_PER_SLICE == 0:
                 await asyncio.sleep(0)

@@ -294,22 +294,56 @@ class _Liveness:
     left_static: bool = False
 
 
+# The order a load applies the latest records in: a group before its members, a member
+# before its target and current assignment.
+_LOAD_ORDER: tuple[type, ...] = (
+    GroupKey,
+    MemberKey,
+    AssignmentKey,
+    TargetKey,
+    CurrentKey,
+    OffsetKey,
+)
+
+
 class GroupShard:
     def __init__(self, *, offsets_retention_ms: int = OFFSETS_RETENTION_MS_DEFAULT) -> None:
         self.offsets_retention_ms = offsets_retention_ms
         self.groups: dict[str, Group] = {}
         self._liveness: dict[tuple[str, str], _Liveness] = {}
+        # Between `load` and `loaded`: the latest record of each key read back.
+        self._loading: dict[Key, GroupRecord] = {}
 
     # ------------------------------------------------------------ replay
 
     def replay(self, record: GroupRecord) -> None:
+        """A record this coordinator just wrote (or a follower's next record, in order)."""
         apply_record(self.groups, record)
         group = self.groups.get(record.key.group)
         if group is not None:
             group.check_invariants()
 
+    def load(self, record: GroupRecord) -> None:
+        """A record read back from the partition by a new coordinator, in offset order.
+
+        Compaction keeps only the latest record of each key, so what survives is not a
+        history any prefix of which was a valid state: a group's AssignmentValue may come
+        before the GroupValue that raised its epoch, or a member's TargetValue before
+        its MemberValue. So a load keeps the latest record per key and `loaded` applies
+        them in dependency order; the invariants are checked on the end state only.
+        """
+        self._loading[record.key] = record
+
     def loaded(self, *, now_ms: int) -> None:
-        """After replaying the partition: every member's session starts now."""
+        """After `load`ing the partition: the state built, every member's session starts
+        now."""
+        pending, self._loading = self._loading, {}
+        for kind in _LOAD_ORDER:
+            for key, record in pending.items():
+                if type(key) is kind:
+                    apply_record(self.groups, record)
+        for group in self.groups.values():
+            group.check_invariants()
         self._liveness = {
             (g.group_id, m.member_id): _Liveness(now_ms, m.spec.session_timeout_ms)
             for g in self.groups.values()

@@ -587,20 +587,9 @@ def compacted_after(cluster: LocalCluster, broker_id: int, partition: int, since
     return False
 
 
-SERVER_LOAD_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,  # of the wait for a new coordinator that loaded the group
-    reason="server: a new coordinator cannot load a compacted __consumer_offsets partition "
-    "that holds an empty group (replay in offset order trips GroupShard.check_invariants: "
-    "the leave's GroupValue is after the group's last AssignmentValue once compaction "
-    "dropped the older GroupValue); the load task dies unawaited and the partition answers "
-    "COORDINATOR_LOAD_IN_PROGRESS forever",
-)
-
-
 @pytest.mark.parametrize(
     "empty_neighbour",
-    [False, pytest.param(True, marks=SERVER_LOAD_BUG)],
+    [False, True],
     ids=["alone", "with-a-compacted-empty-group"],
 )
 def test_a_kill_9_of_the_coordinators_broker_loses_no_message_and_no_commit(
