@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from raftmq import wire
 from raftmq.client import group_protocol as gp
-from raftmq.client.brokers import parse_brokers
+from raftmq.client.brokers import BrokerPool, parse_brokers
 from raftmq.client.conn import Conn, now_ms, transport_error
 from raftmq.client.controller_client import Backoff, EndpointPool, call_with_failover
 from raftmq.client.group_admin import (
@@ -32,7 +32,7 @@ from raftmq.client.group_admin import (
     merged_listings,
     reset_targets,
 )
-from raftmq.client.protocol import EARLIEST, LATEST
+from raftmq.client.protocol import EARLIEST, LATEST, ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError, UnknownTopicOrPartitionError
 from raftmq.metadata import BrokerRegistration, TopicRecord
 from raftmq.v1 import controller_pb2 as pb
@@ -105,10 +105,10 @@ def offsets_timestamp(at: int | datetime) -> int:
 
 
 def plan_list_offsets(
-    topic: TopicRecord, status: ClusterStatus, partitions: Sequence[int]
+    topic: TopicRecord, endpoints: Mapping[int, str], partitions: Sequence[int]
 ) -> dict[str, list[int]]:
-    """Leader address -> the partitions (of `partitions`, default all) it leads."""
-    endpoints = {b.broker_id: f"{b.host}:{b.port}" for b in status.brokers}
+    """Leader address -> the partitions (of `partitions`, default all) it leads.
+    `endpoints`: broker id -> address as this client reaches it (`reachable_endpoints`)."""
     by_leader: dict[str, list[int]] = {}
     for index in partitions or range(len(topic.partitions)):
         if not 0 <= index < len(topic.partitions):
@@ -124,15 +124,29 @@ def plan_list_offsets(
     return by_leader
 
 
+def reachable_endpoints(metadata: ClusterMetadata) -> dict[int, str]:
+    """Unfenced broker id -> its address on the listener this client came in on.
+
+    Metadata answers per listener (a client on the host gets the EXTERNAL addresses, one
+    inside the compose network the INTERNAL ones); DescribeCluster's addresses are the
+    brokers' inter-broker ones, which a client outside the brokers' network cannot reach."""
+    return {
+        broker_id: f"{b.host}:{b.port}" for broker_id, b in metadata.brokers.items() if not b.fenced
+    }
+
+
 class Admin:
     """Thread-safe. Use as a context manager, or `close()`."""
 
     def __init__(self, brokers: Sequence[str] | str, *, timeout_ms: int = 15_000) -> None:
         self.timeout_ms = timeout_ms
         self._pool = EndpointPool(parse_brokers(brokers), service="broker")
+        # Metadata (listener-aware broker addresses) for the calls that go to each broker.
+        self._brokers = BrokerPool(brokers)
 
     def close(self) -> None:
         self._pool.close()
+        self._brokers.close()
 
     def __enter__(self) -> Admin:
         return self
@@ -184,7 +198,7 @@ class Admin:
         [topic_record] = self.describe_topics(topic)
         timestamp = offsets_timestamp(at)
         offsets: dict[int, int] = {}
-        plan = plan_list_offsets(topic_record, self.cluster_status(), partitions)
+        plan = plan_list_offsets(topic_record, self._endpoints([topic]), partitions)
         for endpoint, indexes in plan.items():
             with Conn(endpoint) as conn:
                 results = conn.list_offsets(
@@ -196,6 +210,11 @@ class Admin:
                 offsets[result.partition] = result.offset
         return dict(sorted(offsets.items()))
 
+    def _endpoints(self, topics: Sequence[str]) -> dict[int, str]:
+        """`reachable_endpoints` from a Metadata answer (for `topics`: brokers are always
+        answered, topics only as asked, so a small list keeps it cheap)."""
+        return reachable_endpoints(self._brokers.fetch_metadata(topics, timeout_ms=self.timeout_ms))
+
     def cluster_status(self) -> ClusterStatus:
         """The controller quorum (leader, term, voters), brokers and topics."""
         return cluster_status_from_pb(self._call("DescribeCluster", pb.DescribeClusterRequest()))
@@ -205,10 +224,8 @@ class Admin:
     def list_groups(self) -> list[gp.GroupListing]:
         """Every consumer group (each broker lists those it coordinates), by id."""
         listings: list[gp.GroupListing] = []
-        for broker in self.cluster_status().brokers:
-            if broker.fenced:
-                continue  # a fenced broker leads nothing, so it coordinates nothing
-            endpoint = f"{broker.host}:{broker.port}"
+        # A fenced broker leads nothing, so it coordinates nothing.
+        for endpoint in self._endpoints([]).values():
             result = self._at(endpoint, gp.ListGroupsRequest(), timeout_ms=self.timeout_ms)
             assert isinstance(result, gp.ListGroupsResult)
             if result.error is not None:

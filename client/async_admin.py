@@ -21,7 +21,9 @@ from raftmq.client.admin import (
     offsets_timestamp,
     plan_list_offsets,
     raise_commit_errors,
+    reachable_endpoints,
 )
+from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.async_conn import AsyncConn
 from raftmq.client.async_controller_client import AsyncEndpointPool, async_call_with_failover
 from raftmq.client.brokers import parse_brokers
@@ -47,9 +49,12 @@ class AsyncAdmin:
     def __init__(self, brokers: Sequence[str] | str, *, timeout_ms: int = 15_000) -> None:
         self.timeout_ms = timeout_ms
         self._pool = AsyncEndpointPool(parse_brokers(brokers), service="broker")
+        # Metadata (listener-aware broker addresses) for the calls that go to each broker.
+        self._brokers = AsyncBrokerPool(brokers)
 
     async def close(self) -> None:
         await self._pool.close()
+        await self._brokers.close()
 
     async def __aenter__(self) -> AsyncAdmin:
         return self
@@ -88,6 +93,12 @@ class AsyncAdmin:
     async def list_topics(self) -> list[str]:
         return sorted(t.name for t in await self.describe_topics())
 
+    async def _endpoints(self, topics: Sequence[str]) -> dict[int, str]:
+        """As `Admin._endpoints`."""
+        return reachable_endpoints(
+            await self._brokers.fetch_metadata(topics, timeout_ms=self.timeout_ms)
+        )
+
     async def cluster_status(self) -> ClusterStatus:
         return cluster_status_from_pb(
             await self._call("DescribeCluster", pb.DescribeClusterRequest())
@@ -97,10 +108,10 @@ class AsyncAdmin:
         self, topic: str, at: int | datetime = LastOffset, *, partitions: Sequence[int] = ()
     ) -> dict[int, int]:
         [topic_record] = await self.describe_topics(topic)
-        status = await self.cluster_status()
+        endpoints = await self._endpoints([topic])
         timestamp = offsets_timestamp(at)
         offsets: dict[int, int] = {}
-        for endpoint, indexes in plan_list_offsets(topic_record, status, partitions).items():
+        for endpoint, indexes in plan_list_offsets(topic_record, endpoints, partitions).items():
             async with AsyncConn(endpoint) as conn:
                 results = await conn.list_offsets(
                     [(topic, i, timestamp) for i in indexes], timeout_ms=self.timeout_ms
@@ -116,10 +127,7 @@ class AsyncAdmin:
     async def list_groups(self) -> list[gp.GroupListing]:
         """As `Admin.list_groups`."""
         listings: list[gp.GroupListing] = []
-        for broker in (await self.cluster_status()).brokers:
-            if broker.fenced:
-                continue
-            endpoint = f"{broker.host}:{broker.port}"
+        for endpoint in (await self._endpoints([])).values():
             result = await self._at(endpoint, gp.ListGroupsRequest(), timeout_ms=self.timeout_ms)
             assert isinstance(result, gp.ListGroupsResult)
             if result.error is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from raftmq import Admin, Conn, FirstOffset, Message, Reader, WriteError, Writer
+from raftmq import Admin, FirstOffset, LastOffset, Message, Reader, WriteError, Writer
 from raftmq.local_cluster import free_ports
 
 from tests.deploy.docker_engine import (
@@ -283,10 +283,10 @@ class Producer:
 
 
 def read_partition(bootstrap: list[str], topic: str, partition: int) -> list[bytes]:
-    # The high watermark from the leader that Metadata names for this listener (Admin's
-    # list_offsets dials the addresses DescribeCluster gives, the INTERNAL ones).
-    with Conn.dial_leader(bootstrap, topic, partition) as conn:
-        _, end = conn.read_offsets()
+    # From the host: Admin must dial the leader at its EXTERNAL address (Metadata answers
+    # per listener), not the INTERNAL one DescribeCluster gives.
+    with Admin(bootstrap) as admin:
+        end = admin.list_offsets(topic, LastOffset, partitions=[partition])[partition]
     with Reader(bootstrap, topic, partition, start_offset=FirstOffset) as reader:
         return [reader.read_message(timeout_ms=READ_TIMEOUT_MS).value or b"" for _ in range(end)]
 
