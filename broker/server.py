@@ -550,6 +550,11 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     @instrumented("CreateTopic")
     async def CreateTopic(self, request: Any, context: Any) -> Any:
         request.internal = False  # only the cluster creates its internal topics
+        # As Kafka's CreateTopics (KIP-464): -1 (or unset) asks for the cluster's defaults.
+        if request.partitions <= 0:
+            request.partitions = self.topic_defaults.partitions
+        if request.replication_factor <= 0:
+            request.replication_factor = self.topic_defaults.replication_factor
         return await self._forward("CreateTopic", request, ctl.CreateTopicResponse)
 
     @instrumented("DeleteTopic")

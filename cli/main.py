@@ -254,8 +254,8 @@ def cmd_topic_create(args: argparse.Namespace) -> int:
         print(json.dumps(fmt.topic_json(response.topic)))
     else:
         print(
-            f"Created topic {args.name!r} with {args.partitions} partition(s), "
-            f"replication factor {args.replication_factor}."
+            f"Created topic {args.name!r} with {len(response.topic.partitions)} partition(s), "
+            f"replication factor {response.topic.replication_factor}."
         )
         print(fmt.topic_table([fmt.topic_json(response.topic)]))
     return 0
@@ -466,8 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = topic.add_subparsers(dest="topic_command", required=True)
     p = tsub.add_parser("create")
     p.add_argument("name")
-    p.add_argument("--partitions", type=int, default=1)
-    p.add_argument("--replication-factor", type=int, default=1)
+    p.add_argument(
+        "--partitions", type=int, default=-1, help="default: the brokers' --default-partitions"
+    )
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=-1,
+        help="default: the brokers' --default-replication-factor (3 under `raftmq up`)",
+    )
     p.add_argument("--config", action="append", metavar="KEY=VALUE")
     _add_target(p)
     p.set_defaults(func=cmd_topic_create)

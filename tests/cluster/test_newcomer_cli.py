@@ -39,6 +39,12 @@ def test_up_create_produce_consume_like_a_newcomer(raftmq_up: type[RaftmqUp]) ->
     )
     assert created.returncode == 0, created.stderr
     assert "Created topic 'demo'" in created.stdout
+    # Without --partitions / --replication-factor, the cluster's defaults (as Kafka's
+    # kafka-topics.sh): one partition, and RF 3 under `raftmq up` (it once said RF 1).
+    defaults = raftmq("topic", "create", "defaults", "--json", env=env)
+    assert defaults.returncode == 0, defaults.stderr
+    described = json.loads(defaults.stdout)
+    assert described["replication_factor"] == 3 and len(described["partitions"]) == 1
 
     lines = [f"hello-{i}" for i in range(30)]
     produced = raftmq("produce", "demo", "--json", env=env, stdin="\n".join(lines) + "\n")
@@ -77,7 +83,7 @@ def test_up_create_produce_consume_like_a_newcomer(raftmq_up: type[RaftmqUp]) ->
     cluster = json.loads(status.stdout)
     assert cluster["controller"]["leader_id"] in (1, 2, 3)
     assert [b["state"] for b in cluster["brokers"]] == ["active"] * 3
-    [topic] = cluster["topics"]
+    [topic] = [t for t in cluster["topics"] if t["name"] == "demo"]
     for p in topic["partitions"]:
         assert sorted(p["ar"]) == [1, 2, 3] and p["osr"] == [] and p["leader"] in p["isr"]
 
