@@ -133,7 +133,8 @@ class RaftmqError(Exception):
     def __init__(self, code: ErrorCode, message: str = "", leader_id: int = -1) -> None:
         hint = _HINTS.get(code)
         text = f"{code.name}: {message}" if message else code.name
-        super().__init__(f"{text} ({hint})" if hint else text)
+        # Once: a message that quotes another error of the same code carries it already.
+        super().__init__(f"{text} ({hint})" if hint and hint not in message else text)
         self.code = code
         self.message = message
         # With NOT_CONTROLLER / NOT_LEADER_OR_FOLLOWER: the node to ask instead, -1 if unknown.

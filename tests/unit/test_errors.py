@@ -33,3 +33,10 @@ def test_outcome_unknown_is_told_apart_from_not_written() -> None:
     assert isinstance(error, RaftmqError) and error.cause is cause
     assert "may or may not" in str(error)
     assert not isinstance(RaftmqError(ErrorCode.MESSAGE_TOO_LARGE), OutcomeUnknownError)
+
+
+def test_a_hint_is_said_once_when_a_message_quotes_an_error_of_the_same_code() -> None:
+    inner = RaftmqError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "topic 'x' does not exist")
+    outer = RaftmqError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"1 message(s) failed: {inner}")
+    assert str(outer).count("allow_auto_topic_creation=True") == 1
+    assert str(inner).count("allow_auto_topic_creation=True") == 1
