@@ -48,6 +48,9 @@ from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as ctl
 
 ADMIN_TIMEOUT_MS = 15_000
+# Auto-creation refusals that no retry can change (the name itself): Metadata answers them.
+# Others (e.g. too few live brokers for the default RF) leave the topic missing for now.
+TOPIC_REFUSED_FOR_GOOD = frozenset({ErrorCode.INVALID_TOPIC_NAME, ErrorCode.POLICY_VIOLATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,10 +353,16 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MetadataResponse:
         image = self.metadata.image
+        refused: list[pb.TopicError] = []
         if request.allow_auto_topic_creation and self.topic_defaults.auto_create:
             missing = [name for name in request.topics if name not in image.topics]
             if missing:
-                await asyncio.gather(*(self._auto_create(name) for name in missing))
+                errors = await asyncio.gather(*(self._auto_create(name) for name in missing))
+                refused = [
+                    pb.TopicError(topic=name, error=wire.exception_to_pb(error))
+                    for name, error in zip(missing, errors, strict=True)
+                    if error is not None and error.code in TOPIC_REFUSED_FOR_GOOD
+                ]
         names = list(request.topics) or sorted(image.topics)
         brokers = []
         for _, b in sorted(image.brokers.items()):
@@ -368,13 +377,15 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             topics=[wire.topic_to_pb(image.topics[n]) for n in names if n in image.topics],
             controllers=[wire.controller_to_pb(c) for _, c in sorted(image.controllers.items())],
             metadata_version=image.version,
+            topic_errors=refused,
         )
 
-    async def _auto_create(self, name: str) -> None:
+    async def _auto_create(self, name: str) -> RaftmqError | None:
         """Create a missing topic with the cluster's defaults (Kafka's
         auto.create.topics.enable). It shows in a later Metadata answer, once the broker's
-        metadata has it. A failure (a bad name, a reserved one) is logged: the topic then
-        stays missing and the client reports UNKNOWN_TOPIC_OR_PARTITION."""
+        metadata has it. Returns the controller's refusal (logged), None when created or
+        already there; Metadata answers a refusal for good (a bad or reserved name) in
+        `topic_errors`, so that a Writer fails at once instead of waiting for the topic."""
         response = await self._forward(
             "CreateTopic",
             ctl.CreateTopicRequest(
@@ -390,8 +401,11 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         error = wire.error_from_pb(response.error)
         if error is None:
             self.log.info("topic.auto_created", topic=name)
-        elif error.code != ErrorCode.TOPIC_ALREADY_EXISTS:
+        elif error.code == ErrorCode.TOPIC_ALREADY_EXISTS:
+            return None
+        else:
             self.log.info("topic.auto_create_failed", topic=name, error=str(error))
+        return error
 
     @instrumented("InitProducerId")
     async def InitProducerId(

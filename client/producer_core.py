@@ -485,7 +485,18 @@ class ProducerCore:
                             deadline_ms=deadline_ms,
                             linger=linger,
                         )
-        if any(self._needs_metadata(topic) for topic in asked):
+        for topic in asked & set(metadata.topic_errors):
+            # The brokers refused to create it for good (a bad or reserved name): waiting
+            # for it until write_timeout_ms would change nothing.
+            refused = self._unrouted.pop(topic, [])
+            self._missing_topics.discard(topic)
+            if refused:
+                self._fail(
+                    [w[0] for w in refused], [w[1] for w in refused], metadata.topic_errors[topic]
+                )
+        if any(
+            self._needs_metadata(topic) for topic in asked if topic not in metadata.topic_errors
+        ):
             # Missing, or a partition we must write to has no leader yet: ask again later.
             self._metadata_backed_off(now_ms)
         elif asked:

@@ -5,7 +5,7 @@ them and protobuf messages. Pure; shared by the sync and the asyncio shells (`Co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raftmq import wire
@@ -25,6 +25,8 @@ class ClusterMetadata:
     version: int
     brokers: dict[int, BrokerRegistration]
     topics: dict[str, TopicRecord]
+    # Asked topics the brokers refused to create for good (a bad or reserved name).
+    topic_errors: dict[str, RaftmqError] = field(default_factory=dict)
 
     def endpoint(self, broker_id: int) -> str | None:
         broker = self.brokers.get(broker_id)
@@ -37,8 +39,12 @@ class ClusterMetadata:
         if not topics:
             return update
         kept = {n: t for n, t in self.topics.items() if n not in topics}
+        errors = {n: e for n, e in self.topic_errors.items() if n not in topics}
         return ClusterMetadata(
-            max(self.version, update.version), dict(update.brokers), {**kept, **update.topics}
+            max(self.version, update.version),
+            dict(update.brokers),
+            {**kept, **update.topics},
+            {**errors, **update.topic_errors},
         )
 
     def leader(self, topic: str, partition: int) -> tuple[str | None, int]:
@@ -186,4 +192,9 @@ def cluster_metadata(response: pb.MetadataResponse) -> ClusterMetadata:
         version=response.metadata_version,
         brokers={b.id: wire.broker_from_pb(b) for b in response.brokers},
         topics={t.name: wire.topic_from_pb(t) for t in response.topics},
+        topic_errors={
+            e.topic: error
+            for e in response.topic_errors
+            if (error := wire.error_from_pb(e.error)) is not None
+        },
     )

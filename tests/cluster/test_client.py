@@ -231,6 +231,26 @@ def test_one_writer_writes_to_several_topics(brokers: list[str]) -> None:
     assert [m.value for m in read_all(brokers, "multi-b", 0, 1)] == [b"to b"]
 
 
+def test_auto_creation_of_a_reserved_name_fails_at_once_with_invalid_topic_name(
+    brokers: list[str],
+) -> None:
+    # "__" names are the cluster's own. The refusal comes back in the Metadata answer, so
+    # the Writer fails with the reason instead of waiting write_timeout_ms for a topic
+    # that can never appear and then saying UNKNOWN_TOPIC_OR_PARTITION.
+    with (
+        pytest.raises(WriteError) as e,
+        Writer(brokers, topic="__sneaky", allow_auto_topic_creation=True) as writer,
+    ):
+        writer.write_messages(Message("x"))
+    [(_, cause)] = e.value.errors
+    assert cause.code == ErrorCode.INVALID_TOPIC_NAME and "reserved" in cause.message
+    with Admin(brokers) as admin:
+        assert "__sneaky" not in admin.list_topics()
+    # A good name is still created on the same Writer path.
+    with Writer(brokers, topic="after-sneaky", allow_auto_topic_creation=True) as writer:
+        writer.write_messages(Message("y"))
+
+
 def test_reader_positions_lag_and_times(brokers: list[str]) -> None:
     with Admin(brokers) as admin:
         admin.create_topic("positions", partitions=1, replication_factor=3)

@@ -171,16 +171,26 @@ class MetadataRequest(_message.Message):
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., allow_auto_topic_creation: _Optional[bool] = ...) -> None: ...
 
 class MetadataResponse(_message.Message):
-    __slots__ = ("brokers", "topics", "controllers", "metadata_version")
+    __slots__ = ("brokers", "topics", "controllers", "metadata_version", "topic_errors")
     BROKERS_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     CONTROLLERS_FIELD_NUMBER: _ClassVar[int]
     METADATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_ERRORS_FIELD_NUMBER: _ClassVar[int]
     brokers: _containers.RepeatedCompositeFieldContainer[_common_pb2.BrokerInfo]
     topics: _containers.RepeatedCompositeFieldContainer[_common_pb2.Topic]
     controllers: _containers.RepeatedCompositeFieldContainer[_common_pb2.ControllerInfo]
     metadata_version: int
-    def __init__(self, brokers: _Optional[_Iterable[_Union[_common_pb2.BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[_common_pb2.Topic, _Mapping]]] = ..., controllers: _Optional[_Iterable[_Union[_common_pb2.ControllerInfo, _Mapping]]] = ..., metadata_version: _Optional[int] = ...) -> None: ...
+    topic_errors: _containers.RepeatedCompositeFieldContainer[TopicError]
+    def __init__(self, brokers: _Optional[_Iterable[_Union[_common_pb2.BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[_common_pb2.Topic, _Mapping]]] = ..., controllers: _Optional[_Iterable[_Union[_common_pb2.ControllerInfo, _Mapping]]] = ..., metadata_version: _Optional[int] = ..., topic_errors: _Optional[_Iterable[_Union[TopicError, _Mapping]]] = ...) -> None: ...
+
+class TopicError(_message.Message):
+    __slots__ = ("topic", "error")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    error: _common_pb2.Error
+    def __init__(self, topic: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ...) -> None: ...
 
 class InitProducerIdRequest(_message.Message):
     __slots__ = ("producer_id", "producer_epoch")
