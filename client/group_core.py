@@ -19,7 +19,9 @@ consumes exactly what the last answer assigned:
   timeout): the member *lost* its partitions — dropped without a commit (another member
   may own them already), buffered messages discarded — and it rejoins with epoch 0;
 - NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE / COORDINATOR_LOAD_IN_PROGRESS and transport
-  failures: find the coordinator again and retry, with a bounded backoff.
+  failures: find the coordinator again and retry, with a bounded backoff. A member that
+  stays out of the group (joining) for `JOIN_STALLED_MS` says why (`group.join_stalled`,
+  a warning in the shells), then again at doubling intervals: it never gives up, silently.
 
 Commits: `processed` per partition is the next offset after what the application is done
 with. `read_message` (auto commit) marks a message processed only when the application
@@ -102,6 +104,11 @@ CLOSE_TIMEOUT_MS = 10_000
 COMMIT_TIMEOUT_MS = 10_000
 # poll() is asked again at least this often (timers are recomputed anyway).
 IDLE_WAKEUP_MS_MAX = 1_000
+# A member out of the group (joining) for this long says why (`group.join_stalled`), then
+# again after twice as long each time, up to the maximum: a join takes a few heartbeats, so
+# a member that stays out while its coordinator keeps failing it is never silent.
+JOIN_STALLED_MS = 5_000
+JOIN_STALLED_INTERVAL_MS_MAX = 60_000
 EVENTS_MAX = 256
 
 _ROUTING_CODES = frozenset(
@@ -430,6 +437,14 @@ class GroupCore:
         # Invariant: member_epoch > 0 exactly when state is MEMBER, or LEAVING after it.
         self.member_epoch = JOIN_EPOCH
         self.state = MemberState.JOINING
+        # While JOINING: since when, the join heartbeats sent, the last failure of a find
+        # or join (kept when a find then succeeds: it is why the member is still out), and
+        # when `group.join_stalled` is due next (the interval doubles, bounded).
+        self._out_since_ms = now_ms
+        self._join_attempts = 0
+        self._join_error: RaftmqError | None = None
+        self._join_stalled_ms = JOIN_STALLED_MS
+        self._join_stalled_at_ms = now_ms + JOIN_STALLED_MS
         self.coordinator: str | None = None
         self.error: RaftmqError | None = None  # fatal (state FAILED)
         self.last_error: RaftmqError | None = None
@@ -494,7 +509,7 @@ class GroupCore:
             self._poll_wanted = True
             self._event("group.rejoining", reason="the application polled again")
             self._stats.rejoins += 1
-            self.state = MemberState.JOINING
+            self._become_joining(now_ms)
 
     def app_exit(self, *, now_ms: int) -> None:
         """The read call returned (or raised): the poll interval runs from now."""
@@ -738,6 +753,8 @@ class GroupCore:
                 times.append(self._fetch_wake_ms)
         if self.state is MemberState.LEAVING:
             times.append(self._leave_deadline_ms)
+        if self.state is MemberState.JOINING:
+            times.append(self._join_stalled_at_ms)
         if self.state in (MemberState.JOINING, MemberState.MEMBER) and not self._app_inside:
             times.append(self._app_left_ms + self.config.max_poll_interval_ms)
         times += [t.deadline_ms for t in self._tickets]
@@ -781,6 +798,8 @@ class GroupCore:
             return
         self.last_error = error
         kind = entry.kind
+        if kind in ("find", "heartbeat"):
+            self._joining_failed(error)
         if kind == "find":
             self._find_call = None
             self._find_attempt += 1
@@ -851,6 +870,8 @@ class GroupCore:
             for feed in [f for f in self.feeds.values() if f.revoking]:
                 if self._release_ready(feed, now_ms):
                     self._release(feed)
+        if state is MemberState.JOINING and now_ms >= self._join_stalled_at_ms:
+            self._join_stalled(now_ms)
         if self._tickets:
             self._settle_tickets(now_ms)
 
@@ -914,6 +935,7 @@ class GroupCore:
                 self._leave_sent = True
         elif state is MemberState.JOINING:
             epoch, kind = JOIN_EPOCH, "heartbeat"
+            self._join_attempts += 1
         elif state is MemberState.MEMBER:
             if not self._heartbeat_soon and now_ms < self._next_heartbeat_ms:
                 return
@@ -996,6 +1018,7 @@ class GroupCore:
             self.last_error = result.error or RaftmqError(
                 ErrorCode.COORDINATOR_NOT_AVAILABLE, "FindCoordinator named no endpoint"
             )
+            self._joining_failed(self.last_error)
             if self.last_error.retriable:
                 self._find_attempt += 1
                 self._backoff(now_ms)
@@ -1020,6 +1043,7 @@ class GroupCore:
             return
         if error is not None:
             self.last_error = error
+            self._joining_failed(error)
             if error.code in _MEMBER_GONE_CODES:
                 self._lose_all(error, now_ms)
             elif error.code in _ROUTING_CODES:
@@ -1044,7 +1068,13 @@ class GroupCore:
         self._commit_after_heartbeat = False
         if joined and result.member_epoch > 0:
             self.state = MemberState.MEMBER
-            self._event("group.joined", member_id=self.member_id, epoch=result.member_epoch)
+            self._event(
+                "group.joined",
+                member_id=self.member_id,
+                epoch=result.member_epoch,
+                out_of_group_ms=now_ms - self._out_since_ms,
+                attempts=self._join_attempts,
+            )
         if self.state is MemberState.MEMBER:
             self._apply_assignment(result.assignment, now_ms)
 
@@ -1383,8 +1413,43 @@ class GroupCore:
             self._finish_leave(self._leave_target)  # nothing left to leave
             return
         self._stats.rejoins += 1
-        self.state = MemberState.JOINING
+        self._become_joining(now_ms)
         self._last_heartbeat_ok_ms = now_ms
+
+    def _become_joining(self, now_ms: int) -> None:
+        self.state = MemberState.JOINING
+        self._out_since_ms = now_ms
+        self._join_attempts = 0
+        self._join_error = None
+        self._join_stalled_ms = JOIN_STALLED_MS
+        self._join_stalled_at_ms = now_ms + JOIN_STALLED_MS
+
+    def _joining_failed(self, error: RaftmqError) -> None:
+        if self.state is MemberState.JOINING:
+            self._join_error = error
+
+    def _join_stalled(self, now_ms: int) -> None:
+        """Still out of the group: say why (a warning), and when it is due again."""
+        # Not last_error: after a loss that is the loss's reason, not the join's.
+        if self._join_error is not None:
+            why = str(self._join_error)
+        elif self._heartbeat_call is not None:
+            why = "the join heartbeat is not answered yet"
+        elif self._find_call is not None:
+            why = "FindCoordinator is not answered yet"
+        else:
+            why = "no join sent yet"
+        self._event(
+            "group.join_stalled",
+            member_id=self.member_id,
+            instance_id=self.config.instance_id,
+            out_of_group_ms=now_ms - self._out_since_ms,
+            attempts=self._join_attempts,
+            coordinator=self.coordinator,
+            error=why,
+        )
+        self._join_stalled_ms = min(JOIN_STALLED_INTERVAL_MS_MAX, self._join_stalled_ms * 2)
+        self._join_stalled_at_ms = now_ms + self._join_stalled_ms
 
     def _start_leave(self, target: MemberState, deadline_ms: int) -> None:
         if self.state is MemberState.LEAVING:

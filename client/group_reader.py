@@ -45,7 +45,13 @@ WAIT_S_MAX = 1.0
 # The membership events an operator must hear of (a library prints nothing else: joins,
 # assignments and revocations are routine, and counted in stats().group).
 WARNING_EVENTS = frozenset(
-    {"group.partitions_lost", "group.poll_timed_out", "group.failed", "group.leave_timed_out"}
+    {
+        "group.partitions_lost",
+        "group.join_stalled",
+        "group.poll_timed_out",
+        "group.failed",
+        "group.leave_timed_out",
+    }
 )
 
 

@@ -21,8 +21,9 @@ Header, big-endian, `HEADER_SIZE` = 61 bytes::
                                                2 snappy, 3 lz4, 4 zstd), bit 3 timestamp
                                                type (1 = LogAppendTime), bit 4
                                                transactional, bit 5 control batch
-        23    4 last_offset_delta       int32  = record_count - 1 (Kafka's compaction may
-                                               leave it larger; our broker requires equal)
+        23    4 last_offset_delta       int32  = record_count - 1 from a producer; larger
+                                               in a batch compaction rewrote (it keeps its
+                                               offsets: `rebuild_batch`)
         27    8 base_timestamp          int64  ms, the FIRST record's timestamp
         35    8 max_timestamp           int64  ms, the largest record timestamp
         43    8 producer_id             int64  -1 without idempotence
@@ -275,9 +276,16 @@ def _check_framing(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
     return header
 
 
-def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
+def _check_header(
+    data: bytes | memoryview, pos: int, end: int, *, compacted_ok: bool = False
+) -> BatchHeader:
     """What the broker checks of a batch at data[pos:end]: framing, magic, CRC, attributes,
-    record count and offset delta, timestamps. Never looks at the records."""
+    record count and offset delta, timestamps. Never looks at the records.
+
+    A producer's batch has one record per offset (last_offset_delta = record_count - 1).
+    A stored batch the log cleaner rewrote keeps its last_offset_delta with fewer records
+    (`rebuild_batch`: offsets stay offsets), so with `compacted_ok` (batches read from a
+    leader's log) fewer records than offsets are accepted, never more."""
     header = _check_framing(data, pos, end)
     codec = header.attributes & _CODEC_MASK
     if codec > _CODEC_MAX:
@@ -289,7 +297,13 @@ def _check_header(data: bytes | memoryview, pos: int, end: int) -> BatchHeader:
         )
     if header.record_count < 1:
         raise _corrupt(f"record_count {header.record_count} must be at least 1")
-    if header.last_offset_delta != header.record_count - 1:
+    if compacted_ok:
+        if header.last_offset_delta < header.record_count - 1:
+            raise _corrupt(
+                f"last_offset_delta {header.last_offset_delta} < record_count - 1 "
+                f"({header.record_count - 1}): more records than offsets"
+            )
+    elif header.last_offset_delta != header.record_count - 1:
         raise _corrupt(
             f"last_offset_delta {header.last_offset_delta} != record_count - 1 "
             f"({header.record_count - 1})"
@@ -353,7 +367,8 @@ def iter_batches(data: bytes) -> Iterator[tuple[BatchHeader, bytes]]:
     """Split a concatenation of whole batches (a fetch response, a replication chunk).
 
     Yields (header, batch bytes) in order. Each batch's header is checked as
-    `validate_batch` checks it (not its records: see `decode_batch`); a truncated or
+    `validate_batch` checks it (not its records: see `decode_batch`), except that a batch
+    compaction rewrote (fewer records than its offsets span) is accepted; a truncated or
     garbage batch raises CORRUPT_MESSAGE when it is reached, after the good ones before it
     were yielded. Loop bound: len(data) // HEADER_SIZE batches.
     """
@@ -372,7 +387,7 @@ def iter_batches(data: bytes) -> Iterator[tuple[BatchHeader, bytes]]:
                 f"truncated batch at position {pos}: needs {batch_end - pos} bytes, "
                 f"{end - pos} left"
             )
-        header = _check_header(view, pos, batch_end)
+        header = _check_header(view, pos, batch_end, compacted_ok=True)
         yield header, data[pos:batch_end]
         pos = batch_end
 

@@ -51,6 +51,7 @@ from raftmq.client.group_protocol import (
     Result,
     TopicPartition,
 )
+from raftmq.client.group_reader import WARNING_EVENTS
 from raftmq.client.protocol import EARLIEST, ClusterMetadata, FetchResult, OffsetResult
 from raftmq.client.reader_core import ReaderConfig
 from raftmq.errors import ErrorCode, RaftmqError
@@ -583,6 +584,76 @@ def test_no_heartbeat_answered_for_a_session_timeout_loses_the_partitions() -> N
     assert failed > 1 and core.state is MemberState.JOINING
     assert core.assignment == [] and cluster.now >= 3_000
     assert cluster.commits() == []
+
+
+def number(data: dict[str, object], key: str) -> int:
+    value = data[key]
+    assert isinstance(value, int), (key, value)
+    return value
+
+
+def test_a_member_kept_out_of_the_group_keeps_joining_and_says_why_with_backoff() -> None:
+    """The chaos run seed 6002: a static member lost its partitions, then every join was
+    answered COORDINATOR_NOT_AVAILABLE for 90 s (its offsets partition below
+    min.insync.replicas) and nothing said so. It keeps joining, warns (group.join_stalled)
+    after 5 s out of the group and then at doubling intervals, and joins once it can."""
+    core, cluster = make(partitions=1, instance_id="worker-1", session_timeout_ms=3_000)
+    cluster.join()
+    core.events.clear()
+    unavailable = RaftmqError(
+        ErrorCode.COORDINATOR_NOT_AVAILABLE,
+        "the group's records could not be replicated: NOT_ENOUGH_REPLICAS",
+    )
+    cluster.heartbeat_errors = [unavailable] * 10_000
+    joins_before = len([h for h in cluster.heartbeats() if h.member_epoch == 0])
+    lost_ms = None
+    for _ in range(9_000):  # bound: 90 s at 10 ms a step
+        cluster.step()
+        if lost_ms is None and core.state is MemberState.JOINING:
+            lost_ms = cluster.now
+    assert lost_ms is not None and core.state is MemberState.JOINING
+    events = list(core.events)
+    assert [n for n, _ in events if n == "group.partitions_lost"] == ["group.partitions_lost"]
+    stalled = [d for n, d in events if n == "group.join_stalled"]
+    # At 5, 15, 35 and 75 s out of the group (each step is 10 ms).
+    assert [number(d, "out_of_group_ms") // 1_000 for d in stalled] == [5, 15, 35, 75]
+    assert all("COORDINATOR_NOT_AVAILABLE" in str(d["error"]) for d in stalled)
+    assert all(d["instance_id"] == "worker-1" for d in stalled)
+    attempts = [number(d, "attempts") for d in stalled]
+    assert attempts == sorted(attempts) and attempts[0] >= 3
+    # Never given up: a join about every second (the backoff is bounded).
+    joins = len([h for h in cluster.heartbeats() if h.member_epoch == 0]) - joins_before
+    assert joins >= 60
+    # The coordinator can write again: the member is back with its partition.
+    cluster.heartbeat_errors.clear()
+    cluster.step(1_000)  # past the backoff (at most BACKOFF_MS_MAX)
+    cluster.join()
+    assert core.assignment == [T0]
+    [joined] = [d for n, d in core.events if n == "group.joined"]
+    assert number(joined, "out_of_group_ms") >= 85_000
+    # Out of the group again: the warnings start over from 5 s.
+    core.events.clear()
+    cluster.heartbeat_errors = [RaftmqError(ErrorCode.UNKNOWN_MEMBER_ID, "evicted")]
+    cluster.heartbeat_errors += [unavailable] * 10_000
+    for _ in range(600):  # bound: 6 s
+        cluster.step()
+    stalled = [d for n, d in core.events if n == "group.join_stalled"]
+    assert [number(d, "out_of_group_ms") // 1_000 for d in stalled] == [5]
+
+
+def test_a_join_without_an_answer_is_said_so_not_the_reason_of_the_loss() -> None:
+    core, cluster = make(partitions=1, session_timeout_ms=3_000)
+    cluster.join()
+    cluster.hold.add(HeartbeatRequest)
+    for _ in range(1_000):  # bound: 10 s; lost after 3 s, then the join is not answered
+        cluster.step()
+    [stalled] = [d for n, d in core.events if n == "group.join_stalled"]
+    assert stalled["error"] == "the join heartbeat is not answered yet"
+    assert core.last_error is not None and "no heartbeat answered" in str(core.last_error)
+
+
+def test_the_shells_log_a_stalled_join_as_a_warning() -> None:
+    assert "group.join_stalled" in WARNING_EVENTS
 
 
 # ---------------------------------------------------------------- the coordinator

@@ -175,6 +175,85 @@ def test_a_compacted_log_replicates_to_a_new_follower(store: LogStore) -> None:
     assert read(follower.log) == read(r.log)
 
 
+def follower_of(store: LogStore, index: int) -> PartitionReplica[PartitionLog]:
+    follower = PartitionReplica(
+        broker_id=2,
+        topic="c",
+        topic_id=TOPIC,
+        index=index,
+        log=store.open_partition(TOPIC, index),
+        config=COMPACT,
+    )
+    follower.apply_metadata(
+        PartitionRecord(ar=(1, 2), isr=(1,), leader=1, leader_epoch=0, partition_epoch=0),
+        COMPACT,
+        now_ms=0,
+    )
+    return follower
+
+
+def replicate(
+    leader_log: PartitionLog, follower: PartitionReplica[PartitionLog], fetch_bytes_max: int
+) -> None:
+    """Fetch from the leader's log end to end, as the replica fetcher does."""
+    for _ in range(100):  # bound: far more fetches than the log has batches
+        offset = follower.log.log_end_offset
+        if offset >= leader_log.log_end_offset:
+            return
+        records, _ = leader_log.read_with_end(
+            offset, max_bytes=fetch_bytes_max, upper_offset=leader_log.log_end_offset
+        )
+        follower.on_fetch_reply(
+            FetchReply(records=records, high_watermark=leader_log.high_watermark),
+            leader_epoch=0,
+        )
+
+
+@pytest.mark.parametrize("codec", [CODEC_NONE, CODEC_GZIP])
+@pytest.mark.parametrize("fetch_bytes_max", [1, 1 << 20])
+def test_a_follower_behind_the_cleaner_replicates_the_batches_it_rewrote(
+    store: LogStore, codec: int, fetch_bytes_max: int
+) -> None:
+    """The chaos run seed 6002 (consumer group g0 never rejoined): followers of
+    __consumer_offsets-1 cut off by a partition came back behind batches the leader's
+    cleaner had rewritten (some records superseded). A rewritten batch keeps its
+    last_offset_delta (offsets stay offsets) with fewer records, and the follower's append
+    refused it as CORRUPT_MESSAGE on every fetch: the ISR stayed {leader}, below
+    min.insync.replicas, so every group write (each join) failed for good."""
+    r = leader(store)
+    write(r, (b"a", b"a0"), (b"b", b"b0"), codec=codec)  # 0, 1
+    write(r, (b"z", b"tail"), codec=codec)  # 2
+    follower = follower_of(store, 8)
+    replicate(r.log, follower, fetch_bytes_max)  # caught up, then cut off
+    write(r, (b"a", b"a1"), (b"c", b"c0"), (b"e", b"e0"), codec=codec)  # 3, 4, 5
+    write(r, (b"a", b"a2"), (b"c", b"c1"), codec=codec)  # 6, 7
+    write(r, (b"g", b"g0"), (b"h", b"h0"), (b"i", b"i0"), codec=codec)  # 8, 9, 10
+    write(r, (b"g", b"g1"), (b"i", b"i1"), codec=codec)  # 11, 12
+    write(r, (b"z", b"tail2"), codec=codec)  # 13: the last batch, never touched
+    clean(r)
+    # Batch 3-5 keeps e0 at 5 only, batch 8-10 keeps h0 at 9 only: both rewritten, with
+    # their last_offset_delta (2) and one record each.
+    expected = [
+        (1, b"b", b"b0"),
+        (5, b"e", b"e0"),
+        (6, b"a", b"a2"),
+        (7, b"c", b"c1"),
+        (9, b"h", b"h0"),
+        (11, b"g", b"g1"),
+        (12, b"i", b"i1"),
+        (13, b"z", b"tail2"),
+    ]
+    assert read(r.log) == expected
+    replicate(r.log, follower, fetch_bytes_max)
+    assert follower.log.log_end_offset == r.log.log_end_offset == 14
+    assert [m for m in read(follower.log, upper=14) if m[0] >= 3] == expected[1:]
+    # A new follower (from the leader's log start) as well.
+    fresh = follower_of(store, 9)
+    fresh.log.truncate_fully_and_start_at(r.log.log_start_offset)
+    replicate(r.log, fresh, fetch_bytes_max)
+    assert read(fresh.log, upper=14) == expected
+
+
 def test_the_cleaner_compacts_only_compacted_topics(store: LogStore) -> None:
     kept = leader(store, index=3, config=TopicConfig())
     compacted = leader(store, index=4)

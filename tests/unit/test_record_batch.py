@@ -410,6 +410,23 @@ def test_two_concatenated_batches_are_rejected_by_validate_but_split_by_iter() -
     assert list(iter_batches(b"")) == []
 
 
+def test_a_batch_compaction_rewrote_is_split_by_iter_but_refused_from_a_producer() -> None:
+    # The cleaner keeps the second record only: offsets 10..12 still, one record at 11.
+    stored = stamp_batch(SAMPLE, base_offset=10, partition_leader_epoch=2)
+    header, slices = record_batch.record_slices(stored)
+    rewritten = record_batch.rebuild_batch(header, slices[1:2])
+    [(split, batch)] = list(iter_batches(rewritten))
+    assert (split.record_count, split.last_offset_delta, split.next_offset) == (1, 2, 13)
+    assert batch == rewritten
+    assert [m.offset for m in decode_batch(rewritten)] == [11]
+    # From a producer it would not be one record per offset.
+    assert "last_offset_delta 2 != record_count - 1" in assert_corrupt(rewritten).message
+    # More records than offsets is corrupt wherever it comes from.
+    with pytest.raises(RaftmqError) as excinfo:
+        list(iter_batches(patch(SAMPLE, ">i", 23, 1)))
+    assert "more records than offsets" in excinfo.value.message
+
+
 def test_iter_batches_raises_on_a_truncated_or_garbage_tail_after_the_good_batches() -> None:
     for tail in (SAMPLE[:-1], SAMPLE[:30], b"\x00" * 70, with_fixed_crc(b"\x00" * 70)):
         seen: list[int] = []
