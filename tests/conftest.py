@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from raftmq.local_cluster import LocalCluster, free_base_port
+
+# No per-example deadline: property tests check behaviour, never speed (a 200 ms deadline
+# failed them on a loaded 2-core machine). Tests that set their own settings keep them.
+settings.register_profile("raftmq", deadline=None)
+settings.load_profile("raftmq")
 
 
 @pytest.fixture
