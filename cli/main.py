@@ -223,6 +223,29 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from raftmq.console.server import ConsoleOptions, run_console
+
+    configure_logging(json=args.log_json)
+    metrics = _split_urls(args.metrics) if args.metrics else []
+    return run_console(
+        ConsoleOptions(
+            bootstrap=_split(args.bootstrap),
+            listen=wire.parse_host_port(args.listen),
+            read_only=args.read_only,
+            metrics_urls=metrics,
+        )
+    )
+
+
+def _split_urls(text: str) -> list[str]:
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--metrics: expected http://HOST:PORT/metrics URLs, got {url!r}")
+    return urls
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from raftmq.cli.up import run_up
 
@@ -460,7 +483,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop the whole cluster when a node exits, instead of restarting it",
     )
+    p.add_argument(
+        "--no-console",
+        action="store_true",
+        help="do not start the web console (otherwise on 127.0.0.1:BASE+500)",
+    )
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("console", help="serve the web console of a cluster")
+    p.add_argument(
+        "--bootstrap",
+        default=os.environ.get("RAFTMQ_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+        help="comma-separated broker HOST:PORT list (env RAFTMQ_BOOTSTRAP; default %(default)s)",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        help="HOST:PORT to serve on (default %(default)s: loopback only)",
+    )
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="refuse every change (produce, create/delete topics, offset resets)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="",
+        help="comma-separated http://HOST:PORT/metrics URLs of the nodes, for message rates "
+        "and disk figures (raftmq up passes its nodes')",
+    )
+    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_console)
 
     topic = sub.add_parser("topic", help="create, list, describe and delete topics")
     tsub = topic.add_subparsers(dest="topic_command", required=True)

@@ -3,7 +3,9 @@
 Every port comes from `--base-port` (layout in `raftmq.local_cluster`) and all of them are
 checked before anything starts. A node that exits is reported and restarted with a
 backoff (`raftmq.supervisor`); `--no-restart` stops the whole cluster instead, for scripts
-that want to notice. One `raftmq up` per data dir: a lock file keeps a second one out.
+that want to notice. The web console (`raftmq console`, port base+500; `--no-console`: none)
+is one more supervised process. One `raftmq up` per data dir: a lock file keeps a second one
+out.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
 def _check_args(args: argparse.Namespace) -> None:
     if not 1 <= args.brokers <= BROKERS_MAX:
         raise UpError(f"--brokers must be in [1, {BROKERS_MAX}], got {args.brokers}")
-    offset = highest_port_offset(args.controllers, metrics=True)
+    offset = highest_port_offset(args.controllers, metrics=True, console=not args.no_console)
     if args.base_port < 1 or args.base_port + offset > 65535:
         raise UpError(
             f"--base-port {args.base_port} puts ports outside [1, 65535] "
@@ -79,7 +81,11 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         layout = layout_from_base_port(
-            args.base_port, controllers=args.controllers, brokers=args.brokers, metrics=True
+            args.base_port,
+            controllers=args.controllers,
+            brokers=args.brokers,
+            metrics=True,
+            console=not args.no_console,
         )
         data_dir = Path(args.data_dir)
         with _data_dir_lock(data_dir):
@@ -109,6 +115,8 @@ def _print_ready(cluster: LocalCluster, *, no_restart: bool) -> None:
     for p in cluster.processes:
         _say(f"  {p.name:<13} pid {p.pid}")
     _say(f"\nraftmq is ready. Bootstrap address: {layout.broker_endpoints[0]}")
+    if layout.console_url is not None:
+        _say(f"Console: {layout.console_url}")
     if no_restart:
         _say("Press Ctrl-C to stop. A node that exits stops the cluster (--no-restart).")
     else:
@@ -122,6 +130,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         brokers=args.brokers,
         base_port=args.base_port,
         metrics=True,
+        console=not args.no_console,
         broker_args=[
             f"--flush-policy={args.flush_policy}",
             # Auto-created topics are replicated like the topics people create by hand.

@@ -47,6 +47,11 @@ class VoterStatus:
     state: str  # leader | follower | unreachable
     raft_address: str
     endpoint: str
+    # As the Raft leader sees this voter: the last log index it knows the voter holds, and
+    # how long ago it last heard from it. -1 for the leader itself, and for every voter
+    # when another controller answered.
+    match_index: int = -1
+    last_contact_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,9 @@ class ClusterStatus:
     metadata_version: int
     brokers: tuple[BrokerRegistration, ...]
     topics: tuple[TopicRecord, ...]
+    # Of the controller that answered (-1: not said).
+    controller_commit_index: int = -1
+    controller_last_applied: int = -1
 
 
 def cluster_status_from_pb(response: pb.DescribeClusterResponse) -> ClusterStatus:
@@ -71,12 +79,16 @@ def cluster_status_from_pb(response: pb.DescribeClusterResponse) -> ClusterStatu
                 v.state,
                 v.raft_address,
                 f"{v.endpoint.host}:{v.endpoint.port}" if v.endpoint.host else "",
+                v.match_index,
+                v.last_contact_ms,
             )
             for v in response.controller.voters
         ),
         metadata_version=response.metadata_version,
         brokers=tuple(wire.broker_from_pb(b) for b in response.brokers),
         topics=tuple(wire.topic_from_pb(t) for t in response.topics),
+        controller_commit_index=response.controller.commit_index,
+        controller_last_applied=response.controller.last_applied,
     )
 
 

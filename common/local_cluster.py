@@ -14,6 +14,7 @@ Ports, from one base port B (`raftmq up --base-port`, default 9092):
     B + 200 + i  controller i+1, Raft      (i < 5)
     B + 300 + i  broker i+1, metrics       (HTTP /metrics; with metrics=True)
     B + 380 + i  controller i+1, metrics
+    B + 500      the web console           (HTTP; with console=True)
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ CONTROLLER_PORT_OFFSET = 100
 RAFT_PORT_OFFSET = 200
 BROKER_METRICS_PORT_OFFSET = 300
 CONTROLLER_METRICS_PORT_OFFSET = 380
+CONSOLE_PORT_OFFSET = 500
+
+CONSOLE_NAME = "console"
+# How long `is_ready` waits for the console's port to accept a connection.
+CONSOLE_PROBE_TIMEOUT_S = 0.5
 
 _launcher_pipe_lock = threading.Lock()
 _launcher_pipe_read_fd: int | None = None
@@ -71,7 +77,10 @@ def free_base_port(
     rng = random.Random()
     for _ in range(attempts):
         base = rng.randrange(20_000, 60_000)
-        layout = layout_from_base_port(base, controllers=controllers, brokers=brokers, host=host)
+        # Every port `raftmq up` may use (metrics and console included) must be free.
+        layout = layout_from_base_port(
+            base, controllers=controllers, brokers=brokers, host=host, metrics=True, console=True
+        )
         if all(port_free(h, p) for _, h, p in layout.listeners()):
             return base
     raise RuntimeError(f"no free port layout found in {attempts} attempts")
@@ -187,9 +196,11 @@ def layout_from_base_port(
     brokers: int,
     host: str = "127.0.0.1",
     metrics: bool = False,
+    console: bool = False,
 ) -> ClusterLayout:
     """Every port of a local cluster from one base port (see the module docstring)."""
-    assert base_port > 0 and base_port + highest_port_offset(controllers, metrics=metrics) <= 65535
+    highest = highest_port_offset(controllers, metrics=metrics, console=console)
+    assert base_port > 0 and base_port + highest <= 65535
     assert brokers <= BROKERS_MAX <= CONTROLLER_PORT_OFFSET
     return ClusterLayout(
         host,
@@ -204,11 +215,14 @@ def layout_from_base_port(
             if metrics
             else []
         ),
+        console_port=base_port + CONSOLE_PORT_OFFSET if console else None,
     )
 
 
-def highest_port_offset(controllers: int, *, metrics: bool) -> int:
+def highest_port_offset(controllers: int, *, metrics: bool, console: bool = False) -> int:
     """The largest offset from the base port a cluster uses."""
+    if console:
+        return CONSOLE_PORT_OFFSET
     if metrics:
         return CONTROLLER_METRICS_PORT_OFFSET + controllers - 1
     return RAFT_PORT_OFFSET + controllers - 1
@@ -227,6 +241,14 @@ class ClusterLayout:
     # Prometheus endpoints; empty: metrics off. Invariant: empty or one per node.
     broker_metrics_ports: list[int] = field(default_factory=list)
     controller_metrics_ports: list[int] = field(default_factory=list)
+    # The web console's HTTP port, on `host`; None: no console.
+    console_port: int | None = None
+
+    @property
+    def console_url(self) -> str | None:
+        if self.console_port is None:
+            return None
+        return f"http://{self.host}:{self.console_port}/"
 
     def metrics_urls(self) -> list[tuple[str, str]]:
         """(node name, http://HOST:PORT/metrics) of every node with metrics."""
@@ -278,6 +300,8 @@ class ClusterLayout:
             (f"controller-{i + 1}", self.controller_host(i), p)
             for i, p in enumerate(self.controller_metrics_ports)
         ]
+        if self.console_port is not None:
+            out.append((CONSOLE_NAME, self.host, self.console_port))
         return out
 
 
@@ -300,12 +324,16 @@ class LocalCluster:
         broker_hosts: Sequence[str] = (),
         wrappers: Mapping[str, Sequence[str]] | None = None,
         metrics: bool = False,
+        console: bool = False,
+        console_args: Sequence[str] = (),
     ) -> None:
         """`base_port`: every port from it (see the module docstring); None: free ports the
         kernel picks. `controller_hosts` / `broker_hosts` give each node its own address
         (default: all on `host`); `wrappers` prefixes a node's command line, by process
         name (e.g. `{"broker-1": ["ip", "netns", "exec", "ns1"]}`). `cluster_id`: passed
-        to every node (""): the quorum's first leader creates one)."""
+        to every node (""): the quorum's first leader creates one). `console`: also run
+        `raftmq console` on `host` (port B+500, or a free one) over the brokers and the
+        nodes' metrics; it is one of `processes`, started last and stopped first."""
         assert controllers in (1, 3, 5)
         assert 0 <= brokers <= BROKERS_MAX
         assert not controller_hosts or len(controller_hosts) == controllers
@@ -315,7 +343,10 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if base_port is None:
             ports = free_ports(
-                2 * controllers + brokers + (controllers + brokers if metrics else 0)
+                2 * controllers
+                + brokers
+                + (controllers + brokers if metrics else 0)
+                + (1 if console else 0)
             )
             self.layout = ClusterLayout(
                 host,
@@ -326,10 +357,17 @@ class LocalCluster:
             if metrics:
                 rest = ports[2 * controllers + brokers :]
                 self.layout.broker_metrics_ports = rest[:brokers]
-                self.layout.controller_metrics_ports = rest[brokers:]
+                self.layout.controller_metrics_ports = rest[brokers : brokers + controllers]
+            if console:
+                self.layout.console_port = ports[-1]
         else:
             self.layout = layout_from_base_port(
-                base_port, controllers=controllers, brokers=brokers, host=host, metrics=metrics
+                base_port,
+                controllers=controllers,
+                brokers=brokers,
+                host=host,
+                metrics=metrics,
+                console=console,
             )
         self.layout.controller_hosts = list(controller_hosts)
         self.layout.broker_hosts = list(broker_hosts)
@@ -394,9 +432,29 @@ class LocalCluster:
                 wrapper=list(wrappers.get(name, ())),
             )
 
+        self.console: ManagedProcess | None = None
+        if self.layout.console_port is not None:
+            self.console = ManagedProcess(
+                CONSOLE_NAME,
+                [
+                    "console",
+                    f"--bootstrap={','.join(self.layout.broker_endpoints)}",
+                    f"--listen={host}:{self.layout.console_port}",
+                    *(
+                        [f"--metrics={','.join(url for _, url in self.layout.metrics_urls())}"]
+                        if self.layout.metrics_urls()
+                        else []
+                    ),
+                    "--log-json",
+                    *console_args,
+                ],
+                self.data_dir / "logs" / f"{CONSOLE_NAME}.log",
+            )
+
     @property
     def processes(self) -> list[ManagedProcess]:
-        return [*self.controllers.values(), *self.brokers.values()]
+        console = [self.console] if self.console is not None else []
+        return [*self.controllers.values(), *self.brokers.values(), *console]
 
     def process(self, name: str) -> ManagedProcess:
         for p in self.processes:
@@ -409,9 +467,10 @@ class LocalCluster:
             p.start()
 
     def stop(self) -> None:
-        """Brokers first (their controlled shutdown needs the controllers), then
-        controllers; each by PID, SIGTERM then SIGKILL."""
-        for p in [*self.brokers.values(), *self.controllers.values()]:
+        """The console, then brokers (their controlled shutdown needs the controllers),
+        then controllers; each by PID, SIGTERM then SIGKILL."""
+        console = [self.console] if self.console is not None else []
+        for p in [*console, *self.brokers.values(), *self.controllers.values()]:
             p.stop()
 
     def kill_all(self) -> None:
@@ -433,12 +492,29 @@ class LocalCluster:
         return None
 
     def is_ready(self, *, brokers: int | None = None) -> bool:
-        """The quorum has a leader and `brokers` (default: all) are unfenced."""
+        """The quorum has a leader, `brokers` (default: all) are unfenced and the console
+        (if any) accepts connections."""
         wanted = len(self.brokers) if brokers is None else brokers
         status = self.describe()
         if status is None or status.controller.leader_id < 0:
             return False
-        return sum(1 for b in status.brokers if not b.fenced) >= wanted
+        if sum(1 for b in status.brokers if not b.fenced) < wanted:
+            return False
+        return self.console_listening()
+
+    def console_listening(self) -> bool:
+        """True when there is no console, or its port accepts a connection (a connect,
+        never a bind: a probe must not take the port from the console starting)."""
+        port = self.layout.console_port
+        if port is None:
+            return True
+        try:
+            with socket.create_connection(
+                (self.layout.host, port), timeout=CONSOLE_PROBE_TIMEOUT_S
+            ):
+                return True
+        except OSError:
+            return False
 
     def wait_ready(self, timeout_s: float = 60.0, *, brokers: int | None = None) -> None:
         """Wait until the quorum has a leader and `brokers` (default: all) are unfenced."""
