@@ -456,7 +456,10 @@ class GroupCoordinator:
                 continue
             for group in shard.state.groups.values():
                 offsets = {tp: v.offset for tp, v in group.offsets.items()}
-                found.append((group.group_id, len(group.members), offsets))
+                members = len(group.members)
+                if group.classic is not None:
+                    members += len(group.classic.members)
+                found.append((group.group_id, members, offsets))
         return found
 
     def list_groups(self) -> list[tuple[str, str]]:
