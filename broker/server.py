@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -40,6 +38,7 @@ from raftmq.broker.request_handler import (
     ProducePartition,
     RequestHandler,
 )
+from raftmq.broker.topic_admin import TopicAdmin, TopicDefaults
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.record_batch import HEADER_SIZE, read_header, record_count
 from raftmq.v1 import broker_pb2 as pb
@@ -47,16 +46,7 @@ from raftmq.v1 import broker_pb2_grpc as rpc
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as ctl
 
-ADMIN_TIMEOUT_MS = 15_000
-
-
-@dataclass(frozen=True, slots=True)
-class TopicDefaults:
-    """What an automatically created topic gets (`raftmq broker --default-partitions`, ...)."""
-
-    auto_create: bool = True
-    partitions: int = 1
-    replication_factor: int = 1
+__all__ = ["BrokerServicer", "TopicDefaults"]
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
@@ -129,6 +119,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         self.controllers = controllers
         self.producer_ids = producer_ids
         self.topic_defaults = topic_defaults
+        self.topics = TopicAdmin(
+            broker_id=broker_id, controllers=controllers, defaults=topic_defaults
+        )
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
 
     def _error_pb(self, error: PartitionError | None) -> cpb.Error:
@@ -353,7 +346,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         if request.allow_auto_topic_creation and self.topic_defaults.auto_create:
             missing = [name for name in request.topics if name not in image.topics]
             if missing:
-                await asyncio.gather(*(self._auto_create(name) for name in missing))
+                await asyncio.gather(*(self.topics.auto_create(name) for name in missing))
         names = list(request.topics) or sorted(image.topics)
         brokers = []
         for _, b in sorted(image.brokers.items()):
@@ -369,29 +362,6 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             controllers=[wire.controller_to_pb(c) for _, c in sorted(image.controllers.items())],
             metadata_version=image.version,
         )
-
-    async def _auto_create(self, name: str) -> None:
-        """Create a missing topic with the cluster's defaults (Kafka's
-        auto.create.topics.enable). It shows in a later Metadata answer, once the broker's
-        metadata has it. A failure (a bad name, a reserved one) is logged: the topic then
-        stays missing and the client reports UNKNOWN_TOPIC_OR_PARTITION."""
-        response = await self._forward(
-            "CreateTopic",
-            ctl.CreateTopicRequest(
-                name=name,
-                partitions=self.topic_defaults.partitions,
-                replication_factor=self.topic_defaults.replication_factor,
-                # A fresh id each time: after a delete, a reused one would be answered from
-                # the controller's dedupe cache ("created") and create nothing.
-                request_id=f"auto-create-{name}-{uuid.uuid4().hex}",
-            ),
-            ctl.CreateTopicResponse,
-        )
-        error = wire.error_from_pb(response.error)
-        if error is None:
-            self.log.info("topic.auto_created", topic=name)
-        elif error.code != ErrorCode.TOPIC_ALREADY_EXISTS:
-            self.log.info("topic.auto_create_failed", topic=name, error=str(error))
 
     @instrumented("InitProducerId")
     async def InitProducerId(
@@ -410,14 +380,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     # ------------------------------------------------------------ admin, forwarded
 
     async def _forward(self, method: str, request: Any, response_type: Callable[[], Any]) -> Any:
-        """Relay an admin request to the controller quorum (any controller; writes are
-        replicated through the Raft leader). Quorum unavailability becomes an error."""
-        try:
-            return await self.controllers.call(method, request, timeout_ms=ADMIN_TIMEOUT_MS)
-        except RaftmqError as e:
-            response = response_type()
-            response.error.CopyFrom(wire.exception_to_pb(e))
-            return response
+        return await self.topics.forward(method, request, response_type)
 
     # ------------------------------------------------------------ consumer groups
 

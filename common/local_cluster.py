@@ -14,6 +14,7 @@ Ports, from one base port B (`raftmq up --base-port`, default 9092):
     B + 200 + i  controller i+1, Raft      (i < 5)
     B + 300 + i  broker i+1, metrics       (HTTP /metrics; with metrics=True)
     B + 380 + i  controller i+1, metrics
+    B + 400 + i  broker i+1, Kafka wire protocol (listener KAFKA; with kafka=True)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ CONTROLLER_PORT_OFFSET = 100
 RAFT_PORT_OFFSET = 200
 BROKER_METRICS_PORT_OFFSET = 300
 CONTROLLER_METRICS_PORT_OFFSET = 380
+KAFKA_PORT_OFFSET = 400
 
 _launcher_pipe_lock = threading.Lock()
 _launcher_pipe_read_fd: int | None = None
@@ -66,12 +68,15 @@ def launcher_pipe_fd() -> int:
 def free_base_port(
     *, controllers: int = 3, brokers: int = 3, host: str = "127.0.0.1", attempts: int = 50
 ) -> int:
-    """A base port whose whole `raftmq up` layout is free right now (tests pick one so
-    that parallel runs and other clusters do not collide)."""
+    """A base port whose whole `raftmq up` layout (metrics and Kafka listeners included)
+    is free right now (tests pick one so that parallel runs and other clusters do not
+    collide)."""
     rng = random.Random()
     for _ in range(attempts):
         base = rng.randrange(20_000, 60_000)
-        layout = layout_from_base_port(base, controllers=controllers, brokers=brokers, host=host)
+        layout = layout_from_base_port(
+            base, controllers=controllers, brokers=brokers, host=host, metrics=True, kafka=True
+        )
         if all(port_free(h, p) for _, h, p in layout.listeners()):
             return base
     raise RuntimeError(f"no free port layout found in {attempts} attempts")
@@ -187,9 +192,11 @@ def layout_from_base_port(
     brokers: int,
     host: str = "127.0.0.1",
     metrics: bool = False,
+    kafka: bool = False,
 ) -> ClusterLayout:
     """Every port of a local cluster from one base port (see the module docstring)."""
-    assert base_port > 0 and base_port + highest_port_offset(controllers, metrics=metrics) <= 65535
+    highest = highest_port_offset(controllers, metrics=metrics, brokers=brokers, kafka=kafka)
+    assert base_port > 0 and base_port + highest <= 65535
     assert brokers <= BROKERS_MAX <= CONTROLLER_PORT_OFFSET
     return ClusterLayout(
         host,
@@ -204,11 +211,16 @@ def layout_from_base_port(
             if metrics
             else []
         ),
+        kafka_ports=[base_port + KAFKA_PORT_OFFSET + i for i in range(brokers)] if kafka else [],
     )
 
 
-def highest_port_offset(controllers: int, *, metrics: bool) -> int:
+def highest_port_offset(
+    controllers: int, *, metrics: bool, brokers: int = 0, kafka: bool = False
+) -> int:
     """The largest offset from the base port a cluster uses."""
+    if kafka and brokers:
+        return KAFKA_PORT_OFFSET + brokers - 1
     if metrics:
         return CONTROLLER_METRICS_PORT_OFFSET + controllers - 1
     return RAFT_PORT_OFFSET + controllers - 1
@@ -227,6 +239,9 @@ class ClusterLayout:
     # Prometheus endpoints; empty: metrics off. Invariant: empty or one per node.
     broker_metrics_ports: list[int] = field(default_factory=list)
     controller_metrics_ports: list[int] = field(default_factory=list)
+    # Kafka wire-protocol listeners of the brokers; empty: off. Invariant: empty or one
+    # per broker.
+    kafka_ports: list[int] = field(default_factory=list)
 
     def metrics_urls(self) -> list[tuple[str, str]]:
         """(node name, http://HOST:PORT/metrics) of every node with metrics."""
@@ -262,6 +277,11 @@ class ClusterLayout:
     def broker_endpoints(self) -> list[str]:
         return [f"{self.broker_host(i)}:{p}" for i, p in enumerate(self.broker_ports)]
 
+    @property
+    def kafka_endpoints(self) -> list[str]:
+        """Each broker's Kafka listener, "HOST:PORT" (the bootstrap of any Kafka client)."""
+        return [f"{self.broker_host(i)}:{p}" for i, p in enumerate(self.kafka_ports)]
+
     def listeners(self) -> list[tuple[str, str, int]]:
         """(node name, host, port) of every port the cluster binds."""
         out = [(f"broker-{i + 1}", self.broker_host(i), p) for i, p in enumerate(self.broker_ports)]
@@ -278,6 +298,7 @@ class ClusterLayout:
             (f"controller-{i + 1}", self.controller_host(i), p)
             for i, p in enumerate(self.controller_metrics_ports)
         ]
+        out += [(f"broker-{i + 1}", self.broker_host(i), p) for i, p in enumerate(self.kafka_ports)]
         return out
 
 
@@ -300,12 +321,14 @@ class LocalCluster:
         broker_hosts: Sequence[str] = (),
         wrappers: Mapping[str, Sequence[str]] | None = None,
         metrics: bool = False,
+        kafka: bool = True,
     ) -> None:
         """`base_port`: every port from it (see the module docstring); None: free ports the
         kernel picks. `controller_hosts` / `broker_hosts` give each node its own address
         (default: all on `host`); `wrappers` prefixes a node's command line, by process
         name (e.g. `{"broker-1": ["ip", "netns", "exec", "ns1"]}`). `cluster_id`: passed
-        to every node (""): the quorum's first leader creates one)."""
+        to every node (""): the quorum's first leader creates one). `kafka`: each broker
+        also serves Kafka's wire protocol (`layout.kafka_endpoints`)."""
         assert controllers in (1, 3, 5)
         assert 0 <= brokers <= BROKERS_MAX
         assert not controller_hosts or len(controller_hosts) == controllers
@@ -315,7 +338,10 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if base_port is None:
             ports = free_ports(
-                2 * controllers + brokers + (controllers + brokers if metrics else 0)
+                2 * controllers
+                + brokers
+                + (controllers + brokers if metrics else 0)
+                + (brokers if kafka else 0)
             )
             self.layout = ClusterLayout(
                 host,
@@ -323,13 +349,21 @@ class LocalCluster:
                 raft_ports=ports[controllers : 2 * controllers],
                 broker_ports=ports[2 * controllers : 2 * controllers + brokers],
             )
+            rest = ports[2 * controllers + brokers :]
             if metrics:
-                rest = ports[2 * controllers + brokers :]
                 self.layout.broker_metrics_ports = rest[:brokers]
-                self.layout.controller_metrics_ports = rest[brokers:]
+                self.layout.controller_metrics_ports = rest[brokers : brokers + controllers]
+                rest = rest[brokers + controllers :]
+            if kafka:
+                self.layout.kafka_ports = rest[:brokers]
         else:
             self.layout = layout_from_base_port(
-                base_port, controllers=controllers, brokers=brokers, host=host, metrics=metrics
+                base_port,
+                controllers=controllers,
+                brokers=brokers,
+                host=host,
+                metrics=metrics,
+                kafka=kafka,
             )
         self.layout.controller_hosts = list(controller_hosts)
         self.layout.broker_hosts = list(broker_hosts)
@@ -384,6 +418,11 @@ class LocalCluster:
                             f"--metrics-listen={self.layout.broker_host(i)}:{self.layout.broker_metrics_ports[i]}"
                         ]
                         if self.layout.broker_metrics_ports
+                        else []
+                    ),
+                    *(
+                        [f"--kafka-listen={self.layout.kafka_endpoints[i]}"]
+                        if self.layout.kafka_ports
                         else []
                     ),
                     "--log-json",
