@@ -140,20 +140,23 @@ def kafka_python_member(cluster: LocalCluster, topic: str, group: str, name: str
     )
 
 
-def confluent_member(cluster: LocalCluster, topic: str, group: str, name: str) -> Member:
+def confluent_member(
+    cluster: LocalCluster, topic: str, group: str, name: str, *, instance_id: str = ""
+) -> Member:
     from confluent_kafka import Consumer
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": ",".join(cluster.layout.kafka_endpoints),
-            "group.id": group,
-            "client.id": name,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": SESSION_TIMEOUT_MS,
-            "heartbeat.interval.ms": 500,
-        }
-    )
+    config: dict[str, str | int | bool] = {
+        "bootstrap.servers": ",".join(cluster.layout.kafka_endpoints),
+        "group.id": group,
+        "client.id": name,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": 500,
+    }
+    if instance_id:
+        config["group.instance.id"] = instance_id
+    consumer = Consumer(config)
     consumer.subscribe([topic])
 
     def poll() -> list[tuple[int, int, bytes]]:
@@ -252,3 +255,49 @@ def test_kafka_python_consumers_split_commit_and_resume(cluster: LocalCluster) -
 
 def test_confluent_kafka_consumers_split_commit_and_resume(cluster: LocalCluster) -> None:
     split_close_resume(cluster, confluent_member, "ck-topic", "ck-group")
+
+
+def test_a_static_member_restarting_keeps_its_partitions_without_a_rebalance(
+    cluster: LocalCluster,
+) -> None:
+    """KIP-345 with librdkafka: a static member does not leave on close; its next
+    incarnation (same group.instance.id, within the session timeout) takes its place at
+    the same generation, and the other member's assignment never moves."""
+    topic, group = "static-topic", "static-group"
+    make_topic(cluster, topic)
+    produce(cluster, topic, 0, 20)
+    a = confluent_member(cluster, topic, group, "a", instance_id="i-a")
+    b = confluent_member(cluster, topic, group, "b", instance_id="i-b")
+    a.start()
+    b.start()
+    try:
+        wait_until(
+            lambda: (
+                a.partitions()
+                and b.partitions()
+                and a.partitions() | b.partitions() == set(range(PARTITIONS))
+            ),
+            timeout_s=TIMEOUT_S,
+            what="two static members splitting the partitions",
+        )
+        before = json.loads(raftmq(cluster, "group", "describe", group, "--json").stdout)
+        mine, theirs = a.partitions(), b.partitions()
+        a.shut()
+        again = confluent_member(cluster, topic, group, "a2", instance_id="i-a")
+        again.start()
+        try:
+            wait_until(
+                lambda: again.partitions() == mine,
+                timeout_s=SESSION_TIMEOUT_MS / 1000,
+                what="the new incarnation owning what the old one had",
+            )
+            after = json.loads(raftmq(cluster, "group", "describe", group, "--json").stdout)
+            assert after["group_epoch"] == before["group_epoch"]  # no rebalance
+            assert b.partitions() == theirs
+            assert len(after["members"]) == 2
+        finally:
+            again.shut()
+    finally:
+        for m in (a, b):
+            if m.thread is not None and m.thread.is_alive():
+                m.shut()
