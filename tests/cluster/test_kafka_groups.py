@@ -5,7 +5,11 @@ each), with Kafka clients nobody here wrote:
   overlap and commit; one closes (LeaveGroup) and the other takes every partition; a
   consumer started later resumes at the committed offsets (it reads only what came
   after); `raftmq group describe` shows the classic group with its members;
-- confluent-kafka (librdkafka): the same split, close and resume.
+- confluent-kafka (librdkafka): the same split, close and resume; a static member
+  (group.instance.id) restarting keeps its partitions without a rebalance;
+- a kill -9 of the coordinator's broker under two kafka-python members: a new
+  coordinator loads the group (at the same generation or later), the members carry on,
+  every message is read and committed offsets never go backwards.
 
 Each consumer polls on a thread of its own (a member blocks in its join until the round
 completes, which needs the other member's join too).
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from raftmq import Admin, Message, Writer
+from raftmq.errors import RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 
 pytestmark = [
@@ -297,6 +302,78 @@ def test_a_static_member_restarting_keeps_its_partitions_without_a_rebalance(
             assert len(after["members"]) == 2
         finally:
             again.shut()
+    finally:
+        for m in (a, b):
+            if m.thread is not None and m.thread.is_alive():
+                m.shut()
+
+
+# kafka-python leaves the sockets of a broker that died to the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_kill_9_of_the_coordinators_broker_under_kafka_python_members(
+    make_cluster: type[LocalCluster],
+) -> None:
+    """A cluster of its own (it kills a broker)."""
+    cluster = make_cluster(controllers=1, brokers=3)
+    cluster.start()
+    cluster.wait_ready(timeout_s=60)
+    topic, group = "kp-failover", "kp-failing"
+    make_topic(cluster, topic)
+    values = produce(cluster, topic, 0, 100)
+    history: dict[int, list[int]] = {}
+
+    def sample(admin: Admin) -> int | None:
+        """Record the committed offsets; the coordinator's id, None while it moves."""
+        try:
+            described = admin.describe_group(group)
+        except RaftmqError:
+            return None
+        for p in described.partitions:
+            if p.committed_offset >= 0:
+                history.setdefault(p.partition, []).append(p.committed_offset)
+        return described.coordinator_id
+
+    a = kafka_python_member(cluster, topic, group, "a")
+    b = kafka_python_member(cluster, topic, group, "b")
+    a.start()
+    b.start()
+    try:
+        with Admin(cluster.layout.broker_endpoints, timeout_ms=5_000) as admin:
+            wait_until(
+                lambda: values <= a.values() | b.values() and sample(admin) is not None,
+                timeout_s=TIMEOUT_S,
+                what="both members reading and committing",
+            )
+            before = admin.describe_group(group)
+            killed = before.coordinator_id
+            cluster.brokers[killed].kill()
+            values |= produce(cluster, topic, 100, 100)  # during the failover
+            wait_until(
+                lambda: sample(admin) not in (None, killed),
+                timeout_s=TIMEOUT_S,
+                what="a new coordinator that loaded the group",
+            )
+            wait_until(
+                lambda: values <= a.values() | b.values(),
+                timeout_s=TIMEOUT_S,
+                what="every message read after the failover",
+            )
+            wait_until(
+                lambda: (
+                    a.partitions()
+                    and b.partitions()
+                    and a.partitions() | b.partitions() == set(range(PARTITIONS))
+                ),
+                timeout_s=TIMEOUT_S,
+                what="the members sharing the partitions again",
+            )
+            after = admin.describe_group(group)
+            sample(admin)
+        assert after.coordinator_id != killed
+        assert after.group_epoch >= before.group_epoch  # continued, never restarted at 0
+        assert history and all(h == sorted(h) for h in history.values())  # never backwards
+        assert not a.partitions() & b.partitions()
     finally:
         for m in (a, b):
             if m.thread is not None and m.thread.is_alive():
