@@ -29,6 +29,7 @@ from raftmq.broker.controller_session import ControllerSession
 from raftmq.broker.group_coordinator import GroupConfig, GroupCoordinator
 from raftmq.broker.kafka_api import KafkaApi
 from raftmq.broker.kafka_cluster_apis import KafkaClusterApis
+from raftmq.broker.kafka_groups import register_group_apis
 from raftmq.broker.kafka_listener import KafkaListener, KafkaListenerConfig
 from raftmq.broker.kafka_partition_apis import KafkaPartitionApis
 from raftmq.broker.log_store import AsyncGroupCommit, FlushPolicy, LogStore
@@ -236,6 +237,7 @@ class BrokerNode:
             groups=self.groups,
             producer_ids=producer_ids,
         ).register(self.kafka_api)
+        register_group_apis(self.kafka_api, self.groups)
         named = bool(options.listeners)
         for name, server in self.servers.items():
             broker_pb2_grpc.add_BrokerServiceServicer_to_server(
