@@ -27,6 +27,7 @@ from raftmq.broker.broker_metrics import BrokerMetrics
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.controller_session import ControllerSession
 from raftmq.broker.group_coordinator import GroupConfig, GroupCoordinator
+from raftmq.broker.kafka_admin_apis import KafkaAdminApis
 from raftmq.broker.kafka_api import KafkaApi
 from raftmq.broker.kafka_cluster_apis import KafkaClusterApis
 from raftmq.broker.kafka_groups import register_group_apis
@@ -92,6 +93,34 @@ class BrokerOptions:
 
     def all_listeners(self) -> tuple[ListenerConfig, ...]:
         return self.listeners or (ListenerConfig(DEFAULT_LISTENER, self.listen, self.advertise),)
+
+
+def kafka_broker_configs(options: BrokerOptions) -> dict[str, str]:
+    """This broker's settings under Kafka's names, for DescribeConfigs (kafka-ui and the
+    Java AdminClient show them)."""
+
+    listeners = (*options.all_listeners(), *options.kafka_listeners)
+
+    def addresses(of: Callable[[ListenerConfig], tuple[str, int]]) -> str:
+        return ",".join(f"{x.name}://{of(x)[0]}:{of(x)[1]}" for x in listeners)
+
+    configs = {
+        "broker.id": str(options.node_id),
+        "node.id": str(options.node_id),
+        "listeners": addresses(lambda x: x.bind),
+        "advertised.listeners": addresses(lambda x: x.advertise),
+        "log.dirs": str(options.data_dir / "log"),
+        "auto.create.topics.enable": str(options.topic_defaults.auto_create).lower(),
+        "num.partitions": str(options.topic_defaults.partitions),
+        "default.replication.factor": str(options.topic_defaults.replication_factor),
+        "offsets.topic.num.partitions": str(options.groups.offsets_topic_partitions),
+        "offsets.topic.replication.factor": str(options.groups.offsets_topic_replication_factor),
+        "offsets.retention.minutes": str(options.groups.offsets_retention_ms // 60_000),
+        "replica.lag.time.max.ms": str(options.replica_lag_time_max_ms),
+    }
+    if options.rack:
+        configs["broker.rack"] = options.rack
+    return configs
 
 
 def run_broker(options: BrokerOptions) -> int:
@@ -236,6 +265,14 @@ class BrokerNode:
             topics=self.topics,
             groups=self.groups,
             producer_ids=producer_ids,
+        ).register(self.kafka_api)
+        KafkaAdminApis(
+            node_id=options.node_id,
+            metadata=lambda: self.metadata.image,
+            topics=self.topics,
+            replicas=self.replicas.replicas,
+            log_dir=options.data_dir / "log",
+            broker_configs=kafka_broker_configs(options),
         ).register(self.kafka_api)
         register_group_apis(self.kafka_api, self.groups)
         named = bool(options.listeners)

@@ -14,8 +14,8 @@ Header rules (Kafka's `RequestHeader.json` / `ResponseHeader.json`):
 
 Bodies are kio's generated dataclasses, except the versions kio 0.6 dropped, which
 `kafka_legacy` hand-codes. kio's native reader raises on an unknown tagged field, where
-the protocol says to skip it (tagged fields exist so that old readers can ignore new
-ones); `read_entity` falls back to a schema walk that skips them.
+the protocol says to skip it, and trusts array lengths enough to abort the process on a
+hostile one: `read_entity` is a schema walk of our own on kio's primitive readers.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataclasses import MISSING, dataclass, fields
 from functools import cache
 from typing import Any
 
-from kio._kio_native import get_field_reader
+from kio._kio_native import get_field_reader, get_reader
 from kio.index import UnknownAPIKey, UnknownEntity, load_request_schema, load_response_schema
-from kio.serial import entity_reader, entity_writer
+from kio.serial import entity_writer
 from kio.serial._introspect import (
     EntityField,
     EntityTupleField,
@@ -186,44 +186,41 @@ def decode_request(header: RequestHeader, frame: bytes) -> Any:
 
 
 def read_entity(entity_type: type[Any], data: bytes, offset: int) -> tuple[Any, int]:
-    """kio's native reader, or, when it meets a tagged field it does not know (a newer
-    client's), the tolerant schema walk that skips such fields. Returns (entity, the
-    offset after it). Raises KafkaDecodeError for anything that does not parse."""
+    """The entity at `offset`, read by our schema walk (see `_build_reader`); returns
+    (entity, the offset after it). Raises KafkaDecodeError for anything that does not
+    parse, whatever the bytes."""
     try:
-        entity, size = entity_reader(entity_type)(data, offset)
-        return entity, offset + size
-    except KeyError as e:
-        if "tagged field" not in str(e):
-            raise KafkaDecodeError(f"{entity_type.__name__}: {e}") from None
-    except Exception as e:
-        # kio raises BufferUnderflow, UnicodeDecodeError, ValueError, OverflowError, ...
-        raise KafkaDecodeError(f"{entity_type.__name__}: {type(e).__name__}: {e}") from None
-    try:
-        return _tolerant_reader(entity_type)(data, offset)
+        return _reader(entity_type)(data, offset)
     except KafkaDecodeError:
         raise
     except Exception as e:
+        # kio's primitive readers raise BufferUnderflow, UnicodeDecodeError, ValueError...
         raise KafkaDecodeError(f"{entity_type.__name__}: {type(e).__name__}: {e}") from None
 
 
 _Read = Callable[[bytes, int], tuple[Any, int]]
 
 
-_TOLERANT_READERS: dict[type[Any], _Read] = {}
+_READERS: dict[type[Any], _Read] = {}
 
 
-def _tolerant_reader(entity_type: type[Any]) -> _Read:
-    """`_build_tolerant_reader`, once per entity type (a few hundred exist)."""
-    reader = _TOLERANT_READERS.get(entity_type)
+def _reader(entity_type: type[Any]) -> _Read:
+    """`_build_reader`, once per entity type (a few hundred exist)."""
+    reader = _READERS.get(entity_type)
     if reader is None:
-        reader = _TOLERANT_READERS[entity_type] = _build_tolerant_reader(entity_type)
+        reader = _READERS[entity_type] = _build_reader(entity_type)
     return reader
 
 
-def _build_tolerant_reader(entity_type: type[Any]) -> _Read:
+def _build_reader(entity_type: type[Any]) -> _Read:
     """A reader of `entity_type` built from its dataclass schema (the field metadata kio
-    generates), using kio's primitive readers, that skips tagged fields it does not know.
-    Slower than the native reader; used only for messages that carry such fields."""
+    generates), on kio's primitive readers, where kio's own entity reader falls short:
+    - an unknown tagged field raises KeyError in kio; the protocol says skip it (tagged
+      fields exist so that old readers can ignore new ones), and this reader does;
+    - an array's length is trusted by kio, which allocates for it first: a 5-byte varint
+      saying 2**32 items aborts the whole process (Rust's out-of-memory handler). Here
+      a length beyond the bytes left (every item takes at least one) is a decode error.
+    Used for every request; responses are written by kio's writer."""
     flexible = bool(entity_type.__flexible__)
     plain: list[tuple[str, _Read]] = []
     tagged: dict[int, tuple[str, _Read]] = {}
@@ -261,11 +258,16 @@ def _build_tolerant_reader(entity_type: type[Any]) -> _Read:
 
 def _field_reader(entity_type: type[Any], f: Any, *, flexible: bool, is_tag: bool) -> _Read:
     kind = classify_field(f)
-    if isinstance(kind, PrimitiveField | PrimitiveTupleField):
+    if isinstance(kind, PrimitiveField):
         native = get_field_reader(entity_type, f, False, is_tag)
         return lambda data, offset: _sized(native(data, offset), offset)
+    if isinstance(kind, PrimitiveTupleField):
+        item_native = get_reader(f.metadata["kafka_type"], flexible, False)
+        return _array_reader(
+            lambda data, offset: _sized(item_native(data, offset), offset), flexible
+        )
     if isinstance(kind, EntityField):
-        inner = _tolerant_reader(kind.type_)
+        inner = _reader(kind.type_)
         if is_tag or not is_optional(f):
             return inner
 
@@ -276,8 +278,10 @@ def _field_reader(entity_type: type[Any], f: Any, *, flexible: bool, is_tag: boo
 
         return read_nullable
     assert isinstance(kind, EntityTupleField)
-    item = _tolerant_reader(kind.type_)
+    return _array_reader(_reader(kind.type_), flexible)
 
+
+def _array_reader(item: _Read, flexible: bool) -> _Read:
     def read_array(data: bytes, offset: int) -> tuple[Any, int]:
         if flexible:
             length, size = read_compact_array_length(data, offset)
@@ -286,7 +290,8 @@ def _field_reader(entity_type: type[Any], f: Any, *, flexible: bool, is_tag: boo
         offset += size
         if length is None or length < 0:
             return None, offset
-        # Each item takes at least one byte: a count beyond the frame is a lie.
+        # Each item takes at least one byte: a count beyond the frame is a lie, and must
+        # not become an allocation.
         if length > len(data) - offset:
             raise KafkaDecodeError(f"array of {length} items in {len(data) - offset} bytes")
         items = []
