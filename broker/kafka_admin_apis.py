@@ -134,15 +134,9 @@ class KafkaAdminApis:
             assert error is not None
             return refused(kafka_error(error.code), error.message)
         record = wire.topic_from_pb(created)
-        return kafka_codec.entity(
-            m.CreatableTopicResult,
-            name=name,
-            topic_id=uuid.UUID(bytes=record.topic_id),
-            error_code=KafkaErrorCode.none,
-            error_message=None,
-            num_partitions=len(record.partitions),
-            replication_factor=record.replication_factor,
-            configs=tuple(
+        configs = None
+        if kafka_codec.has_field(m.CreatableTopicResult, "configs"):  # v5+
+            configs = tuple(
                 m.CreatableTopicConfigs(
                     name=key,
                     value=value,
@@ -151,7 +145,16 @@ class KafkaAdminApis:
                     is_sensitive=False,
                 )
                 for key, value in sorted(record.config.to_dict().items())
-            ),
+            )
+        return kafka_codec.entity(
+            m.CreatableTopicResult,
+            name=name,
+            topic_id=uuid.UUID(bytes=record.topic_id),
+            error_code=KafkaErrorCode.none,
+            error_message=None,
+            num_partitions=len(record.partitions),
+            replication_factor=record.replication_factor,
+            configs=configs,
         )
 
     async def delete_topics(self, ctx: RequestContext, request: Any) -> Any:

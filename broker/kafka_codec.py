@@ -343,6 +343,11 @@ def entity(cls: type[Any], **values: Any) -> Any:
     return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def has_field(cls: type[Any], name: str) -> bool:
+    """Whether this version's entity class has the field (it appeared in some version)."""
+    return name in _field_names(cls)
+
+
 _FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
 
 
