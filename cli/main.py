@@ -147,7 +147,7 @@ KAFKA_LISTENER_NAME = "KAFKA"
 def listener_protocols(args: argparse.Namespace) -> dict[str, str]:
     """`--listener-protocol-map NAME:PROTOCOL,...` -> {NAME: protocol}; unnamed: grpc."""
     found: dict[str, str] = {}
-    for item in _split(args.listener_protocol_map or ""):
+    for item in filter(None, (x.strip() for x in (args.listener_protocol_map or "").split(","))):
         name, sep, protocol = item.partition(":")
         name, protocol = name.strip().upper(), protocol.strip().lower()
         if not sep or not name or protocol not in PROTOCOLS:

@@ -667,3 +667,17 @@ def test_a_taken_kafka_port_is_a_clear_startup_error(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert f"error: 127.0.0.1:{kafka_port} is already in use" in result.stderr
+
+
+def test_raftmq_up_serves_kafka_and_prints_its_bootstrap(raftmq_up: Any) -> None:
+    up = raftmq_up()
+    line = up.wait_for_line("Kafka bootstrap:")
+    bootstrap = line.split("Kafka bootstrap:", 1)[1].strip()
+    assert bootstrap == f"127.0.0.1:{up.base_port + 400}"
+    producer = kafka.KafkaProducer(bootstrap_servers=[bootstrap], acks="all")
+    sent = producer.send("up-kafka", key=b"k", value=b"v").get(timeout=TIMEOUT_S)
+    producer.close()
+    with KafkaWire(bootstrap) as wire:
+        response = wire.call(3, 12, _metadata_request(12))
+    assert sorted(b.port for b in response.brokers) == [up.base_port + 400 + i for i in range(3)]
+    assert sent.offset == 0
