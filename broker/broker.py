@@ -168,18 +168,21 @@ class BrokerNode:
             options.all_listeners()[0].name,
         )
         self.port = self.ports[inter_broker]
-        # The Kafka listeners, bound now as the gRPC ports are; they serve once started.
-        self.kafka_api = KafkaApi()
-        self.kafka_listeners = [
-            KafkaListener(
-                KafkaListenerConfig(x.name, x.bind), self.kafka_api, node_id=options.node_id
-            )
-            for x in options.kafka_listeners
-        ]
         self.health = AsyncNodeHealth([BROKER_SERVICE])
         self.metrics = BrokerMetrics(
             broker_id=options.node_id, data_dir=options.data_dir, request_limit=CONCURRENT_RPCS_MAX
         )
+        # The Kafka listeners, bound now as the gRPC ports are; they serve once started.
+        self.kafka_api = KafkaApi()
+        self.kafka_listeners = [
+            KafkaListener(
+                KafkaListenerConfig(x.name, x.bind),
+                self.kafka_api,
+                node_id=options.node_id,
+                metrics=self.metrics,
+            )
+            for x in options.kafka_listeners
+        ]
         # Bound before anything starts, as the gRPC ports.
         self.metrics_server = (
             metrics.serve(self.metrics.registry, *options.metrics_listen)

@@ -28,11 +28,14 @@ import asyncio
 import contextlib
 import errno
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from kio.schema.index import api_key_map
 from raftmq.broker import kafka_codec
+from raftmq.broker.broker_metrics import BrokerMetrics
 from raftmq.broker.kafka_api import API_VERSIONS_KEY, KafkaApi, RequestContext
 from raftmq.broker.kafka_codec import FRAME_BYTES_MAX, SIZE_PREFIX, KafkaDecodeError
 from raftmq.ports import PortInUseError
@@ -65,10 +68,20 @@ class KafkaListener:
     """One named Kafka listener. Built (and bound) on the broker's loop thread; `start`
     serves, `close` stops accepting and drops every connection."""
 
-    def __init__(self, config: KafkaListenerConfig, api: KafkaApi, *, node_id: int) -> None:
+    def __init__(
+        self,
+        config: KafkaListenerConfig,
+        api: KafkaApi,
+        *,
+        node_id: int,
+        metrics: BrokerMetrics | None = None,
+    ) -> None:
+        """`metrics`: requests are counted and timed there as `kafka.<api>` (the gRPC
+        API's are under their RPC names)."""
         assert config.inflight_requests_max >= 1 and config.frame_bytes_max >= FRAME_BYTES_MIN
         self.config = config
         self.api = api
+        self.metrics = metrics
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=node_id, listener=config.name)
         self._socket = _bind_exclusive(*config.bind)
         self.port: int = self._socket.getsockname()[1]
@@ -251,6 +264,19 @@ class _Connection:
         task = asyncio.ensure_future(handler(ctx, request))
         self.handlers.add(task)
         task.add_done_callback(self.handlers.discard)
+        metrics = self.listener.metrics
+        if metrics is not None:
+            metrics.seen_client(self.peer)
+            metrics.requests_in_flight.inc()
+            api = f"kafka.{api_key_map.get(api_key, api_key)}"
+            started = time.perf_counter()
+
+            def measured(_: asyncio.Future[Any]) -> None:
+                metrics.requests_in_flight.dec()
+                metrics.requests.labels(api).inc()
+                metrics.request_duration.labels(api).observe(time.perf_counter() - started)
+
+            task.add_done_callback(measured)
         self.inflight.put_nowait((ctx, task))
 
     def _context(
