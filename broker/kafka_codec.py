@@ -263,9 +263,11 @@ def _field_reader(entity_type: type[Any], f: Any, *, flexible: bool, is_tag: boo
         return lambda data, offset: _sized(native(data, offset), offset)
     if isinstance(kind, PrimitiveTupleField):
         item_native = get_reader(f.metadata["kafka_type"], flexible, False)
-        return _array_reader(
-            lambda data, offset: _sized(item_native(data, offset), offset), flexible
-        )
+
+        def read_item(data: bytes, offset: int) -> tuple[Any, int]:
+            return _sized(item_native(data, offset), offset)
+
+        return _array_reader(read_item, flexible, nullable=is_optional(f))
     if isinstance(kind, EntityField):
         inner = _reader(kind.type_)
         if is_tag or not is_optional(f):
@@ -278,10 +280,10 @@ def _field_reader(entity_type: type[Any], f: Any, *, flexible: bool, is_tag: boo
 
         return read_nullable
     assert isinstance(kind, EntityTupleField)
-    return _array_reader(_reader(kind.type_), flexible)
+    return _array_reader(_reader(kind.type_), flexible, nullable=is_optional(f))
 
 
-def _array_reader(item: _Read, flexible: bool) -> _Read:
+def _array_reader(item: _Read, flexible: bool, *, nullable: bool) -> _Read:
     def read_array(data: bytes, offset: int) -> tuple[Any, int]:
         if flexible:
             length, size = read_compact_array_length(data, offset)
@@ -289,6 +291,10 @@ def _array_reader(item: _Read, flexible: bool) -> _Read:
             length, size = read_legacy_array_length(data, offset)
         offset += size
         if length is None or length < 0:
+            if not nullable:
+                # Handlers trust the schema's types: a null where it allows none is a
+                # malformed request, not a None for them to trip on.
+                raise KafkaDecodeError("a null array where the schema has no null")
             return None, offset
         # Each item takes at least one byte: a count beyond the frame is a lie, and must
         # not become an allocation.

@@ -231,6 +231,17 @@ def log_end_offsets(cluster: LocalCluster) -> list[int]:
     return ends
 
 
+def internal_errors(cluster: LocalCluster) -> list[str]:
+    """Handler failures the brokers logged (a bug of ours, even though the listener
+    survives it by closing the connection)."""
+    return [
+        line
+        for p in cluster.brokers.values()
+        for line in p.log_path.read_text(errors="replace").splitlines()
+        if "kafka.request_failed" in line or "kafka.connection_failed" in line
+    ]
+
+
 def broker_serves(cluster: LocalCluster) -> bool:
     for endpoint in cluster.layout.kafka_endpoints:
         with KafkaWire(endpoint) as wire:
@@ -569,6 +580,7 @@ def test_bad_input_closes_the_connection_and_stores_nothing(
             assert wire.closed_by_broker()
     assert broker_serves(cluster)
     assert log_end_offsets(cluster) == before
+    assert not internal_errors(cluster)
 
 
 def test_an_unsupported_api_versions_version_is_answered_in_v0(cluster: LocalCluster) -> None:
@@ -640,6 +652,7 @@ def test_fuzzed_frames_never_stop_the_broker_or_store_a_byte(
             pass  # answers, until the broker closes
     assert broker_serves(cluster)
     assert log_end_offsets(cluster) == before
+    assert not internal_errors(cluster)
 
 
 # ---------------------------------------------------------------- startup

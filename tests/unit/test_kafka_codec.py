@@ -285,3 +285,15 @@ def test_an_unsupported_api_versions_version_is_answered_in_v0_with_the_full_lis
     frame = kafka_codec.encode_response(18, 0, 4, response)
     decoded, _ = entity_reader(api_versions_v0.ApiVersionsResponse)(frame, 8)
     assert [(k.api_key, k.max_version) for k in decoded.api_keys] == [(0, 9), (18, 3)]
+
+
+def test_a_null_array_where_the_schema_has_none_is_a_decode_error() -> None:
+    """ListOffsets v1's topics may not be null (the fuzz test's find: a handler iterated
+    None); Metadata's topics may (null: every topic)."""
+    from kio.schema.list_offsets.v1 import request as list_offsets_v1
+    from kio.schema.metadata.v1 import request as metadata_v1
+
+    with pytest.raises(KafkaDecodeError, match="null array"):
+        kafka_codec.read_entity(list_offsets_v1.ListOffsetsRequest, b"\xff\xff\xff\xff" * 2, 0)
+    request, _ = kafka_codec.read_entity(metadata_v1.MetadataRequest, b"\xff\xff\xff\xff", 0)
+    assert request.topics is None
