@@ -27,16 +27,23 @@ from raftmq.broker.broker_metrics import BrokerMetrics
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.controller_session import ControllerSession
 from raftmq.broker.group_coordinator import GroupConfig, GroupCoordinator
+from raftmq.broker.kafka_admin_apis import KafkaAdminApis
+from raftmq.broker.kafka_api import KafkaApi
+from raftmq.broker.kafka_cluster_apis import KafkaClusterApis
+from raftmq.broker.kafka_groups import register_group_apis
+from raftmq.broker.kafka_listener import KafkaListener, KafkaListenerConfig
+from raftmq.broker.kafka_partition_apis import KafkaPartitionApis
 from raftmq.broker.log_store import AsyncGroupCommit, FlushPolicy, LogStore
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.purgatory import Purgatory
 from raftmq.broker.replica_manager import ReplicaManager
 from raftmq.broker.request_handler import RequestHandler
-from raftmq.broker.server import BrokerServicer, TopicDefaults
+from raftmq.broker.server import BrokerServicer
+from raftmq.broker.topic_admin import TopicAdmin, TopicDefaults
 from raftmq.health import AsyncNodeHealth, add_standard_services
 from raftmq.lifecycle import NodeLifecycle, run_guarded_async
-from raftmq.metadata import Listener
+from raftmq.metadata import PROTOCOL_KAFKA, Listener
 from raftmq.node_meta import DataDirError
 from raftmq.v1 import broker_pb2_grpc
 
@@ -79,10 +86,41 @@ class BrokerOptions:
     # Named listeners (Kafka's): () means one, DEFAULT_LISTENER, on listen/advertise.
     # Invariant: names unique; the inter-broker one is `listen`/`advertise`.
     listeners: tuple[ListenerConfig, ...] = ()
+    # Listeners that speak Kafka's wire protocol (`--kafka-listen`, or a kafka entry of
+    # `--listener-protocol-map`). Invariant: names unique among all listeners.
+    kafka_listeners: tuple[ListenerConfig, ...] = ()
     metrics_listen: tuple[str, int] | None = None
 
     def all_listeners(self) -> tuple[ListenerConfig, ...]:
         return self.listeners or (ListenerConfig(DEFAULT_LISTENER, self.listen, self.advertise),)
+
+
+def kafka_broker_configs(options: BrokerOptions) -> dict[str, str]:
+    """This broker's settings under Kafka's names, for DescribeConfigs (kafka-ui and the
+    Java AdminClient show them)."""
+
+    listeners = (*options.all_listeners(), *options.kafka_listeners)
+
+    def addresses(of: Callable[[ListenerConfig], tuple[str, int]]) -> str:
+        return ",".join(f"{x.name}://{of(x)[0]}:{of(x)[1]}" for x in listeners)
+
+    configs = {
+        "broker.id": str(options.node_id),
+        "node.id": str(options.node_id),
+        "listeners": addresses(lambda x: x.bind),
+        "advertised.listeners": addresses(lambda x: x.advertise),
+        "log.dirs": str(options.data_dir / "log"),
+        "auto.create.topics.enable": str(options.topic_defaults.auto_create).lower(),
+        "num.partitions": str(options.topic_defaults.partitions),
+        "default.replication.factor": str(options.topic_defaults.replication_factor),
+        "offsets.topic.num.partitions": str(options.groups.offsets_topic_partitions),
+        "offsets.topic.replication.factor": str(options.groups.offsets_topic_replication_factor),
+        "offsets.retention.minutes": str(options.groups.offsets_retention_ms // 60_000),
+        "replica.lag.time.max.ms": str(options.replica_lag_time_max_ms),
+    }
+    if options.rack:
+        configs["broker.rack"] = options.rack
+    return configs
 
 
 def run_broker(options: BrokerOptions) -> int:
@@ -134,6 +172,17 @@ class BrokerNode:
         self.metrics = BrokerMetrics(
             broker_id=options.node_id, data_dir=options.data_dir, request_limit=CONCURRENT_RPCS_MAX
         )
+        # The Kafka listeners, bound now as the gRPC ports are; they serve once started.
+        self.kafka_api = KafkaApi()
+        self.kafka_listeners = [
+            KafkaListener(
+                KafkaListenerConfig(x.name, x.bind),
+                self.kafka_api,
+                node_id=options.node_id,
+                metrics=self.metrics,
+            )
+            for x in options.kafka_listeners
+        ]
         # Bound before anything starts, as the gRPC ports.
         self.metrics_server = (
             metrics.serve(self.metrics.registry, *options.metrics_listen)
@@ -169,8 +218,12 @@ class BrokerNode:
         self.session = ControllerSession(
             node_id=options.node_id,
             advertise=options.advertise,
-            listeners=tuple(
-                Listener(x.name, x.advertise[0], x.advertise[1]) for x in options.listeners
+            listeners=(
+                *(Listener(x.name, x.advertise[0], x.advertise[1]) for x in options.listeners),
+                *(
+                    Listener(x.name, x.advertise[0], x.advertise[1], PROTOCOL_KAFKA)
+                    for x in options.kafka_listeners
+                ),
             ),
             rack=options.rack,
             data_dir=options.data_dir,
@@ -203,6 +256,28 @@ class BrokerNode:
             broker_epoch=lambda: self.session.broker_epoch,
             controllers=self.link,
         )
+        self.topics = TopicAdmin(
+            broker_id=options.node_id, controllers=self.link, defaults=options.topic_defaults
+        )
+        # Kafka's wire protocol: thin adapters on the same handler, coordinator and admin.
+        KafkaPartitionApis(handler=self.handler).register(self.kafka_api)
+        KafkaClusterApis(
+            node_id=options.node_id,
+            metadata=lambda: self.metadata.image,
+            cluster_id=lambda: self.session.cluster_id,
+            topics=self.topics,
+            groups=self.groups,
+            producer_ids=producer_ids,
+        ).register(self.kafka_api)
+        KafkaAdminApis(
+            node_id=options.node_id,
+            metadata=lambda: self.metadata.image,
+            topics=self.topics,
+            replicas=self.replicas.replicas,
+            log_dir=options.data_dir / "log",
+            broker_configs=kafka_broker_configs(options),
+        ).register(self.kafka_api)
+        register_group_apis(self.kafka_api, self.groups)
         named = bool(options.listeners)
         for name, server in self.servers.items():
             broker_pb2_grpc.add_BrokerServiceServicer_to_server(
@@ -226,6 +301,8 @@ class BrokerNode:
         """The gRPC server and the replica duties (not the controller session)."""
         for server in self.servers.values():
             await server.start()
+        for kafka in self.kafka_listeners:
+            await kafka.start()
         await self.health.set_serving(False)
         self.replicas.start()
         self._metrics_task = asyncio.get_running_loop().create_task(
@@ -262,6 +339,8 @@ class BrokerNode:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         await asyncio.gather(*(s.stop(grace=SHUTDOWN_GRACE_S) for s in self.servers.values()))
+        for kafka in self.kafka_listeners:
+            await kafka.close()
         await self.groups.stop()
         await self.replicas.stop()
         self.store.close()
@@ -296,6 +375,7 @@ async def _serve(options: BrokerOptions, lifecycle: NodeLifecycle, meta: node_me
     log.info(
         "broker.started",
         listeners={x.name: f"{x.bind[0]}:{x.bind[1]}" for x in options.all_listeners()},
+        kafka_listeners={x.name: f"{x.bind[0]}:{x.bind[1]}" for x in options.kafka_listeners},
         advertise=options.advertise,
         broker_epoch=node.session.broker_epoch,
         cluster_id=node.session.cluster_id,

@@ -16,6 +16,10 @@
   is ever shown.
 - A timer ticks every shard: session and rebalance timeouts, re-targeting after topic
   changes, offset retention.
+- Kafka's classic JoinGroup and SyncGroup wait for other members: such a request is a
+  future parked under (partition, group, member, kind), completed when the shard emits
+  its answer — on another member's request, on the tick that ends a round, or with
+  NOT_COORDINATOR when the shard is dropped. At most PENDING_RESPONSES_MAX are parked.
 
 Runs on the broker's event loop.
 """
@@ -27,9 +31,23 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import structlog
+from raftmq.broker.classic_group import (
+    INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+    JOIN,
+    SYNC,
+    BeatRequest,
+    Delivery,
+    JoinRequest,
+    JoinResponse,
+    LeaveRequest,
+    LeaveResponse,
+    SyncRequest,
+    SyncResponse,
+)
 from raftmq.broker.controller_link import ControllerLink
 from raftmq.broker.group_records import (
     GroupRecord,
@@ -39,12 +57,16 @@ from raftmq.broker.group_records import (
     encode,
 )
 from raftmq.broker.group_shard import (
+    ClassicCommitRequest,
+    ClassicResult,
     CommitRequest,
     CommitResponse,
     GroupDescription,
+    GroupListing,
     GroupShard,
     HeartbeatRequest,
     HeartbeatResponse,
+    KafkaGroupDescription,
     TopicCatalog,
 )
 from raftmq.broker.metadata_cache import MetadataImage
@@ -68,6 +90,12 @@ WRITE_TIMEOUT_MS = 10_000
 CREATE_RETRY_MS = 1_000
 # Large groups write large assignment records in one batch.
 OFFSETS_TOPIC_MAX_MESSAGE_BYTES = 16 << 20
+# Classic JoinGroup / SyncGroup requests waiting for other members, over all groups.
+PENDING_RESPONSES_MAX = 10_000
+# Writes of the tick's classic records whose answers wait for replication.
+TICK_WRITES_MAX = 64
+
+_R = TypeVar("_R")
 
 _log = structlog.get_logger("raftmq.broker")
 
@@ -79,6 +107,9 @@ class GroupConfig:
     offsets_topic_partitions: int = 12
     offsets_topic_replication_factor: int = 3
     offsets_retention_ms: int = 7 * 24 * 3600 * 1000
+    # Kafka's group.initial.rebalance.delay.ms (3 s there): how long the first round of
+    # an empty classic group waits for more members.
+    initial_rebalance_delay_ms: int = INITIAL_REBALANCE_DELAY_MS_DEFAULT
 
 
 def java_string_hash(text: str) -> int:
@@ -150,6 +181,10 @@ class GroupCoordinator:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._last_create_ms = -CREATE_RETRY_MS
+        # (offsets partition, group, member, JOIN|SYNC) -> the parked classic request.
+        # Invariant: len(_pending) <= PENDING_RESPONSES_MAX.
+        self._pending: dict[tuple[int, str, str, str], asyncio.Future[Any]] = {}
+        self._tick_writes: set[asyncio.Task[None]] = set()
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
 
     # ------------------------------------------------------------ lifecycle
@@ -168,7 +203,13 @@ class GroupCoordinator:
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [t for t in (self._task, *(s.task for s in self._shards.values())) if t]
+        for index in list(self._shards):
+            self._answer_pending(index, "the coordinator is stopping")
+        tasks = [
+            t
+            for t in (self._task, *(s.task for s in self._shards.values()), *self._tick_writes)
+            if t
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -187,18 +228,21 @@ class GroupCoordinator:
             self._unload(replica.index, shard)
             shard = None
         if leads and shard is None and not self._stopping:
-            shard = _Shard(
-                replica,
-                replica.leader_epoch,
-                GroupShard(offsets_retention_ms=self.config.offsets_retention_ms),
-            )
+            shard = _Shard(replica, replica.leader_epoch, self._new_state())
             self._shards[replica.index] = shard
             shard.task = asyncio.get_running_loop().create_task(
                 self._load(replica.index, shard), name=f"group-load-{replica.index}"
             )
 
+    def _new_state(self) -> GroupShard:
+        return GroupShard(
+            offsets_retention_ms=self.config.offsets_retention_ms,
+            initial_rebalance_delay_ms=self.config.initial_rebalance_delay_ms,
+        )
+
     def _unload(self, index: int, shard: _Shard) -> None:
         del self._shards[index]
+        self._answer_pending(index, f"{OFFSETS_TOPIC}-{index} moved to another broker")
         if shard.task is not None and not shard.task.done():
             shard.task.cancel()
         self.log.info("group_coordinator.unloaded", partition=index, groups=len(shard.state.groups))
@@ -220,7 +264,7 @@ class GroupCoordinator:
                 )
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, LOAD_RETRY_BACKOFF_S_MAX)
-            shard.state = GroupShard(offsets_retention_ms=self.config.offsets_retention_ms)
+            shard.state = self._new_state()
 
     async def _load_once(self, index: int, shard: _Shard) -> None:
         started = time.monotonic()
@@ -412,7 +456,10 @@ class GroupCoordinator:
                 continue
             for group in shard.state.groups.values():
                 offsets = {tp: v.offset for tp, v in group.offsets.items()}
-                found.append((group.group_id, len(group.members), offsets))
+                members = len(group.members)
+                if group.classic is not None:
+                    members += len(group.classic.members)
+                found.append((group.group_id, members, offsets))
         return found
 
     def list_groups(self) -> list[tuple[str, str]]:
@@ -431,6 +478,174 @@ class GroupCoordinator:
         if error is not None:
             return error
         return await self._write_and_wait(shard, records)
+
+    # ------------------------------------------------------------ classic groups
+
+    async def classic_join(self, request: JoinRequest) -> JoinResponse:
+        """Kafka's JoinGroup; may wait for the round to complete."""
+        try:
+            shard = self._shard_for(request.group_id)
+        except RaftmqError as e:
+            return JoinResponse(error=e, member_id=request.member_id)
+        if len(self._pending) >= PENDING_RESPONSES_MAX:
+            return JoinResponse(error=self._overloaded(), member_id=request.member_id)
+        if not request.member_id:
+            request = replace(
+                request, new_member_id=f"{request.client_id or 'member'}-{uuid.uuid4()}"
+            )
+        result = shard.state.classic_join(request, now_ms=_now_ms(), wall_ms=_wall_ms())
+        return await self._run_classic(
+            shard,
+            request.group_id,
+            result,
+            JOIN,
+            lambda e: JoinResponse(error=e, member_id=request.member_id),
+        )
+
+    async def classic_sync(self, request: SyncRequest) -> SyncResponse:
+        """Kafka's SyncGroup; a follower waits for the leader's assignment."""
+        try:
+            shard = self._shard_for(request.group_id)
+        except RaftmqError as e:
+            return SyncResponse(error=e)
+        if len(self._pending) >= PENDING_RESPONSES_MAX:
+            return SyncResponse(error=self._overloaded())
+        result = shard.state.classic_sync(request, now_ms=_now_ms())
+        return await self._run_classic(
+            shard, request.group_id, result, SYNC, lambda e: SyncResponse(error=e)
+        )
+
+    async def classic_heartbeat(self, request: BeatRequest) -> RaftmqError | None:
+        try:
+            shard = self._shard_for(request.group_id)
+        except RaftmqError as e:
+            return e
+        return shard.state.classic_heartbeat(request, now_ms=_now_ms())
+
+    async def classic_leave(self, request: LeaveRequest) -> LeaveResponse:
+        try:
+            shard = self._shard_for(request.group_id)
+        except RaftmqError as e:
+            return LeaveResponse(error=e)
+        result = shard.state.classic_leave(request, now_ms=_now_ms(), wall_ms=_wall_ms())
+        return await self._run_classic(
+            shard, request.group_id, result, "", lambda e: LeaveResponse(error=e)
+        )
+
+    async def classic_commit(self, request: ClassicCommitRequest) -> CommitResponse:
+        try:
+            shard = self._shard_for(request.group_id)
+        except RaftmqError as e:
+            return CommitResponse(error=e)
+        records, response = shard.state.classic_commit(
+            request, now_ms=_now_ms(), wall_ms=_wall_ms(), catalog=self._catalog()
+        )
+        error = await self._write_and_wait(shard, records)
+        return response if error is None else CommitResponse(error=error)
+
+    async def kafka_describe(
+        self, group_id: str
+    ) -> tuple[RaftmqError | None, KafkaGroupDescription | None]:
+        """(error, description); (None, None) for a group that does not exist."""
+        try:
+            shard = self._shard_for(group_id)
+        except RaftmqError as e:
+            return e, None
+        error = await self._write_and_wait(shard, [])
+        if error is not None:
+            return error, None
+        return None, shard.state.kafka_describe(group_id)
+
+    def group_listings(self) -> tuple[RaftmqError | None, list[GroupListing]]:
+        """Every group this broker coordinates; an error while a partition loads (Kafka's
+        ListGroups answers COORDINATOR_LOAD_IN_PROGRESS then)."""
+        found: list[GroupListing] = []
+        loading = False
+        for shard in self._shards.values():
+            if shard.loading:
+                loading = True
+            else:
+                found.extend(shard.state.group_listings())
+        error = (
+            RaftmqError(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "a group partition is loading")
+            if loading
+            else None
+        )
+        return error, sorted(found, key=lambda g: g.group_id)
+
+    def _overloaded(self) -> RaftmqError:
+        return RaftmqError(
+            ErrorCode.COORDINATOR_NOT_AVAILABLE,
+            f"broker {self.broker_id} has {PENDING_RESPONSES_MAX} group requests waiting",
+        )
+
+    async def _run_classic(
+        self,
+        shard: _Shard,
+        group_id: str,
+        result: ClassicResult[_R],
+        kind: str,
+        failed: Callable[[RaftmqError], _R],
+    ) -> _R:
+        """Write the result's records, then answer: the others' parked requests, and this
+        one — at once, or when the shard delivers its answer."""
+        index = shard.replica.index
+        future: asyncio.Future[Any] | None = None
+        key = None
+        if result.response is None:
+            assert result.wait_member_id and kind
+            key = (index, group_id, result.wait_member_id, kind)
+            future = self._park(key)
+        error = await self._write_and_wait(shard, result.records)
+        self._deliver(index, result.deliveries, error)
+        if future is None:
+            assert result.response is not None
+            return result.response if error is None else failed(error)
+        try:
+            response: _R = await future
+            return response
+        finally:
+            if key is not None and self._pending.get(key) is future:
+                del self._pending[key]
+
+    def _park(self, key: tuple[int, str, str, str]) -> asyncio.Future[Any]:
+        old = self._pending.pop(key, None)
+        if old is not None and not old.done():
+            # The member sent the same request again (its connection dropped, or a retry):
+            # the older one is superseded.
+            old.set_result(
+                _error_response(
+                    key[3],
+                    key[2],
+                    RaftmqError(ErrorCode.REBALANCE_IN_PROGRESS, "superseded by a newer request"),
+                )
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        assert len(self._pending) <= PENDING_RESPONSES_MAX + 1
+        return future
+
+    def _deliver(self, index: int, deliveries: list[Delivery], error: RaftmqError | None) -> None:
+        for d in deliveries:
+            future = self._pending.pop((index, d.group_id, d.member_id, d.kind), None)
+            if future is None or future.done():
+                continue  # its connection is gone
+            future.set_result(
+                d.response if error is None else _error_response(d.kind, d.member_id, error)
+            )
+
+    def _answer_pending(self, index: int, why: str) -> None:
+        error = RaftmqError(ErrorCode.NOT_COORDINATOR, why)
+        for key in [k for k in self._pending if k[0] == index]:
+            future = self._pending.pop(key)
+            if not future.done():
+                future.set_result(_error_response(key[3], key[2], error))
+
+    async def _write_then_deliver(
+        self, shard: _Shard, records: list[GroupRecord], deliveries: list[Delivery]
+    ) -> None:
+        error = await self._write_and_wait(shard, records)
+        self._deliver(shard.replica.index, deliveries, error)
 
     # ------------------------------------------------------------ writes
 
@@ -506,6 +721,36 @@ class GroupCoordinator:
                         self._append(shard, records)
                     except RaftmqError as e:
                         self.log.info("group_coordinator.tick_write_failed", error=str(e))
+                classic = shard.state.classic_tick(now_ms=_now_ms(), wall_ms=_wall_ms())
+                if classic.records or classic.deliveries:
+                    self._spawn_tick_write(shard, classic.records, classic.deliveries)
+
+    def _spawn_tick_write(
+        self, shard: _Shard, records: list[GroupRecord], deliveries: list[Delivery]
+    ) -> None:
+        """The tick's classic records are written at once (the state already moved); the
+        answers they complete wait for replication in a task of their own, so that the
+        tick never waits."""
+        if len(self._tick_writes) >= TICK_WRITES_MAX:
+            # Replication is stuck that far behind: answer now rather than queue more.
+            error = self._overloaded()
+            try:
+                self._append(shard, records)
+            except RaftmqError as e:
+                error = self._coordinator_error(e)
+            self._deliver(shard.replica.index, deliveries, error)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._write_then_deliver(shard, records, deliveries), name="group-tick-write"
+        )
+        self._tick_writes.add(task)
+        task.add_done_callback(self._tick_writes.discard)
+
+
+def _error_response(kind: str, member_id: str, error: RaftmqError) -> JoinResponse | SyncResponse:
+    if kind == JOIN:
+        return JoinResponse(error=error, member_id=member_id)
+    return SyncResponse(error=error)
 
 
 def _now_ms() -> int:

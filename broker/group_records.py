@@ -12,12 +12,21 @@ Keys, by type `t`:
 - `a`  target assignment     (group)                    -> assignment epoch
 - `t`  member's target       (group, member)            -> partitions
 - `c`  member's current      (group, member)            -> member epoch, assigned, revoking
+- `k`  classic group         (group)                    -> generation, protocol, leader, members
+                                                           with their metadata and assignment
+
+A classic group (Kafka's JoinGroup / SyncGroup protocol, client-side assignment) is one
+record, a snapshot of the group as of a generation, as Kafka's GroupMetadataValue is;
+bytes (protocol metadata, assignments) are base64 in it. Adding a key type keeps every
+earlier key and value readable unchanged; a reader older than a type refuses it.
 
 Pure: bytes in, dataclasses out.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,8 +123,54 @@ class CurrentValue:
     revoking: frozenset[TopicPartition] = field(default_factory=frozenset)
 
 
-Key = OffsetKey | GroupKey | MemberKey | AssignmentKey | TargetKey | CurrentKey
-Value = OffsetValue | GroupValue | MemberValue | AssignmentValue | TargetValue | CurrentValue
+@dataclass(frozen=True, slots=True)
+class ClassicGroupKey:
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicMemberValue:
+    member_id: str
+    instance_id: str  # "" for a dynamic member
+    client_id: str
+    client_host: str
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    # (protocol name, metadata) in the member's order of preference.
+    protocols: tuple[tuple[str, bytes], ...]
+    # What the leader's SyncGroup gave it at this generation (b"" before the sync).
+    assignment: bytes = b""
+    # What it owned at the generation before, for a "consumer" group: a member may still
+    # commit those no one owns now (a cooperative member commits what it revokes after
+    # the sync that revoked it).
+    previous_owned: frozenset[TopicPartition] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicGroupValue:
+    protocol_type: str
+    generation_id: int
+    # "" while the group is empty.
+    protocol_name: str
+    leader_id: str
+    # "empty", "completing_rebalance" or "stable": the states a generation is written in.
+    state: str
+    members: tuple[ClassicMemberValue, ...] = ()
+    # Wall-clock ms since when the group has had no member (offset retention counts from
+    # it); -1 while it has members.
+    empty_since_ms: int = -1
+
+
+Key = OffsetKey | GroupKey | MemberKey | AssignmentKey | TargetKey | CurrentKey | ClassicGroupKey
+Value = (
+    OffsetValue
+    | GroupValue
+    | MemberValue
+    | AssignmentValue
+    | TargetValue
+    | CurrentValue
+    | ClassicGroupValue
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +207,10 @@ def encode_key(key: Key) -> bytes:
         raw = {"t": "a", "g": key.group}
     elif isinstance(key, TargetKey):
         raw = {"t": "t", "g": key.group, "m": key.member_id}
-    else:
+    elif isinstance(key, CurrentKey):
         raw = {"t": "c", "g": key.group, "m": key.member_id}
+    else:
+        raw = {"t": "k", "g": key.group}
     raw["v"] = SCHEMA_VERSION
     return _dumps(raw)
 
@@ -184,15 +241,66 @@ def encode_value(value: Value | None) -> bytes | None:
         raw = {"epoch": value.assignment_epoch, "topics": dict(value.topic_partitions)}
     elif isinstance(value, TargetValue):
         raw = {"partitions": _partitions_to(value.partitions)}
-    else:
+    elif isinstance(value, CurrentValue):
         raw = {
             "epoch": value.member_epoch,
             "previous_epoch": value.previous_member_epoch,
             "assigned": _partitions_to(value.assigned),
             "revoking": _partitions_to(value.revoking),
         }
+    else:
+        raw = {
+            "protocol_type": value.protocol_type,
+            "generation": value.generation_id,
+            "protocol": value.protocol_name,
+            "leader": value.leader_id,
+            "state": value.state,
+            "members": [_classic_member_to(m) for m in value.members],
+            "empty_since": value.empty_since_ms,
+        }
     raw["v"] = SCHEMA_VERSION
     return _dumps(raw)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise GroupRecordError(f"bytes must be base64 text, got {text!r}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as e:
+        raise GroupRecordError(f"bad base64: {e}") from e
+
+
+def _classic_member_to(m: ClassicMemberValue) -> dict[str, Any]:
+    return {
+        "member": m.member_id,
+        "instance": m.instance_id,
+        "client": m.client_id,
+        "host": m.client_host,
+        "session_timeout_ms": m.session_timeout_ms,
+        "rebalance_timeout_ms": m.rebalance_timeout_ms,
+        "protocols": [[name, _b64(metadata)] for name, metadata in m.protocols],
+        "assignment": _b64(m.assignment),
+        "previous_owned": _partitions_to(m.previous_owned),
+    }
+
+
+def _classic_member_from(raw: Any) -> ClassicMemberValue:
+    return ClassicMemberValue(
+        str(raw["member"]),
+        str(raw["instance"]),
+        str(raw["client"]),
+        str(raw["host"]),
+        int(raw["session_timeout_ms"]),
+        int(raw["rebalance_timeout_ms"]),
+        tuple((str(name), _unb64(metadata)) for name, metadata in raw["protocols"]),
+        _unb64(raw["assignment"]),
+        _partitions_from(raw["previous_owned"]),
+    )
 
 
 def encode(record: GroupRecord) -> tuple[bytes, bytes | None]:
@@ -232,6 +340,8 @@ def decode(key_bytes: bytes, value_bytes: bytes | None) -> GroupRecord:
             key = TargetKey(group, str(raw["m"]))
         elif kind == "c":
             key = CurrentKey(group, str(raw["m"]))
+        elif kind == "k":
+            key = ClassicGroupKey(group)
         else:
             raise GroupRecordError(f"unknown record type {kind!r}")
         if value_bytes is None:
@@ -261,12 +371,22 @@ def decode(key_bytes: bytes, value_bytes: bytes | None) -> GroupRecord:
             )
         elif isinstance(key, TargetKey):
             value = TargetValue(_partitions_from(v["partitions"]))
-        else:
+        elif isinstance(key, CurrentKey):
             value = CurrentValue(
                 int(v["epoch"]),
                 int(v["previous_epoch"]),
                 _partitions_from(v["assigned"]),
                 _partitions_from(v["revoking"]),
+            )
+        else:
+            value = ClassicGroupValue(
+                str(v["protocol_type"]),
+                int(v["generation"]),
+                str(v["protocol"]),
+                str(v["leader"]),
+                str(v["state"]),
+                tuple(_classic_member_from(m) for m in v["members"]),
+                int(v["empty_since"]),
             )
     except (KeyError, TypeError, ValueError) as e:
         raise GroupRecordError(f"malformed record {key_bytes!r}: {e!r}") from e

@@ -16,20 +16,42 @@ what stays, is told to revoke what moves (and may still commit it), and is given
 partition only once no other member holds it — so a partition is never consumed by two
 members at once, and no stop-the-world round exists. Commits are fenced by member epoch
 *and* ownership: a member may commit only partitions it holds (assigned or revoking).
+
+A group is of one of two kinds: "consumer" (the above) or "classic" (Kafka's JoinGroup /
+SyncGroup protocol with client-side assignment, `raftmq.broker.classic_group`, whose
+state is `Group.classic`). Offsets, retention and deletion are the same for both; a
+request of the other kind on a group with members is refused (as Kafka does:
+INCONSISTENT_GROUP_PROTOCOL for a classic join, GROUP_ID_NOT_FOUND for a native
+heartbeat); an empty group changes kind with the first member of the other kind.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-from raftmq.broker import assignors
+from raftmq.broker import assignors, classic_group
+from raftmq.broker.classic_group import (
+    BeatRequest,
+    ClassicGroup,
+    Delivery,
+    Effects,
+    JoinRequest,
+    JoinResponse,
+    LeaveRequest,
+    LeaveResponse,
+    SyncRequest,
+    SyncResponse,
+)
+from raftmq.broker.consumer_protocol import decode_subscription_topics, encode_assignment
 from raftmq.broker.group_records import (
     AssignmentKey,
     AssignmentValue,
+    ClassicGroupKey,
+    ClassicGroupValue,
     CurrentKey,
     CurrentValue,
     GroupKey,
@@ -129,6 +151,19 @@ class CommitRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassicCommitRequest:
+    """An OffsetCommit of Kafka's protocol: fenced by generation and member id (and, for
+    a "consumer" protocol group, by the synced assignment); generation -1 with no member
+    is an admin commit (groups without members only)."""
+
+    group_id: str
+    member_id: str
+    generation_id: int
+    offsets: tuple[CommitOffset, ...]
+    instance_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CommitResponse:
     error: RaftmqError | None = None
     # (topic, partition) -> its error, None when committed.
@@ -158,6 +193,60 @@ class GroupDescription:
     members: tuple[MemberDescription, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class KafkaMemberDescription:
+    member_id: str
+    instance_id: str
+    client_id: str
+    client_host: str
+    metadata: bytes
+    assignment: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaGroupDescription:
+    """A group as Kafka's DescribeGroups shows it (either kind)."""
+
+    group_id: str
+    state: str  # Kafka's names: Empty, PreparingRebalance, ..., Stable
+    protocol_type: str
+    protocol_name: str
+    members: tuple[KafkaMemberDescription, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupListing:
+    group_id: str
+    protocol_type: str
+    state: str  # Kafka's names
+    group_type: str  # "classic" or "consumer"
+
+
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class ClassicResult(Generic[R]):
+    """A classic operation's outcome: records to write; the request's own response, or
+    None when it waits (it is answered by a later Delivery to (group, `wait_member_id`,
+    its kind)); and the answers to other members' waiting requests. The shell writes the
+    records, then sends every response (a failed write answers them with its error)."""
+
+    records: list[GroupRecord]
+    response: R | None
+    wait_member_id: str = ""
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+# Kafka's names of native group states (ConsumerGroup.State).
+_NATIVE_KAFKA_STATES = {
+    STATE_EMPTY: "Empty",
+    STATE_ASSIGNING: "Assigning",
+    STATE_RECONCILING: "Reconciling",
+    STATE_STABLE: "Stable",
+}
+
+
 # ------------------------------------------------------------------ state
 
 
@@ -185,6 +274,9 @@ class Group:
     offsets: dict[TopicPartition, OffsetValue] = field(default_factory=dict)
     # topic -> partitions, as of the last target computation.
     target_inputs: dict[str, int] = field(default_factory=dict)
+    # A classic group's state; None for a native one.
+    # Invariant: classic is None or not members (a group is of one kind).
+    classic: ClassicGroup | None = None
 
     def scratch(self) -> Group:
         """A copy planning may change: members copied, offsets shared (planning that
@@ -197,7 +289,18 @@ class Group:
             {m: replace(member) for m, member in self.members.items()},
             self.offsets,
             self.target_inputs,
+            self.classic,
         )
+
+    def is_empty(self) -> bool:
+        """No member of either kind."""
+        return not self.members and (self.classic is None or not self.classic.members)
+
+    def retention_since_ms(self) -> int:
+        """Wall-clock ms since when the group has been empty; -1 while it has members."""
+        if self.classic is not None:
+            return self.classic.empty_since_ms if not self.classic.members else -1
+        return self.empty_since_ms
 
     def assignor(self) -> str:
         votes = Counter(m.spec.assignor for m in self.members.values())
@@ -207,6 +310,8 @@ class Group:
         return min(a for a, n in votes.items() if n == best)
 
     def state(self) -> str:
+        if self.classic is not None:
+            return self.classic.state
         if not self.members:
             return STATE_EMPTY
         if self.group_epoch > self.assignment_epoch:
@@ -218,6 +323,9 @@ class Group:
 
     def check_invariants(self) -> None:
         assert self.group_epoch >= self.assignment_epoch, self
+        if self.classic is not None:
+            assert not self.members, f"group {self.group_id} has members of both kinds"
+            self.classic.check_invariants()
         held: dict[TopicPartition, str] = {}
         for m in self.members.values():
             assert not (m.current.assigned & m.current.revoking), m
@@ -268,6 +376,17 @@ def apply_record(groups: dict[str, Group], record: GroupRecord) -> None:
         member = group.members.get(key.member_id)
         if member is not None:
             member.target = frozenset() if value is None else _target(value)
+    elif isinstance(key, ClassicGroupKey):
+        if value is None:
+            group.classic = None
+        else:
+            assert isinstance(value, ClassicGroupValue)
+            if group.classic is None:
+                group.classic = ClassicGroup(
+                    key.group,
+                    initial_rebalance_delay_ms=classic_group.INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+                )
+            group.classic.restore(value)
     else:
         member = group.members.get(key.member_id)
         if member is not None:
@@ -298,6 +417,7 @@ class _Liveness:
 # before its target and current assignment.
 _LOAD_ORDER: tuple[type, ...] = (
     GroupKey,
+    ClassicGroupKey,
     MemberKey,
     AssignmentKey,
     TargetKey,
@@ -307,9 +427,20 @@ _LOAD_ORDER: tuple[type, ...] = (
 
 
 class GroupShard:
-    def __init__(self, *, offsets_retention_ms: int = OFFSETS_RETENTION_MS_DEFAULT) -> None:
+    def __init__(
+        self,
+        *,
+        offsets_retention_ms: int = OFFSETS_RETENTION_MS_DEFAULT,
+        initial_rebalance_delay_ms: int = classic_group.INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+    ) -> None:
         self.offsets_retention_ms = offsets_retention_ms
+        # Kafka's group.initial.rebalance.delay.ms (3 s there): how long the first round of
+        # an empty classic group waits for more members.
+        self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self.groups: dict[str, Group] = {}
+        # Classic groups created by a join and not written yet (a member told
+        # MEMBER_ID_REQUIRED that never came back leaves one): dropped by the tick.
+        self._unwritten: set[str] = set()
         self._liveness: dict[tuple[str, str], _Liveness] = {}
         # Between `load` and `loaded`: the latest record of each key read back.
         self._loading: dict[Key, GroupRecord] = {}
@@ -318,6 +449,7 @@ class GroupShard:
 
     def replay(self, record: GroupRecord) -> None:
         """A record this coordinator just wrote (or a follower's next record, in order)."""
+        self._unwritten.discard(record.key.group)
         apply_record(self.groups, record)
         group = self.groups.get(record.key.group)
         if group is not None:
@@ -343,6 +475,9 @@ class GroupShard:
                 if type(key) is kind:
                     apply_record(self.groups, record)
         for group in self.groups.values():
+            if group.classic is not None:
+                group.classic.initial_rebalance_delay_ms = self.initial_rebalance_delay_ms
+                group.classic.loaded(now_ms=now_ms)
             group.check_invariants()
         self._liveness = {
             (g.group_id, m.member_id): _Liveness(now_ms, m.spec.session_timeout_ms)
@@ -367,6 +502,12 @@ class GroupShard:
         if not request.member_id:
             raise RaftmqError(ErrorCode.UNKNOWN_MEMBER_ID, "the member id is missing")
         existing = self.groups.get(request.group_id)
+        if existing is not None and existing.classic is not None and existing.classic.members:
+            raise RaftmqError(
+                ErrorCode.GROUP_ID_NOT_FOUND,
+                f"group {request.group_id} is a classic group (Kafka's JoinGroup protocol) "
+                f"with {len(existing.classic.members)} member(s), not a consumer group",
+            )
         group = existing.scratch() if existing is not None else Group(request.group_id)
         plan = _Plan(group)
         member_id = request.member_id
@@ -374,6 +515,9 @@ class GroupShard:
         if epoch in (LEAVE_EPOCH, STATIC_LEAVE_EPOCH):
             return self._leave(plan, request, now_ms=now_ms, wall_ms=wall_ms)
         if epoch == JOIN_EPOCH:
+            if group.classic is not None:
+                # An empty classic group becomes a consumer group.
+                plan.emit(ClassicGroupKey(group.group_id), None)
             self._join(plan, request, wall_ms=wall_ms)
         else:
             member = group.members.get(member_id)
@@ -558,7 +702,6 @@ class GroupShard:
         except RaftmqError as e:
             return [], CommitResponse(error=e)
         group = self.groups.get(request.group_id)
-        records: list[GroupRecord] = []
         held: frozenset[TopicPartition] | None = None  # None: an admin commit
         if request.member_id or request.member_epoch != -1:
             member = group.members.get(request.member_id) if group is not None else None
@@ -587,36 +730,65 @@ class GroupShard:
                     )
                 )
             held = member.held
-        elif group is not None and group.members:
+        elif group is not None and not group.is_empty():
             return [], CommitResponse(
                 error=RaftmqError(
                     ErrorCode.NON_EMPTY_GROUP,
-                    f"group {request.group_id} has {len(group.members)} member(s): offsets "
-                    "are reset only while it is empty",
+                    f"group {request.group_id} has members: offsets are reset only while it "
+                    "is empty",
                 )
             )
-        results: dict[TopicPartition, RaftmqError | None] = {}
-        for item in request.offsets:
-            tp = (item.topic, item.partition)
-            error = _check_commit(item, catalog)
-            if error is None and held is not None and tp not in held:
-                error = RaftmqError(
-                    ErrorCode.NOT_PARTITION_OWNER,
-                    f"member {request.member_id} does not own {item.topic}-{item.partition} "
-                    f"at epoch {request.member_epoch}",
+        owns = None if held is None else held.__contains__
+        return _commit_offsets(
+            request.group_id,
+            group,
+            request.offsets,
+            owns,
+            f"member {request.member_id} at epoch {request.member_epoch}",
+            wall_ms=wall_ms,
+            catalog=catalog,
+        )
+
+    def classic_commit(
+        self, request: ClassicCommitRequest, *, now_ms: int, wall_ms: int, catalog: TopicCatalog
+    ) -> tuple[list[GroupRecord], CommitResponse]:
+        """Kafka's OffsetCommit: fenced by member id and generation, as Kafka does, and
+        by ownership of the synced assignment, which Kafka does not (a zombie that still
+        has its generation cannot move a partition it no longer owns)."""
+        try:
+            _check_group_id(request.group_id)
+        except RaftmqError as e:
+            return [], CommitResponse(error=e)
+        group = self.groups.get(request.group_id)
+        owns = None
+        if group is not None and group.classic is not None:
+            classic = group.classic
+            error, member = classic.commit_fence(
+                request.member_id, request.generation_id, request.instance_id, now_ms=now_ms
+            )
+            if error is not None:
+                return [], CommitResponse(error=error)
+            if member is not None:
+                owns = lambda tp: classic.may_commit(member, tp)  # noqa: E731
+        elif request.generation_id >= 0 or (group is not None and not group.is_empty()):
+            # No classic group: only an admin commit (generation -1) of a memberless one.
+            code = ErrorCode.ILLEGAL_GENERATION if group is None else ErrorCode.UNKNOWN_MEMBER_ID
+            return [], CommitResponse(
+                error=RaftmqError(
+                    code,
+                    f"member {request.member_id!r} at generation {request.generation_id} is "
+                    f"not in a classic group {request.group_id}",
                 )
-            results[tp] = error
-            if error is None:
-                records.append(
-                    GroupRecord(
-                        OffsetKey(request.group_id, item.topic, item.partition),
-                        OffsetValue(item.offset, item.leader_epoch, item.metadata, wall_ms),
-                    )
-                )
-        if records and group is None:
-            # Offsets of a group nobody joined (an admin reset, a Kafka simple consumer).
-            records.insert(0, GroupRecord(GroupKey(request.group_id), GroupValue(0, wall_ms)))
-        return records, CommitResponse(partitions=results)
+            )
+        return _commit_offsets(
+            request.group_id,
+            group,
+            request.offsets,
+            owns,
+            f"member {request.member_id} at generation {request.generation_id}",
+            wall_ms=wall_ms,
+            catalog=catalog,
+        )
 
     def fetch_offsets(
         self, group_id: str, partitions: Iterable[TopicPartition] | None
@@ -633,6 +805,8 @@ class GroupShard:
         group = self.groups.get(group_id)
         if group is None:
             return None
+        if group.classic is not None:
+            return _describe_classic(group.classic)
         members = tuple(
             MemberDescription(
                 m.member_id,
@@ -661,14 +835,79 @@ class GroupShard:
             (g.group_id, g.state()) for g in sorted(self.groups.values(), key=lambda g: g.group_id)
         ]
 
+    def kafka_describe(self, group_id: str) -> KafkaGroupDescription | None:
+        """Kafka's DescribeGroups view (metadata and assignments only while stable, as
+        Kafka shows them)."""
+        group = self.groups.get(group_id)
+        if group is None:
+            return None
+        classic = group.classic
+        if classic is None:
+            return KafkaGroupDescription(
+                group_id,
+                _NATIVE_KAFKA_STATES[group.state()],
+                "consumer",
+                group.assignor() if group.members else "",
+                tuple(
+                    KafkaMemberDescription(
+                        m.member_id,
+                        m.spec.instance_id,
+                        m.spec.client_id,
+                        "",
+                        b"",
+                        encode_assignment(m.current.assigned),
+                    )
+                    for m in sorted(group.members.values(), key=lambda m: m.member_id)
+                ),
+            )
+        stable = classic.state == classic_group.STATE_STABLE
+        return KafkaGroupDescription(
+            group_id,
+            classic_group.KAFKA_STATE_NAMES[classic.state],
+            classic.protocol_type,
+            classic.protocol_name,
+            tuple(
+                KafkaMemberDescription(
+                    m.member_id,
+                    m.instance_id,
+                    m.client_id,
+                    m.client_host,
+                    m.metadata(classic.protocol_name) if stable else b"",
+                    m.assignment if stable else b"",
+                )
+                for m in classic.members.values()
+            ),
+        )
+
+    def group_listings(self) -> list[GroupListing]:
+        """Every group as Kafka's ListGroups shows it."""
+        found = []
+        for group in sorted(self.groups.values(), key=lambda g: g.group_id):
+            classic = group.classic
+            if classic is None:
+                found.append(
+                    GroupListing(
+                        group.group_id, "consumer", _NATIVE_KAFKA_STATES[group.state()], "consumer"
+                    )
+                )
+            else:
+                found.append(
+                    GroupListing(
+                        group.group_id,
+                        classic.protocol_type,
+                        classic_group.KAFKA_STATE_NAMES[classic.state],
+                        "classic",
+                    )
+                )
+        return found
+
     def delete(self, group_id: str) -> tuple[list[GroupRecord], RaftmqError | None]:
         group = self.groups.get(group_id)
         if group is None:
             return [], RaftmqError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group_id!r}")
-        if group.members:
+        if not group.is_empty():
             return [], RaftmqError(
-                ErrorCode.NON_EMPTY_GROUP,
-                f"group {group_id} has {len(group.members)} member(s); stop them first",
+                ErrorCode.NON_EMPTY_GROUP, f"group {group_id} has members; stop them first"
             )
         return _tombstones(group), None
 
@@ -713,12 +952,161 @@ class GroupShard:
             if plan is not None:
                 records.extend(plan.records)
             elif (
-                not group.members
-                and group.empty_since_ms >= 0
-                and wall_ms - group.empty_since_ms > self.offsets_retention_ms
+                group.is_empty()
+                and group.retention_since_ms() >= 0
+                and wall_ms - group.retention_since_ms() > self.offsets_retention_ms
             ):
                 records.extend(_tombstones(group))
         return records
+
+    # ------------------------------------------------------------ classic groups
+
+    def _classic_for(self, group_id: str) -> ClassicGroup | None:
+        group = self.groups.get(group_id)
+        if group is None or group.classic is None:
+            return None
+        group.classic.initial_rebalance_delay_ms = self.initial_rebalance_delay_ms
+        return group.classic
+
+    def _result(
+        self,
+        classic: ClassicGroup,
+        response: R | None,
+        wait_member_id: str,
+        kind: str,
+        effects: Effects,
+    ) -> ClassicResult[R]:
+        records = (
+            [GroupRecord(ClassicGroupKey(classic.group_id), classic.snapshot())]
+            if effects.write
+            else []
+        )
+        deliveries = effects.deliveries
+        if response is None:
+            # A request that completed its own round is answered directly.
+            for i, d in enumerate(deliveries):
+                if d.member_id == wait_member_id and d.kind == kind:
+                    response = d.response  # type: ignore[assignment]
+                    del deliveries[i]
+                    break
+        return ClassicResult(
+            records, response, wait_member_id if response is None else "", deliveries
+        )
+
+    def classic_join(
+        self, request: JoinRequest, *, now_ms: int, wall_ms: int
+    ) -> ClassicResult[JoinResponse]:
+        """JoinGroup. The shell sets `new_member_id` when `member_id` is empty."""
+        try:
+            rebalance_timeout_ms = _check_join(request)
+        except RaftmqError as e:
+            return ClassicResult([], JoinResponse(error=e, member_id=request.member_id))
+        request = replace(request, rebalance_timeout_ms=rebalance_timeout_ms)
+        group_id = request.group_id
+        group = self.groups.get(group_id)
+        if group is not None and group.classic is None and not group.is_empty():
+            return ClassicResult(
+                [],
+                JoinResponse(
+                    error=RaftmqError(
+                        ErrorCode.INCONSISTENT_GROUP_PROTOCOL,
+                        f"group {group_id} is a consumer group (KIP-848) with "
+                        f"{len(group.members)} member(s); a classic member cannot join it",
+                    ),
+                    member_id=request.member_id,
+                ),
+            )
+        if request.member_id and (group is None or group.classic is None):
+            return ClassicResult(
+                [],
+                JoinResponse(
+                    error=RaftmqError(
+                        ErrorCode.UNKNOWN_MEMBER_ID,
+                        f"member {request.member_id} is not in group {group_id}",
+                    ),
+                    member_id=request.member_id,
+                ),
+            )
+        if group is None:
+            group = self.groups[group_id] = Group(group_id)
+            self._unwritten.add(group_id)
+        if group.classic is None:
+            group.classic = ClassicGroup(
+                group_id, initial_rebalance_delay_ms=self.initial_rebalance_delay_ms
+            )
+        classic = group.classic
+        classic.initial_rebalance_delay_ms = self.initial_rebalance_delay_ms
+        effects = Effects()
+        response = classic.join(request, now_ms=now_ms, wall_ms=wall_ms, effects=effects)
+        group.check_invariants()
+        wait = request.member_id or request.new_member_id
+        return self._result(classic, response, wait, classic_group.JOIN, effects)
+
+    def classic_sync(self, request: SyncRequest, *, now_ms: int) -> ClassicResult[SyncResponse]:
+        classic = self._classic_for(request.group_id)
+        if classic is None:
+            return ClassicResult(
+                [], SyncResponse(error=_not_classic(request.group_id, request.member_id))
+            )
+        effects = Effects()
+        response = classic.sync(request, now_ms=now_ms, effects=effects)
+        classic.check_invariants()
+        return self._result(classic, response, request.member_id, classic_group.SYNC, effects)
+
+    def classic_heartbeat(self, request: BeatRequest, *, now_ms: int) -> RaftmqError | None:
+        classic = self._classic_for(request.group_id)
+        if classic is None:
+            return _not_classic(request.group_id, request.member_id)
+        return classic.heartbeat(request, now_ms=now_ms)
+
+    def classic_leave(
+        self, request: LeaveRequest, *, now_ms: int, wall_ms: int
+    ) -> ClassicResult[LeaveResponse]:
+        classic = self._classic_for(request.group_id)
+        if classic is None:
+            return ClassicResult(
+                [],
+                LeaveResponse(
+                    results=tuple(
+                        (m, _not_classic(request.group_id, m.member_id)) for m in request.members
+                    )
+                ),
+            )
+        effects = Effects()
+        response = classic.leave(request, now_ms=now_ms, wall_ms=wall_ms, effects=effects)
+        classic.check_invariants()
+        return self._result(classic, response, "", "", effects)
+
+    def classic_tick(self, *, now_ms: int, wall_ms: int) -> ClassicResult[None]:
+        """Called with `tick`: classic sessions and round deadlines. Its records and
+        deliveries are written and sent as an operation's are."""
+        records: list[GroupRecord] = []
+        deliveries: list[Delivery] = []
+        for group_id in sorted(self.groups):
+            group = self.groups[group_id]
+            classic = self._classic_for(group_id)
+            if classic is None:
+                continue
+            effects = Effects()
+            classic.tick(now_ms=now_ms, wall_ms=wall_ms, effects=effects)
+            classic.check_invariants()
+            if effects.write:
+                records.append(GroupRecord(ClassicGroupKey(group_id), classic.snapshot()))
+            deliveries.extend(effects.deliveries)
+            if (
+                not effects.write
+                and not classic.members
+                and not classic.pending_members
+                and classic.state == classic_group.STATE_EMPTY
+                and classic.generation_id == 0
+            ):
+                # Never written (only members told MEMBER_ID_REQUIRED, gone since).
+                if group_id in self._unwritten:
+                    del self.groups[group_id]
+                    self._unwritten.discard(group_id)
+                elif not classic.persisted:
+                    group.classic = None
+        return ClassicResult(records, None, "", deliveries)
 
 
 class _Plan:
@@ -743,9 +1131,125 @@ class _Plan:
 
 def _tombstones(group: Group) -> list[GroupRecord]:
     records = [GroupRecord(OffsetKey(group.group_id, t, p), None) for t, p in sorted(group.offsets)]
+    if group.classic is not None:
+        records.append(GroupRecord(ClassicGroupKey(group.group_id), None))
     records.append(GroupRecord(AssignmentKey(group.group_id), None))
     records.append(GroupRecord(GroupKey(group.group_id), None))
     return records
+
+
+def _commit_offsets(
+    group_id: str,
+    group: Group | None,
+    offsets: tuple[CommitOffset, ...],
+    owns: Callable[[TopicPartition], bool] | None,
+    committer: str,
+    *,
+    wall_ms: int,
+    catalog: TopicCatalog,
+) -> tuple[list[GroupRecord], CommitResponse]:
+    """The records of a commit that passed its group's fencing; `owns` None: an admin
+    commit (no ownership)."""
+    records: list[GroupRecord] = []
+    results: dict[TopicPartition, RaftmqError | None] = {}
+    for item in offsets:
+        tp = (item.topic, item.partition)
+        error = _check_commit(item, catalog)
+        if error is None and owns is not None and not owns(tp):
+            error = RaftmqError(
+                ErrorCode.NOT_PARTITION_OWNER,
+                f"{committer} does not own {item.topic}-{item.partition}",
+            )
+        results[tp] = error
+        if error is None:
+            records.append(
+                GroupRecord(
+                    OffsetKey(group_id, item.topic, item.partition),
+                    OffsetValue(item.offset, item.leader_epoch, item.metadata, wall_ms),
+                )
+            )
+    if records and group is None:
+        # Offsets of a group nobody joined (an admin reset, a Kafka simple consumer).
+        records.insert(0, GroupRecord(GroupKey(group_id), GroupValue(0, wall_ms)))
+    return records, CommitResponse(partitions=results)
+
+
+def _not_classic(group_id: str, member_id: str) -> RaftmqError:
+    return RaftmqError(
+        ErrorCode.UNKNOWN_MEMBER_ID,
+        f"member {member_id!r} is not in group {group_id} (no classic group by that id)",
+    )
+
+
+def _check_join(request: JoinRequest) -> int:
+    """Raises for a malformed JoinGroup; returns its rebalance timeout (v0 has none: the
+    session timeout; a longer one than the max is clamped)."""
+    _check_group_id(request.group_id)
+    if not request.protocol_type or not request.protocols:
+        raise RaftmqError(
+            ErrorCode.INCONSISTENT_GROUP_PROTOCOL, "a join needs a protocol type and protocols"
+        )
+    if len(request.protocols) > classic_group.PROTOCOLS_MAX:
+        raise RaftmqError(
+            ErrorCode.INVALID_REQUEST, f"at most {classic_group.PROTOCOLS_MAX} protocols"
+        )
+    for name, _ in request.protocols:
+        if not name or len(name) > classic_group.PROTOCOL_NAME_LENGTH_MAX:
+            raise RaftmqError(ErrorCode.INVALID_REQUEST, f"bad protocol name {name!r}")
+    if sum(len(data) for _, data in request.protocols) > classic_group.MEMBER_METADATA_BYTES_MAX:
+        raise RaftmqError(
+            ErrorCode.INVALID_REQUEST,
+            f"the protocols' metadata is over {classic_group.MEMBER_METADATA_BYTES_MAX} bytes",
+        )
+    if len(request.instance_id) > GROUP_ID_LENGTH_MAX:
+        raise RaftmqError(ErrorCode.INVALID_REQUEST, "the group instance id is too long")
+    low, high = classic_group.SESSION_TIMEOUT_MS_MIN, classic_group.SESSION_TIMEOUT_MS_MAX
+    if not low <= request.session_timeout_ms <= high:
+        raise RaftmqError(
+            ErrorCode.INVALID_SESSION_TIMEOUT,
+            f"session timeout must be in [{low}, {high}] ms, got {request.session_timeout_ms}",
+        )
+    timeout = request.rebalance_timeout_ms
+    if timeout <= 0:
+        timeout = request.session_timeout_ms
+    return min(timeout, classic_group.REBALANCE_TIMEOUT_MS_MAX)
+
+
+def _describe_classic(classic: ClassicGroup) -> GroupDescription:
+    """A classic group in the native description's terms: epochs are the generation, the
+    assignor names the clients' protocol, assignments are the synced ones (decoded for a
+    "consumer" group)."""
+    members = []
+    for m in sorted(classic.members.values(), key=lambda m: m.member_id):
+        owned = m.owned or frozenset()
+        topics: tuple[str, ...] = ()
+        if classic.protocol_type == classic_group.CONSUMER_PROTOCOL_TYPE and m.protocols:
+            chosen = classic.protocol_name or m.protocols[0][0]
+            names = m.protocol_names()
+            data = m.metadata(chosen) if chosen in names else m.protocols[0][1]
+            topics = decode_subscription_topics(data) or ()
+        members.append(
+            MemberDescription(
+                m.member_id,
+                m.instance_id,
+                m.client_id,
+                classic.generation_id,
+                owned,
+                frozenset(),
+                owned,
+                topics,
+                "",
+            )
+        )
+    protocol = classic.protocol_name or "-"
+    return GroupDescription(
+        classic.group_id,
+        classic.state,
+        classic.generation_id,
+        classic.generation_id,
+        f"classic:{protocol}",
+        tuple(members),
+    )
 
 
 def _check_group_id(group_id: str) -> None:

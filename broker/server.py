@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -40,6 +38,7 @@ from raftmq.broker.request_handler import (
     ProducePartition,
     RequestHandler,
 )
+from raftmq.broker.topic_admin import TopicAdmin, TopicDefaults
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.record_batch import HEADER_SIZE, read_header, record_count
 from raftmq.v1 import broker_pb2 as pb
@@ -47,19 +46,11 @@ from raftmq.v1 import broker_pb2_grpc as rpc
 from raftmq.v1 import common_pb2 as cpb
 from raftmq.v1 import controller_pb2 as ctl
 
-ADMIN_TIMEOUT_MS = 15_000
+__all__ = ["BrokerServicer", "TopicDefaults"]
+
 # Auto-creation refusals that no retry can change (the name itself): Metadata answers them.
 # Others (e.g. too few live brokers for the default RF) leave the topic missing for now.
 TOPIC_REFUSED_FOR_GOOD = frozenset({ErrorCode.INVALID_TOPIC_NAME, ErrorCode.POLICY_VIOLATION})
-
-
-@dataclass(frozen=True, slots=True)
-class TopicDefaults:
-    """What an automatically created topic gets (`raftmq broker --default-partitions`, ...)."""
-
-    auto_create: bool = True
-    partitions: int = 1
-    replication_factor: int = 1
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
@@ -132,6 +123,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         self.controllers = controllers
         self.producer_ids = producer_ids
         self.topic_defaults = topic_defaults
+        self.topics = TopicAdmin(
+            broker_id=broker_id, controllers=controllers, defaults=topic_defaults
+        )
         self.log = structlog.get_logger("raftmq.broker").bind(node_id=broker_id)
 
     def _error_pb(self, error: PartitionError | None) -> cpb.Error:
@@ -357,7 +351,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         if request.allow_auto_topic_creation and self.topic_defaults.auto_create:
             missing = [name for name in request.topics if name not in image.topics]
             if missing:
-                errors = await asyncio.gather(*(self._auto_create(name) for name in missing))
+                errors = await asyncio.gather(*(self.topics.auto_create(n) for n in missing))
                 refused = [
                     pb.TopicError(topic=name, error=wire.exception_to_pb(error))
                     for name, error in zip(missing, errors, strict=True)
@@ -380,33 +374,6 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             topic_errors=refused,
         )
 
-    async def _auto_create(self, name: str) -> RaftmqError | None:
-        """Create a missing topic with the cluster's defaults (Kafka's
-        auto.create.topics.enable). It shows in a later Metadata answer, once the broker's
-        metadata has it. Returns the controller's refusal (logged), None when created or
-        already there; Metadata answers a refusal for good (a bad or reserved name) in
-        `topic_errors`, so that a Writer fails at once instead of waiting for the topic."""
-        response = await self._forward(
-            "CreateTopic",
-            ctl.CreateTopicRequest(
-                name=name,
-                partitions=self.topic_defaults.partitions,
-                replication_factor=self.topic_defaults.replication_factor,
-                # A fresh id each time: after a delete, a reused one would be answered from
-                # the controller's dedupe cache ("created") and create nothing.
-                request_id=f"auto-create-{name}-{uuid.uuid4().hex}",
-            ),
-            ctl.CreateTopicResponse,
-        )
-        error = wire.error_from_pb(response.error)
-        if error is None:
-            self.log.info("topic.auto_created", topic=name)
-        elif error.code == ErrorCode.TOPIC_ALREADY_EXISTS:
-            return None
-        else:
-            self.log.info("topic.auto_create_failed", topic=name, error=str(error))
-        return error
-
     @instrumented("InitProducerId")
     async def InitProducerId(
         self, request: pb.InitProducerIdRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -424,14 +391,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     # ------------------------------------------------------------ admin, forwarded
 
     async def _forward(self, method: str, request: Any, response_type: Callable[[], Any]) -> Any:
-        """Relay an admin request to the controller quorum (any controller; writes are
-        replicated through the Raft leader). Quorum unavailability becomes an error."""
-        try:
-            return await self.controllers.call(method, request, timeout_ms=ADMIN_TIMEOUT_MS)
-        except RaftmqError as e:
-            response = response_type()
-            response.error.CopyFrom(wire.exception_to_pb(e))
-            return response
+        return await self.topics.forward(method, request, response_type)
 
     # ------------------------------------------------------------ consumer groups
 

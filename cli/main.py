@@ -139,19 +139,30 @@ def parse_listeners(text: str, what: str) -> list[tuple[str, tuple[str, int]]]:
     return found
 
 
-def broker_listeners(
-    args: argparse.Namespace,
-) -> tuple[list[ListenerConfig], tuple[str, int], tuple[str, int]]:
-    """The broker's listeners from --listeners/--advertised-listeners/
-    --inter-broker-listener-name, or the one of --listen/--advertise; and the inter-broker
-    listener's bind and advertised addresses."""
+PROTOCOLS = ("grpc", "kafka")
+# The name `--kafka-listen` gives its listener.
+KAFKA_LISTENER_NAME = "KAFKA"
+
+
+def listener_protocols(args: argparse.Namespace) -> dict[str, str]:
+    """`--listener-protocol-map NAME:PROTOCOL,...` -> {NAME: protocol}; unnamed: grpc."""
+    found: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in (args.listener_protocol_map or "").split(","))):
+        name, sep, protocol = item.partition(":")
+        name, protocol = name.strip().upper(), protocol.strip().lower()
+        if not sep or not name or protocol not in PROTOCOLS:
+            raise ValueError(
+                f"--listener-protocol-map: {item!r} is not NAME:PROTOCOL "
+                f"(PROTOCOL one of {', '.join(PROTOCOLS)})"
+            )
+        found[name] = protocol
+    return found
+
+
+def _named_listeners(args: argparse.Namespace) -> list[ListenerConfig]:
+    """Every listener of --listeners with its advertised address."""
     from raftmq.broker.broker import ListenerConfig
 
-    if not args.listeners:
-        if not args.listen:
-            raise ValueError("give --listen HOST:PORT or --listeners NAME://HOST:PORT,...")
-        listen = wire.parse_host_port(args.listen)
-        return [], listen, wire.parse_host_port(args.advertise) if args.advertise else listen
     binds = parse_listeners(args.listeners, "--listeners")
     advertised = dict(
         parse_listeners(args.advertised_listeners, "--advertised-listeners")
@@ -163,20 +174,83 @@ def broker_listeners(
         advertise = advertised.get(name)
         if advertise is None:
             raise ValueError(f"--advertised-listeners has no address for listener {name}")
-        if advertise[0] in ("0.0.0.0", "::", ""):
-            raise ValueError(
-                f"listener {name} would advertise {advertise[0]}: give a reachable address "
-                "in --advertised-listeners"
-            )
+        _check_advertised(name, advertise)
         listeners.append(ListenerConfig(name, bind, advertise))
     unknown = set(advertised) - {n for n, _ in binds}
     if unknown:
         raise ValueError(f"--advertised-listeners names unknown listeners: {sorted(unknown)}")
-    inter = (args.inter_broker_listener_name or binds[0][0]).upper()
+    protocols = listener_protocols(args)
+    unmapped = set(protocols) - {x.name for x in listeners}
+    if unmapped:
+        raise ValueError(f"--listener-protocol-map names unknown listeners: {sorted(unmapped)}")
+    return listeners
+
+
+def _check_advertised(name: str, advertise: tuple[str, int]) -> None:
+    if advertise[0] in ("0.0.0.0", "::", ""):
+        raise ValueError(
+            f"listener {name} would advertise {advertise[0]}: give a reachable address "
+            "in --advertised-listeners (or --kafka-advertise)"
+        )
+
+
+def broker_listeners(
+    args: argparse.Namespace,
+) -> tuple[list[ListenerConfig], tuple[str, int], tuple[str, int]]:
+    """The broker's gRPC listeners from --listeners/--advertised-listeners/
+    --inter-broker-listener-name (those --listener-protocol-map does not make Kafka
+    listeners), or the one of --listen/--advertise; and the inter-broker listener's bind
+    and advertised addresses."""
+    if not args.listeners:
+        if not args.listen:
+            raise ValueError("give --listen HOST:PORT or --listeners NAME://HOST:PORT,...")
+        if args.listener_protocol_map:
+            raise ValueError("--listener-protocol-map needs --listeners")
+        listen = wire.parse_host_port(args.listen)
+        return [], listen, wire.parse_host_port(args.advertise) if args.advertise else listen
+    protocols = listener_protocols(args)
+    named = _named_listeners(args)
+    listeners = [x for x in named if protocols.get(x.name, "grpc") == "grpc"]
+    if not listeners:
+        raise ValueError("--listeners needs at least one gRPC listener (brokers replicate over it)")
+    inter = (args.inter_broker_listener_name or listeners[0].name).upper()
     chosen = next((x for x in listeners if x.name == inter), None)
     if chosen is None:
-        raise ValueError(f"--inter-broker-listener-name {inter} is not one of the listeners")
-    return list(listeners), chosen.bind, chosen.advertise
+        raise ValueError(
+            f"--inter-broker-listener-name {inter} is not one of the gRPC listeners "
+            f"({', '.join(x.name for x in listeners)})"
+        )
+    return listeners, chosen.bind, chosen.advertise
+
+
+def kafka_listeners(args: argparse.Namespace) -> list[ListenerConfig]:
+    """The listeners that speak Kafka's wire protocol: those of --listeners that
+    --listener-protocol-map marks kafka, and --kafka-listen/--kafka-advertise (named
+    KAFKA)."""
+    from raftmq.broker.broker import ListenerConfig
+
+    found: list[ListenerConfig] = []
+    if args.listeners:
+        protocols = listener_protocols(args)
+        found = [x for x in _named_listeners(args) if protocols.get(x.name) == "kafka"]
+    if args.kafka_listen:
+        if any(x.name == KAFKA_LISTENER_NAME for x in found) or (
+            args.listeners
+            and any(
+                n == KAFKA_LISTENER_NAME for n, _ in parse_listeners(args.listeners, "--listeners")
+            )
+        ):
+            raise ValueError(
+                f"--kafka-listen names its listener {KAFKA_LISTENER_NAME}, which --listeners "
+                "already has: use one or the other"
+            )
+        bind = wire.parse_host_port(args.kafka_listen)
+        advertise = wire.parse_host_port(args.kafka_advertise) if args.kafka_advertise else bind
+        _check_advertised(KAFKA_LISTENER_NAME, advertise)
+        found.append(ListenerConfig(KAFKA_LISTENER_NAME, bind, advertise))
+    elif args.kafka_advertise:
+        raise ValueError("--kafka-advertise needs --kafka-listen")
+    return found
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -192,6 +266,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
             listen=listen,
             advertise=advertise,
             listeners=tuple(listeners),
+            kafka_listeners=tuple(kafka_listeners(args)),
             metrics_listen=wire.parse_host_port(args.metrics_listen)
             if args.metrics_listen
             else None,
@@ -421,7 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--inter-broker-listener-name",
-        help="the listener other brokers and the controllers use (default: the first)",
+        help="the listener other brokers and the controllers use (default: the first gRPC one)",
+    )
+    p.add_argument(
+        "--listener-protocol-map",
+        help="NAME:PROTOCOL,... for listeners of --listeners that speak Kafka's wire protocol "
+        "(PROTOCOL grpc or kafka; default grpc), e.g. KAFKA_EXTERNAL:kafka",
+    )
+    p.add_argument(
+        "--kafka-listen",
+        help="HOST:PORT of a Kafka wire-protocol listener (named KAFKA) for any Kafka client",
+    )
+    p.add_argument(
+        "--kafka-advertise",
+        help="HOST:PORT Kafka clients are told to connect to (default: --kafka-listen)",
     )
     p.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus /metrics endpoint")
     p.add_argument("--controllers", required=True, help="controller HOST:PORT,...")
@@ -475,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port",
         type=int,
         default=9092,
-        help="every port from this one: brokers BASE.., controllers BASE+100.., Raft BASE+200..",
+        help="every port from this one: brokers BASE.., controllers BASE+100.., Raft "
+        "BASE+200.., metrics BASE+300.., Kafka listeners BASE+400..",
     )
     p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
     p.add_argument(

@@ -69,7 +69,13 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
 def _check_args(args: argparse.Namespace) -> None:
     if not 1 <= args.brokers <= BROKERS_MAX:
         raise UpError(f"--brokers must be in [1, {BROKERS_MAX}], got {args.brokers}")
-    offset = highest_port_offset(args.controllers, metrics=True, console=not args.no_console)
+    offset = highest_port_offset(
+        args.controllers,
+        metrics=True,
+        brokers=args.brokers,
+        kafka=True,
+        console=not args.no_console,
+    )
     if args.base_port < 1 or args.base_port + offset > 65535:
         raise UpError(
             f"--base-port {args.base_port} puts ports outside [1, 65535] "
@@ -85,6 +91,7 @@ def run_up(args: argparse.Namespace) -> int:
             controllers=args.controllers,
             brokers=args.brokers,
             metrics=True,
+            kafka=True,
             console=not args.no_console,
         )
         data_dir = Path(args.data_dir)
@@ -109,12 +116,14 @@ def _print_ready(cluster: LocalCluster, *, no_restart: bool) -> None:
     _say(f"Controllers: {','.join(layout.controller_endpoints)}")
     _say(f"Raft:        {','.join(layout.raft_endpoints)}")
     _say(f"Brokers:     {','.join(layout.broker_endpoints)}")
+    _say(f"Kafka:       {','.join(layout.kafka_endpoints)}")
     _say(f"Logs:        {cluster.data_dir / 'logs'}")
     for name, url in layout.metrics_urls():
         _say(f"Metrics:     {name:<13} {url}")
     for p in cluster.processes:
         _say(f"  {p.name:<13} pid {p.pid}")
     _say(f"\nraftmq is ready. Bootstrap address: {layout.broker_endpoints[0]}")
+    _say(f"Kafka bootstrap: {layout.kafka_endpoints[0]}")
     if layout.console_url is not None:
         _say(f"Console: {layout.console_url}")
     if no_restart:
@@ -130,6 +139,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         brokers=args.brokers,
         base_port=args.base_port,
         metrics=True,
+        kafka=True,
         console=not args.no_console,
         broker_args=[
             f"--flush-policy={args.flush_policy}",

@@ -59,6 +59,13 @@ class ErrorCode(enum.IntEnum):
     GROUP_MAX_SIZE_REACHED = 46
     OFFSET_METADATA_TOO_LARGE = 47
     INVALID_COMMIT_OFFSET = 48
+    ILLEGAL_GENERATION = 49
+    REBALANCE_IN_PROGRESS = 50
+    INCONSISTENT_GROUP_PROTOCOL = 51
+    MEMBER_ID_REQUIRED = 52
+    FENCED_INSTANCE_ID = 53
+    INVALID_SESSION_TIMEOUT = 54
+    UNSTABLE_OFFSET_COMMIT = 55
 
     @property
     def retriable(self) -> bool:
@@ -88,6 +95,8 @@ _RETRIABLE = frozenset(
         ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
         ErrorCode.STALE_MEMBER_EPOCH,
         ErrorCode.UNRELEASED_INSTANCE_ID,
+        ErrorCode.MEMBER_ID_REQUIRED,
+        ErrorCode.UNSTABLE_OFFSET_COMMIT,
     }
 )
 
@@ -218,6 +227,10 @@ _HINTS: dict[ErrorCode, str] = {
     "commit was refused so that a zombie cannot move the group's offset",
     ErrorCode.NON_EMPTY_GROUP: "stop the group's consumers first",
     ErrorCode.GROUP_ID_NOT_FOUND: "no such group",
+    ErrorCode.ILLEGAL_GENERATION: "the group moved to a new generation; join again",
+    ErrorCode.REBALANCE_IN_PROGRESS: "the group is rebalancing; join again",
+    ErrorCode.MEMBER_ID_REQUIRED: "join again with the member id this response carries",
+    ErrorCode.FENCED_INSTANCE_ID: "a newer member runs with this group.instance.id",
 }
 
 
@@ -416,6 +429,34 @@ class InvalidCommitOffsetError(RaftmqError):
     """INVALID_COMMIT_OFFSET."""
 
 
+class IllegalGenerationError(RaftmqError):
+    """ILLEGAL_GENERATION."""
+
+
+class RebalanceInProgressError(RaftmqError):
+    """REBALANCE_IN_PROGRESS."""
+
+
+class InconsistentGroupProtocolError(RaftmqError):
+    """INCONSISTENT_GROUP_PROTOCOL."""
+
+
+class MemberIdRequiredError(RaftmqError):
+    """MEMBER_ID_REQUIRED."""
+
+
+class FencedInstanceIdError(RaftmqError):
+    """FENCED_INSTANCE_ID."""
+
+
+class InvalidSessionTimeoutError(RaftmqError):
+    """INVALID_SESSION_TIMEOUT."""
+
+
+class UnstableOffsetCommitError(RaftmqError):
+    """UNSTABLE_OFFSET_COMMIT."""
+
+
 _BY_CODE: dict[ErrorCode, type[RaftmqError]] = {
     ErrorCode.UNKNOWN_SERVER_ERROR: UnknownServerErrorError,
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
@@ -465,5 +506,12 @@ _BY_CODE: dict[ErrorCode, type[RaftmqError]] = {
     ErrorCode.GROUP_MAX_SIZE_REACHED: GroupMaxSizeReachedError,
     ErrorCode.OFFSET_METADATA_TOO_LARGE: OffsetMetadataTooLargeError,
     ErrorCode.INVALID_COMMIT_OFFSET: InvalidCommitOffsetError,
+    ErrorCode.ILLEGAL_GENERATION: IllegalGenerationError,
+    ErrorCode.REBALANCE_IN_PROGRESS: RebalanceInProgressError,
+    ErrorCode.INCONSISTENT_GROUP_PROTOCOL: InconsistentGroupProtocolError,
+    ErrorCode.MEMBER_ID_REQUIRED: MemberIdRequiredError,
+    ErrorCode.FENCED_INSTANCE_ID: FencedInstanceIdError,
+    ErrorCode.INVALID_SESSION_TIMEOUT: InvalidSessionTimeoutError,
+    ErrorCode.UNSTABLE_OFFSET_COMMIT: UnstableOffsetCommitError,
 }
 assert set(_BY_CODE) == set(ErrorCode) - {ErrorCode.NONE}

@@ -14,6 +14,7 @@ Ports, from one base port B (`raftmq up --base-port`, default 9092):
     B + 200 + i  controller i+1, Raft      (i < 5)
     B + 300 + i  broker i+1, metrics       (HTTP /metrics; with metrics=True)
     B + 380 + i  controller i+1, metrics
+    B + 400 + i  broker i+1, Kafka wire protocol (listener KAFKA; with kafka=True)
     B + 500      the web console           (HTTP; with console=True)
 """
 
@@ -47,6 +48,7 @@ CONTROLLER_PORT_OFFSET = 100
 RAFT_PORT_OFFSET = 200
 BROKER_METRICS_PORT_OFFSET = 300
 CONTROLLER_METRICS_PORT_OFFSET = 380
+KAFKA_PORT_OFFSET = 400
 CONSOLE_PORT_OFFSET = 500
 
 CONSOLE_NAME = "console"
@@ -72,14 +74,21 @@ def launcher_pipe_fd() -> int:
 def free_base_port(
     *, controllers: int = 3, brokers: int = 3, host: str = "127.0.0.1", attempts: int = 50
 ) -> int:
-    """A base port whose whole `raftmq up` layout is free right now (tests pick one so
-    that parallel runs and other clusters do not collide)."""
+    """A base port whose whole `raftmq up` layout (metrics and Kafka listeners included)
+    is free right now (tests pick one so that parallel runs and other clusters do not
+    collide)."""
     rng = random.Random()
     for _ in range(attempts):
         base = rng.randrange(20_000, 60_000)
-        # Every port `raftmq up` may use (metrics and console included) must be free.
+        # Every port `raftmq up` may use (metrics, Kafka and console included) must be free.
         layout = layout_from_base_port(
-            base, controllers=controllers, brokers=brokers, host=host, metrics=True, console=True
+            base,
+            controllers=controllers,
+            brokers=brokers,
+            host=host,
+            metrics=True,
+            kafka=True,
+            console=True,
         )
         if all(port_free(h, p) for _, h, p in layout.listeners()):
             return base
@@ -196,10 +205,13 @@ def layout_from_base_port(
     brokers: int,
     host: str = "127.0.0.1",
     metrics: bool = False,
+    kafka: bool = False,
     console: bool = False,
 ) -> ClusterLayout:
     """Every port of a local cluster from one base port (see the module docstring)."""
-    highest = highest_port_offset(controllers, metrics=metrics, console=console)
+    highest = highest_port_offset(
+        controllers, metrics=metrics, brokers=brokers, kafka=kafka, console=console
+    )
     assert base_port > 0 and base_port + highest <= 65535
     assert brokers <= BROKERS_MAX <= CONTROLLER_PORT_OFFSET
     return ClusterLayout(
@@ -215,14 +227,24 @@ def layout_from_base_port(
             if metrics
             else []
         ),
+        kafka_ports=[base_port + KAFKA_PORT_OFFSET + i for i in range(brokers)] if kafka else [],
         console_port=base_port + CONSOLE_PORT_OFFSET if console else None,
     )
 
 
-def highest_port_offset(controllers: int, *, metrics: bool, console: bool = False) -> int:
+def highest_port_offset(
+    controllers: int,
+    *,
+    metrics: bool,
+    brokers: int = 0,
+    kafka: bool = False,
+    console: bool = False,
+) -> int:
     """The largest offset from the base port a cluster uses."""
     if console:
         return CONSOLE_PORT_OFFSET
+    if kafka and brokers:
+        return KAFKA_PORT_OFFSET + brokers - 1
     if metrics:
         return CONTROLLER_METRICS_PORT_OFFSET + controllers - 1
     return RAFT_PORT_OFFSET + controllers - 1
@@ -241,6 +263,9 @@ class ClusterLayout:
     # Prometheus endpoints; empty: metrics off. Invariant: empty or one per node.
     broker_metrics_ports: list[int] = field(default_factory=list)
     controller_metrics_ports: list[int] = field(default_factory=list)
+    # Kafka wire-protocol listeners of the brokers; empty: off. Invariant: empty or one
+    # per broker.
+    kafka_ports: list[int] = field(default_factory=list)
     # The web console's HTTP port, on `host`; None: no console.
     console_port: int | None = None
 
@@ -284,6 +309,11 @@ class ClusterLayout:
     def broker_endpoints(self) -> list[str]:
         return [f"{self.broker_host(i)}:{p}" for i, p in enumerate(self.broker_ports)]
 
+    @property
+    def kafka_endpoints(self) -> list[str]:
+        """Each broker's Kafka listener, "HOST:PORT" (the bootstrap of any Kafka client)."""
+        return [f"{self.broker_host(i)}:{p}" for i, p in enumerate(self.kafka_ports)]
+
     def listeners(self) -> list[tuple[str, str, int]]:
         """(node name, host, port) of every port the cluster binds."""
         out = [(f"broker-{i + 1}", self.broker_host(i), p) for i, p in enumerate(self.broker_ports)]
@@ -300,6 +330,7 @@ class ClusterLayout:
             (f"controller-{i + 1}", self.controller_host(i), p)
             for i, p in enumerate(self.controller_metrics_ports)
         ]
+        out += [(f"broker-{i + 1}", self.broker_host(i), p) for i, p in enumerate(self.kafka_ports)]
         if self.console_port is not None:
             out.append((CONSOLE_NAME, self.host, self.console_port))
         return out
@@ -324,6 +355,7 @@ class LocalCluster:
         broker_hosts: Sequence[str] = (),
         wrappers: Mapping[str, Sequence[str]] | None = None,
         metrics: bool = False,
+        kafka: bool = True,
         console: bool = False,
         console_args: Sequence[str] = (),
     ) -> None:
@@ -331,7 +363,8 @@ class LocalCluster:
         kernel picks. `controller_hosts` / `broker_hosts` give each node its own address
         (default: all on `host`); `wrappers` prefixes a node's command line, by process
         name (e.g. `{"broker-1": ["ip", "netns", "exec", "ns1"]}`). `cluster_id`: passed
-        to every node (""): the quorum's first leader creates one). `console`: also run
+        to every node (""): the quorum's first leader creates one). `kafka`: each broker
+        also serves Kafka's wire protocol (`layout.kafka_endpoints`). `console`: also run
         `raftmq console` on `host` (port B+500, or a free one) over the brokers and the
         nodes' metrics; it is one of `processes`, started last and stopped first."""
         assert controllers in (1, 3, 5)
@@ -346,6 +379,7 @@ class LocalCluster:
                 2 * controllers
                 + brokers
                 + (controllers + brokers if metrics else 0)
+                + (brokers if kafka else 0)
                 + (1 if console else 0)
             )
             self.layout = ClusterLayout(
@@ -354,10 +388,13 @@ class LocalCluster:
                 raft_ports=ports[controllers : 2 * controllers],
                 broker_ports=ports[2 * controllers : 2 * controllers + brokers],
             )
+            rest = ports[2 * controllers + brokers :]
             if metrics:
-                rest = ports[2 * controllers + brokers :]
                 self.layout.broker_metrics_ports = rest[:brokers]
                 self.layout.controller_metrics_ports = rest[brokers : brokers + controllers]
+                rest = rest[brokers + controllers :]
+            if kafka:
+                self.layout.kafka_ports = rest[:brokers]
             if console:
                 self.layout.console_port = ports[-1]
         else:
@@ -367,6 +404,7 @@ class LocalCluster:
                 brokers=brokers,
                 host=host,
                 metrics=metrics,
+                kafka=kafka,
                 console=console,
             )
         self.layout.controller_hosts = list(controller_hosts)
@@ -422,6 +460,11 @@ class LocalCluster:
                             f"--metrics-listen={self.layout.broker_host(i)}:{self.layout.broker_metrics_ports[i]}"
                         ]
                         if self.layout.broker_metrics_ports
+                        else []
+                    ),
+                    *(
+                        [f"--kafka-listen={self.layout.kafka_endpoints[i]}"]
+                        if self.layout.kafka_ports
                         else []
                     ),
                     "--log-json",

@@ -58,6 +58,13 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_MAX_SIZE_REACHED: _ClassVar[ErrorCode]
     OFFSET_METADATA_TOO_LARGE: _ClassVar[ErrorCode]
     INVALID_COMMIT_OFFSET: _ClassVar[ErrorCode]
+    ILLEGAL_GENERATION: _ClassVar[ErrorCode]
+    REBALANCE_IN_PROGRESS: _ClassVar[ErrorCode]
+    INCONSISTENT_GROUP_PROTOCOL: _ClassVar[ErrorCode]
+    MEMBER_ID_REQUIRED: _ClassVar[ErrorCode]
+    FENCED_INSTANCE_ID: _ClassVar[ErrorCode]
+    INVALID_SESSION_TIMEOUT: _ClassVar[ErrorCode]
+    UNSTABLE_OFFSET_COMMIT: _ClassVar[ErrorCode]
 NONE: ErrorCode
 UNKNOWN_SERVER_ERROR: ErrorCode
 INVALID_REQUEST: ErrorCode
@@ -107,6 +114,13 @@ NOT_PARTITION_OWNER: ErrorCode
 GROUP_MAX_SIZE_REACHED: ErrorCode
 OFFSET_METADATA_TOO_LARGE: ErrorCode
 INVALID_COMMIT_OFFSET: ErrorCode
+ILLEGAL_GENERATION: ErrorCode
+REBALANCE_IN_PROGRESS: ErrorCode
+INCONSISTENT_GROUP_PROTOCOL: ErrorCode
+MEMBER_ID_REQUIRED: ErrorCode
+FENCED_INSTANCE_ID: ErrorCode
+INVALID_SESSION_TIMEOUT: ErrorCode
+UNSTABLE_OFFSET_COMMIT: ErrorCode
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "retriable", "leader_id", "leader_endpoint")
