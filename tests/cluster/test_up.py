@@ -110,8 +110,9 @@ def test_a_second_up_on_the_same_data_dir_is_refused(raftmq_up: type[RaftmqUp]) 
 def test_no_node_outlives_a_sigkilled_up(raftmq_up: type[RaftmqUp]) -> None:
     up = raftmq_up()
     up.wait_for_line("raftmq is ready")
-    nodes = up.pids()
-    assert len(nodes) == 6 and all(pid_alive(p) for p in nodes.values())
+    nodes = up.pids()  # the six nodes and the console, which must not outlive it either
+    assert len(nodes) == 7 and "console" in nodes
+    assert all(pid_alive(p) for p in nodes.values())
     os.kill(up.process.pid, signal.SIGKILL)
     up.process.wait(timeout=10)
     wait_until(
@@ -120,7 +121,9 @@ def test_no_node_outlives_a_sigkilled_up(raftmq_up: type[RaftmqUp]) -> None:
         what="every node to exit after its launcher's SIGKILL",
     )
     # And their ports are free again.
-    layout = layout_from_base_port(up.base_port, controllers=3, brokers=3)
+    layout = layout_from_base_port(
+        up.base_port, controllers=3, brokers=3, metrics=True, kafka=True, console=True
+    )
     wait_until(
         lambda: all(port_free(h, p) for _, h, p in layout.listeners()),
         timeout_s=10,
