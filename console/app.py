@@ -410,7 +410,8 @@ async def _stopped_within(request: web.Request, timeout_s: float) -> bool:
     """Wait up to `timeout_s` for the console to stop; True if it did."""
     stopping = request.app[STOPPING]
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await stopping.wait()
     return stopping.is_set()
 
 

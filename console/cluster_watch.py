@@ -64,6 +64,7 @@ class ClusterWatch:
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         # One poll at a time: a page that asks for a fresh poll (after creating a topic)
         # while the loop polls waits for it instead of doubling the load.
         self._poll_lock = asyncio.Lock()
@@ -81,6 +82,10 @@ class ClusterWatch:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-watch")
 
     async def close(self) -> None:
+        # The flag ends the loop even if a cancellation were lost in a wait that finished
+        # at the same moment (Python 3.11's asyncio.wait_for can swallow one).
+        self._closed = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,9 +114,8 @@ class ClusterWatch:
         """The first snapshot after `version`, or the current one after `timeout_s`."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._snapshot.version > version), timeout_s
-                )
+                async with asyncio.timeout(timeout_s):
+                    await self._changed.wait_for(lambda: self._snapshot.version > version)
             return self._snapshot
 
     @contextlib.contextmanager
@@ -132,8 +136,8 @@ class ClusterWatch:
 
     async def _run(self) -> None:
         # Bound: one poll (bounded by poll_timeout_ms) per interval while active; asleep
-        # on `_wake` otherwise. Ends when cancelled (close).
-        while True:
+        # on `_wake` otherwise. Ends at close (the flag, or the cancellation).
+        while not self._closed:
             if not self._active():
                 self._wake.clear()
                 await self._wake.wait()
@@ -144,7 +148,8 @@ class ClusterWatch:
             wait_s = self.interval_ms / 1000 - (self._clock() - started_s)
             if wait_s > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
 
     async def poll_once(self) -> None:
         """One poll; the new snapshot is published to every waiter."""
@@ -152,7 +157,8 @@ class ClusterWatch:
             error = ""
             sample: Sample | None = None
             try:
-                sample = await asyncio.wait_for(self._poll(), self.poll_timeout_ms / 1000)
+                async with asyncio.timeout(self.poll_timeout_ms / 1000):
+                    sample = await self._poll()
             except TimeoutError:
                 error = f"the cluster did not answer within {self.poll_timeout_ms / 1000:g} s"
             except Exception as e:  # any failure is shown on the pages, never fatal here
