@@ -499,7 +499,9 @@ class _Views:
         self, request: web.Request, fragment: str, context: Callable[[Snapshot], dict[str, Any]]
     ) -> web.StreamResponse:
         watch = self.backend.watch
-        version = [watch.snapshot.version]
+        # A stream opened before any poll (a fresh console) starts with a real snapshot,
+        # not "waiting for the cluster".
+        version = [(await watch.current()).version]
 
         async def build() -> tuple[str, str]:
             snapshot = watch.snapshot

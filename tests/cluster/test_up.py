@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from raftmq import Admin
@@ -35,6 +36,10 @@ def test_a_killed_broker_is_reported_restarted_and_rejoins(raftmq_up: type[Raftm
         f"127.0.0.1:{b + 200 + i}" for i in range(3)
     ]
     assert not port_free("127.0.0.1", b + 100) and not port_free("127.0.0.1", b + 200)
+    # The web console, at B+500, over the same cluster.
+    assert up.wait_for_line("Console:") == f"Console: http://127.0.0.1:{b + 500}/"
+    with urllib.request.urlopen(f"http://127.0.0.1:{b + 500}/brokers", timeout=30) as page:
+        assert 'data-broker="3"' in page.read().decode()
     bootstrap = [f"127.0.0.1:{up.base_port}"]
     with Admin(bootstrap) as admin:
         admin.create_topic("watched", partitions=3, replication_factor=3)
