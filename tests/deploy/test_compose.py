@@ -90,6 +90,7 @@ class Deployment:
     project: str
     broker_ports: dict[str, int]
     metrics_ports: dict[str, int]
+    kafka_ports: dict[str, int]
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
     _containers: dict[str, str] = field(default_factory=dict)
 
@@ -99,6 +100,8 @@ class Deployment:
             env[f"{service.upper().replace('-', '_')}_PORT"] = str(port)
         for service, port in self.metrics_ports.items():
             env[f"{service.upper().replace('-', '_')}_METRICS_PORT"] = str(port)
+        for service, port in self.kafka_ports.items():
+            env[f"{service.upper().replace('-', '_')}_KAFKA_PORT"] = str(port)
         return env
 
     def compose(
@@ -182,12 +185,13 @@ def deployment() -> Iterator[Deployment]:
     if isinstance(tools, str):
         pytest.skip(f"no Docker engine here: {tools}")
     engine = DockerEngine(tools)
-    ports = free_ports(len(BROKERS) + len(NODES))
+    ports = free_ports(2 * len(BROKERS) + len(NODES))
     deployment = Deployment(
         engine,
         project=f"raftmq-deploy-{os.getpid()}-{secrets.token_hex(3)}",
         broker_ports=dict(zip(BROKERS, ports[: len(BROKERS)], strict=True)),
-        metrics_ports=dict(zip(NODES, ports[len(BROKERS) :], strict=True)),
+        metrics_ports=dict(zip(NODES, ports[len(BROKERS) : -len(BROKERS)], strict=True)),
+        kafka_ports=dict(zip(BROKERS, ports[-len(BROKERS) :], strict=True)),
     )
     compose_started = False
     try:
@@ -331,6 +335,37 @@ def test_the_cli_on_the_host_produces_and_consumes_through_the_external_ports(
     with Admin(deployment.bootstrap) as admin:
         [topic] = admin.describe_topics("deploy-demo")
     assert all(len(p.isr) == 3 for p in topic.partitions), topic.partitions
+
+
+@pytest.mark.filterwarnings(
+    "ignore:(read|open)_text is deprecated:DeprecationWarning"
+)  # kafka-python
+def test_a_kafka_client_on_the_host_produces_and_consumes_through_kafka_external(
+    deployment: Deployment,
+) -> None:
+    """kafka-python through the published KAFKA_EXTERNAL ports: Metadata on that listener
+    names 127.0.0.1 and the published Kafka ports (the broker-N:39092 of KAFKA_INTERNAL
+    would not resolve from the host)."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    bootstrap = [f"127.0.0.1:{deployment.kafka_ports[b]}" for b in BROKERS]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for i in range(10):
+            producer.send("deploy-kafka", key=b"k", value=f"kafka-{i}".encode()).get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=15_000)
+    try:
+        partitions = consumer.partitions_for_topic("deploy-kafka") or set()
+        consumer.assign([TopicPartition("deploy-kafka", p) for p in partitions])
+        consumer.seek_to_beginning()
+        values = [r.value for r in consumer]
+    finally:
+        consumer.close()
+    assert sorted(values) == sorted(f"kafka-{i}".encode() for i in range(10))
+    advertised = {f"{b.host}:{b.port}" for b in consumer._client.cluster.brokers()}
+    assert advertised == set(bootstrap), advertised
 
 
 def test_a_partition_leader_killed_inside_its_container_restarts_and_rejoins_the_isr(

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from raftmq import wire
 from raftmq.cli.env_config import apply_environment, flag_variables
-from raftmq.cli.main import broker_listeners, build_parser, server_parser
+from raftmq.cli.main import broker_listeners, build_parser, kafka_listeners, server_parser
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "deploy" / "docker-compose.yml"
@@ -81,7 +81,10 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = compose["services"]
+    """raftmq's own services (the optional third-party ones have profiles)."""
+    found: dict[str, dict[str, Any]] = {
+        name: service for name, service in compose["services"].items() if "profiles" not in service
+    }
     return found
 
 
@@ -169,10 +172,10 @@ def test_node_ids_are_unique_and_the_cluster_id_is_fixed_and_overridable(
         assert ids == [int(n.rsplit("-", 1)[1]) for n in names], f"{role} ids {ids}"
     cluster_ids = {parsed_args(s).cluster_id for s in services.values()}
     assert len(cluster_ids) == 1 and "" not in cluster_ids, cluster_ids
-    for name, service in raw_compose()["services"].items():
+    for name in services:
         raw = _raw_environment(name)["RAFTMQ_CLUSTER_ID"]
         assert raw.startswith("${RAFTMQ_CLUSTER_ID:-"), f"{name}: {raw}"
-        assert "RAFTMQ_CLUSTER_ID" in raw, service
+        assert "RAFTMQ_CLUSTER_ID" in raw, name
 
 
 def _raw_environment(name: str) -> dict[str, str]:
@@ -230,6 +233,40 @@ def test_brokers_listen_internally_by_name_and_externally_on_their_published_por
         external_ports.add(external.advertise[1])
         assert internal.bind[1] not in published, f"{name}: INTERNAL stays on the network"
     assert len(external_ports) == len(BROKERS)
+
+
+def test_brokers_speak_kafka_internally_by_name_and_externally_on_their_published_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    external_ports = set()
+    for name in BROKERS:
+        service = services[name]
+        by_name = {x.name: x for x in kafka_listeners(parsed_args(service))}
+        assert set(by_name) == {"KAFKA_INTERNAL", "KAFKA_EXTERNAL"}, name
+        internal, external = by_name["KAFKA_INTERNAL"], by_name["KAFKA_EXTERNAL"]
+        assert internal.advertise == (name, internal.bind[1])
+        published = {c: (h, p) for h, p, c in port_mappings(service)}
+        assert published[external.bind[1]] == external.advertise, name
+        assert external.advertise[0] == "127.0.0.1"
+        external_ports.add(external.advertise[1])
+        assert internal.bind[1] not in published, f"{name}: KAFKA_INTERNAL stays on the network"
+    assert len(external_ports) == len(BROKERS)
+
+
+def test_kafka_ui_is_an_optional_profile_on_the_brokers_kafka_internal_listeners(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    ui = compose["services"]["kafka-ui"]
+    assert ui["profiles"] == ["ui"]  # never started by a plain `up`
+    assert ui["networks"] == ["raftmq"]
+    internal = {
+        f"{name}:{x.advertise[1]}"
+        for name in BROKERS
+        for x in kafka_listeners(parsed_args(services[name]))
+        if x.name == "KAFKA_INTERNAL"
+    }
+    assert set(ui["environment"]["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"].split(",")) == internal
+    assert [host for host, _, _ in port_mappings(ui)] == ["127.0.0.1"]
 
 
 def test_ports_are_published_on_loopback_only_and_metrics_ports_are_published(
