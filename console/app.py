@@ -360,7 +360,12 @@ async def _write_rules(
 
 async def _fields(request: web.Request) -> dict[str, str]:
     """A POST's form fields (text fields only; the first of a repeated name)."""
-    posted = await request.post()
+    try:
+        posted = await request.post()
+    except UnicodeDecodeError:
+        # A form of raw non-UTF-8 bytes (browsers percent-encode; this is a hand-made
+        # request): said plainly, not a 500. Hex-encoded fields carry any bytes.
+        raise QueryError("the form is not UTF-8 text (send bytes as hex)") from None
     fields: dict[str, str] = {}
     for name, value in posted.items():
         if isinstance(value, str) and name not in fields:

@@ -7,6 +7,7 @@ cap; and `raftmq console` itself on a taken port."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import subprocess
 import sys
@@ -191,6 +192,12 @@ def test_bad_input_is_an_error_box_never_a_crash(cluster: LocalCluster) -> None:
         # A POST without this console's CSRF token changes nothing.
         response = await client.post("/produce", data={"topic": TOPIC, "value": "x"})
         assert response.status == 403 and "stale" in error_of(await response.text())
+        # A hand-made form of raw non-UTF-8 bytes, and one too large: said, not a crash.
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        response = await client.post("/produce", data=b"value=\xff\xfe", headers=form)
+        assert response.status == 400 and "not UTF-8" in error_of(await response.text())
+        response = await client.post("/produce", data=io.BytesIO(b"v" * (5 << 20)), headers=form)
+        assert response.status == 413
 
     run(cluster, scenario)
 
