@@ -13,6 +13,7 @@ Modules, pure ones first:
   `AsyncReader`, `AsyncWriter`, `AsyncConn`) and the nodes' /metrics.
 - `app.py`: routes, pages, server-sent events, the request rules (errors, read-only,
   CSRF, loopback Host check, CSP).
+- `server.py`: the `raftmq console` process (exclusive bind, signals, the launcher pipe).
 
 The stack, and why: aiohttp and Jinja2, nothing else. aiohttp is one dependency for all
 three things the console needs on one asyncio event loop — the HTTP server, the

@@ -2,9 +2,9 @@
 out with raftmq's public client (`AsyncAdmin`, `AsyncReader`, `AsyncWriter`, `AsyncConn`)
 and the nodes' Prometheus endpoints — nothing a user's application could not do.
 
-The pages (`console/app.py`) depend on the `Backend` protocol only, so the unit tests run
-them against an in-memory fake (tests/unit/test_console_app.py) and the browser tests
-against a real `raftmq up`.
+The pages (`console/app.py`) depend on the `Backend` protocol only; tests/cluster/
+test_console.py runs them over `ClientBackend` and a real cluster, in process, and
+tests/browser over a console process as `raftmq up` starts it.
 
 Everything here runs on the console's event loop.
 """
