@@ -12,8 +12,9 @@
   the same state and continues where the old one stopped.
 - A request is planned on the shard (pure), its records appended to the partition as
   leader and replayed, and the answer sent only once the high watermark passed them
-  (acks=all). Reads wait likewise for the last write before them, so nothing uncommitted
-  is ever shown.
+  (acks=all). A read takes its view of the state when it arrives and is answered once
+  the high watermark passed every record that view reflects, so nothing uncommitted is
+  ever shown (the state is replayed at append, above the high watermark).
 - A timer ticks every shard: session and rebalance timeouts, re-targeting after topic
   changes, offset retention.
 - Kafka's classic JoinGroup and SyncGroup wait for other members: such a request is a
@@ -428,22 +429,19 @@ class GroupCoordinator:
     ) -> tuple[RaftmqError | None, dict[tuple[str, int], OffsetValue | None]]:
         try:
             shard = self._shard_for(group_id)
+            offsets = await self._read_committed(
+                shard, lambda: shard.state.fetch_offsets(group_id, partitions)
+            )
         except RaftmqError as e:
             return e, {}
-        error = await self._write_and_wait(shard, [])
-        if error is not None:
-            return error, {}
-        return None, dict(shard.state.fetch_offsets(group_id, partitions))
+        return None, offsets
 
     async def describe(self, group_id: str) -> tuple[RaftmqError | None, GroupDescription | None]:
         try:
             shard = self._shard_for(group_id)
+            description = await self._read_committed(shard, lambda: shard.state.describe(group_id))
         except RaftmqError as e:
             return e, None
-        error = await self._write_and_wait(shard, [])
-        if error is not None:
-            return error, None
-        description = shard.state.describe(group_id)
         if description is None:
             return RaftmqError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group_id!r}"), None
         return None, description
@@ -549,12 +547,12 @@ class GroupCoordinator:
         """(error, description); (None, None) for a group that does not exist."""
         try:
             shard = self._shard_for(group_id)
+            description = await self._read_committed(
+                shard, lambda: shard.state.kafka_describe(group_id)
+            )
         except RaftmqError as e:
             return e, None
-        error = await self._write_and_wait(shard, [])
-        if error is not None:
-            return error, None
-        return None, shard.state.kafka_describe(group_id)
+        return None, description
 
     def group_listings(self) -> tuple[RaftmqError | None, list[GroupListing]]:
         """Every group this broker coordinates; an error while a partition loads (Kafka's
@@ -652,22 +650,48 @@ class GroupCoordinator:
     def _catalog(self) -> TopicCatalog:
         return _ImageCatalog(self.metadata())
 
+    async def _read_committed(self, shard: _Shard, view: Callable[[], _R]) -> _R:
+        """A read: `view` of the shard's state as it is now, returned once the high
+        watermark passed every record that state reflects; raises the RaftmqError to
+        answer if it did not (the coordinator moved, replication stalled).
+
+        The view is taken before the wait, not after it: the state is replayed at append
+        (above the HW), so writes appended while the read waits would show in a view taken
+        later, uncommitted — and a coordinator that loses its partition before they
+        replicate takes them with it (its successor loads the followers' log). Kafka keeps
+        pending commits out of OffsetFetch likewise. Seen in chaos seed 6104: an OffsetFetch
+        showed two in-flight commits, the broker died, and the offsets went back by one."""
+        upto = shard.written_upto
+        value = view()
+        error = await self._wait_committed(shard, upto)
+        if error is not None:
+            raise error
+        return value
+
     async def _write_and_wait(
         self, shard: _Shard, records: list[GroupRecord]
     ) -> RaftmqError | None:
         """Append `records` to the shard's partition and replay them, then wait until the
-        high watermark passed them (or passed the last earlier write, with no records)."""
+        high watermark passed them and every earlier write.
+
+        Answers planned on the state (heartbeats, commits, classic rounds) are computed
+        before this and sent after it, so what they reflect is committed when they leave;
+        a read must take its view before it waits (`_read_committed`)."""
         if records:
             try:
                 self._append(shard, records)
             except RaftmqError as e:
                 return self._coordinator_error(e)
+        return await self._wait_committed(shard, shard.written_upto)
+
+    async def _wait_committed(self, shard: _Shard, end_offset: int) -> RaftmqError | None:
+        """Wait until the shard's high watermark reaches `end_offset` at its leader epoch."""
         replica = shard.replica
-        if replica.log.high_watermark >= shard.written_upto:
+        if replica.log.high_watermark >= end_offset:
             return None
         error = await self.handler.wait_replicated(
             replica,
-            shard.written_upto,
+            end_offset,
             leader_epoch=shard.leader_epoch,
             timeout_ms=WRITE_TIMEOUT_MS,
         )
