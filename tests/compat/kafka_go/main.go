@@ -32,6 +32,7 @@ type options struct {
 	offset  int64
 	count   int
 	timeout time.Duration
+	linger  time.Duration
 }
 
 var examples = map[string]func(options) error{
@@ -55,10 +56,11 @@ func main() {
 	offset := flags.Int64("offset", 42, "start offset (reader-offset)")
 	count := flags.Int("count", 0, "stop after this many messages (readers)")
 	timeout := flags.Duration("timeout", 60*time.Second, "give up after this long")
+	linger := flags.Duration("linger", 0, "wait this long before closing a group reader")
 	if err := flags.Parse(os.Args[2:]); err != nil {
 		log.Fatal(err)
 	}
-	opts := options{strings.Split(*brokers, ","), *topic, *group, *offset, *count, *timeout}
+	opts := options{strings.Split(*brokers, ","), *topic, *group, *offset, *count, *timeout, *linger}
 	if err := examples[name](opts); err != nil {
 		log.Fatalf("%s: %v", name, err)
 	}

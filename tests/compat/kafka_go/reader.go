@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"log"
+	"os"
 	"time"
 
 	kafka "github.com/segmentio/kafka-go"
@@ -45,6 +47,7 @@ func groupReader(opts options, commitInterval time.Duration) *kafka.Reader {
 		// Short session and heartbeat so a test's next member joins quickly.
 		SessionTimeout:    6 * time.Second,
 		HeartbeatInterval: time.Second,
+		ErrorLogger:       log.New(os.Stderr, "kafka-go: ", log.LstdFlags),
 	})
 }
 
@@ -90,6 +93,9 @@ func commitInterval(opts options) error {
 func readGroup(opts options, interval time.Duration, read func(context.Context, *kafka.Reader) error) error {
 	r := groupReader(opts, interval)
 	err := readUntil(opts, func(ctx context.Context) error { return read(ctx, r) })
+	// 0.2.1's Close can drop the commits queued last with CommitInterval (its commit loop
+	// may see the stop before them): -linger gives the periodic commit time to send them.
+	time.Sleep(opts.linger)
 	if closeErr := r.Close(); err == nil {
 		err = closeErr
 	}

@@ -1,0 +1,184 @@
+"""The seed's kafka-go examples, adapted to kafka-go 0.2.1 (Debian's
+golang-github-segmentio-kafka-go-dev, Produce v2 / Fetch v2 message sets, Metadata v1,
+the classic group protocol at v0-v2) in `kafka_go/`, compiled once per session with
+Debian's Go in GOPATH mode (offline) and run against raftmq's Kafka listener.
+
+0.2.1 cannot express "one Writer for several topics": its WriterConfig has one Topic and
+its Message.Topic is read-only (see kafka_go/main.go for the other differences)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from raftmq import Admin, LastOffset, Message, Reader, Writer
+from raftmq.local_cluster import LocalCluster
+
+from .conftest import TIMEOUT_S, make_topic
+
+pytestmark = pytest.mark.compat
+
+SOURCE = Path(__file__).parent / "kafka_go"
+KAFKA_GO = Path("/usr/share/gocode/src/github.com/segmentio/kafka-go")
+SEED_MESSAGES = [("Key-A", "Hello World!"), ("Key-B", "One!"), ("Key-C", "Two!")]
+
+
+@pytest.fixture(scope="session")
+def kafka_go(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The compiled examples; skipped when Go or kafka-go 0.2.1's sources are missing."""
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed (Debian package golang-go)")
+    if not KAFKA_GO.is_dir():
+        pytest.skip(
+            f"kafka-go sources missing at {KAFKA_GO} (golang-github-segmentio-kafka-go-dev)"
+        )
+    work = tmp_path_factory.mktemp("kafka-go")
+    binary = work / "kafka_go"
+    env = dict(
+        os.environ,
+        GOPATH=f"{work}:/usr/share/gocode",
+        GO111MODULE="off",
+        GOFLAGS="",
+        GOCACHE=str(work / "cache"),
+    )
+    built = subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return binary
+
+
+def run(binary: Path, cluster: LocalCluster, example: str, *args: str) -> list[str]:
+    """Run one example; its printed lines (it fails the test on a non-zero exit)."""
+    done = subprocess.run(
+        [str(binary), example, "-brokers", ",".join(cluster.layout.kafka_endpoints), *args],
+        capture_output=True,
+        text=True,
+        timeout=3 * TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"{example} exited {done.returncode}:\n{done.stderr}"
+    return done.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def topic_a(cluster: LocalCluster) -> Iterator[str]:
+    """The seed's topic-A: 3 partitions, replication 3, 60 messages written by our Writer
+    to partition 0 (so a Reader from offset 42 has something to read)."""
+    make_topic(cluster, "topic-A", 3)
+    with Writer(cluster.layout.broker_endpoints, topic="topic-A") as writer:
+        writer.write_messages(
+            *[
+                Message(f"value-{i}".encode(), key=f"key-{i}".encode(), partition=0)
+                for i in range(60)
+            ]
+        ).result(timeout=TIMEOUT_S)
+    yield "topic-A"
+
+
+def test_a_reader_from_an_offset(kafka_go: Path, cluster: LocalCluster, topic_a: str) -> None:
+    lines = run(
+        kafka_go, cluster, "reader-offset", "-topic", topic_a, "-offset", "42", "-count", "18"
+    )
+    assert lines == [f"message at offset {i}: key-{i} = value-{i}" for i in range(42, 60)]
+
+
+def test_a_writer_with_least_bytes_and_acks_all(kafka_go: Path, cluster: LocalCluster) -> None:
+    topic = f"go-writer-{uuid.uuid4().hex[:8]}"
+    make_topic(cluster, topic, 3)
+    assert run(kafka_go, cluster, "writer", "-topic", topic) == ["wrote 3 messages"]
+    got = read_all(cluster, topic, 3)
+    assert sorted(got) == sorted(SEED_MESSAGES)
+
+
+def test_auto_topic_creation(kafka_go: Path, cluster: LocalCluster) -> None:
+    topic = f"go-auto-{uuid.uuid4().hex[:8]}"
+    lines = run(kafka_go, cluster, "auto-create", "-topic", topic)
+    assert lines[-1] == "wrote 3 messages", lines
+    assert sorted(read_all(cluster, topic, 1)) == sorted(SEED_MESSAGES)
+
+
+def test_one_writer_for_several_topics() -> None:
+    pytest.skip(
+        "kafka-go 0.2.1 cannot express it: WriterConfig has a single Topic and "
+        "Message.Topic is read-only (the seed's example needs kafka-go >= 0.4)"
+    )
+
+
+def test_a_consumer_group_explicit_commit_and_commit_interval_resume_in_turn(
+    kafka_go: Path, cluster: LocalCluster
+) -> None:
+    """Three runs share one group over a 3-partition topic: the consumer group (ReadMessage
+    commits each message), explicit commit (FetchMessage + CommitMessages), commit
+    interval (commits each second and on Close). Each run reads only what the runs before
+    it did not commit, and the group's committed offsets end at the log end."""
+    topic, group = f"go-group-{uuid.uuid4().hex[:8]}", f"go-g-{uuid.uuid4().hex[:8]}"
+    make_topic(cluster, topic, 3)
+    values = [f"v{i}" for i in range(30)]
+    with Writer(cluster.layout.broker_endpoints, topic=topic) as writer:
+        writer.write_messages(
+            *[Message(v.encode(), key=v.encode(), partition=i % 3) for i, v in enumerate(values)]
+        ).result(timeout=TIMEOUT_S)
+    seen: list[str] = []
+    for example, count, linger in (
+        ("consumer-group", 12, "0s"),
+        ("explicit-commit", 9, "0s"),
+        # Two commit ticks before Close: 0.2.1's Close may drop the last queued commits.
+        ("commit-interval", 9, "3s"),
+    ):
+        lines = run(
+            kafka_go,
+            cluster,
+            example,
+            *("-topic", topic, "-group", group, "-count", str(count), "-linger", linger),
+        )
+        assert len(lines) == count and all(
+            line.startswith(f"message at topic/partition/offset {topic}/") for line in lines
+        ), lines
+        seen += [line.rsplit(" = ", 1)[1] for line in lines]
+    assert sorted(seen) == sorted(values)
+    with Admin(cluster.layout.broker_endpoints) as admin:
+        ends = admin.list_offsets(topic, LastOffset)
+    committed = group_offsets(cluster, group, topic)
+    assert committed == ends, (committed, ends)
+
+
+def group_offsets(cluster: LocalCluster, group: str, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": ",".join(cluster.layout.kafka_endpoints), "group.id": group}
+    )
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=TIMEOUT_S)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found}
+
+
+def read_all(cluster: LocalCluster, topic: str, partitions: int) -> list[tuple[str, str]]:
+    """Every message of `topic` through our gRPC Reader, as (key, value) strings."""
+    with Admin(cluster.layout.broker_endpoints) as admin:
+        ends = admin.list_offsets(topic, LastOffset)
+    got = []
+    for partition in range(partitions):
+        if not ends.get(partition):
+            continue
+        with Reader(
+            cluster.layout.broker_endpoints, topic=topic, partition=partition, start_offset=0
+        ) as reader:
+            for _ in range(ends[partition]):
+                m = reader.read_message(timeout_ms=int(TIMEOUT_S * 1000))
+                got.append(((m.key or b"").decode(), m.value.decode()))
+    return got
