@@ -5,6 +5,9 @@ skipped with the reason."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +70,34 @@ def wait_for_file_lines(path: Path, count: int, timeout_s: float = TIMEOUT_S) ->
             return lines
         time.sleep(0.1)
     raise TimeoutError(f"{path} has fewer than {count} lines")
+
+
+KAFKA_GO = Path("/usr/share/gocode/src/github.com/segmentio/kafka-go")
+
+
+def go_build(source: Path, work: Path) -> Path:
+    """Compile the Go main package in `source` against kafka-go 0.2.1 with Debian's Go in
+    GOPATH mode (offline) into `work`; skips the test when Go or kafka-go is missing."""
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed (Debian package golang-go)")
+    if not KAFKA_GO.is_dir():
+        pytest.skip(f"kafka-go 0.2.1 missing at {KAFKA_GO} (golang-github-segmentio-kafka-go-dev)")
+    binary = work / "bin" / source.name
+    env = dict(
+        os.environ,
+        GOPATH=f"{work}:/usr/share/gocode",
+        GO111MODULE="off",
+        GOFLAGS="",
+        GOCACHE=str(work / "cache"),
+    )
+    built = subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return binary

@@ -8,8 +8,6 @@ its Message.Topic is read-only (see kafka_go/main.go for the other differences).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,44 +17,18 @@ import pytest
 from raftmq import Admin, LastOffset, Message, Reader, Writer
 from raftmq.local_cluster import LocalCluster
 
-from .conftest import TIMEOUT_S, make_topic
+from .conftest import TIMEOUT_S, go_build, make_topic
 
 pytestmark = pytest.mark.compat
 
 SOURCE = Path(__file__).parent / "kafka_go"
-KAFKA_GO = Path("/usr/share/gocode/src/github.com/segmentio/kafka-go")
 SEED_MESSAGES = [("Key-A", "Hello World!"), ("Key-B", "One!"), ("Key-C", "Two!")]
 
 
 @pytest.fixture(scope="session")
 def kafka_go(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The compiled examples; skipped when Go or kafka-go 0.2.1's sources are missing."""
-    if shutil.which("go") is None:
-        pytest.skip("Go is not installed (Debian package golang-go)")
-    if not KAFKA_GO.is_dir():
-        pytest.skip(
-            f"kafka-go sources missing at {KAFKA_GO} (golang-github-segmentio-kafka-go-dev)"
-        )
-    work = tmp_path_factory.mktemp("kafka-go")
-    binary = work / "kafka_go"
-    env = dict(
-        os.environ,
-        GOPATH=f"{work}:/usr/share/gocode",
-        GO111MODULE="off",
-        GOFLAGS="",
-        GOCACHE=str(work / "cache"),
-    )
-    built = subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        cwd=SOURCE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr
-    return binary
+    return go_build(SOURCE, tmp_path_factory.mktemp("kafka-go"))
 
 
 def run(binary: Path, cluster: LocalCluster, example: str, *args: str) -> list[str]:
