@@ -78,7 +78,10 @@ def test_auto_topic_creation(kafka_go: Path, cluster: LocalCluster) -> None:
     topic = f"go-auto-{uuid.uuid4().hex[:8]}"
     lines = run(kafka_go, cluster, "auto-create", "-topic", topic)
     assert lines[-1] == "wrote 3 messages", lines
-    assert sorted(read_all(cluster, topic, 1)) == sorted(SEED_MESSAGES)
+    got = read_all(cluster, topic, 1)
+    # The seed's loop retries a write that timed out, which may have been stored: a
+    # non-idempotent producer is at-least-once, so every message is there, maybe twice.
+    assert set(got) == set(SEED_MESSAGES), (lines, got)
 
 
 def test_one_writer_for_several_topics() -> None:
