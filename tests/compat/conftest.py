@@ -101,3 +101,19 @@ def go_build(source: Path, work: Path) -> Path:
     )
     assert built.returncode == 0, built.stderr
     return binary
+
+
+def group_offsets(cluster: LocalCluster, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets of `topic` (OffsetFetch through the Kafka listener)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": ",".join(cluster.layout.kafka_endpoints), "group.id": group}
+    )
+    try:
+        found = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=TIMEOUT_S
+        )
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found}

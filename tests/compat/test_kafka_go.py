@@ -17,7 +17,7 @@ import pytest
 from raftmq import Admin, LastOffset, Message, Reader, Writer
 from raftmq.local_cluster import LocalCluster
 
-from .conftest import TIMEOUT_S, go_build, make_topic
+from .conftest import TIMEOUT_S, go_build, group_offsets, make_topic
 
 pytestmark = pytest.mark.compat
 
@@ -125,21 +125,8 @@ def test_a_consumer_group_explicit_commit_and_commit_interval_resume_in_turn(
     assert sorted(seen) == sorted(values)
     with Admin(cluster.layout.broker_endpoints) as admin:
         ends = admin.list_offsets(topic, LastOffset)
-    committed = group_offsets(cluster, group, topic)
+    committed = group_offsets(cluster, group, topic, 3)
     assert committed == ends, (committed, ends)
-
-
-def group_offsets(cluster: LocalCluster, group: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": ",".join(cluster.layout.kafka_endpoints), "group.id": group}
-    )
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=TIMEOUT_S)
-    finally:
-        consumer.close()
-    return {tp.partition: tp.offset for tp in found}
 
 
 def read_all(cluster: LocalCluster, topic: str, partitions: int) -> list[tuple[str, str]]:

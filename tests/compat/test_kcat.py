@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from raftmq import Message, Writer
+from raftmq import Admin, LastOffset, Message, Writer
 from raftmq.local_cluster import LocalCluster, wait_until
 
-from .conftest import TIMEOUT_S, make_topic
+from .conftest import TIMEOUT_S, group_offsets, make_topic
 
 pytestmark = [
     pytest.mark.compat,
@@ -200,8 +200,15 @@ def test_a_kcat_group_of_two_splits_commits_and_resumes(
             interval_s=0.2,
         )
         assert a.partitions_read() <= a.partitions() and b.partitions_read() <= b.partitions()
-        # Let auto-commit (every 200 ms) cover what they read, then close both.
-        time.sleep(1)
+        # Auto-commit (every 200 ms) covers what they read before both close.
+        wait_until(
+            lambda: (
+                group_offsets(cluster, group, topic, PARTITIONS) == log_end_offsets(cluster, topic)
+            ),
+            timeout_s=TIMEOUT_S,
+            what="the group's commits reaching the log end",
+            interval_s=0.2,
+        )
     finally:
         a.stop()
         b.stop()
@@ -221,3 +228,8 @@ def test_a_kcat_group_of_two_splits_commits_and_resumes(
         assert sorted(c.values()) == sorted(second)
     finally:
         c.stop()
+
+
+def log_end_offsets(cluster: LocalCluster, topic: str) -> dict[int, int]:
+    with Admin(cluster.layout.broker_endpoints) as admin:
+        return dict(admin.list_offsets(topic, LastOffset))

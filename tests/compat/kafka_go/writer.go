@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	kafka "github.com/segmentio/kafka-go"
@@ -41,6 +42,10 @@ func autoCreate(opts options) error {
 		Brokers:      opts.brokers,
 		Topic:        opts.topic,
 		RequiredAcks: -1,
+		// 0.2.1's Writer looks the partitions up at start and then every RebalanceInterval
+		// (15s by default): while the broker is still creating the topic the first answer
+		// has none, and every write fails until the next look-up.
+		RebalanceInterval: 250 * time.Millisecond,
 	})
 	var err error
 	const retries = 10
@@ -49,7 +54,8 @@ func autoCreate(opts options) error {
 		err = w.WriteMessages(ctx, seedMessages...)
 		cancel()
 		if errors.Is(err, kafka.LeaderNotAvailable) || errors.Is(err, context.DeadlineExceeded) ||
-			errors.Is(err, kafka.UnknownTopicOrPartition) {
+			errors.Is(err, kafka.UnknownTopicOrPartition) ||
+			(err != nil && strings.HasPrefix(err.Error(), "failed to find any partitions")) {
 			fmt.Printf("retrying after: %v\n", err)
 			time.Sleep(250 * time.Millisecond)
 			continue
