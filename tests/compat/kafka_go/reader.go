@@ -93,8 +93,10 @@ func commitInterval(opts options) error {
 func readGroup(opts options, interval time.Duration, read func(context.Context, *kafka.Reader) error) error {
 	r := groupReader(opts, interval)
 	err := readUntil(opts, func(ctx context.Context) error { return read(ctx, r) })
-	// 0.2.1's Close can drop the commits queued last with CommitInterval (its commit loop
-	// may see the stop before them): -linger gives the periodic commit time to send them.
+	// With CommitInterval, 0.2.1's CommitMessages only queues the offsets on a buffered
+	// channel; on Close its commit loop selects between that channel and the stop signal
+	// at random and, once stopped, commits what it merged without draining the channel: the
+	// last offsets can be lost (a client bug). -linger lets a periodic commit send them.
 	time.Sleep(opts.linger)
 	if closeErr := r.Close(); err == nil {
 		err = closeErr
