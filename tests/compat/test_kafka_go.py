@@ -8,6 +8,9 @@ its Message.Topic is read-only (see kafka_go/main.go for the other differences).
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from raftmq import Admin, LastOffset, Message, Reader, Writer
-from raftmq.local_cluster import LocalCluster
+from raftmq.local_cluster import LocalCluster, wait_until
 
 from .conftest import TIMEOUT_S, go_build, group_offsets, make_topic
 
@@ -127,6 +130,103 @@ def test_a_consumer_group_explicit_commit_and_commit_interval_resume_in_turn(
         ends = admin.list_offsets(topic, LastOffset)
     committed = group_offsets(cluster, group, topic, 3)
     assert committed == ends, (committed, ends)
+
+
+_SUBSCRIBED = re.compile(r"subscribed to partitions: map\[(?P<offsets>[^\]]*)\]")
+
+
+_MESSAGE = re.compile(r"^message at topic/partition/offset [^/]+/(\d+)/\d+: .* = (.*)$", re.M)
+
+
+class GoMember:
+    """One `kafka_go group-member` process (ReadMessage commits each message): its
+    messages on stdout, kafka-go's log (assignments) on stderr, both in files. Stopped by
+    PID with SIGTERM, on which it closes its Reader and leaves the group."""
+
+    def __init__(self, binary: Path, cluster: LocalCluster, topic: str, group: str, out: Path):
+        self.out, self.err = out.with_suffix(".out"), out.with_suffix(".err")
+        with self.out.open("wb") as stdout, self.err.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [
+                    str(binary),
+                    "group-member",
+                    *("-brokers", ",".join(cluster.layout.kafka_endpoints)),
+                    *("-topic", topic, "-group", group, "-count", "0", "-timeout", "5m"),
+                ],
+                stdout=stdout,
+                stderr=stderr,
+            )
+
+    def partitions(self) -> set[int]:
+        """Its latest assignment, from kafka-go's "subscribed to partitions" log line."""
+        found = _SUBSCRIBED.findall(self.err.read_text())
+        return {int(item.split(":")[0]) for item in found[-1].split()} if found else set()
+
+    def read(self) -> list[tuple[int, str]]:
+        """(partition, value) of every message it printed."""
+        found = _MESSAGE.findall(self.out.read_text())
+        return [(int(partition), value) for partition, value in found]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        assert self.process.returncode == 0, self.err.read_text()[-2000:]
+
+
+def test_a_group_of_two_splits_commits_and_a_restarted_member_resumes(
+    kafka_go: Path, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    topic, group = f"go-split-{uuid.uuid4().hex[:8]}", f"go-s-{uuid.uuid4().hex[:8]}"
+    partitions = 4
+    make_topic(cluster, topic, partitions)
+
+    def write(values: list[str]) -> None:
+        with Writer(cluster.layout.broker_endpoints, topic=topic) as writer:
+            writer.write_messages(
+                *[Message(v.encode(), partition=i % partitions) for i, v in enumerate(values)]
+            ).result(timeout=TIMEOUT_S)
+
+    a = GoMember(kafka_go, cluster, topic, group, tmp_path / "a")
+    b = GoMember(kafka_go, cluster, topic, group, tmp_path / "b")
+    try:
+        wait_until(
+            lambda: (
+                bool(a.partitions())
+                and bool(b.partitions())
+                and not a.partitions() & b.partitions()
+                and a.partitions() | b.partitions() == set(range(partitions))
+            ),
+            timeout_s=TIMEOUT_S,
+            what="two kafka-go members splitting the partitions",
+            interval_s=0.2,
+        )
+        first = [f"first-{i}" for i in range(20)]
+        write(first)
+        wait_until(
+            lambda: sorted(v for _, v in a.read() + b.read()) == sorted(first),
+            timeout_s=TIMEOUT_S,
+            what="the two members reading every message once",
+            interval_s=0.2,
+        )
+        assert {p for p, _ in a.read()} <= a.partitions()
+        assert {p for p, _ in b.read()} <= b.partitions()
+    finally:
+        a.stop()
+        b.stop()
+    second = [f"second-{i}" for i in range(8)]
+    write(second)
+    lines = run(
+        kafka_go, cluster, "consumer-group", "-topic", topic, "-group", group, "-count", "8"
+    )
+    assert sorted(line.rsplit(" = ", 1)[1] for line in lines) == sorted(second)
+    with Admin(cluster.layout.broker_endpoints) as admin:
+        ends = admin.list_offsets(topic, LastOffset)
+    assert group_offsets(cluster, group, topic, partitions) == ends
 
 
 def read_all(cluster: LocalCluster, topic: str, partitions: int) -> list[tuple[str, str]]:

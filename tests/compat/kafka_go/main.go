@@ -17,11 +17,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -40,13 +43,14 @@ var examples = map[string]func(options) error{
 	"consumer-group":  consumerGroup,
 	"explicit-commit": explicitCommit,
 	"commit-interval": commitInterval,
+	"group-member":    groupMember,
 	"writer":          writeByWriter,
 	"auto-create":     autoCreate,
 }
 
 func main() {
 	if len(os.Args) < 2 || examples[os.Args[1]] == nil {
-		log.Fatalf("usage: kafka_go {reader-offset|consumer-group|explicit-commit|commit-interval|writer|auto-create} [flags]")
+		log.Fatalf("usage: kafka_go {reader-offset|consumer-group|explicit-commit|commit-interval|group-member|writer|auto-create} [flags]")
 	}
 	name := os.Args[1]
 	flags := flag.NewFlagSet(name, flag.ExitOnError)
@@ -66,13 +70,20 @@ func main() {
 	}
 }
 
-// readUntil calls read until it has returned count messages (each printed by print), or
-// returns the error that stopped it; the whole run is bounded by opts.timeout.
+// readUntil calls read until it has returned count messages, or returns the error that
+// stopped it; the whole run is bounded by opts.timeout. Count 0: until SIGTERM or SIGINT,
+// which end it without an error (the seed's advice: close the Reader on a signal, so the
+// group sees the member leave instead of waiting out its session).
 func readUntil(opts options, read func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
 	defer cancel()
-	for i := 0; i < opts.count; i++ {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	for i := 0; opts.count == 0 || i < opts.count; i++ {
 		if err := read(ctx); err != nil {
+			if opts.count == 0 && errors.Is(err, context.Canceled) {
+				return nil
+			}
 			return fmt.Errorf("after %d of %d messages: %w", i, opts.count, err)
 		}
 	}

@@ -47,7 +47,8 @@ func groupReader(opts options, commitInterval time.Duration) *kafka.Reader {
 		// Short session and heartbeat so a test's next member joins quickly.
 		SessionTimeout:    6 * time.Second,
 		HeartbeatInterval: time.Second,
-		ErrorLogger:       log.New(os.Stderr, "kafka-go: ", log.LstdFlags),
+		Logger:            log.New(os.Stderr, "kafka-go: ", log.LstdFlags),
+		ErrorLogger:       log.New(os.Stderr, "kafka-go error: ", log.LstdFlags),
 	})
 }
 
@@ -91,7 +92,10 @@ func commitInterval(opts options) error {
 }
 
 func readGroup(opts options, interval time.Duration, read func(context.Context, *kafka.Reader) error) error {
-	r := groupReader(opts, interval)
+	return readGroupWith(groupReader(opts, interval), opts, read)
+}
+
+func readGroupWith(r *kafka.Reader, opts options, read func(context.Context, *kafka.Reader) error) error {
 	err := readUntil(opts, func(ctx context.Context) error { return read(ctx, r) })
 	// With CommitInterval, 0.2.1's CommitMessages only queues the offsets on a buffered
 	// channel; on Close its commit loop selects between that channel and the stop signal
@@ -102,4 +106,18 @@ func readGroup(opts options, interval time.Duration, read func(context.Context, 
 		err = closeErr
 	}
 	return err
+}
+
+// groupMember: one member of a consumer group (ReadMessage, committing each message) that
+// logs its assignments ("subscribed to partitions: map[PARTITION:OFFSET ...]") on stderr
+// and reads until a signal (or -count messages).
+func groupMember(opts options) error {
+	r := groupReader(opts, 0)
+	return readGroupWith(r, opts, func(ctx context.Context, r *kafka.Reader) error {
+		m, err := r.ReadMessage(ctx)
+		if err == nil {
+			printGroupMessage(m)
+		}
+		return err
+	})
 }
