@@ -701,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mode",
         choices=[
             "produce", "consume", "latency", "e2e", "failover", "partitions", "consumers",
-            "rebalance", "codec",
+            "rebalance", "codec", "kafka",
         ],
     )  # fmt: skip
     p.add_argument("--topic", default="bench")
@@ -761,6 +761,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rebalance: leaves and joins, each (default 5)",
     )
     p.add_argument("--idle-ms", type=int, default=1_000, help="failover: idle time before a kill")
+    p.add_argument(
+        "--kafka-bootstrap",
+        default=None,
+        help="kafka: HOST:PORT of a Kafka listener (default: the first --bootstrap port + 400, "
+        "raftmq up's layout)",
+    )
     p.add_argument(
         "--keep-data",
         action="store_true",

@@ -15,7 +15,9 @@
   produce latency, ISR shrinks, fencings (own cluster);
 - `rebalance`: a consumer group of 10 members on 60 partitions; one member leaves or
   joins -> every partition owned by exactly one member again (own cluster);
-- `codec`: the record codec alone, on one core.
+- `codec`: the record codec alone, on one core;
+- `kafka`: the Kafka listener through confluent-kafka against the gRPC `Writer`/`Reader`,
+  produce and consume alternating in one run.
 
 Every figure comes from one CPython client process, which is often the bottleneck itself
 (one thread holds the GIL at a time). Each scenario therefore also reports the client's
@@ -40,7 +42,18 @@ import json
 from collections.abc import Callable
 from types import ModuleType
 
-from . import codec, consume, consumers, e2e, failover, latency, partitions, produce, rebalance
+from . import (
+    codec,
+    consume,
+    consumers,
+    e2e,
+    failover,
+    kafka_path,
+    latency,
+    partitions,
+    produce,
+    rebalance,
+)
 from .common import Result
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -53,8 +66,14 @@ SCENARIOS: dict[str, ModuleType] = {
     "consumers": consumers,
     "rebalance": rebalance,
     "codec": codec,
+    "kafka": kafka_path,
 }
-MESSAGES_DEFAULT_BY_SCENARIO = {"produce": 200_000, "consume": 200_000, "latency": 5_000}
+MESSAGES_DEFAULT_BY_SCENARIO = {
+    "produce": 200_000,
+    "consume": 200_000,
+    "latency": 5_000,
+    "kafka": 200_000,
+}
 
 __all__ = ["SCENARIOS", "run_bench"]
 

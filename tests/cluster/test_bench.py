@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from raftmq import Admin
 from raftmq.cli.main import main
 from raftmq.local_cluster import LocalCluster
 
@@ -20,14 +21,19 @@ TOPIC_FLAGS = ["--partitions", "2", "--replication-factor", "2"]
 
 
 @pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def bench_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cluster = LocalCluster(tmp_path_factory.mktemp("bench-cluster"), controllers=1, brokers=2)
     try:
         cluster.start()
         cluster.wait_ready(timeout_s=60)
-        yield ",".join(cluster.layout.broker_endpoints)
+        yield cluster
     finally:
         cluster.kill_all()
+
+
+@pytest.fixture(scope="module")
+def bootstrap(bench_cluster: LocalCluster) -> str:
+    return ",".join(bench_cluster.layout.broker_endpoints)
 
 
 def bench(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict[str, Any], str, str]:
@@ -79,6 +85,29 @@ def test_latency(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
     assert_latency(result["latency_ms"])
     assert_latency(result["end_to_end_latency_ms"])
     assert "PRODUCE->CONSUME" in table and "limited by: " in table
+
+
+def test_kafka_path_beside_the_grpc_path(
+    capsys: pytest.CaptureFixture[str], bench_cluster: LocalCluster, bootstrap: str
+) -> None:
+    pytest.importorskip("confluent_kafka")
+    result, table, _ = bench(
+        capsys, "kafka", "--bootstrap", bootstrap, "--topic", "bench-k", *TOPIC_FLAGS,
+        "--kafka-bootstrap", bench_cluster.layout.kafka_endpoints[0],
+        "--messages", "2000", "--runs", "1",
+    )  # fmt: skip
+    assert result["scenario"] == "kafka" and result["error"] is None
+    assert set(result["msgs_per_s"]) == {
+        "grpc_produce", "kafka_produce", "grpc_consume", "kafka_consume"
+    }  # fmt: skip
+    assert all(v > 0 for v in result["msgs_per_s"].values())
+    assert set(result["kafka_over_grpc"]) == {"produce", "consume"}
+    assert "kafka/grpc produce: " in table
+    # Both topics hold what each path wrote (bench produce also warms each partition up
+    # with one message first).
+    with Admin(bootstrap) as admin:
+        assert sum(admin.list_offsets("bench-k-kafka").values()) == 2000
+        assert 2000 <= sum(admin.list_offsets("bench-k-grpc").values()) <= 2000 + 2
 
 
 def test_failover_on_its_own_quorum(capsys: pytest.CaptureFixture[str]) -> None:
