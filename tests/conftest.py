@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import signal
@@ -10,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,26 +20,6 @@ from raftmq.local_cluster import LocalCluster, free_base_port
 # failed them on a loaded 2-core machine). Tests that set their own settings keep them.
 settings.register_profile("raftmq", deadline=None)
 settings.load_profile("raftmq")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Before pytest collects what is left to the garbage collector at the end of the
-    session: sockets that third-party Kafka clients (kafka-python, after a broker they
-    talked to was killed) left unclosed and unreachable only once their background threads
-    ended. Each test's own leaks are caught during that test; these would fail the whole
-    run after every test passed, so they are collected here and counted instead (any other
-    warning collected here is raised as usual)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        for _ in range(3):
-            gc.collect()
-    leaked = [w for w in caught if "socket" in str(w.message)]
-    for other in caught:
-        if other not in leaked:
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-    if leaked:
-        print(f"\n{len(leaked)} socket(s) left unclosed by third-party clients, collected at exit")
 
 
 @pytest.fixture
