@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,22 @@ from raftmq.local_cluster import LocalCluster, free_base_port
 # failed them on a loaded 2-core machine). Tests that set their own settings keep them.
 settings.register_profile("raftmq", deadline=None)
 settings.load_profile("raftmq")
+
+
+READY_TIMEOUT_S = 60
+
+
+@contextmanager
+def running_cluster(data_dir: Path, **options: object) -> Iterator[LocalCluster]:
+    """A LocalCluster started and ready (60 s bound), stopped by PID when the block ends,
+    also on failure: the body of the module-scoped `cluster` fixtures."""
+    cluster = LocalCluster(data_dir, **options)  # type: ignore[arg-type]
+    try:
+        cluster.start()
+        cluster.wait_ready(timeout_s=READY_TIMEOUT_S)
+        yield cluster
+    finally:
+        cluster.kill_all()
 
 
 @pytest.fixture

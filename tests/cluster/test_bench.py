@@ -13,6 +13,8 @@ from raftmq import Admin
 from raftmq.cli.main import main
 from raftmq.local_cluster import LocalCluster
 
+from tests.conftest import running_cluster
+
 pytestmark = pytest.mark.cluster
 
 # Two partitions, replicated twice: the multi-partition and replication paths, on a
@@ -22,13 +24,8 @@ TOPIC_FLAGS = ["--partitions", "2", "--replication-factor", "2"]
 
 @pytest.fixture(scope="module")
 def bench_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("bench-cluster"), controllers=1, brokers=2)
-    try:
-        cluster.start()
-        cluster.wait_ready(timeout_s=60)
-        yield cluster
-    finally:
-        cluster.kill_all()
+    with running_cluster(tmp_path_factory.mktemp("bench-cluster"), controllers=1, brokers=2) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

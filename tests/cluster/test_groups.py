@@ -39,6 +39,8 @@ from raftmq.broker.group_coordinator import OFFSETS_TOPIC, partition_for
 from raftmq.errors import ErrorCode, GroupIdNotFoundError, NonEmptyGroupError, RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 
+from tests.conftest import running_cluster
+
 pytestmark = pytest.mark.cluster
 
 SESSION_TIMEOUT_MS = 6_000
@@ -48,13 +50,8 @@ SLACK_S = 10.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("groups"), controllers=1, brokers=3)
-    try:
-        cluster.start()
-        cluster.wait_ready(timeout_s=60)
-        yield cluster
-    finally:
-        cluster.kill_all()
+    with running_cluster(tmp_path_factory.mktemp("groups"), controllers=1, brokers=3) as c:
+        yield c
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ from raftmq import Admin, Message, Writer
 from raftmq.errors import RaftmqError
 from raftmq.local_cluster import LocalCluster, wait_until
 
+from tests.conftest import running_cluster
+
 pytestmark = [
     pytest.mark.cluster,
     # kafka-python 3.x reads its bundled schemas with importlib.resources.read_text.
@@ -45,13 +47,8 @@ TIMEOUT_S = 60.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("kafka-groups"), controllers=1, brokers=3)
-    try:
-        cluster.start()
-        cluster.wait_ready(timeout_s=60)
-        yield cluster
-    finally:
-        cluster.kill_all()
+    with running_cluster(tmp_path_factory.mktemp("kafka-groups"), controllers=1, brokers=3) as c:
+        yield c
 
 
 def make_topic(cluster: LocalCluster, name: str) -> None:
