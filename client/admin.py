@@ -136,6 +136,11 @@ def plan_list_offsets(
     return by_leader
 
 
+# Metadata answers every topic when asked for none; asking for this one (the internal
+# offsets topic: one topic at most) gets the brokers without the whole cluster's topics.
+BROKERS_ONLY_TOPIC = "__consumer_offsets"
+
+
 def reachable_endpoints(metadata: ClusterMetadata) -> dict[int, str]:
     """Unfenced broker id -> its address on the listener this client came in on.
 
@@ -237,7 +242,7 @@ class Admin:
         """Every consumer group (each broker lists those it coordinates), by id."""
         listings: list[gp.GroupListing] = []
         # A fenced broker leads nothing, so it coordinates nothing.
-        for endpoint in self._endpoints([]).values():
+        for endpoint in self._endpoints([BROKERS_ONLY_TOPIC]).values():
             result = self._at(endpoint, gp.ListGroupsRequest(), timeout_ms=self.timeout_ms)
             assert isinstance(result, gp.ListGroupsResult)
             if result.error is not None:

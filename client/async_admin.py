@@ -12,6 +12,7 @@ import grpc
 from raftmq import wire
 from raftmq.client import group_protocol as gp
 from raftmq.client.admin import (
+    BROKERS_ONLY_TOPIC,
     ClusterStatus,
     FirstOffset,
     LastOffset,
@@ -127,7 +128,7 @@ class AsyncAdmin:
     async def list_groups(self) -> list[gp.GroupListing]:
         """As `Admin.list_groups`."""
         listings: list[gp.GroupListing] = []
-        for endpoint in (await self._endpoints([])).values():
+        for endpoint in (await self._endpoints([BROKERS_ONLY_TOPIC])).values():
             result = await self._at(endpoint, gp.ListGroupsRequest(), timeout_ms=self.timeout_ms)
             assert isinstance(result, gp.ListGroupsResult)
             if result.error is not None:
