@@ -7,8 +7,9 @@ one metadata or producer-id request to make next (awaited, bounded by its `timeo
 
 Flow of one message: `add` -> the partition's open batch (balancer, or the message's own
 partition) -> sealed when it reaches `batch_size` messages or `batch_bytes`, or after
-`linger_ms`, or on `flush` -> queued -> sent to the partition's leader in a `ProduceSend`
-(one request per leader broker, many partitions each) -> completed (`Completion`) with
+`linger_ms` once the partition's in-flight window has room, or on `flush` -> queued ->
+sent to the partition's leader in a `ProduceSend` (one request per leader broker, many
+partitions each) -> completed (`Completion`) with
 its offset, or retried, or failed.
 
 Idempotence (on by default): the writer holds a producer id and epoch from the cluster
@@ -645,7 +646,7 @@ class ProducerCore:
         flush = self._flush_requested
         self._flush_requested = False
         for state in self._partitions.values():
-            if state.open and (flush or now_ms - state.open_since_ms >= self.config.linger_ms):
+            if state.open and (flush or self._open_due(state, now_ms=now_ms)):
                 self._seal(state, now_ms=now_ms)
             self._expire_queued(state, now_ms=now_ms)
         for topic in list(self._unrouted):
@@ -653,6 +654,22 @@ class ProducerCore:
         if self.config.idempotent and (self.producer_id < 0 or self._epoch_bump_needed):
             return []
         return self._sends(now_ms=now_ms)
+
+    def _window_open(self, state: _Partition) -> bool:
+        """A batch sealed now would be sent in this poll: the partition's in-flight window
+        has room for it after the sealed batches ahead of it."""
+        limit = 1 if state.recovering else self.config.inflight_max
+        return len(state.queued) + len(state.in_flight) < limit
+
+    def _open_due(self, state: _Partition, *, now_ms: int) -> bool:
+        """An open batch past its linger is sealed when it could be sent at once. While the
+        partition's window is full it stays open and later messages join it (up to
+        batch_size / batch_bytes), as in Kafka's accumulator: a busy leader gets fewer,
+        larger batches instead of a queue of one-message ones. Its first message's
+        deadline seals it regardless (it then expires in the queue)."""
+        if now_ms - state.open_since_ms < self.config.linger_ms:
+            return False
+        return self._window_open(state) or now_ms >= state.open_deadline_ms
 
     def next_request(self, *, now_ms: int) -> MetadataRequest | ProducerIdRequest | None:
         """The metadata or producer-id request to make now, if any (one at a time: the
@@ -704,7 +721,9 @@ class ProducerCore:
         wake = now_ms + 1_000
         for state in self._partitions.values():
             if state.open:
-                wake = min(wake, state.open_since_ms + self.config.linger_ms)
+                # Held open behind a full window: an answer wakes the shell, or the deadline.
+                due_ms = state.open_since_ms + self.config.linger_ms
+                wake = min(wake, due_ms if self._window_open(state) else state.open_deadline_ms)
             if state.queued:
                 # A head batch past its backoff and still queued waits for an event that
                 # wakes the shell itself (an answer, metadata, a producer id): not a time.

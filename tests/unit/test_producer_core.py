@@ -86,6 +86,39 @@ def test_sequences_per_partition_and_five_in_flight() -> None:
     assert [m.offset for m in msgs] == [0, 1, 2, 3, 4, 5, 6]
 
 
+def test_messages_behind_a_full_window_join_one_open_batch() -> None:
+    """Kafka's accumulator: past its linger, an open batch stays open while the partition
+    has five batches in flight, so the messages that arrive meanwhile leave as one batch
+    when an answer frees the window, not as a queue of one-message batches."""
+    c = core(linger_ms=0)
+    for i in range(5):
+        c.add(messages(1), f"call{i}", now_ms=i, wall_ms=1_700_000_000_000)
+        [send] = c.poll(now_ms=i)
+        assert [read_header(b.records).record_count for b in send.batches] == [1]
+    first = send
+    for i in range(5, 12):
+        c.add(messages(1), f"call{i}", now_ms=i, wall_ms=1_700_000_000_000)
+        assert c.poll(now_ms=i) == []
+        assert c.next_wakeup_ms(now_ms=i) > i  # no busy wakeups while held
+    c.on_produce_response(first.request_id, ok(first), now_ms=12)
+    [send] = c.poll(now_ms=12)
+    [batch] = send.batches
+    assert read_header(batch.records).record_count == 7
+
+
+def test_a_held_open_batch_still_expires_at_its_deadline() -> None:
+    c = core(linger_ms=0, write_timeout_ms=1_000)
+    for i in range(5):
+        c.add(messages(1), f"call{i}", now_ms=0, wall_ms=1_700_000_000_000)
+        c.poll(now_ms=0)
+    c.add(messages(1), "late", now_ms=10, wall_ms=1_700_000_000_000)
+    assert c.poll(now_ms=10) == []
+    assert c.next_wakeup_ms(now_ms=10) == 1_010
+    c.poll(now_ms=1_010)
+    expired = [x for x in c.drain_completions() if x.ticket == "late"]
+    assert len(expired) == 1 and expired[0].error is not None
+
+
 def test_results_pair_with_the_batches_of_one_partition_by_position() -> None:
     c = core(batch_size=10)
     msgs = messages(25)
