@@ -9,8 +9,7 @@ Flow of one message: `add` -> the partition's open batch (balancer, or the messa
 partition) -> sealed when it reaches `batch_size` messages or `batch_bytes`, or after
 `linger_ms` once the partition's in-flight window has room, or on `flush` -> queued ->
 sent to the partition's leader in a `ProduceSend` (one request per leader broker, many
-partitions each) -> completed (`Completion`) with
-its offset, or retried, or failed.
+partitions each) -> completed (`Completion`) with its offset, or retried, or failed.
 
 Idempotence (on by default): the writer holds a producer id and epoch from the cluster
 (`InitProducerId`, asked when there is something to write); every sealed batch of a

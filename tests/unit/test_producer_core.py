@@ -95,12 +95,12 @@ def test_messages_behind_a_full_window_join_one_open_batch() -> None:
         c.add(messages(1), f"call{i}", now_ms=i, wall_ms=1_700_000_000_000)
         [send] = c.poll(now_ms=i)
         assert [read_header(b.records).record_count for b in send.batches] == [1]
-    first = send
+    fifth = send
     for i in range(5, 12):
         c.add(messages(1), f"call{i}", now_ms=i, wall_ms=1_700_000_000_000)
         assert c.poll(now_ms=i) == []
         assert c.next_wakeup_ms(now_ms=i) > i  # no busy wakeups while held
-    c.on_produce_response(first.request_id, ok(first), now_ms=12)
+    c.on_produce_response(fifth.request_id, ok(fifth), now_ms=12)  # frees one slot
     [send] = c.poll(now_ms=12)
     [batch] = send.batches
     assert read_header(batch.records).record_count == 7
