@@ -108,7 +108,10 @@ def wait_stable(brokers: list[str], group: str, members: int) -> Any:
     found: list[Any] = []
 
     def stable() -> bool:
-        d = describe(brokers, group)
+        try:
+            d = describe(brokers, group)
+        except GroupIdNotFoundError:
+            return False  # the members' first heartbeats have not created it yet
         found[:] = [d]
         return d.state == "stable" and len(d.members) == members
 
