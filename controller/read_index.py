@@ -10,7 +10,8 @@ so that version covers every write answered before the read began.
 
 Bounded: a leader that does not answer within READ_INDEX_RPC_TIMEOUT_MS, or a follower that
 does not catch up within CATCH_UP_WAIT_MS_MAX, leaves the read as local as it was (reads
-stay available while the leader is cut off). The leader itself never waits, and answers
+stay available while the leader is cut off). A read that arrives during an election waits
+up to LEADER_WAIT_MS_MAX for its outcome first. The leader itself never waits, and answers
 the version probe without a barrier of its own, so two controllers that each believe the
 other leads cannot chain probes.
 """
@@ -18,6 +19,7 @@ other leads cannot chain probes.
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 from raftmq import wire
@@ -27,6 +29,9 @@ from raftmq.v1 import controller_pb2_grpc as rpc
 
 READ_INDEX_RPC_TIMEOUT_MS = 500
 CATCH_UP_WAIT_MS_MAX = 1_000
+# A read arriving during an election waits this long at most for a leader to emerge.
+LEADER_WAIT_MS_MAX = 1_000
+LEADER_POLL_MS = 10
 # Topic names are never empty, so this asks for the version alone.
 VERSION_PROBE_NAMES = [""]
 
@@ -48,6 +53,7 @@ class ReadIndex:
     def wait_caught_up(self) -> None:
         """On a follower: wait (bounded) until this node applied what the leader had."""
         quorum = self.quorum
+        self._wait_for_leader()
         if quorum.is_leader() or not quorum.has_reachable_leader():
             return
         leader_id = quorum.leader_id()
@@ -69,6 +75,19 @@ class ReadIndex:
                 ),
                 timeout=CATCH_UP_WAIT_MS_MAX / 1000,
             )
+
+    def _wait_for_leader(self) -> None:
+        """While an election is under way (no leader known), wait for its outcome, bounded
+        by LEADER_WAIT_MS_MAX. A follower resumed from a pause longer than the election
+        timeout (0.2-0.4 s) starts an election at once and forgets its leader; reading
+        locally then would miss writes answered during the pause. A node cut off from
+        the others keeps its last leader (see `has_reachable_leader`), so this never
+        delays reads while partitioned."""
+        deadline_s = time.monotonic() + LEADER_WAIT_MS_MAX / 1000
+        # Bound: the deadline; polls every LEADER_POLL_MS.
+        while self.quorum.leader_id() < 0 and time.monotonic() < deadline_s:
+            if self.stopping.wait(LEADER_POLL_MS / 1000):
+                return
 
     def _stub(self, endpoint: str) -> rpc.ControllerServiceStub:
         with self._lock:

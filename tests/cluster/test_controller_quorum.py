@@ -22,6 +22,9 @@ from raftmq.v1 import controller_pb2_grpc
 
 pytestmark = pytest.mark.cluster
 
+# Longer than a controller's election timeout (raftMaxTimeout 0.4 s).
+PAUSE_PAST_ELECTION_S = 0.6
+
 
 class BrokerSessions:
     """Registers broker identities with the quorum and keeps their sessions alive, the way
@@ -400,7 +403,8 @@ def test_producer_ids_are_never_handed_out_twice_across_a_failover(quorum) -> No
 def test_a_write_is_visible_on_every_controller_once_answered(quorum) -> None:
     """A follower that was paused while the write committed (so it learns of the commit
     late) still shows the write to a read that arrives after the answer: its read asks the
-    leader how far to catch up first (read index). Fails without it."""
+    leader how far to catch up first (read index). Fails without it. Also when the pause
+    outlasted its election timeout: the read waits for the election's outcome first."""
     cluster, pool = quorum
     sessions = BrokerSessions(pool, 1)
     channels = {
@@ -430,6 +434,10 @@ def test_a_write_is_visible_on_every_controller_once_answered(quorum) -> None:
                 pending = stubs[paused].DescribeTopics.future(
                     pb.DescribeTopicsRequest(names=[name]), timeout=10
                 )
+                if round_ >= 2:
+                    # Paused past its election timeout (0.2-0.4 s): it may resume by
+                    # starting an election, without a leader to ask.
+                    time.sleep(PAUSE_PAST_ELECTION_S)
             finally:
                 cluster.controllers[paused].signal(signal.SIGCONT)
             answer = pending.result(timeout=10)
