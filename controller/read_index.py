@@ -81,8 +81,9 @@ class ReadIndex:
         by LEADER_WAIT_MS_MAX. A follower resumed from a pause longer than the election
         timeout (0.2-0.4 s) starts an election at once and forgets its leader; reading
         locally then would miss writes answered during the pause. A node cut off from
-        the others keeps its last leader (see `has_reachable_leader`), so this never
-        delays reads while partitioned."""
+        every other keeps its last leader (see `has_reachable_leader`) and is not
+        delayed; a minority of several nodes electing in vain delays a read by at most
+        LEADER_WAIT_MS_MAX before answering locally."""
         deadline_s = time.monotonic() + LEADER_WAIT_MS_MAX / 1000
         # Bound: the deadline; polls every LEADER_POLL_MS.
         while self.quorum.leader_id() < 0 and time.monotonic() < deadline_s:
