@@ -54,30 +54,42 @@ TOPIC_REFUSED_FOR_GOOD = frozenset({ErrorCode.INVALID_TOPIC_NAME, ErrorCode.POLI
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+_Response = TypeVar("_Response")
+
+# The most requests one ProduceStream has read and not yet answered. Past it the broker
+# reads no more: the client's next requests wait in the stream's flow control. (A Writer
+# keeps at most 5 batches in flight per partition.)
+PRODUCE_STREAM_INFLIGHT_MAX = 128
+
+
+async def observed(
+    metrics: BrokerMetrics | None, api: str, context: Any, call: Awaitable[_Response]
+) -> _Response:
+    """Await one request's answer, counting, timing and recording its errors (Prometheus,
+    when the broker has metrics): the request-level error and every partition's."""
+    if metrics is None:
+        return await call
+    started = time.perf_counter()
+    metrics.requests_in_flight.inc()
+    metrics.seen_client(context.peer())
+    try:
+        response = await call
+    finally:
+        metrics.requests_in_flight.dec()
+        metrics.request_duration.labels(api).observe(time.perf_counter() - started)
+        metrics.requests.labels(api).inc()
+    for code in _error_codes(response):
+        metrics.request_errors.labels(api, code).inc()
+    return response
 
 
 def instrumented(api: str) -> Callable[[_Method], _Method]:
-    """Count, time and record the errors of a unary RPC (Prometheus, when the servicer
-    has metrics): the request-level error and every partition's."""
+    """A unary RPC, `observed`."""
 
     def wrap(method: _Method) -> _Method:
         @functools.wraps(method)
         async def call(self: BrokerServicer, request: Any, context: Any) -> Any:
-            metrics = self.metrics
-            if metrics is None:
-                return await method(self, request, context)
-            started = time.perf_counter()
-            metrics.requests_in_flight.inc()
-            metrics.seen_client(context.peer())
-            try:
-                response = await method(self, request, context)
-            finally:
-                metrics.requests_in_flight.dec()
-                metrics.request_duration.labels(api).observe(time.perf_counter() - started)
-                metrics.requests.labels(api).inc()
-            for code in _error_codes(response):
-                metrics.request_errors.labels(api, code).inc()
-            return response
+            return await observed(self.metrics, api, context, method(self, request, context))
 
         return call  # type: ignore[return-value]
 
@@ -146,6 +158,77 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     async def Produce(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ProduceResponse:
+        return await self._produce(request)
+
+    async def ProduceStream(
+        self,
+        request_iterator: AsyncIterator[pb.ProduceStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ProduceStreamResponse]:
+        """Pipelined produce (see broker.proto): each request is handled as soon as it is
+        read, at most PRODUCE_STREAM_INFLIGHT_MAX at a time, and answered when it
+        completes; acks=0 requests are not answered. A request that fails with an
+        exception (a bug) ends the stream with it, like a unary call's failure: the client
+        then fails everything it had in flight on this stream and retries it."""
+        # Items: an answer to write, an exception to end the stream with, or None (the
+        # client closed its side and every request was answered).
+        # Invariant: a request holds one of `slots` from before it is handled until its
+        # answer is written (or, acks=0, until it completed), so at most
+        # PRODUCE_STREAM_INFLIGHT_MAX requests are in progress and `answers` never holds
+        # more items than that plus two.
+        answers: asyncio.Queue[pb.ProduceStreamResponse | Exception | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(PRODUCE_STREAM_INFLIGHT_MAX)
+        handling: set[asyncio.Task[None]] = set()
+
+        async def handle(item: pb.ProduceStreamRequest) -> None:
+            try:
+                response = await observed(
+                    self.metrics, "Produce", context, self._produce(item.request)
+                )
+            except Exception as e:
+                self.log.exception("produce_stream.request_failed")
+                answers.put_nowait(e)
+                return
+            if item.request.acks == 0:
+                slots.release()
+                return
+            answers.put_nowait(
+                pb.ProduceStreamResponse(correlation_id=item.correlation_id, response=response)
+            )
+
+        async def read_requests() -> None:
+            try:
+                # Bound: one iteration per request, until the client closes its side.
+                async for item in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(handle(item))
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
+                if handling:
+                    await asyncio.wait(set(handling))
+                answers.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the stream broke while reading
+                answers.put_nowait(e)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            # Bound: one iteration per answer, until the reader ends the stream.
+            while True:
+                answer = await answers.get()
+                if answer is None:
+                    return
+                if isinstance(answer, Exception):
+                    raise answer
+                yield answer
+                slots.release()
+        finally:
+            reader.cancel()
+            for task in list(handling):
+                task.cancel()
+
+    async def _produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
         results = await self.handler.produce(
             [
                 ProducePartition(d.topic, d.partition, d.records, d.current_leader_epoch)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from raftmq import wire
 from raftmq.client.conn import Conn, now_ms
 from raftmq.client.deadlines import call_timeout_ms
+from raftmq.client.produce_stream import ProduceStream
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError
 
@@ -92,12 +93,15 @@ def no_producer_id(failures: list[str], timeout_ms: int | None) -> RaftmqError:
 
 
 class BrokerPool:
-    """Conns by address (one gRPC channel each, shared), plus the latest metadata seen."""
+    """Conns by address (one gRPC channel each, shared), their produce streams, plus the
+    latest metadata seen."""
 
     def __init__(self, bootstrap: Sequence[str] | str) -> None:
         self.bootstrap = parse_brokers(bootstrap)
         self._lock = threading.Lock()
         self._conns: dict[str, Conn] = {}
+        # At most one open stream per address; a failed one is replaced on next use.
+        self._streams: dict[str, ProduceStream] = {}
         self._closed = False
         self.metadata: ClusterMetadata | None = None
 
@@ -111,6 +115,26 @@ class BrokerPool:
             if conn is None:
                 conn = self._conns[address] = Conn(address)
             return conn
+
+    def produce_stream(self, address: str) -> ProduceStream:
+        """The open produce stream to `address` (a new one if none is, or it failed);
+        after `close`, raises BROKER_NOT_AVAILABLE."""
+        conn = self.conn(address)
+        with self._lock:
+            if self._closed:
+                raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "the client was closed")
+            stream = self._streams.get(address)
+            if stream is None or stream.failed:
+                stream = self._streams[address] = ProduceStream(conn)
+            return stream
+
+    def expire_streams(self, now_ms: int) -> int | None:
+        """Fail the streams with a request past its deadline; the next deadline (None:
+        no request is waiting for an answer)."""
+        with self._lock:
+            streams = list(self._streams.values())
+        deadlines = [d for s in streams if (d := s.expire(now_ms)) is not None]
+        return min(deadlines, default=None)
 
     def init_producer_id(
         self, producer_id: int, producer_epoch: int, *, timeout_ms: int | None = None
@@ -170,6 +194,13 @@ class BrokerPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for conn in self._conns.values():
-                conn.close()
+            streams = list(self._streams.values())
+            self._streams.clear()
+            conns = list(self._conns.values())
             self._conns.clear()
+        # Outside the lock: a closed stream answers its pending requests (their callbacks
+        # may use the pool).
+        for stream in streams:
+            stream.close()
+        for conn in conns:
+            conn.close()

@@ -9,7 +9,7 @@ Writer, Reader and Admin route and retry on top of it. Thread-safe (gRPC channel
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -33,7 +33,15 @@ from raftmq.record_batch import decode_batches, encode_batch
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
 
-__all__ = ["DEADLINE_MARGIN_MS", "Conn", "decode_from", "now_ms", "transport_error", "wall_ms"]
+__all__ = [
+    "DEADLINE_MARGIN_MS",
+    "Conn",
+    "closed_error",
+    "decode_from",
+    "now_ms",
+    "transport_error",
+    "wall_ms",
+]
 
 
 def closed_error(endpoint: str, method: str) -> RaftmqError:
@@ -121,6 +129,16 @@ class Conn:
                 raise
             raise closed_error(self.address, method) from e
         return future
+
+    def open_stream(self, method: str, requests: Iterator[Any]) -> Any:
+        """Open a stream-stream RPC fed by `requests` (no deadline: the caller bounds what
+        it waits for); iterate the result for the answers, `cancel()` it to end it."""
+        try:
+            return getattr(self._stub, method)(requests)
+        except ValueError as e:
+            if not self._closed:
+                raise
+            raise closed_error(self.address, method) from e
 
     def produce(
         self,

@@ -11,8 +11,9 @@ future): nothing is dropped silently. `close()` (or leaving `with`) flushes, the
 whatever is left, so every future is resolved and every callback has run when it returns.
 
 Threads: one sender thread per Writer carries out what the core decides: produce requests
-are sent without blocking (gRPC futures) and their answers are fed back from gRPC's
-callback threads; one metadata or producer-id request at a time is made on the sender
+are sent without blocking on one long-lived produce stream per broker
+(`client/produce_stream.py`) and their answers are fed back from each stream's reader
+thread; one metadata or producer-id request at a time is made on the sender
 thread, bounded by the time the waiting messages have left. Completions (the callback,
 the futures) are delivered on the sender thread, in order, never under the Writer's lock.
 """
@@ -23,14 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
 
-import grpc
 import structlog
 from raftmq.client import protocol
 from raftmq.client.balancers import Balancer, RoundRobin
 from raftmq.client.brokers import BrokerPool
-from raftmq.client.conn import now_ms, transport_error, wall_ms
+from raftmq.client.conn import now_ms, wall_ms
 from raftmq.client.producer_core import (
     Completion,
     MetadataRequest,
@@ -47,6 +46,7 @@ from raftmq.client.producer_core import (
 from raftmq.compression import CODEC_NAMES
 from raftmq.errors import RaftmqError, WriterClosedError
 from raftmq.message import Message
+from raftmq.v1 import broker_pb2 as pb
 
 __all__ = [
     "RequireAll",
@@ -274,9 +274,14 @@ class Writer:
             if request is not None:
                 self._perform(request)
                 continue  # look again at once: answers may have made work due
+            # A produce stream whose broker stopped answering fails here (its requests
+            # then fail like timed-out calls); outside the lock: that feeds the core.
+            stream_deadline = self._pool.expire_streams(now_ms())
             with self._lock:
                 now = now_ms()
                 wake = self._core.next_wakeup_ms(now_ms=now)
+                if stream_deadline is not None:
+                    wake = min(wake, stream_deadline)
                 if not self._dirty and not self._core.closed and wake > now:
                     self._wakeup.wait(timeout=(wake - now) / 1000)
 
@@ -287,9 +292,7 @@ class Writer:
             timeout_ms=send.timeout_ms,
         )
         try:
-            future = self._pool.conn(send.endpoint).call_future(
-                "Produce", request, timeout_ms=send.rpc_timeout_ms
-            )
+            stream = self._pool.produce_stream(send.endpoint)
         except RaftmqError as e:  # the pool was closed under us
             closed = e
             if send.acks != 0:
@@ -298,26 +301,26 @@ class Writer:
                 )
             return
         if send.acks == 0:
-            return  # nobody waits for an answer (the core completed these already)
+            # Nobody waits for an answer (the core completed these already).
+            stream.send(request, timeout_ms=send.rpc_timeout_ms, on_answer=None)
+            return
 
-        def done(f: Future[Any]) -> None:
-            try:
-                response = f.result()
-            except grpc.RpcError as e:
-                failure = transport_error(send.endpoint, "Produce", e)
+        def answered(answer: pb.ProduceResponse | RaftmqError) -> None:
+            if isinstance(answer, RaftmqError):
+                failure = answer
                 self._on_answer(
                     lambda now: self._core.on_produce_failure(send.request_id, failure, now_ms=now)
                 )
                 return
             results = [
                 PartitionResult(r.topic, r.partition, r.base_offset, r.error, r.leader_endpoint)
-                for r in protocol.produce_results(response)
+                for r in protocol.produce_results(answer)
             ]
             self._on_answer(
                 lambda now: self._core.on_produce_response(send.request_id, results, now_ms=now)
             )
 
-        future.add_done_callback(done)
+        stream.send(request, timeout_ms=send.rpc_timeout_ms, on_answer=answered)
 
     def _perform(self, request: MetadataRequest | ProducerIdRequest) -> None:
         """Sender thread: one metadata or producer-id request, bounded by its timeout."""

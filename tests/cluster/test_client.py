@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,12 +33,15 @@ from raftmq import (
     WriteError,
     Writer,
 )
+from raftmq.client import protocol
+from raftmq.client.brokers import BrokerPool
 from raftmq.client.conn import decode_from
 from raftmq.client.controller_client import EndpointPool, call_with_failover
 from raftmq.errors import ErrorCode, RaftmqError, UnknownTopicOrPartitionError
 from raftmq.local_cluster import LocalCluster, free_ports, wait_until
 from raftmq.metadata import PartitionRecord
 from raftmq.record_batch import encode_batch
+from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import controller_pb2 as cpb
 
 pytestmark = pytest.mark.cluster
@@ -563,3 +566,105 @@ def test_async_admin_creates_describes_lists_offsets_and_deletes(brokers: list[s
                 await admin.describe_topics("async-admin")
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# ---------------------------------------------------------------- the produce stream
+
+
+class Answers:
+    """What a ProduceStream answered, by request number, with an event per request."""
+
+    def __init__(self) -> None:
+        self.by_request: dict[int, pb.ProduceResponse | RaftmqError] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    def to(self, number: int) -> Callable[[pb.ProduceResponse | RaftmqError], None]:
+        def on_answer(answer: pb.ProduceResponse | RaftmqError) -> None:
+            with self._changed:
+                assert number not in self.by_request, "answered twice"
+                self.by_request[number] = answer
+                self._changed.notify_all()
+
+        return on_answer
+
+    def wait(self, count: int, timeout_s: float = 20.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.by_request) >= count, timeout_s), (
+                f"{len(self.by_request)} of {count} requests answered"
+            )
+
+
+def one_record_request(topic: str, payload: bytes, *, acks: int = -1) -> pb.ProduceRequest:
+    return protocol.produce_request(
+        [(topic, 0, -1, encode_batch([Message(payload)]))], acks=acks, timeout_ms=10_000
+    )
+
+
+def test_the_produce_stream_pipelines_requests_and_answers_each_one(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("stream", partitions=1, replication_factor=3)
+    leader = Conn.dial_leader(brokers, "stream", 0)
+    pool = BrokerPool(brokers)
+    try:
+        stream = pool.produce_stream(leader.address)
+        answers = Answers()
+        # 30 acks=all requests sent before any answer is awaited.
+        for n in range(30):
+            stream.send(
+                one_record_request("stream", b"p%d" % n), timeout_ms=15_000, on_answer=answers.to(n)
+            )
+        answers.wait(30)
+        offsets = []
+        for n in range(30):
+            answer = answers.by_request[n]
+            assert isinstance(answer, pb.ProduceResponse), answer
+            [result] = protocol.produce_results(answer)
+            assert result.error is None
+            offsets.append(result.base_offset)
+        assert sorted(offsets) == list(range(30))
+        # acks=0 requests are written and never answered; an acks=all one after them is.
+        for n in range(5):
+            stream.send(
+                one_record_request("stream", b"z%d" % n, acks=0), timeout_ms=15_000, on_answer=None
+            )
+        stream.send(
+            one_record_request("stream", b"last"), timeout_ms=15_000, on_answer=answers.to(100)
+        )
+        answers.wait(31)
+        assert set(answers.by_request) == {*range(30), 100}
+        wait_until(
+            lambda: leader.read_offsets()[1] == 36,
+            timeout_s=10,
+            what="the acks=0 writes in the high watermark",
+        )
+        # A corrupt batch gets its partition's error; the stream goes on serving.
+        corrupt = bytearray(encode_batch([Message(b"bad")]))
+        corrupt[-1] ^= 0xFF
+        stream.send(
+            protocol.produce_request(
+                [("stream", 0, -1, bytes(corrupt))], acks=-1, timeout_ms=10_000
+            ),
+            timeout_ms=15_000,
+            on_answer=answers.to(101),
+        )
+        stream.send(
+            one_record_request("stream", b"after"), timeout_ms=15_000, on_answer=answers.to(102)
+        )
+        answers.wait(33)
+        bad, good = answers.by_request[101], answers.by_request[102]
+        assert isinstance(bad, pb.ProduceResponse) and isinstance(good, pb.ProduceResponse)
+        [bad_result] = protocol.produce_results(bad)
+        assert bad_result.error is not None and bad_result.error.code == ErrorCode.CORRUPT_MESSAGE
+        [good_result] = protocol.produce_results(good)
+        assert good_result.error is None and good_result.base_offset == 36
+        assert pool.produce_stream(leader.address) is stream
+    finally:
+        pool.close()
+        leader.close()
+    # Closed with the pool: a send now fails at once.
+    late = Answers()
+    stream.send(one_record_request("stream", b"late"), timeout_ms=1_000, on_answer=late.to(0))
+    late.wait(1, timeout_s=1)
+    failure = late.by_request[0]
+    assert isinstance(failure, RaftmqError) and failure.code == ErrorCode.BROKER_NOT_AVAILABLE

@@ -22,6 +22,7 @@ import grpc
 import pytest
 from raftmq import AsyncAdmin, AsyncReader, AsyncWriter, Message, Reader, WriteError, Writer, wire
 from raftmq.client.brokers import BrokerPool
+from raftmq.client.conn import now_ms
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
 from raftmq.local_cluster import wait_until
 from raftmq.metadata import NO_LEADER, BrokerRegistration, PartitionRecord, TopicRecord
@@ -133,6 +134,18 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
             )
         return response
 
+    def ProduceStream(
+        self, request_iterator: Iterator[pb.ProduceStreamRequest], context: Any
+    ) -> Iterator[pb.ProduceStreamResponse]:
+        """The Writer's path: each request answered in turn as Produce answers it (a
+        stalled one stalls the stream behind it)."""
+        for item in request_iterator:
+            response = self.Produce(item.request, context)
+            if item.request.acks != 0:
+                yield pb.ProduceStreamResponse(
+                    correlation_id=item.correlation_id, response=response
+                )
+
     def Fetch(self, request: Any, context: Any) -> pb.FetchResponse:
         self._count("Fetch", request)
         response = pb.FetchResponse()
@@ -177,7 +190,7 @@ def fakes() -> Iterator[list[FakeBroker]]:
     servicers = [FakeBroker(1), FakeBroker(2)]
     servers = []
     for servicer in servicers:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=wire.GRPC_OPTIONS)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=wire.GRPC_OPTIONS)
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(servicer, server)
         servicer.endpoint = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         server.start()
@@ -226,6 +239,42 @@ def test_a_write_to_a_broker_that_never_answers_fails_within_its_timeout(
     # The last transport error, not a guess (it said UNKNOWN_TOPIC_OR_PARTITION).
     assert cause.code == ErrorCode.BROKER_NOT_AVAILABLE
     assert "DEADLINE_EXCEEDED" in cause.message and silent_broker in cause.message
+
+
+def test_a_produce_stream_to_a_broker_that_never_answers_fails_at_the_deadline(
+    silent_broker: str,
+) -> None:
+    pool = BrokerPool([silent_broker])
+    answers: list[pb.ProduceResponse | RaftmqError] = []
+    request = pb.ProduceRequest(acks=-1, timeout_ms=100)
+    try:
+        stream = pool.produce_stream(silent_broker)
+        stream.send(request, timeout_ms=300, on_answer=answers.append)
+        sent_ms = now_ms()
+        # Nothing is due before the deadline; expire_streams says when it is.
+        next_ms = pool.expire_streams(sent_ms)
+        assert next_ms is not None and next_ms >= sent_ms
+        assert not answers and not stream.failed
+        wait_until(
+            lambda: pool.expire_streams(now_ms()) is None and bool(answers),
+            timeout_s=5,
+            what="the request's deadline to fail the stream",
+        )
+        assert now_ms() - sent_ms >= 300
+        [failure] = answers
+        assert isinstance(failure, RaftmqError)
+        assert failure.code == ErrorCode.BROKER_NOT_AVAILABLE
+        assert "no answer by the request's deadline" in failure.message
+        assert stream.failed
+        # The next use opens a new stream; closing the pool answers what it has pending.
+        fresh = pool.produce_stream(silent_broker)
+        assert fresh is not stream
+        fresh.send(request, timeout_ms=60_000, on_answer=answers.append)
+    finally:
+        pool.close()
+    assert len(answers) == 2
+    closed = answers[1]
+    assert isinstance(closed, RaftmqError) and "closed" in closed.message
 
 
 def test_a_read_from_a_broker_that_never_answers_times_out_in_time(silent_broker: str) -> None:

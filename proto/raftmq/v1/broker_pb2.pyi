@@ -30,6 +30,22 @@ class ProduceRequest(_message.Message):
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionProduceData]
     def __init__(self, acks: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionProduceData, _Mapping]]] = ...) -> None: ...
 
+class ProduceStreamRequest(_message.Message):
+    __slots__ = ("correlation_id", "request")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    request: ProduceRequest
+    def __init__(self, correlation_id: _Optional[int] = ..., request: _Optional[_Union[ProduceRequest, _Mapping]] = ...) -> None: ...
+
+class ProduceStreamResponse(_message.Message):
+    __slots__ = ("correlation_id", "response")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    response: ProduceResponse
+    def __init__(self, correlation_id: _Optional[int] = ..., response: _Optional[_Union[ProduceResponse, _Mapping]] = ...) -> None: ...
+
 class PartitionProduceResult(_message.Message):
     __slots__ = ("topic", "partition", "error", "base_offset", "log_start_offset", "leader_epoch")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class BrokerServiceStub:
                 request_serializer=raftmq_dot_v1_dot_broker__pb2.ProduceRequest.SerializeToString,
                 response_deserializer=raftmq_dot_v1_dot_broker__pb2.ProduceResponse.FromString,
                 _registered_method=True)
+        self.ProduceStream = channel.stream_stream(
+                '/raftmq.v1.BrokerService/ProduceStream',
+                request_serializer=raftmq_dot_v1_dot_broker__pb2.ProduceStreamRequest.SerializeToString,
+                response_deserializer=raftmq_dot_v1_dot_broker__pb2.ProduceStreamResponse.FromString,
+                _registered_method=True)
         self.Fetch = channel.unary_unary(
                 '/raftmq.v1.BrokerService/Fetch',
                 request_serializer=raftmq_dot_v1_dot_broker__pb2.FetchRequest.SerializeToString,
@@ -127,6 +132,17 @@ class BrokerServiceServicer:
 
     def Produce(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProduceStream(self, request_iterator, context):
+        """Produce requests pipelined on one long-lived stream, the way Kafka pipelines a
+        connection: each answer carries its request's correlation id, answers may come in
+        any order, and an acks=0 request gets none. The broker reads at most
+        PRODUCE_STREAM_INFLIGHT_MAX requests ahead of its answers (the rest wait in the
+        stream's flow control). The Writer uses it; a unary Produce costs a whole call each.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -246,6 +262,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     request_deserializer=raftmq_dot_v1_dot_broker__pb2.ProduceRequest.FromString,
                     response_serializer=raftmq_dot_v1_dot_broker__pb2.ProduceResponse.SerializeToString,
             ),
+            'ProduceStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ProduceStream,
+                    request_deserializer=raftmq_dot_v1_dot_broker__pb2.ProduceStreamRequest.FromString,
+                    response_serializer=raftmq_dot_v1_dot_broker__pb2.ProduceStreamResponse.SerializeToString,
+            ),
             'Fetch': grpc.unary_unary_rpc_method_handler(
                     servicer.Fetch,
                     request_deserializer=raftmq_dot_v1_dot_broker__pb2.FetchRequest.FromString,
@@ -354,6 +375,33 @@ class BrokerService:
             '/raftmq.v1.BrokerService/Produce',
             raftmq_dot_v1_dot_broker__pb2.ProduceRequest.SerializeToString,
             raftmq_dot_v1_dot_broker__pb2.ProduceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProduceStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftmq.v1.BrokerService/ProduceStream',
+            raftmq_dot_v1_dot_broker__pb2.ProduceStreamRequest.SerializeToString,
+            raftmq_dot_v1_dot_broker__pb2.ProduceStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
