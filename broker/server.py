@@ -207,9 +207,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 if handling:
                     await asyncio.wait(set(handling))
                 answers.put_nowait(None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the stream broke while reading
+            except Exception as e:  # the stream broke while reading (not a cancellation)
                 answers.put_nowait(e)
 
         reader = asyncio.create_task(read_requests())
