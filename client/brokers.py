@@ -8,12 +8,15 @@ import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+import structlog
 from raftmq import wire
 from raftmq.client.conn import Conn, now_ms
 from raftmq.client.deadlines import call_timeout_ms
 from raftmq.client.produce_stream import ProduceStream
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError
+
+_log = structlog.get_logger("raftmq.client")
 
 # One attempt's bound (the whole call's is the caller's `timeout_ms`): a broker that does
 # not answer costs this, then the next one is asked.
@@ -102,6 +105,9 @@ class BrokerPool:
         self._conns: dict[str, Conn] = {}
         # At most one open stream per address; a failed one is replaced on next use.
         self._streams: dict[str, ProduceStream] = {}
+        # Addresses whose broker has no ProduceStream (it answered UNIMPLEMENTED): the
+        # Writer sends to them with unary Produce calls. Only grows.
+        self._unary_only: set[str] = set()
         self._closed = False
         self.metadata: ClusterMetadata | None = None
 
@@ -116,14 +122,22 @@ class BrokerPool:
                 conn = self._conns[address] = Conn(address)
             return conn
 
-    def produce_stream(self, address: str) -> ProduceStream:
+    def produce_stream(self, address: str) -> ProduceStream | None:
         """The open produce stream to `address` (a new one if none is, or it failed);
-        after `close`, raises BROKER_NOT_AVAILABLE."""
+        None if that broker has no ProduceStream (send it unary Produce calls instead).
+        After `close`, raises BROKER_NOT_AVAILABLE."""
         conn = self.conn(address)
         with self._lock:
             if self._closed:
                 raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "the client was closed")
+            if address in self._unary_only:
+                return None
             stream = self._streams.get(address)
+            if stream is not None and stream.unimplemented:
+                self._unary_only.add(address)
+                del self._streams[address]
+                _log.info("produce_stream.unsupported", endpoint=address)
+                return None
             if stream is None or stream.failed:
                 stream = self._streams[address] = ProduceStream(conn)
             return stream

@@ -13,6 +13,10 @@ writes it; one reader thread per stream takes the answers and runs each request'
 deadline fails the whole stream (`expire`, from the caller's own loop): a broker that
 stopped answering is given up on the way a unary deadline would, and the next send opens
 a new stream.
+
+A broker that has no ProduceStream (an older version, mid rolling upgrade) ends the call
+with UNIMPLEMENTED before it reads anything: the stream then says so (`unimplemented`),
+its requests fail as unsent, and the pool sends to that broker with unary Produce calls.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import grpc
 import structlog
+from raftmq import wire
 from raftmq.client.conn import Conn, closed_error, now_ms, transport_error
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.v1 import broker_pb2 as pb
@@ -62,6 +67,9 @@ class ProduceStream:
         self._deadlines: list[tuple[int, int]] = []
         self._next_id = 0
         self._failure: RaftmqError | None = None
+        # The broker answered UNIMPLEMENTED: it has no ProduceStream. Set once, before
+        # the stream fails.
+        self.unimplemented = False
         self._responses: Any = conn.open_stream("ProduceStream", self._requests())
         self._reader = threading.Thread(
             target=self._read, name="raftmq-produce-stream", daemon=True
@@ -172,6 +180,7 @@ class ProduceStream:
                 ErrorCode.BROKER_NOT_AVAILABLE, f"{self.endpoint} ended the ProduceStream"
             )
         except grpc.RpcError as e:
+            self.unimplemented = wire.rpc_status(e) == grpc.StatusCode.UNIMPLEMENTED
             error = transport_error(self.endpoint, "ProduceStream", e)
         except Exception as e:  # a bug in a callback: fail what is pending, say so
             _log.exception("produce_stream.reader_failed", endpoint=self.endpoint)

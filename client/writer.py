@@ -24,12 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from typing import Any
 
+import grpc
 import structlog
 from raftmq.client import protocol
 from raftmq.client.balancers import Balancer, RoundRobin
 from raftmq.client.brokers import BrokerPool
-from raftmq.client.conn import now_ms, wall_ms
+from raftmq.client.conn import closed_error, now_ms, transport_error, wall_ms
 from raftmq.client.producer_core import (
     Completion,
     MetadataRequest,
@@ -300,7 +302,7 @@ class Writer:
                     lambda now: self._core.on_produce_failure(send.request_id, closed, now_ms=now)
                 )
             return
-        if send.acks == 0:
+        if stream is not None and send.acks == 0:
             # Nobody waits for an answer (the core completed these already).
             stream.send(request, timeout_ms=send.rpc_timeout_ms, on_answer=None)
             return
@@ -320,7 +322,41 @@ class Writer:
                 lambda now: self._core.on_produce_response(send.request_id, results, now_ms=now)
             )
 
-        stream.send(request, timeout_ms=send.rpc_timeout_ms, on_answer=answered)
+        if stream is not None:
+            stream.send(request, timeout_ms=send.rpc_timeout_ms, on_answer=answered)
+        else:
+            self._send_unary(send, request, answered)
+
+    def _send_unary(
+        self,
+        send: ProduceSend,
+        request: pb.ProduceRequest,
+        answered: Callable[[pb.ProduceResponse | RaftmqError], None],
+    ) -> None:
+        """A broker without ProduceStream: one unary Produce call, answered (acks != 0)
+        on grpc's thread as a stream answer would be."""
+        endpoint = send.endpoint
+        try:
+            future = self._pool.conn(endpoint).call_future(
+                "Produce", request, timeout_ms=send.rpc_timeout_ms
+            )
+        except RaftmqError as e:  # the pool or the connection was closed under us
+            if send.acks != 0:
+                answered(e)
+            return
+
+        def done(call: Future[Any]) -> None:
+            answer: pb.ProduceResponse | RaftmqError
+            try:
+                answer = call.result()
+            except grpc.RpcError as e:
+                answer = transport_error(endpoint, "Produce", e)
+            except grpc.FutureCancelledError:  # the channel was closed under it
+                answer = closed_error(endpoint, "Produce")
+            if send.acks != 0:
+                answered(answer)
+
+        future.add_done_callback(done)
 
     def _perform(self, request: MetadataRequest | ProducerIdRequest) -> None:
         """Sender thread: one metadata or producer-id request, bounded by its timeout."""

@@ -608,6 +608,7 @@ def test_the_produce_stream_pipelines_requests_and_answers_each_one(brokers: lis
     pool = BrokerPool(brokers)
     try:
         stream = pool.produce_stream(leader.address)
+        assert stream is not None  # this broker has ProduceStream
         answers = Answers()
         # 30 acks=all requests sent before any answer is awaited.
         for n in range(30):

@@ -65,6 +65,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
         self.produce: str | tuple[str, int] = "accept"
         self.fetch: str | tuple[str, int] = "serve"
         self.admin_failures = 0  # CreateTopic answers CONTROLLER_UNAVAILABLE this often
+        self.streams = True  # False: no ProduceStream (an older broker)
         self.release = threading.Event()
         self.requests: list[Any] = []
         self._calls: collections.Counter[str] = collections.Counter()
@@ -138,7 +139,11 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
         self, request_iterator: Iterator[pb.ProduceStreamRequest], context: Any
     ) -> Iterator[pb.ProduceStreamResponse]:
         """The Writer's path: each request answered in turn as Produce answers it (a
-        stalled one stalls the stream behind it)."""
+        stalled one stalls the stream behind it). With `streams` False, it answers as a
+        broker from before ProduceStream would: UNIMPLEMENTED, before reading anything."""
+        self._count("ProduceStream")
+        if not self.streams:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         for item in request_iterator:
             response = self.Produce(item.request, context)
             if item.request.acks != 0:
@@ -407,6 +412,27 @@ def test_a_produce_retry_goes_to_the_leader_a_refusal_names(fakes: list[FakeBrok
     assert sent[0].offset == 0
     assert (stale.calls("Produce"), leader.calls("Produce")) == (1, 1)
     assert leader.calls("Metadata") >= 1  # asked first for the refresh
+
+
+def test_a_writer_falls_back_to_unary_produce_on_a_broker_without_produce_stream(
+    fakes: list[FakeBroker],
+) -> None:
+    old = fakes[0]
+    old.streams = False
+    with Writer([old.endpoint], topic="t", linger_ms=0) as writer:
+        first = [Message("a")]
+        writer.write_messages(*first)  # the stream's UNIMPLEMENTED: retried unary
+        later = [Message("b"), Message("c")]
+        for message in later:
+            writer.write_messages(message)
+    assert [m.offset for m in first + later] == [0, 1, 2]
+    assert old.calls("ProduceStream") == 1  # asked once, then remembered
+    assert old.calls("Produce") == 3
+    assert [read_header(bytes(r.partitions[0].records)).record_count for r in old.requests] == [
+        1,
+        1,
+        1,
+    ]
 
 
 def test_a_reader_asks_the_leader_a_refusal_names_for_metadata_first(
