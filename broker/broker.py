@@ -42,7 +42,7 @@ from raftmq.broker.request_handler import RequestHandler
 from raftmq.broker.server import BrokerServicer
 from raftmq.broker.topic_admin import TopicAdmin, TopicDefaults
 from raftmq.health import AsyncNodeHealth, add_standard_services
-from raftmq.heap import freeze_startup_heap
+from raftmq.heap import freeze_startup_heap, record_gc_pauses
 from raftmq.lifecycle import NodeLifecycle, run_guarded_async
 from raftmq.metadata import PROTOCOL_KAFKA, Listener
 from raftmq.node_meta import DataDirError
@@ -374,6 +374,7 @@ async def _serve(options: BrokerOptions, lifecycle: NodeLifecycle, meta: node_me
     node.metadata.start()
     node.session.start()
     freeze_startup_heap("broker")
+    record_gc_pauses()
     log.info(
         "broker.started",
         listeners={x.name: f"{x.bind[0]}:{x.bind[1]}" for x in options.all_listeners()},

@@ -30,7 +30,7 @@ from raftmq.controller.quorum import ControllerQuorum, QuorumConfig
 from raftmq.controller.read_index import ReadIndex, is_version_probe
 from raftmq.errors import ErrorCode
 from raftmq.health import NodeHealth, add_standard_services
-from raftmq.heap import freeze_startup_heap
+from raftmq.heap import freeze_startup_heap, record_gc_pauses
 from raftmq.lifecycle import NodeLifecycle
 from raftmq.metadata import PartitionRecord
 from raftmq.v1 import common_pb2 as cpb
@@ -529,6 +529,7 @@ def run_controller(options: ControllerOptions) -> NodeLifecycle:
     server.start()
     quorum.start()
     freeze_startup_heap("controller")
+    record_gc_pauses()
     log.info(
         "controller.started",
         listen=f"{options.listen[0]}:{options.listen[1]}",

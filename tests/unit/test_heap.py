@@ -7,7 +7,13 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
-from raftmq.heap import freeze_startup_heap
+from prometheus_client import CollectorRegistry, Histogram
+from raftmq.heap import (
+    GC_PAUSE_BUCKETS_S,
+    freeze_startup_heap,
+    observe_gc_pauses,
+    record_gc_pauses,
+)
 
 
 class _Node:
@@ -35,3 +41,25 @@ def test_it_collects_garbage_cycles_then_freezes_what_is_alive(unfrozen: None) -
     assert frozen == gc.get_freeze_count() >= len(alive)
     # A later full collection does not walk the frozen objects.
     assert all(not any(o is x for x in gc.get_objects(generation=2)) for o in alive[:3])
+
+
+def test_gc_pauses_are_timed_and_moved_into_the_histogram() -> None:
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "test_gc_pause_seconds",
+        "pauses",
+        ["generation"],
+        buckets=GC_PAUSE_BUCKETS_S,
+        registry=registry,
+    )
+    record_gc_pauses()
+    record_gc_pauses()  # idempotent: one callback
+    observe_gc_pauses(histogram)  # what earlier tests' collections left
+    gc.collect()
+    gc.collect(0)
+
+    assert observe_gc_pauses(histogram) >= 2
+    count = registry.get_sample_value
+    assert count("test_gc_pause_seconds_count", {"generation": "2"}) == 1
+    assert count("test_gc_pause_seconds_count", {"generation": "0"}) >= 1
+    assert (count("test_gc_pause_seconds_sum", {"generation": "2"}) or 0) > 0
