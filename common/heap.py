@@ -8,8 +8,9 @@ full (generation 2) collection took 41 ms to walk on the project's 2-core VM, wh
 startup heap again, and the event loop, with every write in flight, waits meanwhile.
 
 `freeze_startup_heap` collects once and moves every object alive at that point into the
-permanent generation (`gc.freeze()`, as Instagram's servers do after startup): later
-collections skip those objects, which are module state that lives as long as the process.
+permanent generation (`gc.freeze()`, which CPython added for servers such as Instagram's
+to call once their startup is done): later collections skip those objects, which are
+module state that lives as long as the process.
 They are still freed by reference counting when dropped; only a reference cycle among
 them would outlive its last outside reference, which is why this runs once, after startup,
 and never again.
