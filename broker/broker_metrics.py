@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from raftmq.broker.partition_log import PartitionLog
 from raftmq.broker.partition_replica import ROLE_LEADER, PartitionReplica
-from raftmq.heap import GC_PAUSE_BUCKETS_S, observe_gc_pauses
+from raftmq.heap import gc_pause_histogram, observe_gc_pauses
 from raftmq.metrics import DURATION_BUCKETS_S
 
 # A client counts as connected for this long after its last call.
@@ -29,13 +29,7 @@ class BrokerMetrics:
         self.registry = CollectorRegistry()
         self.data_dir = data_dir
         r = self.registry
-        self.gc_pause = Histogram(
-            "raftmq_broker_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector, by generation (0, 1, 2)",
-            ["generation"],
-            buckets=GC_PAUSE_BUCKETS_S,
-            registry=r,
-        )
+        self.gc_pause = gc_pause_histogram("broker", r)
         self.requests = Counter(
             "raftmq_broker_requests", "Requests handled, by API", ["api"], registry=r
         )

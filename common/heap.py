@@ -28,9 +28,15 @@ import time
 from typing import Any
 
 import structlog
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry, Histogram
 
-__all__ = ["GC_PAUSE_BUCKETS_S", "freeze_startup_heap", "observe_gc_pauses", "record_gc_pauses"]
+__all__ = [
+    "GC_PAUSE_BUCKETS_S",
+    "freeze_startup_heap",
+    "gc_pause_histogram",
+    "observe_gc_pauses",
+    "record_gc_pauses",
+]
 
 _log = structlog.get_logger("raftmq.heap")
 
@@ -68,6 +74,17 @@ def record_gc_pauses() -> None:
     if not _pauses.installed:
         _pauses.installed = True
         gc.callbacks.append(_pauses)
+
+
+def gc_pause_histogram(node: str, registry: CollectorRegistry) -> Histogram:
+    """The node's `raftmq_<node>_gc_pause_seconds` histogram, by generation."""
+    return Histogram(
+        f"raftmq_{node}_gc_pause_seconds",
+        "Pauses of Python's cyclic garbage collector, by generation (0, 1, 2)",
+        ["generation"],
+        buckets=GC_PAUSE_BUCKETS_S,
+        registry=registry,
+    )
 
 
 def observe_gc_pauses(histogram: Histogram) -> int:

@@ -4,23 +4,17 @@ every half second; a scrape only reads them."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from raftmq.controller.metadata_state import MetadataState
 from raftmq.controller.quorum import QuorumStatus
-from raftmq.heap import GC_PAUSE_BUCKETS_S, observe_gc_pauses
+from raftmq.heap import gc_pause_histogram, observe_gc_pauses
 
 
 class ControllerMetrics:
     def __init__(self, *, node_id: int) -> None:
         self.node_id = node_id
         self.registry = r = CollectorRegistry()
-        self.gc_pause = Histogram(
-            "raftmq_controller_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector, by generation (0, 1, 2)",
-            ["generation"],
-            buckets=GC_PAUSE_BUCKETS_S,
-            registry=r,
-        )
+        self.gc_pause = gc_pause_histogram("controller", r)
         self.is_leader = Gauge(
             "raftmq_controller_is_leader", "1 while this controller is the Raft leader", registry=r
         )

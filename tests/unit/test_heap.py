@@ -60,6 +60,6 @@ def test_gc_pauses_are_timed_and_moved_into_the_histogram() -> None:
 
     assert observe_gc_pauses(histogram) >= 2
     count = registry.get_sample_value
-    assert count("test_gc_pause_seconds_count", {"generation": "2"}) == 1
+    assert (count("test_gc_pause_seconds_count", {"generation": "2"}) or 0) >= 1
     assert count("test_gc_pause_seconds_count", {"generation": "0"}) >= 1
     assert (count("test_gc_pause_seconds_sum", {"generation": "2"}) or 0) > 0
