@@ -44,6 +44,9 @@ DISTINCT_VALUE_BYTES_MAX = 16 * MIB
 # A client using this share of one core or more is the limit (GIL-bound Python).
 CLIENT_CPU_SATURATED_CORES = 0.85
 MACHINE_CPU_SATURATED_PCT = 90.0
+# Steal time (the hypervisor running another guest while ours wanted a CPU) from this share
+# of the run's CPU time on: the figures are the host's as much as ours, and the hint says so.
+MACHINE_STEAL_NOTABLE_PCT = 5.0
 LATENCY_QUANTILES = (50.0, 95.0, 99.0)
 LATENCY_QUANTILES_FINE = (50.0, 95.0, 99.0, 99.9)
 # The quantiles of the JSON line's `latency_ms`, by their key there.
@@ -127,6 +130,16 @@ def limit_hint(
     )
 
 
+def steal_note(steal_pct: float | None) -> str:
+    """What to add to a hint when the hypervisor took a notable share of the CPUs."""
+    if steal_pct is None or steal_pct < MACHINE_STEAL_NOTABLE_PCT:
+        return ""
+    return (
+        f"; the hypervisor took {steal_pct:.0f}% of the CPUs' time (steal): figures from "
+        "this run are not comparable with a quiet machine's"
+    )
+
+
 def produce_waiting(acks: int) -> str:
     """What a producer waits on when no CPU is saturated, for `limit_hint`."""
     if acks == RequireAll:
@@ -136,8 +149,10 @@ def produce_waiting(acks: int) -> str:
     return "round trips (acks=0: the broker still answers each request)"
 
 
-def _machine_cpu_ticks() -> tuple[int, int] | None:
-    """(busy, total) jiffies since boot over all CPUs, from /proc/stat; None off Linux."""
+def _machine_cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy, total, steal) jiffies since boot over all CPUs, from /proc/stat; None off
+    Linux. Steal (time the hypervisor ran something else while a virtual CPU wanted to run)
+    counts as busy: those CPUs were not available to us."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             first = f.readline().split()
@@ -148,7 +163,7 @@ def _machine_cpu_ticks() -> tuple[int, int] | None:
     # user nice system idle iowait irq softirq steal (guest time is already in user).
     ticks = [int(x) for x in first[1:9]]
     idle = ticks[3] + ticks[4]
-    return sum(ticks) - idle, sum(ticks)
+    return sum(ticks) - idle, sum(ticks), ticks[7]
 
 
 class CpuMeter:
@@ -165,17 +180,21 @@ class CpuMeter:
         process_s = time.process_time() - self._process_s
         cpus = os.cpu_count() or 1
         machine_busy_pct: float | None = None
+        machine_steal_pct: float | None = None
         end = _machine_cpu_ticks()
         if self._machine is not None and end is not None and end[1] > self._machine[1]:
-            busy = end[0] - self._machine[0]
-            machine_busy_pct = round(100.0 * busy / (end[1] - self._machine[1]), 1)
+            total = end[1] - self._machine[1]
+            machine_busy_pct = round(100.0 * (end[0] - self._machine[0]) / total, 1)
+            machine_steal_pct = round(100.0 * (end[2] - self._machine[2]) / total, 1)
         client_cores = round(process_s / wall_s, 3)
+        hint = limit_hint(client_cores, machine_busy_pct, cpus, waiting=waiting)
         return {
             "client_cpu_s": round(process_s, 3),
             "client_cpu_cores": client_cores,
             "machine_cpu_busy_pct": machine_busy_pct,
+            "machine_cpu_steal_pct": machine_steal_pct,
             "cpus": cpus,
-            "limited_by": limit_hint(client_cores, machine_busy_pct, cpus, waiting=waiting),
+            "limited_by": hint + steal_note(machine_steal_pct),
         }
 
 
@@ -332,9 +351,11 @@ def footer_lines(result: Result) -> list[str]:
     """The CPU line, the "limited by" line and the error, if any, under every table."""
     cpu = result["cpu"]
     machine = cpu["machine_cpu_busy_pct"]
+    steal = cpu.get("machine_cpu_steal_pct")
     lines = [
         f"client CPU: {cpu['client_cpu_cores']:.2f} cores (process CPU s per wall s); machine: "
-        + ("n/a" if machine is None else f"{machine:.0f}% busy over {cpu['cpus']} cores"),
+        + ("n/a" if machine is None else f"{machine:.0f}% busy over {cpu['cpus']} cores")
+        + ("" if steal is None else f", {steal:.0f}% of the time stolen by the hypervisor"),
         f"limited by: {cpu['limited_by']}",
     ]
     if result.get("error"):

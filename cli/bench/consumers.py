@@ -310,6 +310,7 @@ def run(args: argparse.Namespace) -> Result:
     produced = _Produced()
     polls: Result | None = None
     node_cpu: dict[str, float | None] = {}
+    node_runqueue: dict[str, float | None] = {}
     result: Result = {
         "scenario": "consumers",
         "count": count,
@@ -350,7 +351,8 @@ def run(args: argparse.Namespace) -> Result:
                     finally:
                         ticker.stop()
                     produce_s = time.perf_counter() - window_started_s
-                    node_cpu = cpu_meter.stop()
+                    usage = cpu_meter.usage()
+                    node_cpu, node_runqueue = usage.cores, usage.runqueue
                     polls = pollers.stats.snapshot()
             finally:
                 # Before the cluster stops: its end is no long poll's error.
@@ -373,6 +375,7 @@ def run(args: argparse.Namespace) -> Result:
         polls=polls,
         produced=produced,
         node_cpu=node_cpu,
+        node_runqueue=node_runqueue,
         leader=leader,
         produce_s=produce_s,
         started_s=started_s,
@@ -423,6 +426,7 @@ def _result(
     polls: Result | None,
     produced: _Produced,
     node_cpu: dict[str, float | None],
+    node_runqueue: dict[str, float | None],
     leader: int,
     produce_s: float,
     started_s: float,
@@ -461,6 +465,9 @@ def _result(
             "node_cpu_pct": {
                 n: None if c is None else round(c * 100, 1) for n, c in node_cpu.items()
             },
+            "node_runqueue_wait_pct": {
+                n: None if w is None else round(w * 100, 2) for n, w in node_runqueue.items()
+            },
             "elapsed_s": round(time.perf_counter() - started_s, 1),
         }
     )
@@ -472,17 +479,23 @@ def _result(
             )
         elif acked == 0:
             result["error"] = "no write was acknowledged"
-    cpu["limited_by"] = limited_by(result, node_cpu)
+    cpu["limited_by"] = limited_by(result, node_cpu, node_runqueue)
     result["cpu"] = cpu
     return result
 
 
 # The broker under the long polls using this share of a core or more is CPU-bound.
 BROKER_CPU_SATURATED_CORES = 0.85
+# A node whose event loop waited this share of the window or more for a CPU was slowed by
+# the machine's other processes, not by its own work.
+RUNQUEUE_CONTENDED = 0.02
 
 
-def limited_by(result: Result, node_cpu: dict[str, float | None]) -> str:
-    """The broker under the long polls: CPU-bound, or waiting (what it refused, what
+def limited_by(
+    result: Result, node_cpu: dict[str, float | None], node_runqueue: dict[str, float | None]
+) -> str:
+    """The broker under the long polls: CPU-bound; its cluster contending for the cores
+    (a node's event loop waiting in the run queue); or waiting (what it refused, what
     failed), from the run's own counts."""
     name = f"broker-{result['broker']}"
     cores = node_cpu.get(name)
@@ -500,8 +513,20 @@ def limited_by(result: Result, node_cpu: dict[str, float | None]) -> str:
         facts.append(f"write calls failed: {result['write_failures']}")
     if result["isr_shrinks"]:
         facts.append(f"{result['isr_shrinks']} ISR shrink(s) seen")
+    contended = sorted(
+        ((w, n) for n, w in node_runqueue.items() if w is not None and w >= RUNQUEUE_CONTENDED),
+        reverse=True,
+    )
     if cores is not None and cores >= BROKER_CPU_SATURATED_CORES:
         verdict = f"{name}'s CPU: {usage} of a core"
+    elif contended:
+        waits = ", ".join(f"{n} {w * 100:.1f} %" for w, n in contended)
+        verdict = (
+            f"CPU contention: event loops waited for a CPU ({waits} of the window) while "
+            f"{usage} of a core; the long polls expire in step (each waits "
+            f"{LONG_POLL_WAIT_MS} ms and is issued again at once), so their answers come in "
+            "bursts that take the cores from the writes' round trips"
+        )
     elif facts:
         verdict = f"waiting, not CPU: {usage} of a core"
     else:
@@ -549,6 +574,14 @@ def render(result: Result) -> str:
             "CPU over the produce window (% of a core): "
             + ", ".join(
                 f"{n} {'-' if v is None else f'{v:.0f}'}" for n, v in sorted(node_cpu.items())
+            )
+        )
+    runqueue = result.get("node_runqueue_wait_pct") or {}
+    if any(v is not None for v in runqueue.values()):
+        lines.append(
+            "waiting for a CPU over the produce window (% of the time, event loop thread): "
+            + ", ".join(
+                f"{n} {'-' if v is None else f'{v:.1f}'}" for n, v in sorted(runqueue.items())
             )
         )
     lines += footer_lines(result)

@@ -1,9 +1,16 @@
-"""CPU time and resident memory of server processes the bench started, from /proc.
+"""CPU time, CPU waits and resident memory of server processes the bench started, from
+/proc.
 
 Linux only: off Linux (or for a process that is gone) every figure is None, and the
 scenarios print "-" instead of guessing. CPU is user + system time (/proc/PID/stat
 fields 14 and 15, in clock ticks) per wall second: 1.0 is one core busy, and a figure is
 printed as a percentage of one core (Kafka's and `top`'s convention).
+
+The run-queue wait is how long a process's main thread (a broker's event loop) was ready
+to run but had no CPU (/proc/PID/schedstat, field 2, in ns; the kernel's schedstats), as
+a share of the wall time. A node that waits for a CPU answers late however little work
+it has: on a machine whose cores are all busy this, not the node's own CPU use, is what
+its latency pays for.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # /proc/PID/stat after the ")" that ends the command name: state is field 3, so utime
@@ -53,17 +61,43 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
+def parse_schedstat_wait_s(schedstat: str) -> float:
+    """Run-queue wait in seconds from the text of /proc/PID/schedstat ("run_ns wait_ns
+    timeslices")."""
+    return int(schedstat.split()[1]) / 1e9
+
+
+def runqueue_wait_s(pid: int) -> float | None:
+    """Seconds the main thread of `pid` has waited for a CPU so far, or None (no /proc, no
+    schedstats in this kernel, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            return parse_schedstat_wait_s(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_cores(start_s: float | None, end_s: float | None, wall_s: float) -> float | None:
-    """CPU seconds per wall second between two readings; None when either is missing or
-    the process went backwards (a restart under the same name)."""
+    """Seconds (of CPU, or of waiting for one) per wall second between two readings; None
+    when either is missing or the process went backwards (a restart under the same name)."""
     if start_s is None or end_s is None or wall_s <= 0 or end_s < start_s:
         return None
     return round((end_s - start_s) / wall_s, 4)
 
 
+@dataclass(frozen=True)
+class NodeUsage:
+    """Per process name, over an interval: `cores` used, and `runqueue` — the share of the
+    wall time its main thread waited for a CPU (0.02: 2 % of the time). None: unknown."""
+
+    cores: dict[str, float | None]
+    runqueue: dict[str, float | None]
+
+
 class ProcessCpuMeter:
-    """CPU use of named processes (name -> PID) over an interval: construct, then
-    `stop()`. A process restarted in between has another PID and is reported as None."""
+    """CPU use and run-queue wait of named processes (name -> PID) over an interval:
+    construct, then `stop()` (cores) or `usage()` (both). A process restarted in between
+    has another PID and is reported as None."""
 
     def __init__(self, pids: Mapping[str, int | None]) -> None:
         self._pids = dict(pids)
@@ -71,14 +105,27 @@ class ProcessCpuMeter:
         self._start = {
             name: (cpu_s(pid) if pid is not None else None) for name, pid in pids.items()
         }
+        self._start_wait = {
+            name: (runqueue_wait_s(pid) if pid is not None else None) for name, pid in pids.items()
+        }
 
     def stop(self) -> dict[str, float | None]:
         """name -> cores used since construction (None where unknown)."""
+        return self.usage().cores
+
+    def usage(self) -> NodeUsage:
+        """Cores used and run-queue share since construction."""
         wall_s = time.perf_counter() - self._wall_s
-        return {
-            name: cpu_cores(self._start[name], cpu_s(pid) if pid is not None else None, wall_s)
-            for name, pid in self._pids.items()
-        }
+        cores: dict[str, float | None] = {}
+        runqueue: dict[str, float | None] = {}
+        for name, pid in self._pids.items():
+            cores[name] = cpu_cores(
+                self._start[name], cpu_s(pid) if pid is not None else None, wall_s
+            )
+            runqueue[name] = cpu_cores(
+                self._start_wait[name], runqueue_wait_s(pid) if pid is not None else None, wall_s
+            )
+        return NodeUsage(cores, runqueue)
 
 
 def busiest(cores_by_name: Mapping[str, float | None]) -> tuple[str, float] | None:

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from raftmq.cli.bench.common import (
     chunk_sizes,
     distinct_values,
+    footer_lines,
     headline_latency_ms,
     latency_summary_ms,
     limit_hint,
     make_values,
     percentile,
     quantile_key,
+    steal_note,
 )
 from raftmq.cli.bench.consume import consume_ends
 from raftmq.cli.bench.latency import KIND_MEASURED, read_stamp, stamped_value
@@ -136,6 +138,24 @@ def test_stamped_values_round_trip() -> None:
     assert read_stamp(value) == (123_456_789, KIND_MEASURED)
     assert read_stamp(b"short") is None
     assert read_stamp(None) is None
+
+
+def test_steal_time_is_named_once_it_is_notable() -> None:
+    assert steal_note(None) == "" and steal_note(4.9) == ""
+    assert steal_note(21.4).startswith("; the hypervisor took 21% of the CPUs' time (steal)")
+    cpu = {
+        "client_cpu_cores": 0.2,
+        "machine_cpu_busy_pct": 74.0,
+        "machine_cpu_steal_pct": 21.0,
+        "cpus": 2,
+        "limited_by": "x",
+    }
+    assert (
+        "74% busy over 2 cores, 21% of the time stolen by the hypervisor"
+        in (footer_lines({"cpu": cpu})[0])
+    )
+    del cpu["machine_cpu_steal_pct"]  # a result saved before steal was measured
+    assert footer_lines({"cpu": cpu})[0].endswith("74% busy over 2 cores")
 
 
 def test_limit_hint_names_the_saturated_side() -> None:

@@ -229,7 +229,8 @@ def _consumers_result(**fields: object) -> dict[str, object]:
 
 def test_consumers_verdicts() -> None:
     cpu = {"broker-1": 0.95, "broker-2": 0.1}
-    assert consumers_limited_by(_consumers_result(), cpu).startswith("broker-1's CPU")
+    quiet = {"broker-1": 0.004, "broker-2": None}
+    assert consumers_limited_by(_consumers_result(), cpu, quiet).startswith("broker-1's CPU")
     waiting = consumers_limited_by(
         _consumers_result(
             long_polls={"errors": {"RESOURCE_EXHAUSTED": 7}},
@@ -237,8 +238,20 @@ def test_consumers_verdicts() -> None:
             write_failures={"OutcomeUnknownError": 1},
         ),
         {"broker-1": 0.07},
+        quiet,
     )
     assert waiting.startswith("waiting, not CPU: broker-1")
     assert "RESOURCE_EXHAUSTED 7" in waiting and "3 ISR shrink(s)" in waiting
-    calm = consumers_limited_by(_consumers_result(), {"broker-1": 0.3})
+    calm = consumers_limited_by(_consumers_result(), {"broker-1": 0.3}, quiet)
     assert calm.startswith("no CPU saturated")
+
+
+def test_consumers_names_the_event_loops_that_waited_for_a_cpu_busiest_first() -> None:
+    verdict = consumers_limited_by(
+        _consumers_result(),
+        {"broker-1": 0.5},
+        {"broker-1": 0.146, "broker-2": 0.031, "broker-3": 0.019, "controller-1": None},
+    )
+    assert verdict.startswith("CPU contention: event loops waited for a CPU (broker-1 14.6 %,")
+    assert "broker-2 3.1 %" in verdict and "broker-3" not in verdict  # under 2 %: not named
+    assert "expire in step" in verdict

@@ -9,12 +9,15 @@ import os
 import pytest
 from raftmq.cli.bench.cluster import partitions_not_full
 from raftmq.cli.bench.process_stats import (
+    ProcessCpuMeter,
     busiest,
     cpu_cores,
     cpu_s,
+    parse_schedstat_wait_s,
     parse_stat_cpu_s,
     parse_status_rss_bytes,
     pct,
+    runqueue_wait_s,
 )
 from raftmq.cli.bench.watcher import FencingTracker, PartitionTracker
 from raftmq.metadata import NO_LEADER, BrokerRegistration, PartitionRecord, TopicRecord
@@ -156,6 +159,23 @@ def test_rss_from_proc_status() -> None:
 def test_cpu_readings_of_this_process_and_of_none() -> None:
     assert cpu_s(os.getpid()) is not None
     assert cpu_s(2**22 + 12345) is None  # above pid_max: no such process
+
+
+def test_run_queue_wait_from_proc_schedstat() -> None:
+    assert parse_schedstat_wait_s("7000000000 250000000 1234\n") == pytest.approx(0.25)
+    assert runqueue_wait_s(2**22 + 12345) is None
+    if os.path.exists(f"/proc/{os.getpid()}/schedstat"):
+        assert (runqueue_wait_s(os.getpid()) or 0.0) >= 0.0
+
+
+def test_a_meter_gives_cores_and_run_queue_shares_per_name() -> None:
+    meter = ProcessCpuMeter({"me": os.getpid(), "gone": 2**22 + 12345, "unknown": None})
+    sum(i * i for i in range(200_000))  # some CPU to measure
+    usage = meter.usage()
+    assert usage.cores["gone"] is None and usage.runqueue["unknown"] is None
+    if os.path.exists(f"/proc/{os.getpid()}/schedstat"):
+        assert usage.cores["me"] is not None and usage.cores["me"] > 0
+        assert usage.runqueue["me"] is not None and 0.0 <= usage.runqueue["me"] <= 1.0
 
 
 def test_cpu_cores_and_their_rendering() -> None:
