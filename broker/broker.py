@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from raftmq.broker.kafka_groups import register_group_apis
 from raftmq.broker.kafka_listener import KafkaListener, KafkaListenerConfig
 from raftmq.broker.kafka_partition_apis import KafkaPartitionApis
 from raftmq.broker.log_store import AsyncGroupCommit, FlushPolicy, LogStore
+from raftmq.broker.loop_monitor import sample_loop_lag
 from raftmq.broker.metadata_cache import MetadataCache
 from raftmq.broker.producer_ids import ProducerIdManager
 from raftmq.broker.purgatory import Purgatory
@@ -191,6 +193,7 @@ class BrokerNode:
             else None
         )
         self._metrics_task: asyncio.Task[None] | None = None
+        self._loop_lag_task: asyncio.Task[None] | None = None
         self.store = LogStore(
             options.data_dir / "log", flush_policy=FlushPolicy(options.flush_policy)
         )
@@ -314,6 +317,14 @@ class BrokerNode:
                 on_fatal=self._on_fatal,
             )
         )
+        self._loop_lag_task = asyncio.get_running_loop().create_task(
+            run_guarded_async(
+                functools.partial(sample_loop_lag, self.metrics.loop_lag.observe),
+                name="loop-lag",
+                stopping=lambda: False,
+                on_fatal=self._on_fatal,
+            )
+        )
         self.groups.start()
 
     async def _refresh_metrics(self) -> None:
@@ -333,10 +344,11 @@ class BrokerNode:
 
     async def close(self) -> None:
         """Stop serving and release everything (after a controlled shutdown, if any)."""
-        if self._metrics_task is not None:
-            self._metrics_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._metrics_task
+        for task in (self._metrics_task, self._loop_lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         await asyncio.gather(*(s.stop(grace=SHUTDOWN_GRACE_S) for s in self.servers.values()))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from raftmq.broker.loop_monitor import LOOP_LAG_BUCKETS_S, LOOP_LAG_INTERVAL_S, CpuWaitMeter
 from raftmq.broker.partition_log import PartitionLog
 from raftmq.broker.partition_replica import ROLE_LEADER, PartitionReplica
 from raftmq.heap import gc_pause_histogram, observe_gc_pauses
@@ -30,6 +31,21 @@ class BrokerMetrics:
         self.data_dir = data_dir
         r = self.registry
         self.gc_pause = gc_pause_histogram("broker", r)
+        self.loop_lag = Histogram(
+            "raftmq_broker_event_loop_lag_seconds",
+            f"How late the event loop ran a timer due every {LOOP_LAG_INTERVAL_S * 1000:.0f} ms "
+            "(its other callbacks, or its thread waiting for a CPU)",
+            buckets=LOOP_LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.loop_cpu_wait = Counter(
+            "raftmq_broker_event_loop_cpu_wait_seconds",
+            "Time the event loop's thread was ready to run but waited for a CPU (Linux "
+            "schedstats; 0 elsewhere)",
+            registry=r,
+        )
+        # Created by the first refresh, on the loop's thread (whose wait it reads).
+        self._loop_cpu_wait_meter: CpuWaitMeter | None = None
         self.requests = Counter(
             "raftmq_broker_requests", "Requests handled, by API", ["api"], registry=r
         )
@@ -149,6 +165,9 @@ class BrokerMetrics:
     ) -> None:
         """On the loop, once a second: every gauge from the broker's state."""
         observe_gc_pauses(self.gc_pause)
+        if self._loop_cpu_wait_meter is None:
+            self._loop_cpu_wait_meter = CpuWaitMeter()
+        self.loop_cpu_wait.inc(self._loop_cpu_wait_meter.delta_s())
         led = under_replicated = under_min = size = 0
         high_watermarks: dict[tuple[str, int], int] = {}
         for replica in replicas:

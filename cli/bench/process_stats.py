@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from raftmq import schedstat
+
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # /proc/PID/stat after the ")" that ends the command name: state is field 3, so utime
 # (field 14) and stime (field 15) are at these indexes of the rest.
@@ -61,20 +63,10 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
-def parse_schedstat_wait_s(schedstat: str) -> float:
-    """Run-queue wait in seconds from the text of /proc/PID/schedstat ("run_ns wait_ns
-    timeslices")."""
-    return int(schedstat.split()[1]) / 1e9
-
-
 def runqueue_wait_s(pid: int) -> float | None:
     """Seconds the main thread of `pid` has waited for a CPU so far, or None (no /proc, no
     schedstats in this kernel, or the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
-            return parse_schedstat_wait_s(f.read())
-    except (OSError, ValueError, IndexError):
-        return None
+    return schedstat.read_wait_s(f"/proc/{pid}/schedstat")
 
 
 def cpu_cores(start_s: float | None, end_s: float | None, wall_s: float) -> float | None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from raftmq import schedstat
 from raftmq.cli.bench.cluster import partitions_not_full
 from raftmq.cli.bench.process_stats import (
     ProcessCpuMeter,
     busiest,
     cpu_cores,
     cpu_s,
-    parse_schedstat_wait_s,
     parse_stat_cpu_s,
     parse_status_rss_bytes,
     pct,
@@ -162,7 +162,8 @@ def test_cpu_readings_of_this_process_and_of_none() -> None:
 
 
 def test_run_queue_wait_from_proc_schedstat() -> None:
-    assert parse_schedstat_wait_s("7000000000 250000000 1234\n") == pytest.approx(0.25)
+    assert schedstat.parse_wait_s("7000000000 250000000 1234\n") == pytest.approx(0.25)
+    assert schedstat.read_wait_s("/proc/self/task/0/no-such-file") is None
     assert runqueue_wait_s(2**22 + 12345) is None
     if os.path.exists(f"/proc/{os.getpid()}/schedstat"):
         assert (runqueue_wait_s(os.getpid()) or 0.0) >= 0.0
