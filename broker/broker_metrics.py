@@ -23,6 +23,7 @@ from raftmq.metrics import DURATION_BUCKETS_S
 # A client counts as connected for this long after its last call.
 CLIENT_SEEN_MS = 60_000
 CLIENTS_TRACKED_MAX = 10_000
+API_CHILDREN_CACHED_MAX = 1_024
 
 
 class BrokerMetrics:
@@ -62,9 +63,13 @@ class BrokerMetrics:
             buckets=DURATION_BUCKETS_S,
             registry=r,
         )
-        self.requests_in_flight = Gauge(
+        # Counted on the loop (no lock: only the loop writes it), read by a scrape.
+        # Invariant: request_started() calls minus request_done() calls, >= 0.
+        self.requests_in_flight = 0
+        self.requests_in_flight_gauge = Gauge(
             "raftmq_broker_requests_in_flight", "Requests being handled or waiting", registry=r
         )
+        self.requests_in_flight_gauge.set_function(lambda: self.requests_in_flight)
         self.request_limit = Gauge(
             "raftmq_broker_request_limit",
             "Requests the broker holds at most at once (in_flight / limit = saturation)",
@@ -143,8 +148,28 @@ class BrokerMetrics:
         )
         self.broker_info.labels(str(broker_id)).set(1)
         self._clients: dict[str, float] = {}
+        # api -> its children of `requests` and `request_duration`: `labels()` takes a lock
+        # and checks its arguments on every call, and every request would pay for it twice.
+        # Invariant: at most API_CHILDREN_CACHED_MAX entries (API names are the services'
+        # methods and Kafka's API keys; past the cap, labels() is called as before).
+        self._api_children: dict[str, tuple[Counter, Histogram]] = {}
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._member_labels: set[str] = set()
+
+    def request_started(self) -> None:
+        self.requests_in_flight += 1
+
+    def request_done(self, api: str, duration_s: float) -> None:
+        """One request of `api` answered `duration_s` after it arrived."""
+        self.requests_in_flight -= 1
+        assert self.requests_in_flight >= 0
+        children = self._api_children.get(api)
+        if children is None:
+            children = (self.requests.labels(api), self.request_duration.labels(api))
+            if len(self._api_children) < API_CHILDREN_CACHED_MAX:
+                self._api_children[api] = children
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def seen_client(self, peer: str) -> None:
         """A call from `peer` (ip:port of the client's connection; the port is dropped)."""

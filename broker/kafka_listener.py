@@ -267,14 +267,12 @@ class _Connection:
         metrics = self.listener.metrics
         if metrics is not None:
             metrics.seen_client(self.peer)
-            metrics.requests_in_flight.inc()
+            metrics.request_started()
             api = f"kafka.{api_key_map.get(api_key, api_key)}"
             started = time.perf_counter()
 
             def measured(_: asyncio.Future[Any]) -> None:
-                metrics.requests_in_flight.dec()
-                metrics.requests.labels(api).inc()
-                metrics.request_duration.labels(api).observe(time.perf_counter() - started)
+                metrics.request_done(api, time.perf_counter() - started)
 
             task.add_done_callback(measured)
         self.inflight.put_nowait((ctx, task))

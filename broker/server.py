@@ -70,14 +70,12 @@ async def observed(
     if metrics is None:
         return await call
     started = time.perf_counter()
-    metrics.requests_in_flight.inc()
+    metrics.request_started()
     metrics.seen_client(context.peer())
     try:
         response = await call
     finally:
-        metrics.requests_in_flight.dec()
-        metrics.request_duration.labels(api).observe(time.perf_counter() - started)
-        metrics.requests.labels(api).inc()
+        metrics.request_done(api, time.perf_counter() - started)
     for code in _error_codes(response):
         metrics.request_errors.labels(api, code).inc()
     return response
