@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from raftmq.broker.loop_monitor import LOOP_LAG_BUCKETS_S, LOOP_LAG_INTERVAL_S, CpuWaitMeter
@@ -24,6 +25,30 @@ from raftmq.metrics import DURATION_BUCKETS_S
 CLIENT_SEEN_MS = 60_000
 CLIENTS_TRACKED_MAX = 10_000
 API_CHILDREN_CACHED_MAX = 1_024
+TOPIC_CHILDREN_CACHED_MAX = 10_000
+
+_Children = TypeVar("_Children")
+
+
+class _LabelCache(Generic[_Children]):
+    """A metric's labelled children per label value, made once by `make`: `labels()`
+    takes a lock and checks its arguments on every call, and the request paths would pay
+    for it on every request. Invariant: at most `cap` values are kept; past the cap,
+    `make` runs on every lookup (the metrics stay right, only slower)."""
+
+    def __init__(self, make: Callable[[str], _Children], cap: int) -> None:
+        assert cap >= 0
+        self._make = make
+        self._cap = cap
+        self._cached: dict[str, _Children] = {}
+
+    def __getitem__(self, value: str) -> _Children:
+        children = self._cached.get(value)
+        if children is None:
+            children = self._make(value)
+            if len(self._cached) < self._cap:
+                self._cached[value] = children
+        return children
 
 
 class BrokerMetrics:
@@ -148,11 +173,19 @@ class BrokerMetrics:
         )
         self.broker_info.labels(str(broker_id)).set(1)
         self._clients: dict[str, float] = {}
-        # api -> its children of `requests` and `request_duration`: `labels()` takes a lock
-        # and checks its arguments on every call, and every request would pay for it twice.
-        # Invariant: at most API_CHILDREN_CACHED_MAX entries (API names are the services'
-        # methods and Kafka's API keys; past the cap, labels() is called as before).
-        self._api_children: dict[str, tuple[Counter, Histogram]] = {}
+        # API names are the services' methods and Kafka's API keys; topics come and go.
+        self._per_api = _LabelCache(
+            lambda api: (self.requests.labels(api), self.request_duration.labels(api)),
+            API_CHILDREN_CACHED_MAX,
+        )
+        self._per_topic_in = _LabelCache(
+            lambda topic: (self.bytes_in.labels(topic), self.messages_in.labels(topic)),
+            TOPIC_CHILDREN_CACHED_MAX,
+        )
+        self._per_topic_out = _LabelCache(
+            lambda topic: (self.bytes_out.labels(topic), self.messages_out.labels(topic)),
+            TOPIC_CHILDREN_CACHED_MAX,
+        )
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._member_labels: set[str] = set()
 
@@ -163,13 +196,21 @@ class BrokerMetrics:
         """One request of `api` answered `duration_s` after it arrived."""
         self.requests_in_flight -= 1
         assert self.requests_in_flight >= 0
-        children = self._api_children.get(api)
-        if children is None:
-            children = (self.requests.labels(api), self.request_duration.labels(api))
-            if len(self._api_children) < API_CHILDREN_CACHED_MAX:
-                self._api_children[api] = children
-        children[0].inc()
-        children[1].observe(duration_s)
+        count, duration = self._per_api[api]
+        count.inc()
+        duration.observe(duration_s)
+
+    def produced(self, topic: str, size_bytes: int, records: int) -> None:
+        """A batch of `records` records, `size_bytes` bytes, appended to `topic`."""
+        size, count = self._per_topic_in[topic]
+        size.inc(size_bytes)
+        count.inc(records)
+
+    def fetched(self, topic: str, size_bytes: int, records: int) -> None:
+        """`records` records, `size_bytes` bytes, of `topic` served to a consumer."""
+        size, count = self._per_topic_out[topic]
+        size.inc(size_bytes)
+        count.inc(records)
 
     def seen_client(self, peer: str) -> None:
         """A call from `peer` (ip:port of the client's connection; the port is dropped)."""

@@ -236,9 +236,8 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         if self.metrics is not None:
             for data, result in zip(request.partitions, results, strict=True):
                 if result.error is None and len(data.records) >= HEADER_SIZE:
-                    self.metrics.bytes_in.labels(data.topic).inc(len(data.records))
-                    self.metrics.messages_in.labels(data.topic).inc(
-                        read_header(data.records).record_count
+                    self.metrics.produced(
+                        data.topic, len(data.records), read_header(data.records).record_count
                     )
         return pb.ProduceResponse(
             partitions=[
@@ -292,8 +291,7 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         if self.metrics is not None:
             for r in results:
                 if r.records:
-                    self.metrics.bytes_out.labels(r.topic).inc(len(r.records))
-                    self.metrics.messages_out.labels(r.topic).inc(record_count(r.records))
+                    self.metrics.fetched(r.topic, len(r.records), record_count(r.records))
         return pb.FetchResponse(
             partitions=[
                 pb.PartitionFetchResult(

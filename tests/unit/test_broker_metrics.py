@@ -44,3 +44,18 @@ def test_past_the_cache_cap_requests_are_still_counted(
         2,
         1,
     ]
+
+
+def test_bytes_and_records_per_topic_in_and_out(tmp_path: Path) -> None:
+    metrics = BrokerMetrics(broker_id=1, data_dir=tmp_path, request_limit=8)
+    metrics.produced("orders", 100, 3)
+    metrics.produced("orders", 50, 1)
+    metrics.fetched("orders", 150, 4)
+
+    def value(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"topic": "orders"})
+
+    assert value("raftmq_broker_topic_bytes_in_total") == 150
+    assert value("raftmq_broker_topic_messages_in_total") == 4
+    assert value("raftmq_broker_topic_bytes_out_total") == 150
+    assert value("raftmq_broker_topic_messages_out_total") == 4
