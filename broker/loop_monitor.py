@@ -8,7 +8,7 @@ figures tell the stalls and their cause apart:
   observed into a histogram. It is the time the loop spent on other callbacks plus the
   time its thread waited for a CPU.
 - **CPU wait**: the time the loop's thread was ready to run but had no CPU (the kernel's
-  schedstats, `/proc/thread-self/schedstat` field 2; Linux only). When lag rises and this
+  schedstats, `/proc/self/task/TID/schedstat` field 2; Linux only). When lag rises and this
   rises with it, the machine's other processes took the cores (on a 2-core machine with a
   whole cluster on it, they do); when lag rises alone, the broker's own callbacks did.
 """

@@ -69,9 +69,9 @@ async def observed(
     when the broker has metrics): the request-level error and every partition's."""
     if metrics is None:
         return await call
+    metrics.seen_client(context.peer())
     started = time.perf_counter()
     metrics.request_started()
-    metrics.seen_client(context.peer())
     try:
         response = await call
     finally:

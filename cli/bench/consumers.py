@@ -21,8 +21,10 @@ partitions, nobody writes them). Then:
    (nothing is killed: every fencing is a false one).
 
 Figures: produce p50/p99/p999, ISR shrinks, fencings; beside them how the long-polls fared
-(completed, refused by code, how long a completed one waited) and each node's CPU over
-the produce window. Every process is stopped by PID in a `finally` (also on Ctrl-C).
+(completed, refused by code, how long a completed one waited), each node's CPU over
+the produce window, and how much of that window each node's main thread (a broker's event
+loop) was ready to run but waited for a CPU. Every process is stopped by PID in a
+`finally` (also on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -579,7 +581,8 @@ def render(result: Result) -> str:
     runqueue = result.get("node_runqueue_wait_pct") or {}
     if any(v is not None for v in runqueue.values()):
         lines.append(
-            "waiting for a CPU over the produce window (% of the time, event loop thread): "
+            "waiting for a CPU over the produce window (% of the time; main thread, a broker's "
+            "event loop): "
             + ", ".join(
                 f"{n} {'-' if v is None else f'{v:.1f}'}" for n, v in sorted(runqueue.items())
             )
