@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 
 from raftmq import schedstat
+from raftmq.broker.broker import event_loop_factory
 from raftmq.broker.loop_monitor import CpuWaitMeter, sample_loop_lag
 
 
@@ -46,3 +48,19 @@ def test_cpu_wait_comes_as_increments_of_this_thread() -> None:
         return
     # The increments are the kernel's own total, read in between: never more than it grew.
     assert first + second <= after_s - before_s + 1e-9
+
+
+def test_the_broker_runs_on_uvloop_where_it_is_installed() -> None:
+    factory = event_loop_factory()
+    if sys.platform == "win32":
+        assert factory is None  # not a dependency there: asyncio's own loop
+        return
+    assert factory is not None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        loop_module = runner.run(_running_loop_module())
+    assert loop_module == "uvloop"
+
+
+async def _running_loop_module() -> str:
+    await asyncio.sleep(0)
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
