@@ -130,12 +130,13 @@ def limit_hint(
     )
 
 
-def steal_note(steal_pct: float | None) -> str:
-    """What to add to a hint when the hypervisor took a notable share of the CPUs."""
+def steal_note(steal_pct: float | None) -> str | None:
+    """The footer's warning when the hypervisor took a notable share of the CPUs (every
+    scenario's, whatever its own "limited by" verdict), else None."""
     if steal_pct is None or steal_pct < MACHINE_STEAL_NOTABLE_PCT:
-        return ""
+        return None
     return (
-        f"; the hypervisor took {steal_pct:.0f}% of the CPUs' time (steal): figures from "
+        f"note: the hypervisor took {steal_pct:.0f}% of the CPUs' time (steal): figures from "
         "this run are not comparable with a quiet machine's"
     )
 
@@ -194,7 +195,7 @@ class CpuMeter:
             "machine_cpu_busy_pct": machine_busy_pct,
             "machine_cpu_steal_pct": machine_steal_pct,
             "cpus": cpus,
-            "limited_by": hint + steal_note(machine_steal_pct),
+            "limited_by": hint,
         }
 
 
@@ -358,6 +359,9 @@ def footer_lines(result: Result) -> list[str]:
         + ("" if steal is None else f", {steal:.0f}% of the time stolen by the hypervisor"),
         f"limited by: {cpu['limited_by']}",
     ]
+    note = steal_note(steal)
+    if note is not None:
+        lines.append(note)
     if result.get("error"):
         lines.append(f"error: {result['error']}")
     return lines
