@@ -14,6 +14,16 @@
  * from the start of the batch holding that offset, and the records before it are checked
  * and skipped without allocating anything for them.
  *
+ * Decoded messages and the GC: a decoded Message is untracked by the cycle collector
+ * (PyObject_GC_UnTrack, as CPython untracks tuples and dicts of atomic values). Its slots
+ * hold bytes, str, int, None and a tuple of (str, bytes-or-None) pairs, none of which can
+ * refer back to it, so it can never be part of a cycle; tracked, a 4 MiB fetch of 100-byte
+ * records adds ~35,000 objects that every young collection walks and that push the old
+ * generation into full collections of the whole heap (a consumer read 0.75-0.87M msgs/s
+ * with them tracked, 1.0-1.2M untracked, alternating runs). Freeing one is unchanged
+ * (refcounting). What this gives up: a cycle made by assigning a slot, against its type,
+ * a container that refers back to the message (`m.headers = [m]`) is never collected.
+ *
  * Safety rules followed throughout:
  * - every varint and every length is checked against the end of its record (or batch)
  *   before a byte is read; malformed input raises ValueError, and nothing else, whatever
@@ -334,6 +344,8 @@ new_message(reader_t *rec, Py_ssize_t index, const decode_params_t *params, int6
     SLOT(message, SLOT_OFFSET) = offset_obj;
     SLOT(message, SLOT_HEADERS) = headers;
     SLOT(message, SLOT_TIMESTAMP_MS) = timestamp_obj;
+    /* Out of the cycle collector's lists: see "Decoded messages and the GC" above. */
+    PyObject_GC_UnTrack(message);
     return message;
 error:
     Py_XDECREF(key);
