@@ -27,7 +27,7 @@ from raftmq.client.deadlines import Deadline, call_timeout_ms, wait_budget
 from raftmq.client.protocol import EARLIEST, LATEST, ClusterMetadata, FetchResult, OffsetResult
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
-from raftmq.record_batch import decode_batches
+from raftmq.record_batch import decode_batches, payload_bytes
 
 if TYPE_CHECKING:
     from raftmq.client.group_core import GroupStats
@@ -173,7 +173,7 @@ class ReaderCore:
     def _drop_buffer(self) -> None:
         """A seek: what was fetched and not handed out does not count as read."""
         self._fetched_messages -= len(self._buffer)
-        self._fetched_bytes -= sum(len(m.value or b"") + len(m.key or b"") for m in self._buffer)
+        self._fetched_bytes -= payload_bytes(list(self._buffer))
         self._buffer.clear()
 
     @property
@@ -256,7 +256,7 @@ class ReaderCore:
 
     def current_stats(self) -> ReaderStats:
         """Stats as of now: what was fetched minus what is still buffered."""
-        buffered_bytes = sum(len(m.value or b"") + len(m.key or b"") for m in self._buffer)
+        buffered_bytes = payload_bytes(list(self._buffer))
         return ReaderStats(
             messages=self._fetched_messages - len(self._buffer),
             bytes=self._fetched_bytes - buffered_bytes,
@@ -350,7 +350,7 @@ class ReaderCore:
         self.high_watermark = result.high_watermark
         self._buffer.extend(messages)
         self._fetched_messages += len(messages)
-        self._fetched_bytes += sum(len(m.value or b"") + len(m.key or b"") for m in messages)
+        self._fetched_bytes += payload_bytes(messages)
 
     def on_transport_failure(self, error: RaftmqError, *, now_ms: int) -> None:
         self._metadata_stale = True

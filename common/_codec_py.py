@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from raftmq.message import Header, Message
 
-__all__ = ["decode_records", "encode_records"]
+__all__ = ["decode_records", "encode_records", "payload_bytes"]
 
 _INT32_MAX = 2**31 - 1
 _INT64_MIN = -(2**63)
@@ -297,3 +297,16 @@ def decode_records(
     if outer.pos != end:
         raise ValueError(f"{end - outer.pos} bytes follow the last of {record_count} records")
     return messages
+
+
+def payload_bytes(messages: list[Message]) -> int:
+    """The bytes of the keys and values of `messages` (None counts 0): a consumer's
+    fetched-bytes figure."""
+    if not isinstance(messages, list):
+        raise TypeError(f"payload_bytes() takes a list, not {type(messages).__name__}")
+    total = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, Message):
+            raise TypeError(f"payload_bytes() item {i} is {type(message).__name__}, not Message")
+        total += len(message.key or b"") + len(message.value or b"")
+    return total

@@ -33,6 +33,7 @@ from raftmq.record_batch import (
     decode_batch,
     encode_batch,
     iter_batches,
+    payload_bytes,
     read_header,
     stamp_batch,
     validate_batch,
@@ -249,6 +250,20 @@ def test_compiled_decode_leaves_messages_to_refcounting_not_the_cycle_collector(
     assert sys.getrefcount(decoded[0]) == 3
     decoded[0].headers = (("k", b"v"),)  # the slots stay writable
     assert decoded[0].headers == (("k", b"v"),)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_payload_bytes_counts_keys_and_values(impl: ModuleType) -> None:
+    with using(impl):
+        decoded = decode_batch(SAMPLE)
+        assert payload_bytes(decoded) == 2 + 2 + 0 + 0 + 0 + 0  # None counts 0
+        assert payload_bytes([]) == 0
+        decoded[1].value = bytearray(b"abc")  # what an application assigned since
+        assert payload_bytes(decoded) == 7
+        with pytest.raises(TypeError, match="takes a list"):
+            payload_bytes(tuple(decoded))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="item 1 is bytes, not Message"):
+            payload_bytes([decoded[0], b"x"])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
