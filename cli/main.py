@@ -728,6 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="produce: write_messages calls (of --batch-size messages) not yet acknowledged",
     )
+    p.add_argument(
+        "--inflight-batches",
+        type=int,
+        default=None,
+        help="e2e: the Writer's batches in flight per partition, 1-5 (default 5)",
+    )
     p.add_argument("--rate", type=int, default=None, help="e2e: messages per second (default 1000)")
     p.add_argument(
         "--duration",

@@ -108,6 +108,12 @@ class WriterConfig:
     request_timeout_ms: int = 30_000
     # Messages accepted but not yet completed; `add` refuses more (the shell waits).
     buffered_messages_max: int = 100_000
+    # Batches of one partition in flight at once (Kafka's max.in.flight.requests.per.
+    # connection, per partition here): None is INFLIGHT_IDEMPOTENT_MAX for an idempotent
+    # writer, 1 otherwise. 1 keeps every batch behind a full window open, so that under
+    # load later messages join it: fewer, larger requests (kafka-go's Writer sends one
+    # batch per partition at a time); more pipelines small batches when there is CPU.
+    inflight_batches_max: int | None = None
 
     def __post_init__(self) -> None:
         if self.required_acks not in (-1, 0, 1):
@@ -128,10 +134,28 @@ class WriterConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.linger_ms < 0:
             raise ValueError("linger_ms must be >= 0")
+        window = self.inflight_batches_max
+        if window is not None and not 1 <= window <= self.inflight_limit:
+            raise ValueError(
+                f"inflight_batches_max must be in [1, {self.inflight_limit}], got {window}"
+                + (
+                    f" (the leader remembers the last {INFLIGHT_IDEMPOTENT_MAX} batches of "
+                    "an idempotent writer)"
+                    if self.idempotent
+                    else " (without idempotence, a retry behind another batch would reorder)"
+                )
+            )
+
+    @property
+    def inflight_limit(self) -> int:
+        """The largest window this writer may use."""
+        return INFLIGHT_IDEMPOTENT_MAX if self.idempotent else 1
 
     @property
     def inflight_max(self) -> int:
-        return INFLIGHT_IDEMPOTENT_MAX if self.idempotent else 1
+        """Batches of one partition in flight at once."""
+        window = self.inflight_batches_max
+        return self.inflight_limit if window is None else window
 
 
 def check_topics(writer_topic: str | None, messages: Iterable[Message]) -> None:

@@ -127,6 +127,7 @@ class Writer:
         async_: bool = False,
         completion: Callback | None = None,
         buffered_messages_max: int = 100_000,
+        inflight_batches_max: int | None = None,
     ) -> None:
         self.config = WriterConfig(
             topic=topic,
@@ -140,6 +141,7 @@ class Writer:
             write_timeout_ms=write_timeout_ms,
             request_timeout_ms=request_timeout_ms,
             buffered_messages_max=buffered_messages_max,
+            inflight_batches_max=inflight_batches_max,
         )
         self.async_ = async_
         self.completion = completion

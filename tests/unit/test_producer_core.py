@@ -106,6 +106,45 @@ def test_messages_behind_a_full_window_join_one_open_batch() -> None:
     assert read_header(batch.records).record_count == 7
 
 
+def test_a_window_of_one_batch_holds_later_messages_in_one_open_batch() -> None:
+    """inflight_batches_max=1 (kafka-go's Writer: one batch per partition at a time): while
+    a batch is in flight, what arrives waits in one open batch, sent when the answer
+    comes; sequences stay in order."""
+    c = core(linger_ms=0, inflight_batches_max=1)
+    c.add(messages(1), "first", now_ms=0, wall_ms=1_700_000_000_000)
+    [first] = c.poll(now_ms=0)
+    for i in range(1, 4):
+        c.add(messages(1), f"call{i}", now_ms=i, wall_ms=1_700_000_000_000)
+        assert c.poll(now_ms=i) == []
+    c.on_produce_response(first.request_id, ok(first), now_ms=4)
+    [send] = c.poll(now_ms=4)
+    [batch] = send.batches
+    header = read_header(batch.records)
+    assert (header.record_count, header.base_sequence) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"inflight_batches_max": 0}, r"must be in \[1, 5\], got 0 \(the leader remembers"),
+        ({"inflight_batches_max": 6}, r"must be in \[1, 5\], got 6"),
+        (
+            {"inflight_batches_max": 2, "idempotent": False},
+            r"must be in \[1, 1\], got 2 \(without idempotence, a retry",
+        ),
+    ],
+)
+def test_the_in_flight_window_is_checked(config: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        WriterConfig(topic="t", **config)  # type: ignore[arg-type]
+
+
+def test_the_in_flight_window_defaults_to_five_idempotent_and_one_without() -> None:
+    assert WriterConfig(topic="t").inflight_max == 5
+    assert WriterConfig(topic="t", idempotent=False, required_acks=1).inflight_max == 1
+    assert WriterConfig(topic="t", inflight_batches_max=2).inflight_max == 2
+
+
 def test_a_held_open_batch_still_expires_at_its_deadline() -> None:
     c = core(linger_ms=0, write_timeout_ms=1_000)
     for i in range(5):
