@@ -4,7 +4,7 @@ as coroutines. Request building and answer parsing are shared with `Conn`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -78,6 +78,15 @@ class AsyncConn:
             return await getattr(self._stub, method)(request, timeout=timeout_ms / 1000)
         except grpc.RpcError as e:
             raise transport_error(self.address, method, e) from e
+        except grpc.aio.UsageError as e:  # a call on a closed channel
+            raise closed_error(self.address, method) from e
+
+    def open_stream(self, method: str, requests: AsyncIterator[Any]) -> Any:
+        """Open a stream-stream RPC fed by `requests` (no deadline: the caller bounds what
+        it waits for); iterate the result (`async for`) for the answers, `cancel()` it to
+        end it."""
+        try:
+            return getattr(self._stub, method)(requests)
         except grpc.aio.UsageError as e:  # a call on a closed channel
             raise closed_error(self.address, method) from e
 

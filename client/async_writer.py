@@ -4,17 +4,19 @@ asyncio shell on grpc.aio.
     async with AsyncWriter(brokers=["127.0.0.1:9092"], topic="orders") as writer:
         await writer.write_messages(Message(b"one"), Message(b"two"))
 
-One sender task per writer carries out what the core decides: each produce request is its
-own task, answers are fed back to the core as they come, and one metadata or producer-id
-request at a time is awaited by the sender, bounded by the time the waiting messages have
-left. Everything runs on the loop that created the writer (create it inside `async with`
-or a coroutine).
+One sender task per writer carries out what the core decides: produce requests are
+pipelined on one long-lived produce stream per broker (`client/async_produce_stream.py`;
+unary Produce calls, each its own task, to a broker without one), answers are fed back to
+the core as they come, and one metadata or producer-id request at a time is awaited by
+the sender, bounded by the time the waiting messages have left. Everything runs on the
+loop that created the writer (create it inside `async with` or a coroutine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import structlog
@@ -44,6 +46,7 @@ from raftmq.client.writer import (
 )
 from raftmq.errors import RaftmqError
 from raftmq.message import Message
+from raftmq.v1 import broker_pb2 as pb
 
 _log = structlog.get_logger("raftmq.client")
 
@@ -188,38 +191,66 @@ class AsyncWriter:
             if request is not None:
                 await self._perform(request)
                 continue
+            # A produce stream whose broker stopped answering fails here (its requests
+            # then fail like timed-out calls, which sets the wakeup).
             now = now_ms()
+            stream_deadline = self._pool.expire_streams(now)
             wake = self._core.next_wakeup_ms(now_ms=now)
+            if stream_deadline is not None:
+                wake = min(wake, stream_deadline)
             if not self._wakeup.is_set() and wake > now:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), (wake - now) / 1000)
         self._deliver()
 
     def _start(self, send: ProduceSend) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(send))
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
-
-    async def _send(self, send: ProduceSend) -> None:
         request = protocol.produce_request(
             [(b.topic, b.partition, b.leader_epoch, b.records) for b in send.batches],
             acks=send.acks,
             timeout_ms=send.timeout_ms,
         )
         try:
-            response = await self._pool.conn(send.endpoint).call(
+            stream = self._pool.produce_stream(send.endpoint)
+        except RaftmqError as e:  # the pool was closed under us
+            self._answered(send, e)
+            return
+        if stream is None:
+            task = asyncio.get_running_loop().create_task(self._send_unary(send, request))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+        elif send.acks == 0:
+            # Nobody waits for an answer (the core completed these already).
+            stream.send(request, timeout_ms=send.rpc_timeout_ms, on_answer=None)
+        else:
+            stream.send(
+                request,
+                timeout_ms=send.rpc_timeout_ms,
+                on_answer=functools.partial(self._answered, send),
+            )
+
+    async def _send_unary(self, send: ProduceSend, request: pb.ProduceRequest) -> None:
+        """A broker without ProduceStream: one unary Produce call."""
+        answer: pb.ProduceResponse | RaftmqError
+        try:
+            answer = await self._pool.conn(send.endpoint).call(
                 "Produce", request, timeout_ms=send.rpc_timeout_ms
             )
         except RaftmqError as e:
-            if send.acks != 0:
-                self._core.on_produce_failure(send.request_id, e, now_ms=now_ms())
+            answer = e
+        self._answered(send, answer)
+
+    def _answered(self, send: ProduceSend, answer: pb.ProduceResponse | RaftmqError) -> None:
+        """A request's answer (or the failure that ended its stream or call) to the core."""
+        if send.acks == 0:
+            return
+        if isinstance(answer, RaftmqError):
+            self._core.on_produce_failure(send.request_id, answer, now_ms=now_ms())
         else:
-            if send.acks != 0:
-                results = [
-                    PartitionResult(r.topic, r.partition, r.base_offset, r.error, r.leader_endpoint)
-                    for r in protocol.produce_results(response)
-                ]
-                self._core.on_produce_response(send.request_id, results, now_ms=now_ms())
+            results = [
+                PartitionResult(r.topic, r.partition, r.base_offset, r.error, r.leader_endpoint)
+                for r in protocol.produce_results(answer)
+            ]
+            self._core.on_produce_response(send.request_id, results, now_ms=now_ms())
         self._wakeup.set()
 
     async def _perform(self, request: MetadataRequest | ProducerIdRequest) -> None:

@@ -34,7 +34,7 @@ from raftmq.client.conn import Conn, closed_error, now_ms, transport_error
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.v1 import broker_pb2 as pb
 
-__all__ = ["PRODUCE_STREAM_QUEUE_MAX", "Answer", "ProduceStream"]
+__all__ = ["PRODUCE_STREAM_QUEUE_MAX", "Answer", "PendingAnswers", "ProduceStream"]
 
 # Requests handed to a stream and not yet written by grpc. The Writer keeps at most 5
 # batches in flight per partition, so it never comes near; past it `send` fails the
@@ -45,6 +45,70 @@ _log = structlog.get_logger("raftmq.client")
 
 # Called once per request with its response or with the error that ended the stream.
 Answer = Callable[[pb.ProduceResponse | RaftmqError], None]
+
+
+class PendingAnswers:
+    """The answers a produce stream owes, by correlation id, with their deadlines, and the
+    failure that ended the stream. Pure (no I/O, clock or lock): `ProduceStream` uses it
+    under its lock, `AsyncProduceStream` from its event loop.
+
+    Invariants: a request that owes an answer is pending from `add` until `pop` or `fail`
+    removes it, exactly once; _deadlines holds (deadline, id) for every pending id (and
+    stale pairs of answered ones, skipped when they surface); `failure` is set once, and
+    after it nothing is pending."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, Answer] = {}
+        self._deadlines: list[tuple[int, int]] = []
+        self._next_id = 0
+        self.failure: RaftmqError | None = None
+
+    def add(self, on_answer: Answer | None, deadline_ms: int) -> int:
+        """The next correlation id; `on_answer` (None: no answer comes, acks=0) is owed
+        an answer by `deadline_ms`."""
+        assert self.failure is None, "a failed stream takes no requests"
+        correlation_id = self._next_id
+        self._next_id += 1
+        if on_answer is not None:
+            self._pending[correlation_id] = on_answer
+            heapq.heappush(self._deadlines, (deadline_ms, correlation_id))
+        return correlation_id
+
+    def pop(self, correlation_id: int) -> Answer | None:
+        """The answer owed to `correlation_id`, no longer pending (None: none is)."""
+        return self._pending.pop(correlation_id, None)
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest deadline of a pending request (None: nothing is pending)."""
+        # Bound: pops each answered request's stale pair once.
+        while self._deadlines and self._deadlines[0][1] not in self._pending:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def fail(self, error: RaftmqError) -> list[Answer] | None:
+        """Record the failure; the answers that were pending (each then owed `error`), or
+        None if the stream had failed already."""
+        if self.failure is not None:
+            return None
+        self.failure = error
+        pending = list(self._pending.values())
+        self._pending.clear()
+        self._deadlines.clear()
+        return pending
+
+
+def queue_full_error(endpoint: str) -> RaftmqError:
+    return RaftmqError(
+        ErrorCode.BROKER_NOT_AVAILABLE,
+        f"{endpoint} ProduceStream: {PRODUCE_STREAM_QUEUE_MAX} requests wait to be sent",
+    )
+
+
+def no_answer_error(endpoint: str) -> RaftmqError:
+    return RaftmqError(
+        ErrorCode.BROKER_NOT_AVAILABLE,
+        f"{endpoint} ProduceStream: no answer by the request's deadline",
+    )
 
 
 class ProduceStream:
@@ -58,15 +122,9 @@ class ProduceStream:
         self._outbox: queue.Queue[pb.ProduceStreamRequest | None] = queue.Queue(
             maxsize=PRODUCE_STREAM_QUEUE_MAX
         )
-        # Guarded by _lock. Invariants: a request that owes an answer is in _pending from
-        # `send` until it is answered or the stream fails, then removed exactly once and
-        # its `on_answer` called exactly once; _deadlines holds (deadline, id) for every
-        # pending id (and stale pairs of answered ones, skipped when they surface);
-        # _failure is set once, and after it _pending stays empty.
-        self._pending: dict[int, Answer] = {}
-        self._deadlines: list[tuple[int, int]] = []
-        self._next_id = 0
-        self._failure: RaftmqError | None = None
+        # Guarded by _lock. Each request's `on_answer` is called exactly once: by the
+        # reader with its answer, or with the failure when the stream fails.
+        self._answers = PendingAnswers()
         # The broker answered UNIMPLEMENTED: it has no ProduceStream. Set once, before
         # the stream fails.
         self.unimplemented = False
@@ -79,7 +137,7 @@ class ProduceStream:
     @property
     def failed(self) -> bool:
         with self._lock:
-            return self._failure is not None
+            return self._answers.failure is not None
 
     def send(
         self, request: pb.ProduceRequest, *, timeout_ms: int, on_answer: Answer | None
@@ -87,24 +145,16 @@ class ProduceStream:
         """Queue `request`. `on_answer` (None for acks=0: no answer comes) is called
         exactly once, on the reader thread, or here at once if the stream has failed."""
         with self._lock:
-            failure = self._failure
+            failure = self._answers.failure
             if failure is None:
-                correlation_id = self._next_id
-                self._next_id += 1
-                if on_answer is not None:
-                    self._pending[correlation_id] = on_answer
-                    heapq.heappush(self._deadlines, (now_ms() + timeout_ms, correlation_id))
+                correlation_id = self._answers.add(on_answer, now_ms() + timeout_ms)
                 try:
                     self._outbox.put_nowait(
                         pb.ProduceStreamRequest(correlation_id=correlation_id, request=request)
                     )
                 except queue.Full:
-                    self._pending.pop(correlation_id, None)
-                    failure = RaftmqError(
-                        ErrorCode.BROKER_NOT_AVAILABLE,
-                        f"{self.endpoint} ProduceStream: {PRODUCE_STREAM_QUEUE_MAX} requests"
-                        " wait to be sent",
-                    )
+                    self._answers.pop(correlation_id)
+                    failure = queue_full_error(self.endpoint)
         if failure is not None and on_answer is not None:
             on_answer(failure)
 
@@ -112,20 +162,10 @@ class ProduceStream:
         """Fail the stream if a request is past its deadline; else the next deadline
         (None: nothing pending)."""
         with self._lock:
-            # Bound: pops each answered request's stale pair once.
-            while self._deadlines and self._deadlines[0][1] not in self._pending:
-                heapq.heappop(self._deadlines)
-            if not self._deadlines:
-                return None
-            deadline_ms, _ = self._deadlines[0]
-        if deadline_ms > now_ms:
+            deadline_ms = self._answers.next_deadline_ms()
+        if deadline_ms is None or deadline_ms > now_ms:
             return deadline_ms
-        self.fail(
-            RaftmqError(
-                ErrorCode.BROKER_NOT_AVAILABLE,
-                f"{self.endpoint} ProduceStream: no answer by the request's deadline",
-            )
-        )
+        self.fail(no_answer_error(self.endpoint))
         return None
 
     def close(self) -> None:
@@ -134,12 +174,9 @@ class ProduceStream:
     def fail(self, error: RaftmqError) -> None:
         """End the stream: every pending request gets `error`; later sends too."""
         with self._lock:
-            if self._failure is not None:
-                return
-            self._failure = error
-            pending = list(self._pending.values())
-            self._pending.clear()
-            self._deadlines.clear()
+            pending = self._answers.fail(error)
+        if pending is None:
+            return
         # Bound: the outbox holds at most PRODUCE_STREAM_QUEUE_MAX items.
         while True:
             try:
@@ -173,7 +210,7 @@ class ProduceStream:
             # Bound: one iteration per answer, until the call ends.
             for answer in self._responses:
                 with self._lock:
-                    on_answer = self._pending.pop(answer.correlation_id, None)
+                    on_answer = self._answers.pop(answer.correlation_id)
                 if on_answer is not None:
                     on_answer(answer.response)
             error = RaftmqError(

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 from raftmq import AsyncAdmin, AsyncReader, AsyncWriter, Message, Reader, WriteError, Writer, wire
+from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.brokers import BrokerPool
 from raftmq.client.conn import now_ms
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
@@ -282,6 +283,47 @@ def test_a_produce_stream_to_a_broker_that_never_answers_fails_at_the_deadline(
     assert isinstance(closed, RaftmqError) and "closed" in closed.message
 
 
+def test_an_async_produce_stream_to_a_broker_that_never_answers_fails_at_the_deadline(
+    silent_broker: str,
+) -> None:
+    answers: list[pb.ProduceResponse | RaftmqError] = []
+    request = pb.ProduceRequest(acks=-1, timeout_ms=100)
+
+    async def main() -> None:
+        pool = AsyncBrokerPool([silent_broker])
+        try:
+            stream = pool.produce_stream(silent_broker)
+            assert stream is not None
+            stream.send(request, timeout_ms=300, on_answer=answers.append)
+            sent_ms = now_ms()
+            next_ms = pool.expire_streams(sent_ms)
+            assert next_ms is not None and next_ms >= sent_ms
+            assert not answers and not stream.failed
+            for _ in range(500):  # bound: 5 s
+                if pool.expire_streams(now_ms()) is None and answers:
+                    break
+                await asyncio.sleep(0.01)
+            assert now_ms() - sent_ms >= 300
+            [failure] = answers
+            assert isinstance(failure, RaftmqError)
+            assert failure.code == ErrorCode.BROKER_NOT_AVAILABLE
+            assert "no answer by the request's deadline" in failure.message
+            assert stream.failed
+            fresh = pool.produce_stream(silent_broker)
+            assert fresh is not None and fresh is not stream
+            fresh.send(request, timeout_ms=60_000, on_answer=answers.append)
+        finally:
+            await pool.close()
+        # Closing the pool answered what the fresh stream had pending, and ended its task.
+        assert len(answers) == 2
+        closed = answers[1]
+        assert isinstance(closed, RaftmqError) and "closed" in closed.message
+        readers = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-produce")]
+        assert readers == []
+
+    asyncio.run(main())
+
+
 def test_a_read_from_a_broker_that_never_answers_times_out_in_time(silent_broker: str) -> None:
     with Reader([silent_broker], "t") as reader:
         started = time.monotonic()
@@ -433,6 +475,42 @@ def test_a_writer_falls_back_to_unary_produce_on_a_broker_without_produce_stream
         1,
         1,
     ]
+
+
+def test_an_async_writer_pipelines_on_one_produce_stream_per_broker(
+    fakes: list[FakeBroker],
+) -> None:
+    leader = fakes[0]
+
+    async def main() -> list[Message]:
+        async with AsyncWriter([leader.endpoint], topic="t", linger_ms=0) as writer:
+            sent = [Message(f"m{i}", partition=0) for i in range(5)]
+            for message in sent:
+                await writer.write_messages(message)
+            return sent
+
+    sent = asyncio.run(main())
+    assert [m.offset for m in sent] == [0, 1, 2, 3, 4]
+    assert (leader.calls("ProduceStream"), leader.calls("Produce")) == (1, 5)  # all on it
+
+
+def test_an_async_writer_falls_back_to_unary_produce_on_a_broker_without_produce_stream(
+    fakes: list[FakeBroker],
+) -> None:
+    old = fakes[0]
+    old.streams = False
+
+    async def main() -> list[Message]:
+        async with AsyncWriter([old.endpoint], topic="t", linger_ms=0) as writer:
+            sent = [Message("a"), Message("b"), Message("c")]
+            for message in sent:  # the first: the stream's UNIMPLEMENTED, retried unary
+                await writer.write_messages(message)
+            return sent
+
+    sent = asyncio.run(main())
+    assert [m.offset for m in sent] == [0, 1, 2]
+    assert old.calls("ProduceStream") == 1  # asked once, then remembered
+    assert old.calls("Produce") == 3
 
 
 def test_a_reader_asks_the_leader_a_refusal_names_for_metadata_first(

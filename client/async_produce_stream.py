@@ -1,0 +1,158 @@
+"""`AsyncProduceStream`: the AsyncWriter's produce requests pipelined on one long-lived
+`ProduceStream` call per broker (grpc.aio), as `ProduceStream` does for the sync Writer.
+
+A grpc.aio unary call per request sets up a whole call on both sides and a task on the
+client; on an open stream a request is one message each way, answered with its
+correlation id. One event loop, so no locks: `send` queues the request (never blocks) and
+grpc's own task writes the queue out; one reader task hands each answer to its request's
+`on_answer`, exactly once, with the response or with the failure that ended the stream
+(BROKER_NOT_AVAILABLE, like a failed unary call). A request without an answer by its
+deadline fails the whole stream (`expire`, from the writer's loop), and the next send
+opens a new stream. A broker without ProduceStream (an older version, mid rolling upgrade)
+ends the call with UNIMPLEMENTED: the stream then says so (`unimplemented`), its requests
+fail as unsent, and the pool sends to that broker with unary Produce calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+from raftmq import wire
+from raftmq.client.async_conn import AsyncConn
+from raftmq.client.conn import closed_error, now_ms, transport_error
+from raftmq.client.produce_stream import (
+    PRODUCE_STREAM_QUEUE_MAX,
+    Answer,
+    PendingAnswers,
+    no_answer_error,
+    queue_full_error,
+)
+from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.v1 import broker_pb2 as pb
+
+__all__ = ["AsyncProduceStream"]
+
+_log = structlog.get_logger("raftmq.client")
+
+
+class AsyncProduceStream:
+    """One open ProduceStream call on `conn`'s channel, created inside the running loop.
+    Once failed (`failed`), it stays failed: open a new one."""
+
+    def __init__(self, conn: AsyncConn) -> None:
+        self.endpoint = conn.address
+        # None ends the request iterator (and with it grpc's writing task).
+        self._outbox: asyncio.Queue[pb.ProduceStreamRequest | None] = asyncio.Queue(
+            maxsize=PRODUCE_STREAM_QUEUE_MAX
+        )
+        # Each request's `on_answer` is called exactly once: by the reader with its
+        # answer, or with the failure when the stream fails.
+        self._answers = PendingAnswers()
+        # The broker answered UNIMPLEMENTED: it has no ProduceStream. Set once, before
+        # the stream fails.
+        self.unimplemented = False
+        self._call: Any = conn.open_stream("ProduceStream", self._requests())
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(), name=f"raftmq-produce-stream-{self.endpoint}"
+        )
+
+    @property
+    def failed(self) -> bool:
+        return self._answers.failure is not None
+
+    @property
+    def ended(self) -> bool:
+        """Failed, and its reader task is over (nothing of it is left on the loop)."""
+        return self._reader.done()
+
+    def send(
+        self, request: pb.ProduceRequest, *, timeout_ms: int, on_answer: Answer | None
+    ) -> None:
+        """Queue `request`. `on_answer` (None for acks=0: no answer comes) is called
+        exactly once, from the reader task, or here at once if the stream has failed."""
+        failure = self._answers.failure
+        if failure is None:
+            correlation_id = self._answers.add(on_answer, now_ms() + timeout_ms)
+            try:
+                self._outbox.put_nowait(
+                    pb.ProduceStreamRequest(correlation_id=correlation_id, request=request)
+                )
+            except asyncio.QueueFull:
+                self._answers.pop(correlation_id)
+                failure = queue_full_error(self.endpoint)
+        if failure is not None and on_answer is not None:
+            on_answer(failure)
+
+    def expire(self, now_ms: int) -> int | None:
+        """Fail the stream if a request is past its deadline; else the next deadline
+        (None: nothing pending)."""
+        deadline_ms = self._answers.next_deadline_ms()
+        if deadline_ms is None or deadline_ms > now_ms:
+            return deadline_ms
+        self.fail(no_answer_error(self.endpoint))
+        return None
+
+    async def close(self) -> None:
+        """Fail what is pending (closed) and wait for the reader task to end."""
+        self.fail(closed_error(self.endpoint, "ProduceStream"))
+        await asyncio.wait([self._reader])
+
+    def fail(self, error: RaftmqError) -> None:
+        """End the stream: every pending request gets `error`; later sends too."""
+        pending = self._answers.fail(error)
+        if pending is None:
+            return
+        # Bound: the outbox holds at most PRODUCE_STREAM_QUEUE_MAX items; then None fits.
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(None)
+        self._call.cancel()
+        if self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        if pending:
+            _log.info(
+                "produce_stream.failed",
+                endpoint=self.endpoint,
+                pending=len(pending),
+                error=str(error),
+            )
+        for on_answer in pending:
+            on_answer(error)
+
+    async def _requests(self) -> AsyncIterator[pb.ProduceStreamRequest]:
+        """grpc's writing task: what `send` queued, until the stream fails."""
+        # Bound: one iteration per request, until fail() queues None.
+        while True:
+            item = await self._outbox.get()
+            if item is None:
+                return
+            yield item
+
+    async def _read(self) -> None:
+        """Reader task: each answer to its request, until the stream ends."""
+        try:
+            # Bound: one iteration per answer, until the call ends.
+            async for answer in self._call:
+                on_answer = self._answers.pop(answer.correlation_id)
+                if on_answer is not None:
+                    on_answer(answer.response)
+            error = RaftmqError(
+                ErrorCode.BROKER_NOT_AVAILABLE, f"{self.endpoint} ended the ProduceStream"
+            )
+        except asyncio.CancelledError:
+            # fail() or close() cancelled us (the failure is set), or the loop is going.
+            self.fail(closed_error(self.endpoint, "ProduceStream"))
+            raise
+        except grpc.RpcError as e:
+            self.unimplemented = wire.rpc_status(e) == grpc.StatusCode.UNIMPLEMENTED
+            error = transport_error(self.endpoint, "ProduceStream", e)
+        except grpc.aio.UsageError:  # the channel was closed under the call
+            error = closed_error(self.endpoint, "ProduceStream")
+        except Exception as e:  # a bug in a callback: fail what is pending, say so
+            _log.exception("produce_stream.reader_failed", endpoint=self.endpoint)
+            error = RaftmqError(ErrorCode.UNKNOWN_SERVER_ERROR, f"produce stream reader: {e}")
+        self.fail(error)
