@@ -729,10 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="produce: write_messages calls (of --batch-size messages) not yet acknowledged",
     )
     p.add_argument(
-        "--inflight-batches",
-        type=int,
-        default=None,
-        help="e2e: the Writer's batches in flight per partition, 1-5 (default 5)",
+        "--pipeline-partial-batches",
+        action="store_true",
+        help="e2e: the Writer pipelines batches that are not full (Kafka's producer), "
+        "instead of holding them while their partition has one in flight",
     )
     p.add_argument("--rate", type=int, default=None, help="e2e: messages per second (default 1000)")
     p.add_argument(

@@ -14,11 +14,12 @@ partitions each) -> completed (`Completion`) with its offset, or retried, or fai
 Idempotence (on by default): the writer holds a producer id and epoch from the cluster
 (`InitProducerId`, asked when there is something to write); every sealed batch of a
 partition gets the next sequence numbers; at most `INFLIGHT_IDEMPOTENT_MAX` (5) batches
-per partition are in flight, which is the window the partition leader remembers, so a
-retry after a lost acknowledgement is answered with the original offset and never
-written twice. A batch keeps its encoded bytes across retries. After an error a
-partition sends one batch at a time, in sequence order, until its retries are through. A
-sequence error at the head of a partition (the leader lost our state) bumps the epoch and
+per partition are in flight (`inflight_batches_max`; a batch that is not full is sent only
+while none is, unless `pipeline_partial_batches`), which is the window the partition
+leader remembers, so a retry after a lost acknowledgement is answered with the original
+offset and never written twice. A batch keeps its encoded bytes across retries. After an
+error a partition sends one batch at a time, in sequence order, until its retries are
+through. A sequence error at the head of a partition (the leader lost our state) bumps the epoch and
 restarts every partition's sequences at 0 (KIP-360). Without idempotence one batch per
 partition is in flight (order) and a retry may duplicate.
 
@@ -114,6 +115,13 @@ class WriterConfig:
     # load later messages join it: fewer, larger requests (kafka-go's Writer sends one
     # batch per partition at a time); more pipelines small batches when there is CPU.
     inflight_batches_max: int | None = None
+    # False: a batch sealed before it is full (linger_ms passed, or a blocking caller)
+    # waits while its partition has a batch in flight and takes what arrives meanwhile,
+    # as Nagle's algorithm holds small segments: under load a partition sends fewer,
+    # larger requests, and CPU per request is what limits this cluster; full batches are
+    # pipelined up to the window either way. True: partial batches are pipelined too,
+    # as Kafka's producer does.
+    pipeline_partial_batches: bool = False
 
     def __post_init__(self) -> None:
         if self.required_acks not in (-1, 0, 1):
@@ -679,17 +687,23 @@ class ProducerCore:
         return self._sends(now_ms=now_ms)
 
     def _window_open(self, state: _Partition) -> bool:
-        """A batch sealed now would be sent in this poll: the partition's in-flight window
-        has room for it after the sealed batches ahead of it."""
-        limit = 1 if state.recovering else self.config.inflight_max
-        return len(state.queued) + len(state.in_flight) < limit
+        """An open batch that is not full (its linger passed) sealed now would be sent in
+        this poll: the in-flight window has room for it after the sealed batches ahead of
+        it (which leave in the same request), and, unless pipeline_partial_batches, no
+        batch of its partition is in flight."""
+        if state.recovering:
+            return not state.queued and not state.in_flight
+        if state.in_flight and not self.config.pipeline_partial_batches:
+            return False
+        return len(state.queued) + len(state.in_flight) < self.config.inflight_max
 
     def _open_due(self, state: _Partition, *, now_ms: int) -> bool:
         """An open batch past its linger is sealed when it could be sent at once. While the
-        partition's window is full it stays open and later messages join it (up to
-        batch_size / batch_bytes), as in Kafka's accumulator: a busy leader gets fewer,
-        larger batches instead of a queue of one-message ones. Its first message's
-        deadline seals it regardless (it then expires in the queue)."""
+        partition has a batch in flight (or, with pipeline_partial_batches, a full window)
+        it stays open and later messages join it (up to batch_size / batch_bytes), as in
+        Kafka's accumulator: a busy leader gets fewer, larger batches instead of a queue
+        of one-message ones. Its first message's deadline seals it regardless (it then
+        expires in the queue)."""
         if now_ms - state.open_since_ms < self.config.linger_ms:
             return False
         return self._window_open(state) or now_ms >= state.open_deadline_ms

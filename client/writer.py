@@ -128,6 +128,7 @@ class Writer:
         completion: Callback | None = None,
         buffered_messages_max: int = 100_000,
         inflight_batches_max: int | None = None,
+        pipeline_partial_batches: bool = False,
     ) -> None:
         self.config = WriterConfig(
             topic=topic,
@@ -142,6 +143,7 @@ class Writer:
             request_timeout_ms=request_timeout_ms,
             buffered_messages_max=buffered_messages_max,
             inflight_batches_max=inflight_batches_max,
+            pipeline_partial_batches=pipeline_partial_batches,
         )
         self.async_ = async_
         self.completion = completion

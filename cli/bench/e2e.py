@@ -25,7 +25,6 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from raftmq.client.producer_core import INFLIGHT_IDEMPOTENT_MAX
 from raftmq.client.reader import LastOffset, Reader
 from raftmq.client.writer import RequireAll, Writer
 from raftmq.errors import RaftmqError
@@ -92,9 +91,6 @@ def e2e_plan(args: argparse.Namespace) -> tuple[int, float]:
     rate = args.rate if args.rate is not None else E2E_RATE_DEFAULT
     if not 1 <= rate <= E2E_RATE_MAX:
         raise ValueError(f"--rate must be in [1, {E2E_RATE_MAX}] messages/s")
-    window = args.inflight_batches
-    if window is not None and not 1 <= window <= INFLIGHT_IDEMPOTENT_MAX:
-        raise ValueError(f"--inflight-batches must be in [1, {INFLIGHT_IDEMPOTENT_MAX}]")
     if args.messages is not None and args.duration is not None:
         raise ValueError("give --messages or --duration, not both")
     if args.messages is not None:
@@ -282,7 +278,7 @@ def run(args: argparse.Namespace) -> Result:
         linger_ms=0,
         write_timeout_ms=timeout_ms_of(args),
         async_=True,
-        inflight_batches_max=args.inflight_batches,
+        pipeline_partial_batches=args.pipeline_partial_batches,
     ) as writer:
         warm_up = [
             Message(e2e_value(0, WARMUP_SEQUENCE, b""), partition=p) for p in range(partitions)
@@ -360,9 +356,10 @@ def run(args: argparse.Namespace) -> Result:
         "acknowledged": sent.acked,
         "failed": sent.failed,
         "duplicates": seen.duplicates,
-        # The Writer seals a batch at once (no linger) unless its partition already has
-        # `inflight_batches` in flight: more messages per batch means queueing.
-        "inflight_batches": writer.config.inflight_max,
+        # The Writer seals a batch at once (no linger) unless its partition has a batch in
+        # flight (or, pipelining partial batches, a full window): more messages per batch
+        # means the write path was busy.
+        "pipeline_partial_batches": writer.config.pipeline_partial_batches,
         "batches": stats.batches - warm.batches,
         "batch_messages_avg": round(
             (stats.messages - warm.messages) / max(1, stats.batches - warm.batches), 2
@@ -380,13 +377,17 @@ def run(args: argparse.Namespace) -> Result:
 
 
 def render(result: Result) -> str:
+    batches = (
+        "pipelined"
+        if result["pipeline_partial_batches"]
+        else "one at a time per partition while not full"
+    )
     lines = [
         f"bench e2e: topic {result['topic']} ({result['partitions']} partitions, RF "
         f"{result['replication_factor']}), acks=all, {result['message_bytes']} B, "
         f"{result['rate_requested']:.0f} msgs/s requested ({result['rate_achieved']:.0f} "
         f"issued), one message per write call ({result['batch_messages_avg']:.2f} per "
-        f"batch sent, at most {result['inflight_batches']} in flight per partition), a "
-        f"Reader per partition; {result['messages']} of "
+        f"batch sent, {batches}), a Reader per partition; {result['messages']} of "
         f"{result['acknowledged']} acknowledged messages consumed",
         latency_table("PRODUCE->CONSUME", result["end_to_end_latency"], LATENCY_QUANTILES_FINE),
         latency_table("PRODUCE (ACK)", result["produce_latency"], LATENCY_QUANTILES_FINE),

@@ -121,10 +121,10 @@ def test_failover_on_its_own_quorum(capsys: pytest.CaptureFixture[str]) -> None:
 def test_e2e_at_a_fixed_rate(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
     result, table, _ = bench(
         capsys, "e2e", "--bootstrap", bootstrap, "--topic", "bench-e2e", *TOPIC_FLAGS,
-        "--rate", "200", "--duration", "2", "--inflight-batches", "1",
+        "--rate", "200", "--duration", "2", "--pipeline-partial-batches",
     )  # fmt: skip
     assert result["scenario"] == "e2e" and result["error"] is None
-    assert result["inflight_batches"] == 1 and "at most 1 in flight per partition" in table
+    assert result["pipeline_partial_batches"] is True and "batch sent, pipelined)" in table
     assert result["messages_requested"] == 400
     assert result["messages"] == result["acknowledged"] == 400
     assert result["duplicates"] == 0 and result["failed"] == 0

@@ -59,7 +59,6 @@ def test_run_bench_rejects_bad_flags_before_starting_anything() -> None:
     for argv in (
         ["e2e", "--rate", "0"],
         ["e2e", "--messages", "10", "--duration", "1"],
-        ["e2e", "--inflight-batches", "6"],
         ["failover", "--target", "partition-leader", "--runs", "0"],
         ["partitions", "--count", "0"],
         ["consumers", "--count", "100000"],

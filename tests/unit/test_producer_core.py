@@ -59,6 +59,7 @@ def test_a_batch_is_sealed_by_size_and_by_linger() -> None:
     c.add(messages(4), "call", now_ms=0, wall_ms=1_700_000_000_000)
     [send] = c.poll(now_ms=0)  # 3 messages: full
     assert [read_header(b.records).record_count for b in send.batches] == [3]
+    c.on_produce_response(send.request_id, ok(send), now_ms=1)
     assert c.poll(now_ms=4) == []  # 1 message lingers
     [send] = c.poll(now_ms=5)
     assert read_header(send.batches[0].records).record_count == 1
@@ -90,7 +91,7 @@ def test_messages_behind_a_full_window_join_one_open_batch() -> None:
     """Kafka's accumulator: past its linger, an open batch stays open while the partition
     has five batches in flight, so the messages that arrive meanwhile leave as one batch
     when an answer frees the window, not as a queue of one-message batches."""
-    c = core(linger_ms=0)
+    c = core(linger_ms=0, pipeline_partial_batches=True)
     for i in range(5):
         c.add(messages(1), f"call{i}", now_ms=i, wall_ms=1_700_000_000_000)
         [send] = c.poll(now_ms=i)
@@ -104,6 +105,25 @@ def test_messages_behind_a_full_window_join_one_open_batch() -> None:
     [send] = c.poll(now_ms=12)
     [batch] = send.batches
     assert read_header(batch.records).record_count == 7
+
+
+def test_a_partial_batch_waits_while_its_partition_has_one_in_flight_and_a_full_one_goes() -> None:
+    """The default (Nagle's rule, by batch): what is not a full batch is sent only while
+    nothing of its partition is in flight, and meanwhile takes what arrives; a full batch
+    is pipelined up to the window, and another partition is not held up."""
+    c = core(linger_ms=0, batch_size=3)
+    c.add(messages(1), "first", now_ms=0, wall_ms=1_700_000_000_000)
+    [first] = c.poll(now_ms=0)
+    assert [b.partition for b in first.batches] == [0]
+    c.add(messages(2), "held", now_ms=1, wall_ms=1_700_000_000_000)
+    assert c.poll(now_ms=1) == []  # partial, and partition 0 has a batch in flight
+    c.add(messages(1, partition=1), "elsewhere", now_ms=1, wall_ms=1_700_000_000_000)
+    [elsewhere] = c.poll(now_ms=1)  # partition 1 has nothing in flight
+    assert [b.partition for b in elsewhere.batches] == [1]
+    c.add(messages(1), "fills it", now_ms=2, wall_ms=1_700_000_000_000)
+    [full] = c.poll(now_ms=2)  # 3 messages: full, so pipelined behind the first
+    assert [read_header(b.records).record_count for b in full.batches] == [3]
+    assert read_header(full.batches[0].records).base_sequence == 1
 
 
 def test_a_window_of_one_batch_holds_later_messages_in_one_open_batch() -> None:
@@ -146,7 +166,7 @@ def test_the_in_flight_window_defaults_to_five_idempotent_and_one_without() -> N
 
 
 def test_a_held_open_batch_still_expires_at_its_deadline() -> None:
-    c = core(linger_ms=0, write_timeout_ms=1_000)
+    c = core(linger_ms=0, write_timeout_ms=1_000, pipeline_partial_batches=True)
     for i in range(5):
         c.add(messages(1), f"call{i}", now_ms=0, wall_ms=1_700_000_000_000)
         c.poll(now_ms=0)
