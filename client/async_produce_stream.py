@@ -10,7 +10,10 @@ grpc's own task writes the queue out; one reader task hands each answer to its r
 deadline fails the whole stream (`expire`, from the writer's loop), and the next send
 opens a new stream. A broker without ProduceStream (an older version, mid rolling upgrade)
 ends the call with UNIMPLEMENTED: the stream then says so (`unimplemented`), its requests
-fail as unsent, and the pool sends to that broker with unary Produce calls.
+fail as unsent, and the pool sends to that broker with unary Produce calls. (grpc.aio ends
+a call whose request write fails with INTERNAL, so when the first write races that answer
+the stream fails as any broken one does, the request is retried on a new stream, and one
+of them sees the UNIMPLEMENTED.)
 """
 
 from __future__ import annotations
