@@ -7,7 +7,8 @@ one metadata or producer-id request to make next (awaited, bounded by its `timeo
 
 Flow of one message: `add` -> the partition's open batch (balancer, or the message's own
 partition) -> sealed when it reaches `batch_size` messages or `batch_bytes`, or after
-`linger_ms` once the partition's in-flight window has room, or on `flush` -> queued ->
+`linger_ms` once nothing of its partition is in flight (`pipeline_partial_batches`: once
+the in-flight window has room), or on `flush` -> queued ->
 sent to the partition's leader in a `ProduceSend` (one request per leader broker, many
 partitions each) -> completed (`Completion`) with its offset, or retried, or failed.
 
@@ -111,9 +112,8 @@ class WriterConfig:
     buffered_messages_max: int = 100_000
     # Batches of one partition in flight at once (Kafka's max.in.flight.requests.per.
     # connection, per partition here): None is INFLIGHT_IDEMPOTENT_MAX for an idempotent
-    # writer, 1 otherwise. 1 keeps every batch behind a full window open, so that under
-    # load later messages join it: fewer, larger requests (kafka-go's Writer sends one
-    # batch per partition at a time); more pipelines small batches when there is CPU.
+    # writer, 1 otherwise. With 1, full batches too wait for the one in flight (kafka-go's
+    # Writer sends one batch per partition at a time).
     inflight_batches_max: int | None = None
     # False: a batch sealed before it is full (linger_ms passed, or a blocking caller)
     # waits while its partition has a batch in flight and takes what arrives meanwhile,
@@ -447,7 +447,8 @@ class ProducerCore:
         `now_ms` is the shells' monotonic clock (deadlines); `wall_ms` the time since the
         epoch, stamped into messages that have no time (as kafka-go's Writer does).
         `linger=False` (a caller that blocks until they are written gains nothing from
-        waiting for more): their batches are sealed at the next poll."""
+        waiting for more): their batches are due at the next poll (sealed there when they
+        could be sent)."""
         assert not self.closed, "the shell refuses writes after close"
         assert len(messages) <= self.room()
         deadline_ms = now_ms + self.config.write_timeout_ms

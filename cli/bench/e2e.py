@@ -2,13 +2,14 @@
 
 Against `--bootstrap` (a `raftmq up` cluster, say). Creates the topic if missing (RF and
 partitions from the flags, min.insync.replicas = min(2, RF)). An async idempotent
-`Writer` (acks=all, no linger: a paced message is sent at once, not held back to fill a
-batch) gets one message per `write_messages` call, `--rate` calls per second on a fixed
-schedule, round robin over the partitions; one `Reader` per partition, each on a thread
-of this process, reads concurrently from where the measured messages start. The latency
-of a message is from just before its `write_messages` call to when `read_message`
-returned it; the send time travels in the value (perf_counter_ns, one clock for both
-ends), with the message's sequence number, so each is counted once.
+`Writer` (acks=all, no linger: a paced message is sent at once unless its partition has a
+batch in flight, when it joins the next batch; `--pipeline-partial-batches`: sent at once
+within the in-flight window) gets one message per `write_messages` call, `--rate` calls
+per second on a fixed schedule, round robin over the partitions; one `Reader` per
+partition, each on a thread of this process, reads concurrently from where the measured
+messages start. The latency of a message is from just before its `write_messages` call
+to when `read_message` returned it; the send time travels in the value (perf_counter_ns,
+one clock for both ends), with the message's sequence number, so each is counted once.
 
 The sender keeps its schedule (message i is due at start + i / rate) and reports how
 late it issued calls against it: a sender behind its schedule means the client, not the
