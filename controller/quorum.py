@@ -457,11 +457,12 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
             if now_ms - last_ms >= DUTY_RETRY_MS:
                 self._fence_proposed_ms[broker_id] = now_ms
                 self.log.info("broker.session_expired", broker_id=broker_id)
-                self.planner.enqueue(
-                    FenceBroker(
-                        f"fence-{broker_id}-{broker_epoch}-{term}", term, broker_id, broker_epoch
-                    )
-                )
+                # A fresh request id each time: a broker can be fenced, unfenced and lost
+                # again within one epoch and term, and a request id seen before gets its
+                # first result and no records. A retry is harmless (a fenced broker's
+                # fence plans nothing).
+                request_id = f"fence-{broker_id}-{broker_epoch}-{term}-{uuid.uuid4().hex}"
+                self.planner.enqueue(FenceBroker(request_id, term, broker_id, broker_epoch))
         interval_ms = self.config.leader_balance_interval_ms
         if interval_ms > 0 and now_ms - self._last_balance_ms >= interval_ms:
             self._last_balance_ms = now_ms

@@ -303,3 +303,29 @@ def test_heartbeats_of_new_brokers_while_sessions_expire(tmp_path, make_node) ->
         for t in threads:
             t.join(timeout=5)
     assert not errors, errors
+
+
+def test_a_broker_fenced_unfenced_and_lost_again_in_one_term_is_fenced_again(
+    tmp_path, make_node
+) -> None:
+    """A pause fences a broker, its return unfences it, and then it dies: all in one
+    broker epoch and one controller term. The second fence must not be taken for a
+    duplicate of the first (a request id seen before gets no records), or the dead broker
+    keeps leading until it registers again (chaos seeds 9113 and 9118: 4.6-5.9 s)."""
+    node = make_node(tmp_path / "c1", session_timeout_ms=300)
+    node.wait_ready()
+    epoch = register_and_unfence(node, 1)
+
+    def fenced() -> bool:
+        return bool(node.state(lambda s: s.brokers[1].fenced))
+
+    node.quorum.on_heartbeat(1, epoch, metadata_version=epoch, want_fence=False)
+    wait_until(fenced, timeout_s=WAIT_S, what="the first fence (no heartbeats: a pause)")
+    # It comes back: heartbeats unfence it (the plan checks its metadata caught up).
+    version = node.state(lambda s: s.version)
+    node.quorum.on_heartbeat(1, epoch, metadata_version=version, want_fence=False)
+    wait_until(lambda: not fenced(), timeout_s=WAIT_S, what="the unfence")
+    term = node.state(lambda s: s.controller_epoch)
+    # ... and dies: no more heartbeats. Same broker epoch, same term.
+    wait_until(fenced, timeout_s=WAIT_S, what="the second fence")
+    assert node.state(lambda s: (s.brokers[1].broker_epoch, s.controller_epoch)) == (epoch, term)
