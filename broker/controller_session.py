@@ -207,6 +207,11 @@ class ControllerSession:
                 "broker.heartbeat_failed", endpoint=endpoint, code=str(wire.rpc_status(e))
             )
             return False
+        except asyncio.InvalidStateError:
+            # grpc.aio: a write after the controller ended the call ("RPC already
+            # finished"), e.g. when it stopped leading: a broken stream, not a crash.
+            self.log.info("broker.heartbeat_failed", endpoint=endpoint, code="finished")
+            return False
         finally:
             self._call = None
             call.cancel()
@@ -223,7 +228,7 @@ class ControllerSession:
                 await self.on_serving(caught_up and not self.fenced)
             return False
         if error.code == ErrorCode.NOT_CONTROLLER:
-            with contextlib.suppress(grpc.RpcError):
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
                 await call.write(self._request(goodbye=True))
             hint = response.error.leader_endpoint
             if response.error.HasField("leader_endpoint"):
@@ -234,7 +239,7 @@ class ControllerSession:
             return True
         if error.code == ErrorCode.STALE_BROKER_EPOCH:
             self.log.warning("broker.registration_lost", error=error.message)
-            with contextlib.suppress(grpc.RpcError):
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
                 await call.write(self._request(goodbye=True))
             try:
                 await self.register()
