@@ -17,7 +17,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from raftmq.message import Message
+from raftmq.grpc_io import use_iomgr
+
+# Before anything imports grpc: gRPC core reads its engine choice once, at load.
+use_iomgr()
+
+from raftmq.message import Message  # noqa: E402
 
 if TYPE_CHECKING:
     from raftmq.client.admin import Admin
