@@ -307,6 +307,10 @@ class _Batch:
     records: bytes = b""
     attempts: int = 0
     backoff_until_ms: int = 0
+    # The leader epoch its last attempt was routed with (-1: none yet, or sent to a
+    # refusal's hint, which names no epoch). A higher epoch in the metadata ends the
+    # backoff at once (KIP-951): the retry goes to a new leader, not the one that failed.
+    attempt_leader_epoch: int = -1
     # Some attempt may have appended it (sent, then no definite "nothing appended").
     maybe_written: bool = False
     # It failed at least once and went back into the queue.
@@ -766,7 +770,8 @@ class ProducerCore:
                 # A head batch past its backoff and still queued waits for an event that
                 # wakes the shell itself (an answer, metadata, a producer id): not a time.
                 head = state.queued[0]
-                if head.backoff_until_ms > now_ms:
+                route = self._route(head.topic, head.partition)
+                if self._backing_off(head, route, now_ms=now_ms):
                     wake = min(wake, head.backoff_until_ms)
                 wake = min(wake, *(b.deadline_ms for b in state.queued))
         for waiting in self._unrouted.values():
@@ -910,13 +915,14 @@ class ProducerCore:
             limit = 1 if state.recovering else self.config.inflight_max
             while state.queued and len(state.in_flight) < limit:
                 batch = state.queued[0]
-                if batch.backoff_until_ms > now_ms:
-                    break
                 route = self._route(batch.topic, batch.partition)
+                if self._backing_off(batch, route, now_ms=now_ms):
+                    break
                 if route is None:
                     self._stale_topics.add(batch.topic)
                     break
                 endpoint, leader_epoch = route
+                batch.attempt_leader_epoch = leader_epoch
                 if sizes.get(endpoint, 0) >= REQUEST_BYTES_MAX:
                     break
                 state.queued.popleft()
@@ -968,6 +974,17 @@ class ProducerCore:
                 self.stats.record_batch(batch.record_count, len(batch.records))
         else:
             self.stats.retries += 1
+
+    @staticmethod
+    def _backing_off(batch: _Batch, route: tuple[str, int] | None, *, now_ms: int) -> bool:
+        """The batch still waits out its retry backoff: it has one, and the partition's
+        leader epoch has not risen since its last attempt. A backoff gives a failed leader
+        (or a lagging metadata view) time; a newer leader needs none, and waiting for it
+        was most of the Writer's recovery after a leader's kill -9. Epochs only rise, so
+        this cannot bounce a batch between two brokers without a backoff."""
+        if batch.backoff_until_ms <= now_ms:
+            return False
+        return route is None or not (0 <= batch.attempt_leader_epoch < route[1])
 
     def _route(self, topic: str, partition: int) -> tuple[str, int] | None:
         """(endpoint, leader epoch) to send a batch of `topic`-`partition` to: the leader

@@ -52,6 +52,7 @@ from raftmq.client.admin import Admin, FirstOffset, LastOffset
 from raftmq.client.conn import Conn
 from raftmq.client.reader import Reader
 from raftmq.client.writer import RequireAll, WriteError, Writer
+from raftmq.controller.session_tracker import DISCONNECT_GRACE_MS_DEFAULT
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError
 from raftmq.message import Message
 
@@ -552,7 +553,9 @@ def limited_by(target: str, rows: list[Result]) -> str:
         if fenced is not None and fenced["median"] >= 0.6 * recovery["median"]:
             return (
                 f"failure detection: {line}; the new leader is elected only once the "
-                "controller fences the dead broker (its session timeout)"
+                "controller fences the dead broker (a broken session stream: a "
+                f"{DISCONNECT_GRACE_MS_DEFAULT} ms grace "
+                "for a reconnect, then a Raft commit; a paused one: its session timeout)"
                 + (f"; then {backoff}" if backoff else "")
             )
         if backoff:

@@ -25,11 +25,16 @@ from raftmq.record_batch import read_header
 from raftmq.topic_config import TopicConfig
 
 
-def metadata(partitions: int = 2, *, version: int = 1, leader: int = 1) -> ClusterMetadata:
+def metadata(
+    partitions: int = 2, *, version: int = 1, leader: int = 1, leader_epoch: int = 0
+) -> ClusterMetadata:
     brokers = {
         b: BrokerRegistration(b, "127.0.0.1", 9000 + b, "", "x", 1, fenced=False) for b in (1, 2)
     }
-    parts = tuple(PartitionRecord((1, 2), (1, 2), leader, 0, 0) for _ in range(partitions))
+    parts = tuple(
+        PartitionRecord((1, 2), (1, 2), leader, leader_epoch, leader_epoch)
+        for _ in range(partitions)
+    )
     return ClusterMetadata(
         version, brokers, {"t": TopicRecord("t", b"x" * 16, TopicConfig(), parts)}
     )
@@ -400,6 +405,56 @@ def test_without_a_hint_the_retry_waits_for_metadata() -> None:
     c.on_metadata(metadata(version=2, leader=2), asked=request.topics, now_ms=201)
     [retry] = c.poll(now_ms=201)
     assert retry.endpoint == "127.0.0.1:9002" and retry.batches[0].leader_epoch == 0
+
+
+def test_a_new_leader_epoch_ends_the_retry_backoff_and_the_same_one_does_not() -> None:
+    # KIP-951: a leader killed with -9 refuses connections at once; its successor needs no
+    # backoff. Metadata still naming the failed leader (it is not fenced yet) keeps it.
+    c = core(batch_size=1)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    assert (send.endpoint, send.batches[0].leader_epoch) == ("127.0.0.1:9001", 0)
+    gone = RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "connection refused")
+    c.on_produce_failure(send.request_id, gone, now_ms=10)
+    assert c.metadata_wanted() == {"t"}
+    c.on_metadata(metadata(version=2), asked=("t",), now_ms=12)  # same leader, same epoch
+    assert c.poll(now_ms=12) == []
+    assert c.next_wakeup_ms(now_ms=12) == 110  # the backoff, 100 ms after the failure
+    [second] = c.poll(now_ms=110)
+    assert second.endpoint == "127.0.0.1:9001"
+    c.on_produce_failure(second.request_id, gone, now_ms=111)  # backoff now 200 ms
+    c.on_metadata(metadata(version=3, leader=2, leader_epoch=1), asked=("t",), now_ms=140)
+    [retry] = c.poll(now_ms=140)  # the shell polls after every metadata answer
+    assert (retry.endpoint, retry.batches[0].leader_epoch) == ("127.0.0.1:9002", 1)
+    assert retry.batches[0].records == send.batches[0].records
+    # The new leader fails too: its epoch is the attempt's now, so the backoff holds.
+    c.on_produce_failure(retry.request_id, gone, now_ms=141)
+    c.on_metadata(metadata(version=4, leader=2, leader_epoch=1), asked=("t",), now_ms=142)
+    assert c.poll(now_ms=142) == []
+
+
+def test_a_hinted_retry_keeps_its_backoff() -> None:
+    # A refusal's hint names no epoch: bouncing between two brokers that each name the
+    # other would otherwise retry without any pause.
+    c = core(batch_size=1)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    moved = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved to broker 2")
+    hint = "127.0.0.1:9002"
+    c.on_produce_response(
+        send.request_id, [PartitionResult("t", 0, -1, moved, leader_endpoint=hint)], now_ms=1
+    )
+    [retry] = c.poll(now_ms=101)
+    assert (retry.endpoint, retry.batches[0].leader_epoch) == (hint, -1)
+    back = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved to broker 1")
+    c.on_produce_response(
+        retry.request_id,
+        [PartitionResult("t", 0, -1, back, leader_endpoint="127.0.0.1:9001")],
+        now_ms=102,
+    )
+    assert c.poll(now_ms=103) == []
+    [third] = c.poll(now_ms=302)
+    assert third.endpoint == "127.0.0.1:9001"
 
 
 def test_requests_are_bounded_by_what_the_earliest_message_has_left() -> None:
