@@ -48,10 +48,11 @@ _CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
     ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
-    # A leader that is paused or cut off (no FIN) is noticed by keepalive pings.
+    # A leader that is paused or cut off (no FIN) is noticed by keepalive pings on the
+    # open stream; a channel without a call has nothing to notice and sends none.
     ("grpc.keepalive_time_ms", 2_000),
     ("grpc.keepalive_timeout_ms", 2_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
 ]
 

@@ -16,8 +16,22 @@ from typing import Any
 
 from raftmq import wire
 
-# Server options: the channel limits of `wire.GRPC_OPTIONS` plus exclusive binding.
-GRPC_SERVER_OPTIONS: list[tuple[str, int]] = [*wire.GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+# A client may send a keepalive ping this often without data in between, also while it has
+# no call open. gRPC's server default tolerates one every 5 minutes and answers the third
+# early one with GOAWAY `too_many_pings`: the connection closes, and the client doubles its
+# keepalive time from then on. Our own channels ping every 2 s (the replica fetcher, to
+# notice a paused leader), and on iomgr sockets an idle one was sent that GOAWAY ~8 s
+# after its last call, on every broker in every chaos run.
+KEEPALIVE_PING_INTERVAL_MS_MIN = 1_000
+
+# Server options: the channel limits of `wire.GRPC_OPTIONS`, exclusive binding, and the
+# keepalive policy above.
+GRPC_SERVER_OPTIONS: list[tuple[str, int]] = [
+    *wire.GRPC_OPTIONS,
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_PING_INTERVAL_MS_MIN),
+]
 
 
 class PortInUseError(OSError):
