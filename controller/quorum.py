@@ -147,6 +147,8 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
         # `sessions` holds `_sessions_lock`.
         self._sessions_lock = threading.Lock()
         self.sessions = SessionTracker(session_timeout_ms=config.session_timeout_ms)
+        # A stream lost during a maintenance wait is seen within its grace.
+        assert 0 < config.maintenance_interval_ms <= self.sessions.disconnect_grace_ms
         self._id_by_address = {addr: node for node, addr in config.voters.items()}
         # The id this node proposes if it is the quorum's first leader.
         self._cluster_id_candidate = config.cluster_id or new_cluster_id()
@@ -402,8 +404,21 @@ class ControllerQuorum(SyncObj):  # type: ignore[misc]
             self.log.info("controller.leadership_lost", term=self.term())
 
     def _maintenance_loop(self) -> None:
-        interval_s = self.config.maintenance_interval_ms / 1000
-        while not self._stopping.wait(interval_s):
+        """Every `maintenance_interval_ms`, and exactly when a session is due to expire if
+        that comes sooner: a lost session stream's grace ends between two rounds, and the
+        fence then waited up to a round more (100 ms of a ~250 ms failover). A stream lost
+        during a wait is seen at the next round, within the grace: the grace (150 ms) is
+        longer than a round. Bound: until `stopping`; every wait is at least 1 ms (only
+        sessions expiring after now count)."""
+        interval_ms = self.config.maintenance_interval_ms
+        while True:
+            now_ms = int(time.monotonic() * 1000)
+            with self._sessions_lock:
+                expiry_ms = self.sessions.next_expiry_ms(now_ms=now_ms)
+            wait_ms = interval_ms if expiry_ms is None else min(interval_ms, expiry_ms - now_ms)
+            assert wait_ms > 0
+            if self._stopping.wait(wait_ms / 1000):
+                return
             self._maintain(int(time.monotonic() * 1000))
 
     def _due(self, duty: str, now_ms: int) -> bool:

@@ -74,6 +74,21 @@ class SessionTracker:
             (b, s.broker_epoch) for b, s in sorted(self._sessions.items()) if self._dead(s, now_ms)
         ]
 
+    def next_expiry_ms(self, *, now_ms: int) -> int | None:
+        """The earliest time after `now_ms` at which a session now live expires, unless a
+        heartbeat comes first (None: none will). The controller checks sessions then, so a
+        broker whose stream broke is fenced when its grace ends, not at the next round."""
+        due = [e for s in self._sessions.values() if (e := self._expiry_ms(s)) > now_ms]
+        return min(due, default=None)
+
+    def _expiry_ms(self, session: _Session) -> int:
+        """The first time at which `_dead(session, t)` holds."""
+        timeout_at = session.last_heartbeat_ms + self.session_timeout_ms + 1
+        lost_at = session.disconnected_at_ms
+        return (
+            timeout_at if lost_at is None else min(timeout_at, lost_at + self.disconnect_grace_ms)
+        )
+
     def _dead(self, session: _Session, now_ms: int) -> bool:
         if session.last_heartbeat_ms < now_ms - self.session_timeout_ms:
             return True
