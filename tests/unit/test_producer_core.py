@@ -419,7 +419,13 @@ def test_a_new_leader_epoch_ends_the_retry_backoff_and_the_same_one_does_not() -
     assert c.metadata_wanted() == {"t"}
     c.on_metadata(metadata(version=2), asked=("t",), now_ms=12)  # same leader, same epoch
     assert c.poll(now_ms=12) == []
-    assert c.next_wakeup_ms(now_ms=12) == 110  # the backoff, 100 ms after the failure
+    # While it backs off, the metadata is watched for a new leader every 50 ms.
+    assert c.next_request(now_ms=12) is None
+    assert c.next_wakeup_ms(now_ms=12) == 62
+    watch = c.next_request(now_ms=62)
+    assert isinstance(watch, MetadataRequest) and watch.topics == ("t",)
+    c.on_metadata(metadata(version=2), asked=watch.topics, now_ms=63)
+    assert c.next_wakeup_ms(now_ms=63) == 110  # the backoff ends before the next watch
     [second] = c.poll(now_ms=110)
     assert second.endpoint == "127.0.0.1:9001"
     c.on_produce_failure(second.request_id, gone, now_ms=111)  # backoff now 200 ms
@@ -431,6 +437,35 @@ def test_a_new_leader_epoch_ends_the_retry_backoff_and_the_same_one_does_not() -
     c.on_produce_failure(retry.request_id, gone, now_ms=141)
     c.on_metadata(metadata(version=4, leader=2, leader_epoch=1), asked=("t",), now_ms=142)
     assert c.poll(now_ms=142) == []
+
+
+def test_the_leader_watch_finds_a_new_leader_before_the_backoff_ends() -> None:
+    c = core(batch_size=1)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    c.on_produce_failure(
+        send.request_id, RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "x"), now_ms=1
+    )
+    c.on_metadata(metadata(version=2), asked=("t",), now_ms=2)  # not fenced yet
+    watch = c.next_request(now_ms=52)
+    assert isinstance(watch, MetadataRequest)
+    c.on_metadata(metadata(version=3, leader=2, leader_epoch=1), asked=watch.topics, now_ms=53)
+    [retry] = c.poll(now_ms=53)  # 53 ms, not the 101 of the backoff
+    assert retry.endpoint == "127.0.0.1:9002"
+    # Nothing waits any more: no more watching.
+    assert c.next_request(now_ms=103) is None
+    c.on_produce_response(retry.request_id, ok(retry, [0]), now_ms=54)
+    assert c.next_request(now_ms=200) is None
+
+
+def test_no_leader_watch_without_a_retried_batch_in_backoff() -> None:
+    c = core(batch_size=1)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    c.on_metadata(metadata(version=2), asked=("t",), now_ms=1)  # nothing failed
+    assert c.next_request(now_ms=100) is None
+    c.on_produce_response(send.request_id, ok(send, [0]), now_ms=2)
+    assert c.next_request(now_ms=200) is None
 
 
 def test_a_hinted_retry_keeps_its_backoff() -> None:
