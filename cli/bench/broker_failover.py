@@ -568,7 +568,9 @@ def limited_by(target: str, rows: list[Result]) -> str:
     if shrink is not None and shrink["median"] >= 0.6 * recovery["median"]:
         return (
             f"the ISR shrink: {line}; acks=all waits for the dead follower until it leaves "
-            "the ISR (its fencing after the session timeout, or replica.lag.time.max.ms)"
+            "the ISR (its fencing: a broken session stream's "
+            f"{DISCONNECT_GRACE_MS_DEFAULT} ms grace, or the session timeout of a paused "
+            "one; else replica.lag.time.max.ms)"
         )
     return line
 
