@@ -561,7 +561,7 @@ class ChaosCluster:
         with self._channels_lock:
             channel = self._channels.get(endpoint)
             if channel is None:
-                channel = grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
+                channel = grpc.insecure_channel(endpoint, options=wire.GRPC_CLIENT_OPTIONS)
                 self._channels[endpoint] = channel
         return controller_pb2_grpc.ControllerServiceStub(channel)
 

@@ -36,7 +36,7 @@ class AsyncConn:
         self.address = address
         self.topic = topic
         self.partition = partition
-        self._channel = grpc.aio.insecure_channel(address, options=wire.GRPC_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(address, options=wire.GRPC_CLIENT_OPTIONS)
         self._stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
 
     @classmethod

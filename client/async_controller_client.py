@@ -30,7 +30,7 @@ class AsyncEndpointPool:
         endpoints: Sequence[str],
         *,
         service: str,
-        channel_options: Sequence[tuple[str, int]] = tuple(wire.GRPC_OPTIONS),
+        channel_options: Sequence[tuple[str, int]] = tuple(wire.GRPC_CLIENT_OPTIONS),
     ) -> None:
         assert service in ("controller", "broker")
         self.ordering = EndpointOrder(endpoints)

@@ -65,7 +65,7 @@ class Conn:
         self.address = address
         self.topic = topic
         self.partition = partition
-        self._channel = grpc.insecure_channel(address, options=wire.GRPC_OPTIONS)
+        self._channel = grpc.insecure_channel(address, options=wire.GRPC_CLIENT_OPTIONS)
         self._stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._closed = False
 

@@ -88,7 +88,7 @@ class EndpointPool:
         with self._lock:
             stub = self._stubs.get(endpoint)
             if stub is None:
-                channel = grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
+                channel = grpc.insecure_channel(endpoint, options=wire.GRPC_CLIENT_OPTIONS)
                 self._channels[endpoint] = channel
                 stub = (
                     controller_pb2_grpc.ControllerServiceStub(channel)

@@ -94,6 +94,6 @@ class ReadIndex:
         with self._lock:
             stub = self._stubs.get(endpoint)
             if stub is None:
-                channel = grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS)
+                channel = grpc.insecure_channel(endpoint, options=wire.GRPC_CLIENT_OPTIONS)
                 stub = self._stubs[endpoint] = rpc.ControllerServiceStub(channel)
             return stub
