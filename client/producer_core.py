@@ -957,9 +957,9 @@ class ProducerCore:
                     self._stale_topics.add(batch.topic)
                     break
                 endpoint, leader_epoch = route
-                batch.attempt_leader_epoch = leader_epoch
                 if sizes.get(endpoint, 0) >= REQUEST_BYTES_MAX:
                     break
+                batch.attempt_leader_epoch = leader_epoch
                 state.queued.popleft()
                 self._prepare(state, batch, now_ms=now_ms)
                 state.in_flight[self._in_flight_key(batch)] = batch
