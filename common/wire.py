@@ -31,7 +31,7 @@ GRPC_OPTIONS: list[tuple[str, int]] = [
 # 1 s. gRPC's defaults (1 s growing to 120 s, at least 20 s per attempt) are for clients
 # of a service across the internet: after SIGKILL of every node of a `raftmq up` cluster,
 # a Writer on iomgr sockets acknowledged its first write 23 s later (an attempt started
-# while the nodes came back ran into the 20 s), against 7.4 s with these (7.2 s on the
+# while the nodes came back ran into the 20 s), against 7.2-7.4 s with these (7.2 s on the
 # EventEngine, whose attempts ended sooner). Kafka's clients: reconnect.backoff.ms 50,
 # reconnect.backoff.max.ms 1000.
 RECONNECT_BACKOFF_MS_FIRST = 50
