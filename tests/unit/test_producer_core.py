@@ -59,6 +59,14 @@ def messages(n: int, partition: int | None = 0) -> list[Message]:
     return [Message(f"m{i}", partition=partition) for i in range(n)]
 
 
+def one_message_sent() -> tuple[ProducerCore, ProduceSend]:
+    """A core with one batch of one message, sent at 0 ms to the leader of partition 0."""
+    c = core(batch_size=1)
+    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
+    [send] = c.poll(now_ms=0)
+    return c, send
+
+
 def test_a_batch_is_sealed_by_size_and_by_linger() -> None:
     c = core(batch_size=3, linger_ms=5)
     c.add(messages(4), "call", now_ms=0, wall_ms=1_700_000_000_000)
@@ -394,9 +402,7 @@ def test_a_leader_hint_routes_the_retry_and_is_asked_for_metadata_first() -> Non
 
 
 def test_without_a_hint_the_retry_waits_for_metadata() -> None:
-    c = core(batch_size=1)
-    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
-    [send] = c.poll(now_ms=0)
+    c, send = one_message_sent()
     moved = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved")
     c.on_produce_response(send.request_id, [PartitionResult("t", 0, -1, moved)], now_ms=1)
     assert c.poll(now_ms=200) == []
@@ -410,9 +416,7 @@ def test_without_a_hint_the_retry_waits_for_metadata() -> None:
 def test_a_new_leader_epoch_ends_the_retry_backoff_and_the_same_one_does_not() -> None:
     # KIP-951: a leader killed with -9 refuses connections at once; its successor needs no
     # backoff. Metadata still naming the failed leader (it is not fenced yet) keeps it.
-    c = core(batch_size=1)
-    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
-    [send] = c.poll(now_ms=0)
+    c, send = one_message_sent()
     assert (send.endpoint, send.batches[0].leader_epoch) == ("127.0.0.1:9001", 0)
     gone = RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "connection refused")
     c.on_produce_failure(send.request_id, gone, now_ms=10)
@@ -440,9 +444,7 @@ def test_a_new_leader_epoch_ends_the_retry_backoff_and_the_same_one_does_not() -
 
 
 def test_the_leader_watch_finds_a_new_leader_before_the_backoff_ends() -> None:
-    c = core(batch_size=1)
-    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
-    [send] = c.poll(now_ms=0)
+    c, send = one_message_sent()
     c.on_produce_failure(
         send.request_id, RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "x"), now_ms=1
     )
@@ -459,9 +461,7 @@ def test_the_leader_watch_finds_a_new_leader_before_the_backoff_ends() -> None:
 
 
 def test_no_leader_watch_without_a_retried_batch_in_backoff() -> None:
-    c = core(batch_size=1)
-    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
-    [send] = c.poll(now_ms=0)
+    c, send = one_message_sent()
     c.on_metadata(metadata(version=2), asked=("t",), now_ms=1)  # nothing failed
     assert c.next_request(now_ms=100) is None
     c.on_produce_response(send.request_id, ok(send, [0]), now_ms=2)
@@ -471,9 +471,7 @@ def test_no_leader_watch_without_a_retried_batch_in_backoff() -> None:
 def test_a_hinted_retry_keeps_its_backoff() -> None:
     # A refusal's hint names no epoch: bouncing between two brokers that each name the
     # other would otherwise retry without any pause.
-    c = core(batch_size=1)
-    c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
-    [send] = c.poll(now_ms=0)
+    c, send = one_message_sent()
     moved = RaftmqError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved to broker 2")
     hint = "127.0.0.1:9002"
     c.on_produce_response(
