@@ -530,18 +530,18 @@ def test_producer_id_failures_are_retried_with_backoff_and_reported_rarely() -> 
     reported: list[bool] = []
     asked_ms: list[int] = []
     now = 0
-    for _ in range(1_000):  # bound; ends after 12 requests
+    for _ in range(1_000):  # bound; ends after 16 requests
         c.poll(now_ms=now)
         request = c.next_request(now_ms=now)
         if request is not None:
             assert isinstance(request, ProducerIdRequest)
             asked_ms.append(now)
             reported.append(c.on_producer_id_failure(failure, now_ms=now))
-            if len(reported) == 12:
+            if len(reported) == 16:
                 break
         now = c.next_wakeup_ms(now_ms=now)
     gaps = [b - a for a, b in itertools.pairwise(asked_ms)]
-    assert gaps[:5] == [100, 200, 400, 800, 1_600] and set(gaps[5:]) == {2_000}
+    assert gaps[:4] == [100, 200, 400, 800] and set(gaps[4:]) == {1_000}
     assert reported[0] and not any(reported[1:6])  # not every 100 ms
     assert reported.count(True) == 2  # and again after PRODUCER_ID_REPORT_INTERVAL_MS
 
