@@ -46,6 +46,7 @@ from raftmq.chaos.history import ReplicaLog
 from raftmq.client.conn import Conn
 from raftmq.errors import RaftmqError
 from raftmq.local_cluster import LocalCluster, ManagedProcess, wait_until
+from raftmq.redial import Redial
 from raftmq.v1 import controller_pb2 as pb
 from raftmq.v1 import controller_pb2_grpc
 
@@ -385,7 +386,8 @@ class ChaosCluster:
         )
         self._local: LocalCluster | None = None
         self._paused: set[str] = set()
-        self._channels: dict[str, grpc.Channel] = {}
+        # The runner's channels to controllers, each with its Redial (see raftmq.redial).
+        self._channels: dict[str, tuple[grpc.Channel, Redial]] = {}
         # Conns to brokers for the runner's observations (not the workload's clients).
         self._broker_conns: dict[str, Conn] = {}
         self._channels_lock = threading.Lock()
@@ -439,7 +441,8 @@ class ChaosCluster:
                     process.kill()
         self._paused.clear()
         with self._channels_lock:
-            for channel in self._channels.values():
+            for channel, redial in self._channels.values():
+                redial.close()
                 channel.close()
             self._channels.clear()
             for conn in self._broker_conns.values():
@@ -557,13 +560,14 @@ class ChaosCluster:
 
     # --- observation ----------------------------------------------------------------------
 
-    def _stub(self, endpoint: str) -> controller_pb2_grpc.ControllerServiceStub:
+    def _stub(self, endpoint: str) -> tuple[controller_pb2_grpc.ControllerServiceStub, Redial]:
         with self._channels_lock:
-            channel = self._channels.get(endpoint)
-            if channel is None:
+            known = self._channels.get(endpoint)
+            if known is None:
                 channel = grpc.insecure_channel(endpoint, options=wire.GRPC_CLIENT_OPTIONS)
-                self._channels[endpoint] = channel
-        return controller_pb2_grpc.ControllerServiceStub(channel)
+                known = self._channels[endpoint] = (channel, Redial(channel, name=endpoint))
+        channel, redial = known
+        return controller_pb2_grpc.ControllerServiceStub(channel), redial
 
     def broker_conn(self, endpoint: str) -> Conn:
         """A Conn to the broker at `endpoint` (HOST:PORT), kept until `close`."""
@@ -580,10 +584,10 @@ class ChaosCluster:
         majority's."""
         calls = []
         for endpoint in self.controller_endpoints:
-            stub = self._stub(endpoint)
-            calls.append(
-                stub.DescribeCluster.future(pb.DescribeClusterRequest(), timeout=timeout_s)
-            )
+            stub, redial = self._stub(endpoint)
+            call = stub.DescribeCluster.future(pb.DescribeClusterRequest(), timeout=timeout_s)
+            call.add_done_callback(redial.on_call_done)
+            calls.append(call)
         best: pb.DescribeClusterResponse | None = None
         for call in calls:
             try:

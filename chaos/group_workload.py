@@ -93,9 +93,7 @@ def read_committed(
         asked: gp.Request = gp.FindCoordinatorRequest(group) if find else request
         method, message = gp.to_pb(asked)
         try:
-            response = getattr(pool.stub(step.endpoint), method)(
-                message, timeout=step.timeout_ms / 1000
-            )
+            response = pool.call(step.endpoint, method, message, timeout_ms=step.timeout_ms)
         except grpc.RpcError as e:
             plan.on_transport_failure(step.endpoint, transport_error(step.endpoint, method, e))
             continue

@@ -304,9 +304,7 @@ class Admin:
         """One call at one broker; a transport failure raises BROKER_NOT_AVAILABLE."""
         method, message = gp.to_pb(request)
         try:
-            response = getattr(self._pool.stub(endpoint), method)(
-                message, timeout=timeout_ms / 1000
-            )
+            response = self._pool.call(endpoint, method, message, timeout_ms=timeout_ms)
         except grpc.RpcError as e:
             raise transport_error(endpoint, method, e) from e
         return gp.from_pb(request, response)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import structlog
 from raftmq import wire
@@ -99,8 +100,16 @@ class BrokerPool:
     """Conns by address (one gRPC channel each, shared), their produce streams, plus the
     latest metadata seen."""
 
-    def __init__(self, bootstrap: Sequence[str] | str) -> None:
+    def __init__(
+        self,
+        bootstrap: Sequence[str] | str,
+        *,
+        on_reconnect: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_reconnect(address)`: the broker at `address` answers again after a call
+        found it unreachable (called on a thread of its Conn)."""
         self.bootstrap = parse_brokers(bootstrap)
+        self._on_reconnect = on_reconnect
         self._lock = threading.Lock()
         self._conns: dict[str, Conn] = {}
         # At most one open stream per address; a failed one is replaced on next use.
@@ -119,7 +128,11 @@ class BrokerPool:
                 raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "the client was closed")
             conn = self._conns.get(address)
             if conn is None:
-                conn = self._conns[address] = Conn(address)
+                on_reconnect = self._on_reconnect
+                conn = self._conns[address] = Conn(
+                    address,
+                    on_reconnect=None if on_reconnect is None else partial(on_reconnect, address),
+                )
             return conn
 
     def produce_stream(self, address: str) -> ProduceStream | None:

@@ -9,7 +9,7 @@ Writer, Reader and Admin route and retry on top of it. Thread-safe (gRPC channel
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -30,6 +30,7 @@ from raftmq.compression import CODEC_NONE
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
 from raftmq.record_batch import decode_batches, encode_batch
+from raftmq.redial import Redial
 from raftmq.v1 import broker_pb2 as pb
 from raftmq.v1 import broker_pb2_grpc
 
@@ -60,13 +61,24 @@ def transport_error(endpoint: str, method: str, e: grpc.RpcError) -> RaftmqError
 class Conn:
     """One gRPC channel to one broker (HOST:PORT). Use as a context manager, or `close()`."""
 
-    def __init__(self, address: str, *, topic: str | None = None, partition: int = 0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        topic: str | None = None,
+        partition: int = 0,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_reconnect` is called (on a thread of the Conn's) when the broker answers
+        again after a call found it unreachable."""
         wire.parse_host_port(address)
         self.address = address
         self.topic = topic
         self.partition = partition
         self._channel = grpc.insecure_channel(address, options=wire.GRPC_CLIENT_OPTIONS)
         self._stub: Any = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        # Reconnects the channel after a call found it down (see raftmq.redial).
+        self._redial = Redial(self._channel, name=address, on_up=on_reconnect)
         self._closed = False
 
     @classmethod
@@ -97,6 +109,7 @@ class Conn:
     def close(self) -> None:
         """Close the channel; calls in progress fail (BROKER_NOT_AVAILABLE), later ones too."""
         self._closed = True
+        self._redial.close()
         self._channel.close()
 
     def __enter__(self) -> Conn:
@@ -112,6 +125,7 @@ class Conn:
         try:
             return getattr(self._stub, method)(request, timeout=timeout_ms / 1000)
         except grpc.RpcError as e:
+            self._redial.on_error(e)
             raise transport_error(self.address, method, e) from e
         except ValueError as e:  # gRPC's answer to a call on a closed channel
             if not self._closed:
@@ -128,17 +142,20 @@ class Conn:
             if not self._closed:
                 raise
             raise closed_error(self.address, method) from e
+        future.add_done_callback(self._redial.on_call_done)
         return future
 
     def open_stream(self, method: str, requests: Iterator[Any]) -> Any:
         """Open a stream-stream RPC fed by `requests` (no deadline: the caller bounds what
         it waits for); iterate the result for the answers, `cancel()` it to end it."""
         try:
-            return getattr(self._stub, method)(requests)
+            call = getattr(self._stub, method)(requests)
         except ValueError as e:
             if not self._closed:
                 raise
             raise closed_error(self.address, method) from e
+        call.add_done_callback(self._redial.on_call_done)
+        return call
 
     def produce(
         self,

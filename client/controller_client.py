@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from raftmq import wire
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.redial import Redial
 from raftmq.v1 import broker_pb2_grpc, controller_pb2_grpc
 
 ATTEMPTS_MAX = 8
@@ -79,6 +80,8 @@ class EndpointPool:
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
+        # Reconnect each channel after a call found it down (see raftmq.redial).
+        self._redials: dict[str, Redial] = {}
 
     @property
     def endpoints(self) -> list[str]:
@@ -90,6 +93,7 @@ class EndpointPool:
             if stub is None:
                 channel = grpc.insecure_channel(endpoint, options=wire.GRPC_CLIENT_OPTIONS)
                 self._channels[endpoint] = channel
+                self._redials[endpoint] = Redial(channel, name=endpoint)
                 stub = (
                     controller_pb2_grpc.ControllerServiceStub(channel)
                     if self.service == "controller"
@@ -107,10 +111,24 @@ class EndpointPool:
     def demote(self, endpoint: str) -> None:
         self.ordering.demote(endpoint)
 
+    def call(self, endpoint: str, method: str, request: Any, *, timeout_ms: int) -> Any:
+        """One unary call at `endpoint`; raises grpc.RpcError as the stub does."""
+        try:
+            return getattr(self.stub(endpoint), method)(request, timeout=timeout_ms / 1000)
+        except grpc.RpcError as e:
+            with self._lock:
+                redial = self._redials.get(endpoint)
+            if redial is not None:
+                redial.on_error(e)
+            raise
+
     def close(self) -> None:
         with self._lock:
+            for redial in self._redials.values():
+                redial.close()
             for channel in self._channels.values():
                 channel.close()
+            self._redials.clear()
             self._channels.clear()
             self._stubs.clear()
 
@@ -263,9 +281,7 @@ def call_with_failover(
             time.sleep(step.wait_ms / 1000)
             continue
         try:
-            response = getattr(pool.stub(step.endpoint), method)(
-                request, timeout=step.timeout_ms / 1000
-            )
+            response = pool.call(step.endpoint, method, request, timeout_ms=step.timeout_ms)
         except grpc.RpcError as e:
             plan.on_transport_failure(step.endpoint, e)
             continue

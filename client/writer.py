@@ -148,7 +148,7 @@ class Writer:
         self.async_ = async_
         self.completion = completion
         self.allow_auto_topic_creation = allow_auto_topic_creation
-        self._pool = BrokerPool(brokers)
+        self._pool = BrokerPool(brokers, on_reconnect=self._on_reconnect)
         self._core = ProducerCore(self.config, balancer or RoundRobin())
         self._lock = threading.Lock()
         # Notified on anything the sender must look at (new messages, answers, close).
@@ -392,6 +392,12 @@ class Writer:
             return
         with self._lock:
             self._core.on_metadata(metadata, asked=request.topics, now_ms=now_ms())
+
+    def _on_reconnect(self, address: str) -> None:
+        """A Conn's thread: the broker at `address` answers again."""
+        with self._lock:
+            self._core.on_broker_reachable(now_ms=now_ms())
+            self._poke()
 
     def _poke(self) -> None:
         """Under the lock: the sender has work."""

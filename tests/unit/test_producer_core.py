@@ -504,6 +504,25 @@ def test_requests_are_bounded_by_what_the_earliest_message_has_left() -> None:
     assert (id_request.producer_id, id_request.timeout_ms) == (-1, 690)
 
 
+def test_a_broker_reachable_again_ends_the_metadata_backoff() -> None:
+    c = ProducerCore(WriterConfig(topic="t", idempotent=False), RoundRobin())
+    c.add(messages(1, partition=None), "call", now_ms=0, wall_ms=1_700_000_000_000)
+    down = RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "127.0.0.1:1 Metadata failed: UNAVAILABLE")
+    now = 0
+    for _ in range(5):  # asked at 0, 100, 300, 700 and 1_500 ms: then due at 2_500
+        request = c.next_request(now_ms=now)
+        assert isinstance(request, MetadataRequest)
+        c.on_metadata_failure(request.topics, down, now_ms=now)
+        now = c.next_wakeup_ms(now_ms=now)
+    assert now == 2_500
+    assert c.next_request(now_ms=1_700) is None  # still backing off
+    c.on_broker_reachable(now_ms=1_700)
+    request = c.next_request(now_ms=1_700)
+    assert isinstance(request, MetadataRequest) and request.topics == ("t",)
+    c.on_metadata_failure(request.topics, down, now_ms=1_705)  # not ready yet: 100 ms again
+    assert c.next_wakeup_ms(now_ms=1_705) == 1_805
+
+
 def test_messages_expire_while_the_producer_id_is_pending_with_its_error() -> None:
     c = ProducerCore(WriterConfig(topic="t", write_timeout_ms=1_000), RoundRobin())
     c.on_metadata(metadata(), now_ms=0)
