@@ -94,18 +94,27 @@ def _failed_call(channel: grpc.Channel) -> grpc.RpcError:
     return failure.value
 
 
+def _watched_after_its_server_died(
+    channel: grpc.Channel, server: Server
+) -> tuple[Redial, threading.Event]:
+    """A Redial on a connected `channel`, started by a call after `server` was killed;
+    and the event its `on_up` sets."""
+    grpc.channel_ready_future(channel).result(timeout=WAIT_S)
+    up = threading.Event()
+    redial = Redial(channel, on_up=up.set)
+    server.kill()
+    error = _failed_call(channel)
+    assert wire.rpc_status(error) is grpc.StatusCode.UNAVAILABLE
+    redial.on_error(error)
+    assert redial.watching
+    return redial, up
+
+
 def test_a_watched_channel_reconnects_without_a_call(server: Server) -> None:
     with grpc.insecure_channel(
         f"127.0.0.1:{server.port}", options=wire.GRPC_CLIENT_OPTIONS
     ) as channel:
-        grpc.channel_ready_future(channel).result(timeout=WAIT_S)
-        up = threading.Event()
-        redial = Redial(channel, on_up=up.set)
-        server.kill()
-        error = _failed_call(channel)
-        assert wire.rpc_status(error) is grpc.StatusCode.UNAVAILABLE
-        redial.on_error(error)
-        assert redial.watching
+        redial, up = _watched_after_its_server_died(channel, server)
         server.start()
         _wait(lambda: _state(channel) is grpc.ChannelConnectivity.READY, "READY again")
         _wait(lambda: not redial.watching, "the watch ended once the server answered")
@@ -131,12 +140,7 @@ def test_closing_ends_a_watch_on_a_channel_that_stays_down_without_calling_on_up
     with grpc.insecure_channel(
         f"127.0.0.1:{server.port}", options=wire.GRPC_CLIENT_OPTIONS
     ) as channel:
-        grpc.channel_ready_future(channel).result(timeout=WAIT_S)
-        up = threading.Event()
-        redial = Redial(channel, on_up=up.set)
-        server.kill()
-        redial.on_error(_failed_call(channel))
-        assert redial.watching
+        redial, up = _watched_after_its_server_died(channel, server)
         redial.close()
         channel.close()  # ends the probe waiting on it
         _wait(lambda: not redial.watching, "the watch ended")
