@@ -80,8 +80,8 @@ RETRY_BACKOFF_MS_MAX = 1_000
 LEADER_WATCH_INTERVAL_MS = 50
 # Metadata and InitProducerId retries: exponential from the first to the max (Kafka's
 # retry.backoff.ms and retry.backoff.max.ms). With a 2 s max, a Writer whose every broker
-# had been down asked again at 1.1, 3.1, 5.1 s ... after the failure: the cluster, back at
-# ~2.5 s after kill -9 of all six nodes, took its first write at 5.1 s in one of 3 runs.
+# had been down asked again at 1.1, 3.1, 5.1 s ... after the failure, up to 2 s after the
+# cluster was back (`on_broker_reachable` now also asks when a broker answers again).
 METADATA_BACKOFF_MS = 100
 METADATA_BACKOFF_MS_MAX = 1_000
 # A failing InitProducerId is reported once, then at most this often (it is retried
