@@ -470,29 +470,48 @@ class ProducerCore:
         deadline_ms = now_ms + self.config.write_timeout_ms
         self.buffered += len(messages)
         default_topic = self.config.topic
-        groups: dict[tuple[str, int], list[Message]] = {}
-        # The per-message work is only what must be: a time, a topic, a partition.
+        balance = self._balancer.balance
+        # The messages of each topic by partition, in the order they came.
+        groups: dict[str, dict[int, list[Message]]] = {}
+        # The per-message work is only what must be: a time, a topic, a partition. What a
+        # topic needs (its partitions, its group) is looked up when the topic changes from
+        # one message to the next, not per message: a call is mostly of one topic.
+        topic: str | None = None
+        partitions: range | None = None
+        by_partition: dict[int, list[Message]] = {}
         for message in messages:
             if message.timestamp_ms == TIMESTAMP_UNSET:
                 message.timestamp_ms = wall_ms
-            topic = message.topic or default_topic
-            assert topic, "the shell checks that every message has a topic"
-            partition = self._partition_of(message, topic, ticket, deadline_ms, linger)
-            if partition >= 0:
-                group = groups.get((topic, partition))
-                if group is None:
-                    group = groups[(topic, partition)] = []
-                group.append(message)
-        for (topic, partition), group in groups.items():
-            self._append(
-                topic,
-                partition,
-                group,
-                ticket,
-                now_ms=now_ms,
-                deadline_ms=deadline_ms,
-                linger=linger,
-            )
+            if (message.topic or default_topic) != topic:
+                topic = message.topic or default_topic
+                assert topic, "the shell checks that every message has a topic"
+                partitions = self._partitions_of(topic)
+                by_partition = groups.setdefault(topic, {})
+            assert topic is not None
+            if partitions is None:
+                self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
+                continue
+            partition = message.partition
+            if partition is None:
+                partition = balance(message, partitions)
+            elif not 0 <= partition < len(partitions):
+                self._fail_partition(message, ticket, topic, partition, len(partitions))
+                continue
+            group = by_partition.get(partition)
+            if group is None:
+                group = by_partition[partition] = []
+            group.append(message)
+        for topic, by_partition in groups.items():
+            for partition, group in by_partition.items():
+                self._append(
+                    topic,
+                    partition,
+                    group,
+                    ticket,
+                    now_ms=now_ms,
+                    deadline_ms=deadline_ms,
+                    linger=linger,
+                )
 
     def flush(self) -> None:
         """Seal every open batch at the next poll (a `flush()` or `close()` call)."""
@@ -871,30 +890,39 @@ class ProducerCore:
 
     # ------------------------------------------------------------ routing and batching
 
+    def _partitions_of(self, topic: str) -> range | None:
+        """The topic's partition numbers (None: its metadata is not known yet)."""
+        metadata = self._metadata
+        known = metadata.topics.get(topic) if metadata is not None else None
+        return None if known is None else range(len(known.partitions))
+
     def _partition_of(
         self, message: Message, topic: str, ticket: object, deadline_ms: int, linger: bool
     ) -> int:
         """The message's partition; -1 when it waits for its topic's metadata or failed."""
-        metadata = self._metadata
-        known = metadata.topics.get(topic) if metadata is not None else None
-        if known is None:
+        partitions = self._partitions_of(topic)
+        if partitions is None:
             self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
             return -1
-        count = len(known.partitions)
         partition = message.partition
         if partition is None:
-            return self._balancer.balance(message, range(count))
-        if not 0 <= partition < count:
-            self._fail(
-                [message],
-                [ticket],
-                RaftmqError(
-                    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                    f"{topic} has {count} partitions; there is no partition {partition}",
-                ),
-            )
+            return self._balancer.balance(message, partitions)
+        if not 0 <= partition < len(partitions):
+            self._fail_partition(message, ticket, topic, partition, len(partitions))
             return -1
         return partition
+
+    def _fail_partition(
+        self, message: Message, ticket: object, topic: str, partition: int, count: int
+    ) -> None:
+        self._fail(
+            [message],
+            [ticket],
+            RaftmqError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                f"{topic} has {count} partitions; there is no partition {partition}",
+            ),
+        )
 
     def _append(
         self,

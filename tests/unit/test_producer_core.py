@@ -21,7 +21,7 @@ from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
 from raftmq.message import Message
 from raftmq.metadata import BrokerRegistration, PartitionRecord, TopicRecord
-from raftmq.record_batch import read_header
+from raftmq.record_batch import decode_batch, read_header
 from raftmq.topic_config import TopicConfig
 
 
@@ -340,6 +340,48 @@ def test_an_explicit_partition_out_of_range_fails_at_once() -> None:
     c.add([Message("x", partition=7)], "call", now_ms=0, wall_ms=1_700_000_000_000)
     [completion] = c.drain_completions()
     assert completion.error is not None and "no partition 7" in completion.error.message
+
+
+def test_one_call_of_several_topics_routes_each_message() -> None:
+    """A call may mix topics, balanced and explicit partitions: each message goes to its
+    own topic's partition, in order; the round robin runs on across topics; a partition
+    the topic lacks fails at once and a topic without metadata waits for it, neither
+    holding up the rest of the call."""
+    brokers = {1: BrokerRegistration(1, "127.0.0.1", 9001, "", "x", 1, fenced=False)}
+    topics = {
+        name: TopicRecord(
+            name,
+            name.encode() * 16,
+            TopicConfig(),
+            tuple(PartitionRecord((1,), (1,), 1, 0, 0) for _ in range(count)),
+        )
+        for name, count in (("a", 2), ("b", 3))
+    }
+    c = ProducerCore(WriterConfig(idempotent=False, linger_ms=0), RoundRobin())
+    c.on_metadata(ClusterMetadata(1, brokers, topics), now_ms=0)
+    c.add(
+        [
+            Message("a0", topic="a"),  # turn 0 of the round robin: a-0
+            Message("u0", topic="u"),  # no metadata: waits, takes no turn
+            Message("b0", topic="b"),  # turn 1: b-1
+            Message("a1", topic="a"),  # turn 2: a-0
+            Message("bad", topic="a", partition=9),
+            Message("b1", topic="b", partition=0),
+            Message("b2", topic="b"),  # turn 3: b-0
+        ],
+        "call",
+        now_ms=0,
+        wall_ms=1_700_000_000_000,
+    )
+    [failed] = c.drain_completions()
+    assert [m.value for m in failed.messages] == [b"bad"]
+    assert failed.error is not None and "a has 2 partitions" in failed.error.message
+    assert c.metadata_wanted() == {"u"}
+    [send] = c.poll(now_ms=0)
+    written = {
+        (b.topic, b.partition): [m.value for m in decode_batch(b.records)] for b in send.batches
+    }
+    assert written == {("a", 0): [b"a0", b"a1"], ("b", 1): [b"b0"], ("b", 0): [b"b1", b"b2"]}
 
 
 def test_a_request_gets_at_most_the_request_timeout() -> None:
