@@ -14,6 +14,7 @@ Balancers are not thread-safe: a Writer calls its balancer under its own lock.
 
 from __future__ import annotations
 
+import itertools
 import random
 import zlib
 from collections.abc import Sequence
@@ -45,12 +46,13 @@ class RoundRobin:
     """Each message to the next partition in turn (kafka-go's default balancer)."""
 
     def __init__(self) -> None:
-        self._next = 0
+        # The turn of the next message (kafka-go's counter; it wraps at 2**32, this one
+        # does not: no partition is favoured at the wrap). A counter, not an attribute
+        # updated per message: it runs for every message a Writer takes.
+        self._turns = itertools.count()
 
     def balance(self, message: Message, partitions: Sequence[int]) -> int:
-        partition = partitions[self._next % len(partitions)]
-        self._next = (self._next + 1) & _MASK32
-        return partition
+        return partitions[next(self._turns) % len(partitions)]
 
 
 class LeastBytes:
