@@ -27,6 +27,8 @@ _MILLISECOND = _dt.timedelta(milliseconds=1)
 _REPR_BYTES_MAX = 24
 
 Header = tuple[str, bytes | None]
+# The default `headers` of a Message, and the `headers` of one that has none.
+_NO_HEADERS: tuple[Header, ...] = ()
 
 
 def _as_bytes(data: bytes | bytearray | memoryview | str | None, what: str) -> bytes | None:
@@ -38,6 +40,17 @@ def _as_bytes(data: bytes | bytearray | memoryview | str | None, what: str) -> b
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     raise TypeError(f"{what} must be bytes, str or None, not {type(data).__name__}")
+
+
+def _headers_of(
+    headers: Iterable[tuple[str, bytes | bytearray | memoryview | str | None]],
+) -> tuple[Header, ...]:
+    pairs: list[Header] = []
+    for name, header_value in headers:
+        if not isinstance(name, str):
+            raise TypeError(f"a header key must be str, not {type(name).__name__}")
+        pairs.append((name, _as_bytes(header_value, f"header {name!r}")))
+    return tuple(pairs)
 
 
 def _timestamp_ms_of(time: _dt.datetime) -> int:
@@ -86,7 +99,7 @@ class Message:
         *,
         topic: str | None = None,
         partition: int | None = None,
-        headers: Iterable[tuple[str, bytes | bytearray | memoryview | str | None]] = (),
+        headers: Iterable[tuple[str, bytes | bytearray | memoryview | str | None]] = _NO_HEADERS,
         time: _dt.datetime | None = None,
         offset: int = OFFSET_UNSET,
         timestamp_ms: int = TIMESTAMP_UNSET,
@@ -95,24 +108,19 @@ class Message:
             if timestamp_ms != TIMESTAMP_UNSET:
                 raise ValueError("give either time or timestamp_ms, not both")
             timestamp_ms = _timestamp_ms_of(time)
-        if not TIMESTAMP_UNSET <= timestamp_ms <= _TIMESTAMP_MS_MAX:
+        if timestamp_ms != TIMESTAMP_UNSET and not 0 <= timestamp_ms <= _TIMESTAMP_MS_MAX:
             raise ValueError(
                 f"timestamp {timestamp_ms} ms is outside Kafka's range: 0 (1970) .. 2**63 - 1, "
                 "or -1 for the writer's current time"
             )
-        pairs: list[Header] = []
-        for name, header_value in headers:
-            if not isinstance(name, str):
-                raise TypeError(f"a header key must be str, not {type(name).__name__}")
-            pairs.append((name, _as_bytes(header_value, f"header {name!r}")))
-        # bytes and None are by far the common case: no call for them (a writer builds
-        # millions of messages a second).
+        # bytes, None and no headers are by far the common case: no call and no allocation
+        # for them (a writer builds hundreds of thousands of messages a second).
         self.value = value if value is None or type(value) is bytes else _as_bytes(value, "value")
         self.key = key if key is None or type(key) is bytes else _as_bytes(key, "key")
         self.topic = topic
         self.partition = partition
         self.offset = offset
-        self.headers = tuple(pairs) if pairs else ()
+        self.headers = _NO_HEADERS if headers is _NO_HEADERS else _headers_of(headers)
         self.timestamp_ms = timestamp_ms
 
     @property
