@@ -19,7 +19,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from raftmq.broker.log_store import FlushPolicy, LogStore, meta_key, partition_prefix
-from raftmq.broker.partition_log import PartitionLog, UnexpectedAppendOffsetError
+from raftmq.broker.partition_log import (
+    POINT_READS_MAX,
+    PartitionLog,
+    UnexpectedAppendOffsetError,
+)
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.message import Message
 from raftmq.record_batch import (
@@ -133,6 +137,40 @@ def test_read_only_returns_batches_below_the_upper_offset(log: PartitionLog) -> 
     assert log.read(6, max_bytes=1 << 20, upper_offset=6) == b""
     assert log.read(8, max_bytes=1 << 20, upper_offset=6) == b""  # between HW and LEO
     assert log.read(9, max_bytes=1 << 20, upper_offset=9) == b""  # at the log end
+
+
+def test_a_read_past_the_batches_looked_up_by_key_goes_on_with_an_iterator(
+    log: PartitionLog,
+) -> None:
+    """The first POINT_READS_MAX batches of a read are looked up by key, the rest come from
+    an iterator: one read returns the same whole batches either way, within max_bytes and
+    past the holes a compaction left (inside the looked-up part and past it)."""
+    count = 2 * POINT_READS_MAX + 3
+    fill(log, [2] * count)
+    end = log.log_end_offset
+    log.maybe_advance_high_watermark(end)
+    size = read_header(log.read(0, max_bytes=1, upper_offset=end)).size_bytes
+
+    def bases(fetch_offset: int, max_bytes: int = 1 << 20) -> list[int]:
+        return [
+            h.base_offset
+            for h in headers(log.read(fetch_offset, max_bytes=max_bytes, upper_offset=end))
+        ]
+
+    assert bases(0) == list(range(0, end, 2))
+    assert bases(0, max_bytes=3 * size) == [0, 2, 4]  # stops among the lookups
+    assert bases(0, max_bytes=(POINT_READS_MAX + 2) * size) == list(
+        range(0, 2 * (POINT_READS_MAX + 2), 2)
+    )  # stops in the iterated part
+    holes = [6, 2 * POINT_READS_MAX + 2]
+    for hole in holes:
+        batch = log.read(hole, max_bytes=1, upper_offset=end)
+        assert log.replace_batches([(hole, batch, None)]) == 1
+    kept = [b for b in range(0, end, 2) if b not in holes]
+    assert bases(0) == kept
+    assert bases(6) == [b for b in kept if b > 6]  # fetched in a hole: the next batch on
+    assert bases(7) == [b for b in kept if b > 6]  # inside the hole
+    assert bases(3) == [b for b in kept if b >= 2]  # inside a batch: that batch first
 
 
 def test_read_outside_the_log_is_offset_out_of_range(log: PartitionLog) -> None:
