@@ -65,7 +65,7 @@ from raftmq.errors import (
 )
 from raftmq.message import TIMESTAMP_UNSET, Message
 from raftmq.metadata import NO_LEADER
-from raftmq.record_batch import encode_batch
+from raftmq.record_batch import encode_batch, untrack_messages
 
 ACKS_ALL = -1
 INFLIGHT_IDEMPOTENT_MAX = 5  # Kafka: the leader's duplicate window per producer
@@ -467,6 +467,10 @@ class ProducerCore:
         could be sent)."""
         assert not self.closed, "the shell refuses writes after close"
         assert len(messages) <= self.room()
+        # Held until acknowledged, they would be walked by every collection of the
+        # generations they reach (bench produce 300-350k msgs/s with the collector on,
+        # 410-450k with it off).
+        untrack_messages(messages)
         deadline_ms = now_ms + self.config.write_timeout_ms
         self.buffered += len(messages)
         default_topic = self.config.topic

@@ -23,6 +23,10 @@
  * with them tracked, 1.0-1.2M untracked, alternating runs). Freeing one is unchanged
  * (refcounting). What this gives up: a cycle made by assigning a slot, against its type,
  * a container that refers back to the message (`m.headers = [m]`) is never collected.
+ * untrack_messages does the same for the messages a Writer takes, after checking that
+ * their slots hold only such values: in flight they would otherwise be walked by every
+ * collection of the generations they reach (bench produce: 300-350k msgs/s with the
+ * collector on, 410-450k with it off).
  *
  * Safety rules followed throughout:
  * - every varint and every length is checked against the end of its record (or batch)
@@ -979,11 +983,79 @@ payload_bytes(PyObject *module, PyObject *messages)
     return PyLong_FromLongLong(total);
 }
 
+/* An atomic value for untrack_messages: nothing it holds can refer to a Message. */
+static int
+is_atomic_or_none(PyObject *obj)
+{
+    return obj == Py_None || PyBytes_CheckExact(obj) || PyUnicode_CheckExact(obj) ||
+           PyLong_CheckExact(obj);
+}
+
+/* A headers slot that can refer to nothing: a tuple of (str, bytes-or-None) tuples. */
+static int
+headers_are_atomic(PyObject *headers)
+{
+    if (!PyTuple_CheckExact(headers)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(headers); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+            !(PyTuple_GET_ITEM(pair, 1) == Py_None || PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1)))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(untrack_messages_doc,
+"untrack_messages(messages, /) -> int\n\n"
+"Take out of the cycle collector's lists every Message (exactly that type) whose slots\n"
+"hold only bytes, str, int, None and headers of (str, bytes-or-None) pairs: no cycle can\n"
+"go through such a message, as through a decoded one. Returns how many were untracked.");
+
+static PyObject *
+untrack_messages(PyObject *module, PyObject *messages)
+{
+    (void)module;
+    PyObject *seq = PySequence_Fast(messages, "untrack_messages() takes a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t untracked = 0;
+    /* No Python code runs in the loop: only type checks and reads of slots. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *message = PySequence_Fast_GET_ITEM(seq, i);
+        if (Py_TYPE(message) != message_type || !PyObject_GC_IsTracked(message)) {
+            continue;
+        }
+        int atomic = 1;
+        for (int slot = 0; slot < SLOT_COUNT && atomic; slot++) {
+            PyObject *value = SLOT(message, slot);
+            if (value == NULL) {
+                atomic = 0; /* unset: left alone */
+            } else if (slot == SLOT_HEADERS) {
+                atomic = headers_are_atomic(value);
+            } else {
+                atomic = is_atomic_or_none(value);
+            }
+        }
+        if (atomic) {
+            PyObject_GC_UnTrack(message);
+            untracked++;
+        }
+    }
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(untracked);
+}
+
 static PyMethodDef codec_methods[] = {
     {"encode_records", encode_records, METH_VARARGS, encode_records_doc},
     {"decode_records", (PyCFunction)(void (*)(void))decode_records,
      METH_VARARGS | METH_KEYWORDS, decode_records_doc},
     {"payload_bytes", payload_bytes, METH_O, payload_bytes_doc},
+    {"untrack_messages", untrack_messages, METH_O, untrack_messages_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from raftmq.message import Header, Message
 
-__all__ = ["decode_records", "encode_records", "payload_bytes"]
+__all__ = ["decode_records", "encode_records", "payload_bytes", "untrack_messages"]
 
 _INT32_MAX = 2**31 - 1
 _INT64_MIN = -(2**63)
@@ -310,3 +310,9 @@ def payload_bytes(messages: list[Message]) -> int:
             raise TypeError(f"payload_bytes() item {i} is {type(message).__name__}, not Message")
         total += len(message.key or b"") + len(message.value or b"")
     return total
+
+
+def untrack_messages(messages: Sequence[Message]) -> int:
+    """Python cannot take an object out of the cycle collector's lists: none is (the
+    compiled codec does; see its comment on decoded messages and the GC)."""
+    return 0

@@ -77,7 +77,10 @@ class Message:
     the current time. `offset` is -1 until the message was read from a log.
 
     The fields are plain mutable attributes; `encode_batch` reads them as they are when it
-    is called.
+    is called. Decoded messages, and those a Writer accepts whose fields hold only bytes,
+    str, int, None and such headers, are left to reference counting, outside the cycle
+    collector: a container assigned to a field that refers back to its message
+    (`m.headers = [m]`) is then never collected.
     """
 
     # The compiled codec reads and writes these slots by offset: renaming one breaks its

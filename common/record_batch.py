@@ -80,6 +80,7 @@ __all__ = [
     "record_count",
     "record_slices",
     "stamp_batch",
+    "untrack_messages",
     "validate_batch",
 ]
 
@@ -134,6 +135,8 @@ class _RecordsCodec(Protocol):
     ) -> list[Message]: ...
 
     def payload_bytes(self, messages: list[Message], /) -> int: ...
+
+    def untrack_messages(self, messages: Sequence[Message], /) -> int: ...
 
 
 def _load_records_codec() -> tuple[_RecordsCodec, str]:
@@ -451,6 +454,16 @@ def payload_bytes(messages: list[Message]) -> int:
     as kafka-go's ReaderStats.Bytes counts them: the compiled codec sums them without a
     Python loop over every message. Raises TypeError for anything but a list of Message."""
     return _records.payload_bytes(messages)
+
+
+def untrack_messages(messages: Sequence[Message]) -> int:
+    """Take the messages a Writer accepted out of the cycle collector's lists, each one
+    whose fields hold only bytes, str, int, None and (str, bytes-or-None) headers: no
+    cycle can go through such a message (decoded messages are built untracked for the same
+    reason). A Writer's in-flight messages are otherwise walked by every collection of
+    the generations they reach. Returns how many were untracked (0 with the pure-Python
+    codec, which cannot untrack)."""
+    return _records.untrack_messages(messages)
 
 
 def decode_batches(

@@ -252,6 +252,34 @@ def test_compiled_decode_leaves_messages_to_refcounting_not_the_cycle_collector(
     assert decoded[0].headers == (("k", b"v"),)
 
 
+def test_compiled_untrack_takes_only_messages_no_cycle_can_go_through() -> None:
+    """The messages a Writer accepts leave the cycle collector's lists when every field
+    holds bytes, str, int, None or (str, bytes-or-None) headers; a message holding
+    anything else (a cycle may go through it) or of a subclass (it may have a __dict__)
+    stays tracked, and untracked ones are still freed by refcounting."""
+    if _codec is None:
+        pytest.skip("raftmq._codec is not built")
+
+    class Subclass(Message):
+        pass
+
+    plain = [
+        Message(b"v"),
+        Message("text", b"key", topic="t", partition=2, headers=[("h", b"1"), ("n", None)]),
+    ]
+    cyclic = Message(b"v")
+    cyclic.headers = [("me", cyclic)]  # type: ignore[assignment, list-item]
+    odd = Message(b"v")
+    odd.value = bytearray(b"not bytes")  # type: ignore[assignment]
+    others = [cyclic, odd, Subclass(b"v")]
+    assert _codec.untrack_messages([*plain, *others]) == 2
+    assert [gc.is_tracked(m) for m in plain] == [False, False]
+    assert all(gc.is_tracked(m) for m in others)
+    assert _codec.untrack_messages(plain) == 0  # already untracked: left as they are
+    assert sys.getrefcount(plain[0]) == 3  # the list, the subscript, getrefcount's argument
+    assert _codec_py.untrack_messages(plain) == 0  # Python cannot untrack
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_payload_bytes_counts_keys_and_values(impl: ModuleType) -> None:
     with using(impl):
