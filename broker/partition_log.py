@@ -87,10 +87,10 @@ UNDEFINED_EPOCH_OFFSET = -1
 # Retention does bounded work per call so produce/fetch on the partition (same lock) never
 # wait long: at most this many batches and this many bytes read per call.
 RETENTION_BATCHES_MAX = 1000
+RETENTION_SCAN_BYTES_MAX = 64 * 1024 * 1024
 # A read looks up at most this many batches by key before it takes an iterator: enough
 # for what a follower or consumer that keeps up finds new at the end of the log.
 POINT_READS_MAX = 8
-RETENTION_SCAN_BYTES_MAX = 64 * 1024 * 1024
 
 EpochEntry = tuple[int, int]  # (leader_epoch, start_offset)
 
