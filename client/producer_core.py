@@ -480,27 +480,27 @@ class ProducerCore:
         # The per-message work is only what must be: a time, a topic, a partition. What a
         # topic needs (its partitions, its group) is looked up when the topic changes from
         # one message to the next, not per message: a call is mostly of one topic.
-        topic: str | None = None
+        topic = ""  # no topic is named "": the first message sets it
         partitions: range | None = None
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
             if message.timestamp_ms == TIMESTAMP_UNSET:
                 message.timestamp_ms = wall_ms
-            if (message.topic or default_topic) != topic:
-                topic = message.topic or default_topic
-                assert topic, "the shell checks that every message has a topic"
+            name = message.topic or default_topic
+            if name != topic:
+                assert name, "the shell checks that every message has a topic"
+                topic = name
                 partitions = self._partitions_of(topic)
                 by_partition = groups.setdefault(topic, {})
-            assert topic is not None
-            if partitions is None:
-                self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
-                continue
             partition = message.partition
-            if partition is None:
+            if partition is not None or partitions is None:
+                partition = self._partition_in(
+                    message, topic, partitions, ticket, deadline_ms=deadline_ms, linger=linger
+                )
+                if partition < 0:
+                    continue
+            else:  # the common case, inline: a balanced message of a known topic
                 partition = balance(message, partitions)
-            elif not 0 <= partition < len(partitions):
-                self._fail_partition(message, ticket, topic, partition, len(partitions))
-                continue
             group = by_partition.get(partition)
             if group is None:
                 group = by_partition[partition] = []
@@ -546,7 +546,14 @@ class ProducerCore:
             if topic in metadata.topics:
                 waiting = self._unrouted.pop(topic)
                 for message, ticket, deadline_ms, linger in waiting:
-                    partition = self._partition_of(message, topic, ticket, deadline_ms, linger)
+                    partition = self._partition_in(
+                        message,
+                        topic,
+                        self._partitions_of(topic),
+                        ticket,
+                        deadline_ms=deadline_ms,
+                        linger=linger,
+                    )
                     if partition >= 0:
                         self._append(
                             topic,
@@ -900,11 +907,18 @@ class ProducerCore:
         known = metadata.topics.get(topic) if metadata is not None else None
         return None if known is None else range(len(known.partitions))
 
-    def _partition_of(
-        self, message: Message, topic: str, ticket: object, deadline_ms: int, linger: bool
+    def _partition_in(
+        self,
+        message: Message,
+        topic: str,
+        partitions: range | None,
+        ticket: object,
+        *,
+        deadline_ms: int,
+        linger: bool,
     ) -> int:
-        """The message's partition; -1 when it waits for its topic's metadata or failed."""
-        partitions = self._partitions_of(topic)
+        """The message's partition among the topic's `partitions` (None: its metadata is
+        not known yet); -1 when it waits for that metadata or failed."""
         if partitions is None:
             self._unrouted.setdefault(topic, []).append((message, ticket, deadline_ms, linger))
             return -1
@@ -912,21 +926,16 @@ class ProducerCore:
         if partition is None:
             return self._balancer.balance(message, partitions)
         if not 0 <= partition < len(partitions):
-            self._fail_partition(message, ticket, topic, partition, len(partitions))
+            self._fail(
+                [message],
+                [ticket],
+                RaftmqError(
+                    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                    f"{topic} has {len(partitions)} partitions; there is no partition {partition}",
+                ),
+            )
             return -1
         return partition
-
-    def _fail_partition(
-        self, message: Message, ticket: object, topic: str, partition: int, count: int
-    ) -> None:
-        self._fail(
-            [message],
-            [ticket],
-            RaftmqError(
-                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                f"{topic} has {count} partitions; there is no partition {partition}",
-            ),
-        )
 
     def _append(
         self,
