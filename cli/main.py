@@ -415,15 +415,25 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- data
 
 
+def _freeze_imports() -> None:
+    """A long-running client command, its modules imported: their objects leave the
+    collector's generations (see `raftmq.heap`)."""
+    from raftmq.heap import freeze_startup_heap
+
+    freeze_startup_heap("cli", log=False)
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from raftmq.cli.data import produce
 
+    _freeze_imports()
     return produce(args)
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
     from raftmq.cli.data import consume
 
+    _freeze_imports()
     return consume(args)
 
 
@@ -442,12 +452,14 @@ def cmd_group(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from raftmq.cli.bench import run_bench
 
+    _freeze_imports()
     return run_bench(args)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     from raftmq.chaos.runner import main as chaos_main
 
+    _freeze_imports()
     return chaos_main(args)
 
 

@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+import structlog.testing
 from prometheus_client import CollectorRegistry, Histogram
 from raftmq.heap import (
     GC_PAUSE_BUCKETS_S,
@@ -63,3 +64,14 @@ def test_gc_pauses_are_timed_and_moved_into_the_histogram() -> None:
     assert (count("test_gc_pause_seconds_count", {"generation": "2"}) or 0) >= 1
     assert count("test_gc_pause_seconds_count", {"generation": "0"}) >= 1
     assert (count("test_gc_pause_seconds_sum", {"generation": "2"}) or 0) > 0
+
+
+def test_a_command_line_process_freezes_without_logging(unfrozen: None) -> None:
+    alive = [_Node() for _ in range(10)]
+    with structlog.testing.capture_logs() as logs:
+        frozen = freeze_startup_heap("cli", log=False)
+        assert frozen == gc.get_freeze_count() >= len(alive)
+    assert logs == [], "the command line's stderr is the user's"
+    with structlog.testing.capture_logs() as logs:
+        freeze_startup_heap("broker")
+    assert [e["event"] for e in logs] == ["heap.frozen"]
