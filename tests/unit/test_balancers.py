@@ -21,6 +21,18 @@ def test_round_robin_cycles() -> None:
     assert [rr.balance(key(None), [0, 1, 2]) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_round_robin_takes_turns_in_bulk_as_one_at_a_time(count: int) -> None:
+    bulk, single = RoundRobin(), RoundRobin()
+    bulk.balance(key(None), [0, 1, 2])  # not from turn 0
+    single.balance(key(None), [0, 1, 2])
+    first = bulk.take_turns(count)
+    assert [(first + i) % 3 for i in range(count)] == [
+        single.balance(key(None), [0, 1, 2]) for _ in range(count)
+    ]
+    assert bulk.balance(key(None), [0, 1, 2]) == single.balance(key(None), [0, 1, 2])
+
+
 @pytest.mark.parametrize(
     ("k", "partitions", "expected"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 
 import pytest
@@ -19,7 +20,7 @@ from raftmq.client.producer_core import (
 )
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
-from raftmq.message import Message
+from raftmq.message import TIMESTAMP_UNSET, Message
 from raftmq.metadata import BrokerRegistration, PartitionRecord, TopicRecord
 from raftmq.record_batch import decode_batch, read_header
 from raftmq.topic_config import TopicConfig
@@ -384,6 +385,62 @@ def test_one_call_of_several_topics_routes_each_message() -> None:
     assert written == {("a", 0): [b"a0", b"a1"], ("b", 1): [b"b0"], ("b", 0): [b"b1", b"b2"]}
 
 
+class _OneAtATime(RoundRobin):
+    """RoundRobin's turns, but not RoundRobin itself: the core balances each message."""
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_round_robin_call_spread_in_bulk_makes_the_batches_of_one_message_at_a_time(
+    seed: int,
+) -> None:
+    """`add` spreads a round-robin call of its topic's balanced messages in slices; any
+    other call goes message by message. Both make the same batches, byte for byte, with
+    batches sealed by count and by bytes in the middle of calls."""
+    rng = random.Random(seed)
+    calls = []
+    for _ in range(30):
+        call = []
+        for i in range(rng.randint(1, 25)):
+            value = b"v" * rng.choice((1, 10, 60))
+            kind = rng.random()
+            if kind < 0.05:
+                call.append(Message(value, partition=rng.randrange(3)))
+            elif kind < 0.1:
+                call.append(Message(value, topic="t"))  # the Writer's topic, named
+            else:
+                call.append(
+                    Message(value, timestamp_ms=1_000 + i if kind < 0.2 else TIMESTAMP_UNSET)
+                )
+        calls.append(call)
+
+    def batches(balancer: RoundRobin) -> list[tuple[str, int, bytes]]:
+        c = ProducerCore(
+            WriterConfig(topic="t", batch_size=7, batch_bytes=400, idempotent=False),
+            balancer,
+        )
+        c.on_metadata(metadata(3), now_ms=0)
+        made = []
+        for n, call in enumerate(calls):
+            copies = [
+                Message(m.value, topic=m.topic, partition=m.partition, timestamp_ms=m.timestamp_ms)
+                for m in call
+            ]
+            c.add(copies, n, now_ms=0, wall_ms=1_700_000_000_000, linger=n % 2 == 0)
+            # Bound: each send is answered, so the window reopens.
+            while sends := c.poll(now_ms=n):
+                for send in sends:
+                    made += [(b.topic, b.partition, b.records) for b in send.batches]
+                    c.on_produce_response(send.request_id, ok(send), now_ms=n)
+        c.flush()
+        for send in c.poll(now_ms=10_000):
+            made += [(b.topic, b.partition, b.records) for b in send.batches]
+        return made
+
+    bulk, one_at_a_time = batches(RoundRobin()), batches(_OneAtATime())
+    assert len(bulk) > 30
+    assert bulk == one_at_a_time
+
+
 def test_a_request_gets_at_most_the_request_timeout() -> None:
     c = core(request_timeout_ms=2_000, write_timeout_ms=30_000)
     c.add(messages(1), "call", now_ms=0, wall_ms=1_700_000_000_000, linger=False)
@@ -408,6 +465,18 @@ def test_batch_bytes_seals_and_a_big_message_goes_alone() -> None:
     [send] = c.poll(now_ms=0)
     counts = [read_header(b.records).record_count for b in send.batches]
     assert counts == [2, 1, 1]  # 2 x 110 B fit in 250; the 1000 B message is a batch alone
+
+
+def test_batch_bytes_holds_across_calls() -> None:
+    """Calls that each fit whole are summed without a size per message: the open batch
+    still takes no more than batch_bytes."""
+    c = core(batch_bytes=300)
+    for n in range(5):
+        c.add([Message(b"x" * 100, partition=0)], n, now_ms=0, wall_ms=1_700_000_000_000)
+    c.flush()
+    [send] = c.poll(now_ms=0)
+    counts = [read_header(b.records).record_count for b in send.batches]
+    assert counts == [2, 2, 1]  # 3 x 110 B do not fit in 300
 
 
 def test_a_write_error_is_retriable_only_when_every_cause_is() -> None:
