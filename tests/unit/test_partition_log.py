@@ -35,6 +35,7 @@ from raftmq.record_batch import (
     read_header,
     stamp_batch,
 )
+from rocksdict import Options, Rdict
 
 TOPIC = bytes(range(16))
 OTHER_TOPIC = bytes(range(16, 32))
@@ -80,8 +81,32 @@ def fill(log: PartitionLog, sizes: list[int], *, epoch: int = 0, ts_ms: int = 10
 
 def reopen(store: LogStore, tmp_path: Path) -> tuple[LogStore, PartitionLog]:
     store.close()
+    return reopen_closed(tmp_path)
+
+
+def reopen_closed(tmp_path: Path) -> tuple[LogStore, PartitionLog]:
     reopened = LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE)
     return reopened, reopened.open_partition(TOPIC, 0)
+
+
+def test_a_store_whose_blocks_rocksdb_compressed_reopens_with_every_batch(
+    store: LogStore, log: PartitionLog, tmp_path: Path
+) -> None:
+    """Stores made before batches were kept uncompressed hold snappy blocks: a broker
+    upgraded onto them reads them all, and appends after them."""
+    fill(log, [3, 1, 4])
+    store.close()
+    snappy = Rdict(str(tmp_path / "store"), Options(raw_mode=True))  # RocksDB's default
+    snappy.compact_range(None, None)  # every batch into snappy-compressed SST blocks
+    snappy.close()
+    reopened, log = reopen_closed(tmp_path)
+    try:
+        log.append_as_leader(make_batch(2), leader_epoch=0)
+        data = log.read(0, max_bytes=1 << 20, upper_offset=10)
+        assert [h.record_count for h in headers(data)] == [3, 1, 4, 2]
+        assert log.log_end_offset == 10
+    finally:
+        reopened.close()
 
 
 # --- appends and reads ---------------------------------------------------------------------
