@@ -552,11 +552,13 @@ class ProducerCore:
                 message.timestamp_ms = wall_ms
         first = rotation.take_turns(len(messages))
         count = len(partitions)
+        # Slices of a list are lists, which `_append` takes: no tuple slice copied again.
+        spread = messages if isinstance(messages, list) else list(messages)
         for turn in range(first, first + min(count, len(messages))):
             self._append(
                 topic,
                 partitions[turn % count],
-                list(messages[turn - first :: count]),
+                spread[turn - first :: count],
                 ticket,
                 now_ms=now_ms,
                 deadline_ms=deadline_ms,
