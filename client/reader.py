@@ -299,7 +299,8 @@ class Reader:
         else:
             assert isinstance(step, FetchStep)
             try:
-                [result] = self._pool.conn(step.endpoint).fetch(
+                [result] = self._pool.fetch(
+                    step.endpoint,
                     [(core.topic, core.partition, step.offset)],
                     max_wait_ms=step.max_wait_ms,
                     min_bytes=step.min_bytes,

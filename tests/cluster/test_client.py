@@ -669,3 +669,121 @@ def test_the_produce_stream_pipelines_requests_and_answers_each_one(brokers: lis
     late.wait(1, timeout_s=1)
     failure = late.by_request[0]
     assert isinstance(failure, RaftmqError) and failure.code == ErrorCode.BROKER_NOT_AVAILABLE
+
+
+# ---------------------------------------------------------------- the fetch stream
+
+
+def fetch_at(
+    pool: BrokerPool, address: str, topic: str, offset: int, *, max_wait_ms: int, timeout_ms: int
+) -> protocol.FetchResult:
+    [result] = pool.fetch(
+        address,
+        [(topic, 0, offset)],
+        max_wait_ms=max_wait_ms,
+        min_bytes=1,
+        max_bytes=1 << 20,
+        partition_max_bytes=1 << 20,
+        leader_epoch=-1,
+        timeout_ms=timeout_ms,
+    )
+    return result
+
+
+def test_a_reader_fetches_on_one_fetch_stream_and_answers_come_as_fetches_complete(
+    brokers: list[str],
+) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("fetch-stream", partitions=1, replication_factor=3)
+    with Writer(brokers, topic="fetch-stream") as writer:
+        writer.write_messages(*[Message(b"m%d" % n, partition=0) for n in range(20)])
+    with Reader(brokers, "fetch-stream", 0, start_offset=FirstOffset, max_wait_ms=200) as reader:
+        got = [reader.read_message(timeout_ms=10_000).value for _ in range(20)]
+        with pytest.raises(TimeoutError):  # long polls at the end, answered empty
+            reader.read_message(timeout_ms=500)
+        streams = dict(reader._pool._streams)  # what the pool opened
+    assert got == [b"m%d" % n for n in range(20)]
+    [(method, address)] = streams
+    assert method == "FetchStream"
+    leader = Conn.dial_leader(brokers, "fetch-stream", 0)
+    pool = BrokerPool(brokers)
+    try:
+        assert leader.address == address
+        # A long poll at the end of the log does not hold up a fetch behind it on the
+        # same stream: the broker answers each when it completes.
+        polled: list[tuple[float, protocol.FetchResult]] = []
+        started = time.monotonic()
+
+        def long_poll() -> None:
+            result = fetch_at(
+                pool, address, "fetch-stream", 20, max_wait_ms=3_000, timeout_ms=8_000
+            )
+            polled.append((time.monotonic() - started, result))
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        time.sleep(0.3)  # the long poll is waiting at the broker
+        data = fetch_at(pool, address, "fetch-stream", 5, max_wait_ms=3_000, timeout_ms=8_000)
+        data_s = time.monotonic() - started
+        poller.join(timeout=10)
+        assert data.error is None
+        assert [m.value for m in decode_from(data.records, "fetch-stream", 0, 5)][:1] == [b"m5"]
+        [(polled_s, empty)] = polled
+        assert empty.error is None and empty.records == b""
+        assert data_s < 2.0 < polled_s, (data_s, polled_s)
+        stream = pool.fetch_stream(address)
+        # A caller that runs out of time fails alone: the stream goes on serving.
+        with pytest.raises(RaftmqError) as late:
+            fetch_at(pool, address, "fetch-stream", 20, max_wait_ms=500, timeout_ms=100)
+        assert late.value.code == ErrorCode.BROKER_NOT_AVAILABLE
+        again = fetch_at(pool, address, "fetch-stream", 19, max_wait_ms=500, timeout_ms=5_000)
+        assert again.error is None and again.records
+        assert pool.fetch_stream(address) is stream and stream is not None
+        assert not stream.failed
+        # Closing the pool ends a fetch in flight at once.
+        waiting: list[BaseException] = []
+
+        def waits() -> None:
+            try:
+                fetch_at(pool, address, "fetch-stream", 20, max_wait_ms=10_000, timeout_ms=15_000)
+            except RaftmqError as e:
+                waiting.append(e)
+
+        waiter = threading.Thread(target=waits)
+        waiter.start()
+        time.sleep(0.3)
+        closed_at = time.monotonic()
+        pool.close()
+        waiter.join(timeout=5)
+        assert time.monotonic() - closed_at < 2
+        [closed] = waiting
+        assert isinstance(closed, RaftmqError) and closed.code == ErrorCode.BROKER_NOT_AVAILABLE
+    finally:
+        pool.close()
+        leader.close()
+
+
+def test_a_fetch_stream_says_a_replica_id_is_not_for_consumers(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("fetch-stream-replica", partitions=1, replication_factor=3)
+    leader = Conn.dial_leader(brokers, "fetch-stream-replica", 0)
+    pool = BrokerPool(brokers)
+    try:
+        stream = pool.fetch_stream(leader.address)
+        assert stream is not None
+        request = protocol.fetch_request(
+            [("fetch-stream-replica", 0, 0, -1)],
+            max_wait_ms=100,
+            min_bytes=1,
+            max_bytes=1 << 20,
+            partition_max_bytes=1 << 20,
+        )
+        request.replica_id = 2
+        answer = stream.fetch(request, timeout_ms=5_000)
+        assert isinstance(answer, pb.FetchResponse), answer
+        [result] = protocol.fetch_results(answer)
+        assert result.error is not None and result.error.code == ErrorCode.INVALID_REQUEST
+        assert not stream.failed
+    finally:
+        pool.close()
+        leader.close()
