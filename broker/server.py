@@ -60,9 +60,6 @@ _Response = TypeVar("_Response")
 # reads no more: the client's next requests wait in the stream's flow control. (A Writer
 # keeps at most 5 batches in flight per partition.)
 PRODUCE_STREAM_INFLIGHT_MAX = 128
-# The same for a FetchStream. (A Reader has one fetch in flight; a group's member one per
-# broker it fetches from.) Each waiting fetch is a delayed operation, holding no thread.
-FETCH_STREAM_INFLIGHT_MAX = 128
 
 
 async def observed(
@@ -166,64 +163,43 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         request_iterator: AsyncIterator[pb.ProduceStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ProduceStreamResponse]:
-        """Pipelined produce (see broker.proto); acks=0 requests are not answered."""
-        # Bound: one answer per request, until the client closes its side.
-        async for answer in self._pipelined(
-            request_iterator,
-            context,
-            api="Produce",
-            inflight_max=PRODUCE_STREAM_INFLIGHT_MAX,
-            handle=self._produce,
-            answered=lambda request: request.acks != 0,
-            wrap=pb.ProduceStreamResponse,
-        ):
-            yield answer
-
-    async def _pipelined(
-        self,
-        request_iterator: AsyncIterator[Any],
-        context: grpc.aio.ServicerContext[Any, Any],
-        *,
-        api: str,
-        inflight_max: int,
-        handle: Callable[[Any], Awaitable[Any]],
-        answered: Callable[[Any], bool],
-        wrap: Callable[..., Any],
-    ) -> AsyncIterator[Any]:
-        """The answers of a pipelined stream (ProduceStream, FetchStream): each item
-        (`correlation_id`, `request`) is handled as soon as it is read, at most
-        `inflight_max` at a time, and answered (`wrap(correlation_id=, response=)`) when
-        it completes, unless `answered(request)` says it gets no answer. A request that
-        fails with an exception (a bug) ends the stream with it, like a unary call's
-        failure: the client then fails everything it had in flight on this stream."""
+        """Pipelined produce (see broker.proto): each request is handled as soon as it is
+        read, at most PRODUCE_STREAM_INFLIGHT_MAX at a time, and answered when it
+        completes; acks=0 requests are not answered. A request that fails with an
+        exception (a bug) ends the stream with it, like a unary call's failure: the client
+        then fails everything it had in flight on this stream and retries it."""
         # Items: an answer to write, an exception to end the stream with, or None (the
         # client closed its side and every request was answered).
         # Invariant: a request holds one of `slots` from before it is handled until its
-        # answer is written (or, unanswered, until it completed), so at most
-        # `inflight_max` requests are in progress and `answers` never holds more items
-        # than that plus two.
-        answers: asyncio.Queue[Any] = asyncio.Queue()
-        slots = asyncio.Semaphore(inflight_max)
+        # answer is written (or, acks=0, until it completed), so at most
+        # PRODUCE_STREAM_INFLIGHT_MAX requests are in progress and `answers` never holds
+        # more items than that plus two.
+        answers: asyncio.Queue[pb.ProduceStreamResponse | Exception | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(PRODUCE_STREAM_INFLIGHT_MAX)
         handling: set[asyncio.Task[None]] = set()
 
-        async def handle_one(item: Any) -> None:
+        async def handle(item: pb.ProduceStreamRequest) -> None:
             try:
-                response = await observed(self.metrics, api, context, handle(item.request))
+                response = await observed(
+                    self.metrics, "Produce", context, self._produce(item.request)
+                )
             except Exception as e:
-                self.log.exception("request_stream.request_failed", api=api)
+                self.log.exception("produce_stream.request_failed")
                 answers.put_nowait(e)
                 return
-            if not answered(item.request):
+            if item.request.acks == 0:
                 slots.release()
                 return
-            answers.put_nowait(wrap(correlation_id=item.correlation_id, response=response))
+            answers.put_nowait(
+                pb.ProduceStreamResponse(correlation_id=item.correlation_id, response=response)
+            )
 
         async def read_requests() -> None:
             try:
                 # Bound: one iteration per request, until the client closes its side.
                 async for item in request_iterator:
                     await slots.acquire()
-                    task = asyncio.create_task(handle_one(item))
+                    task = asyncio.create_task(handle(item))
                     handling.add(task)
                     task.add_done_callback(handling.discard)
                 if handling:
@@ -283,27 +259,6 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchResponse:
-        return await self._fetch(request)
-
-    async def FetchStream(
-        self,
-        request_iterator: AsyncIterator[pb.FetchStreamRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[pb.FetchStreamResponse]:
-        """Pipelined consumer fetches (see broker.proto): each answered when it completes."""
-        # Bound: one answer per request, until the client closes its side.
-        async for answer in self._pipelined(
-            request_iterator,
-            context,
-            api="Fetch",
-            inflight_max=FETCH_STREAM_INFLIGHT_MAX,
-            handle=self._fetch,
-            answered=lambda request: True,
-            wrap=pb.FetchStreamResponse,
-        ):
-            yield answer
-
-    async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
         if request.replica_id >= 0:
             error = wire.error_to_pb(
                 ErrorCode.INVALID_REQUEST,

@@ -27,9 +27,9 @@ import structlog
 from raftmq import wire
 from raftmq.client.async_conn import AsyncConn
 from raftmq.client.conn import closed_error, now_ms, transport_error
-from raftmq.client.produce_stream import Answer
-from raftmq.client.request_stream import (
-    STREAM_QUEUE_MAX,
+from raftmq.client.produce_stream import (
+    PRODUCE_STREAM_QUEUE_MAX,
+    Answer,
     PendingAnswers,
     no_answer_error,
     queue_full_error,
@@ -50,11 +50,11 @@ class AsyncProduceStream:
         self.endpoint = conn.address
         # None ends the request iterator (and with it grpc's writing task).
         self._outbox: asyncio.Queue[pb.ProduceStreamRequest | None] = asyncio.Queue(
-            maxsize=STREAM_QUEUE_MAX
+            maxsize=PRODUCE_STREAM_QUEUE_MAX
         )
         # Each request's `on_answer` is called exactly once: by the reader with its
         # answer, or with the failure when the stream fails.
-        self._answers: PendingAnswers[pb.ProduceResponse] = PendingAnswers()
+        self._answers = PendingAnswers()
         # The broker answered UNIMPLEMENTED: it has no ProduceStream. Set once, before
         # the stream fails.
         self.unimplemented = False
@@ -86,7 +86,7 @@ class AsyncProduceStream:
                 )
             except asyncio.QueueFull:
                 self._answers.pop(correlation_id)
-                failure = queue_full_error(self.endpoint, "ProduceStream")
+                failure = queue_full_error(self.endpoint)
         if failure is not None and on_answer is not None:
             on_answer(failure)
 
@@ -96,7 +96,7 @@ class AsyncProduceStream:
         deadline_ms = self._answers.next_deadline_ms()
         if deadline_ms is None or deadline_ms > now_ms:
             return deadline_ms
-        self.fail(no_answer_error(self.endpoint, "ProduceStream"))
+        self.fail(no_answer_error(self.endpoint))
         return None
 
     async def close(self) -> None:
@@ -109,7 +109,7 @@ class AsyncProduceStream:
         pending = self._answers.fail(error)
         if pending is None:
             return
-        # Bound: the outbox holds at most STREAM_QUEUE_MAX items; then None fits.
+        # Bound: the outbox holds at most PRODUCE_STREAM_QUEUE_MAX items; then None fits.
         while not self._outbox.empty():
             self._outbox.get_nowait()
         self._outbox.put_nowait(None)

@@ -8,19 +8,14 @@ import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
 
 import structlog
 from raftmq import wire
-from raftmq.client import protocol
 from raftmq.client.conn import Conn, now_ms
 from raftmq.client.deadlines import call_timeout_ms
-from raftmq.client.fetch_stream import FetchStream
 from raftmq.client.produce_stream import ProduceStream
-from raftmq.client.protocol import ClusterMetadata, FetchResult
-from raftmq.client.request_stream import RequestStream
+from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError
-from raftmq.v1 import broker_pb2 as pb
 
 _log = structlog.get_logger("raftmq.client")
 
@@ -102,8 +97,8 @@ def no_producer_id(failures: list[str], timeout_ms: int | None) -> RaftmqError:
 
 
 class BrokerPool:
-    """Conns by address (one gRPC channel each, shared), their produce and fetch streams,
-    plus the latest metadata seen."""
+    """Conns by address (one gRPC channel each, shared), their produce streams, plus the
+    latest metadata seen."""
 
     def __init__(
         self,
@@ -117,12 +112,11 @@ class BrokerPool:
         self._on_reconnect = on_reconnect
         self._lock = threading.Lock()
         self._conns: dict[str, Conn] = {}
-        # At most one open stream per (method, address); a failed one is replaced on
-        # next use.
-        self._streams: dict[tuple[str, str], RequestStream[Any, Any]] = {}
-        # (method, address) whose broker has no such stream (it answered UNIMPLEMENTED):
-        # the Writer and Reader send to it with unary calls. Only grows.
-        self._unary_only: set[tuple[str, str]] = set()
+        # At most one open stream per address; a failed one is replaced on next use.
+        self._streams: dict[str, ProduceStream] = {}
+        # Addresses whose broker has no ProduceStream (it answered UNIMPLEMENTED): the
+        # Writer sends to them with unary Produce calls. Only grows.
+        self._unary_only: set[str] = set()
         self._closed = False
         self.metadata: ClusterMetadata | None = None
 
@@ -145,67 +139,21 @@ class BrokerPool:
         """The open produce stream to `address` (a new one if none is, or it failed);
         None if that broker has no ProduceStream (send it unary Produce calls instead).
         After `close`, raises BROKER_NOT_AVAILABLE."""
-        stream = self._stream("ProduceStream", address, ProduceStream)
-        assert stream is None or isinstance(stream, ProduceStream)
-        return stream
-
-    def fetch_stream(self, address: str) -> FetchStream | None:
-        """As `produce_stream`, for fetches (None: send unary Fetch calls)."""
-        stream = self._stream("FetchStream", address, FetchStream)
-        assert stream is None or isinstance(stream, FetchStream)
-        return stream
-
-    def _stream(
-        self, method: str, address: str, open_stream: Callable[[Conn], RequestStream[Any, Any]]
-    ) -> RequestStream[Any, Any] | None:
         conn = self.conn(address)
-        key = (method, address)
         with self._lock:
             if self._closed:
                 raise RaftmqError(ErrorCode.BROKER_NOT_AVAILABLE, "the client was closed")
-            if key in self._unary_only:
+            if address in self._unary_only:
                 return None
-            stream = self._streams.get(key)
+            stream = self._streams.get(address)
             if stream is not None and stream.unimplemented:
-                self._unary_only.add(key)
-                del self._streams[key]
-                _log.info(f"{stream.kind}.unsupported", endpoint=address)
+                self._unary_only.add(address)
+                del self._streams[address]
+                _log.info("produce_stream.unsupported", endpoint=address)
                 return None
             if stream is None or stream.failed:
-                stream = self._streams[key] = open_stream(conn)
+                stream = self._streams[address] = ProduceStream(conn)
             return stream
-
-    def fetch(
-        self,
-        address: str,
-        partitions: Sequence[tuple[str, int, int]],
-        *,
-        max_wait_ms: int,
-        min_bytes: int,
-        max_bytes: int,
-        partition_max_bytes: int,
-        leader_epoch: int,
-        timeout_ms: int,
-    ) -> list[FetchResult]:
-        """`Conn.fetch` at `address`, on its fetch stream (a unary Fetch if that broker
-        has none). A transport failure raises BROKER_NOT_AVAILABLE."""
-        request = protocol.fetch_request(
-            [(t, p, o, leader_epoch) for t, p, o in partitions],
-            max_wait_ms=max_wait_ms,
-            min_bytes=min_bytes,
-            max_bytes=max_bytes,
-            partition_max_bytes=partition_max_bytes,
-        )
-        stream = self.fetch_stream(address)
-        if stream is not None:
-            answer = stream.fetch(request, timeout_ms=timeout_ms)
-            if isinstance(answer, pb.FetchResponse):
-                return protocol.fetch_results(answer)
-            if not stream.unimplemented:
-                raise answer
-            # Sent nowhere (the broker has no FetchStream): unary, now and from now on.
-        response = self.conn(address).call("Fetch", request, timeout_ms=timeout_ms)
-        return protocol.fetch_results(response)
 
     def expire_streams(self, now_ms: int) -> int | None:
         """Fail the streams with a request past its deadline; the next deadline (None:

@@ -299,8 +299,7 @@ class Reader:
         else:
             assert isinstance(step, FetchStep)
             try:
-                [result] = self._pool.fetch(
-                    step.endpoint,
+                [result] = self._pool.conn(step.endpoint).fetch(
                     [(core.topic, core.partition, step.offset)],
                     max_wait_ms=step.max_wait_ms,
                     min_bytes=step.min_bytes,

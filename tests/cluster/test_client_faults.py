@@ -24,7 +24,6 @@ from raftmq import AsyncAdmin, AsyncReader, AsyncWriter, Message, Reader, WriteE
 from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.brokers import BrokerPool
 from raftmq.client.conn import now_ms
-from raftmq.client.fetch_stream import STALLED_MS
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
 from raftmq.local_cluster import wait_until
 from raftmq.metadata import NO_LEADER, BrokerRegistration, PartitionRecord, TopicRecord
@@ -56,8 +55,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
     """One broker of a cluster with one topic, "t", that behaves as a test sets: who it
     says leads each partition (`leaders`: (broker id or NO_LEADER, leader epoch) per
     partition), what it answers to Produce (`produce`: "accept", "stall", or
-    ("not_leader", id)) and Fetch (`fetch`: "serve", ("not_leader", id), or "stall": its
-    FetchStream answers nothing). It counts its
+    ("not_leader", id)) and Fetch (`fetch`: "serve" or ("not_leader", id)). It counts its
     calls and keeps the produce and fetch requests."""
 
     def __init__(self, broker_id: int) -> None:
@@ -68,7 +66,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
         self.produce: str | tuple[str, int] = "accept"
         self.fetch: str | tuple[str, int] = "serve"
         self.admin_failures = 0  # CreateTopic answers CONTROLLER_UNAVAILABLE this often
-        self.streams = True  # False: no ProduceStream or FetchStream (an older broker)
+        self.streams = True  # False: no ProduceStream (an older broker)
         self.release = threading.Event()
         self.requests: list[Any] = []
         self._calls: collections.Counter[str] = collections.Counter()
@@ -153,22 +151,6 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
                 yield pb.ProduceStreamResponse(
                     correlation_id=item.correlation_id, response=response
                 )
-
-    def FetchStream(
-        self, request_iterator: Iterator[pb.FetchStreamRequest], context: Any
-    ) -> Iterator[pb.FetchStreamResponse]:
-        """The Reader's path: each fetch answered in turn as Fetch answers it. With
-        `streams` False, UNIMPLEMENTED before reading anything (an older broker)."""
-        self._count("FetchStream")
-        if not self.streams:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-        for item in request_iterator:
-            if self.fetch == "stall":
-                self._count("Fetch", item.request)
-                continue
-            yield pb.FetchStreamResponse(
-                correlation_id=item.correlation_id, response=self.Fetch(item.request, context)
-            )
 
     def Fetch(self, request: Any, context: Any) -> pb.FetchResponse:
         self._count("Fetch", request)
@@ -302,84 +284,6 @@ def test_a_produce_stream_to_a_broker_that_never_answers_fails_at_the_deadline(
     assert len(answers) == 2
     closed = answers[1]
     assert isinstance(closed, RaftmqError) and "closed" in closed.message
-
-
-def fetch_once(pool: BrokerPool, address: str, *, timeout_ms: int) -> tuple[float, RaftmqError]:
-    """How long one fetch of t-0 at `address` took to fail, and its error."""
-    started = time.monotonic()
-    with pytest.raises(RaftmqError) as e:
-        pool.fetch(
-            address,
-            [("t", 0, 0)],
-            max_wait_ms=100,
-            min_bytes=1,
-            max_bytes=1 << 20,
-            partition_max_bytes=1 << 20,
-            leader_epoch=-1,
-            timeout_ms=timeout_ms,
-        )
-    return time.monotonic() - started, e.value
-
-
-def test_a_fetch_from_a_broker_that_never_answers_fails_within_its_timeout(
-    silent_broker: str,
-) -> None:
-    pool = BrokerPool([silent_broker])
-    try:
-        for _ in range(3):  # on the first stream, then on the channel given up on
-            elapsed_s, error = fetch_once(pool, silent_broker, timeout_ms=300)
-            assert elapsed_s < 0.8, elapsed_s
-            assert error.code == ErrorCode.BROKER_NOT_AVAILABLE
-            assert silent_broker in error.message
-    finally:
-        pool.close()
-
-
-def test_a_stalled_fetch_fails_alone_then_ends_its_stream(fakes: list[FakeBroker]) -> None:
-    stalling = fakes[0]
-    stalling.fetch = "stall"  # the stream is up; its fetches are never answered
-    pool = BrokerPool([stalling.endpoint])
-    try:
-        elapsed_s, error = fetch_once(pool, stalling.endpoint, timeout_ms=300)
-        assert 0.3 <= elapsed_s < 0.8, elapsed_s
-        assert error.code == ErrorCode.BROKER_NOT_AVAILABLE
-        assert "no answer by the request's deadline" in error.message
-        stream = pool.fetch_stream(stalling.endpoint)
-        assert stream is not None and not stream.failed  # one late answer is not a dead broker
-        # Unanswered STALLED_MS past its deadline, the first fetch ends the stream (seen
-        # when the next fetch times out); the fetch after that opens a new one.
-        time.sleep(STALLED_MS / 1000)
-        fetch_once(pool, stalling.endpoint, timeout_ms=300)
-        assert stream.failed
-        fresh = pool.fetch_stream(stalling.endpoint)
-        assert fresh is not stream and fresh is not None and not fresh.failed
-    finally:
-        pool.close()
-    assert stalling.calls("FetchStream") == 2
-
-
-def test_a_reader_falls_back_to_unary_fetch_on_a_broker_without_fetch_stream(
-    fakes: list[FakeBroker],
-) -> None:
-    old = fakes[0]
-    old.streams = False
-    with Reader([old.endpoint], "t", 0, start_offset=0, max_wait_ms=50) as reader:
-        assert reader.read_message(timeout_ms=5_000).value == b"served"
-        with pytest.raises(TimeoutError):  # empty fetches after the one message
-            reader.read_message(timeout_ms=300)
-    assert old.calls("FetchStream") == 1  # asked once, then remembered
-    assert old.calls("Fetch") >= 2
-
-
-def test_a_reader_fetches_on_the_fetch_stream_of_a_broker_that_has_one(
-    fakes: list[FakeBroker],
-) -> None:
-    with Reader([fakes[0].endpoint], "t", 0, start_offset=0, max_wait_ms=50) as reader:
-        assert reader.read_message(timeout_ms=5_000).value == b"served"
-        with pytest.raises(TimeoutError):
-            reader.read_message(timeout_ms=300)
-    assert fakes[0].calls("FetchStream") == 1  # every fetch on one stream
-    assert fakes[0].calls("Fetch") >= 2
 
 
 def test_an_async_produce_stream_to_a_broker_that_never_answers_fails_at_the_deadline(

@@ -1,9 +1,9 @@
-"""`PendingAnswers`, the pure part the request streams (sync and asyncio) share."""
+"""`PendingAnswers`, the pure part both produce streams (sync and asyncio) share."""
 
 from __future__ import annotations
 
 import pytest
-from raftmq.client.request_stream import PendingAnswers
+from raftmq.client.produce_stream import PendingAnswers
 from raftmq.errors import ErrorCode, RaftmqError
 
 Answers = list[object]

@@ -140,22 +140,6 @@ class FetchResponse(_message.Message):
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionFetchResult]
     def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionFetchResult, _Mapping]]] = ...) -> None: ...
 
-class FetchStreamRequest(_message.Message):
-    __slots__ = ("correlation_id", "request")
-    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
-    correlation_id: int
-    request: FetchRequest
-    def __init__(self, correlation_id: _Optional[int] = ..., request: _Optional[_Union[FetchRequest, _Mapping]] = ...) -> None: ...
-
-class FetchStreamResponse(_message.Message):
-    __slots__ = ("correlation_id", "response")
-    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_FIELD_NUMBER: _ClassVar[int]
-    correlation_id: int
-    response: FetchResponse
-    def __init__(self, correlation_id: _Optional[int] = ..., response: _Optional[_Union[FetchResponse, _Mapping]] = ...) -> None: ...
-
 class ListOffsetsPartition(_message.Message):
     __slots__ = ("topic", "partition", "timestamp")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
