@@ -16,6 +16,11 @@ are sent without blocking on one long-lived produce stream per broker
 thread; one metadata or producer-id request at a time is made on the sender
 thread, bounded by the time the waiting messages have left. Completions (the callback,
 the futures) are delivered on the sender thread, in order, never under the Writer's lock.
+
+A sync Writer without a completion callback runs no application code on its threads, so
+it spares a write two thread hops: the calling thread sends what its call made due
+itself, and the stream's reader thread resolves the futures its answer completed. The
+sender then wakes only for what needs it (metadata, producer ids, retries, deadlines).
 """
 
 from __future__ import annotations
@@ -160,8 +165,17 @@ class Writer:
         # Set (under the lock) by whatever gives the sender work; cleared by the sender
         # when it looks. Invariant: no wakeup is lost between its look and its wait.
         self._dirty = False
-        # Completions drained from the core and not yet delivered (sender thread).
+        # Completions drained from the core and not yet delivered.
         self._delivering = 0
+        # Held while polling the core for sends and handing them to their streams, so
+        # that sends leave in the order the core made them (sequence numbers). Taken
+        # before _lock, never while holding it.
+        self._sending = threading.Lock()
+        # A sync Writer without a callback: callers send, answers deliver (see above).
+        self._direct = not async_ and completion is None
+        # When the sender's current wait ends (monotonic ms); 0 while it is awake.
+        # Guarded by _lock.
+        self._sender_wake_ms = 0
         self._sender = threading.Thread(target=self._run, name="raftmq-writer", daemon=True)
         self._sender.start()
 
@@ -187,11 +201,15 @@ class Writer:
             while remaining and not self._core.closed:
                 room = self._core.room()
                 if room <= 0:
+                    self._poke()  # a direct Writer's earlier chunks wait for the sender
                     self._drained.wait(timeout=1.0)
                     continue
                 chunk, remaining = remaining[:room], remaining[room:]
                 self._core.add(chunk, call, now_ms=now_ms(), wall_ms=wall_ms(), linger=self.async_)
-                self._poke()
+                if not self._direct:
+                    self._poke()
+        if self._direct:
+            self._send_due()
         if remaining:  # closed while this call waited for room: the sender has stopped
             self._sender.join(timeout=CLOSE_TIMEOUT_S)
             deliver([closed_before_accepted(call, remaining)], self.completion)
@@ -264,19 +282,20 @@ class Writer:
         # Bound: until the core is closed; each pass does the core's due work and at most
         # one bounded request, then waits for a wakeup or the core's next deadline.
         while True:
-            with self._lock:
-                self._dirty = False
-                now = now_ms()
-                sends = self._core.poll(now_ms=now)
-                request = self._core.next_request(now_ms=now)
-                completions = self._core.drain_completions()
-                self._delivering += len(completions)
-                closed = self._core.closed
+            with self._sending:
+                with self._lock:
+                    self._dirty = False
+                    now = now_ms()
+                    sends = self._core.poll(now_ms=now)
+                    request = self._core.next_request(now_ms=now)
+                    completions = self._core.drain_completions()
+                    self._delivering += len(completions)
+                    closed = self._core.closed
+                for send in sends:  # none once closed
+                    self._send(send)
             self._deliver(completions)
             if closed:
                 return
-            for send in sends:
-                self._send(send)
             if request is not None:
                 self._perform(request)
                 continue  # look again at once: answers may have made work due
@@ -289,7 +308,26 @@ class Writer:
                 if stream_deadline is not None:
                     wake = min(wake, stream_deadline)
                 if not self._dirty and not self._core.closed and wake > now:
+                    self._sender_wake_ms = wake
                     self._wakeup.wait(timeout=(wake - now) / 1000)
+                    self._sender_wake_ms = 0
+
+    def _send_due(self) -> None:
+        """The calling thread of a direct Writer: send what the core has due now (the
+        sender's work, done here to spare a thread hop), and wake the sender only if it
+        has work too or would sleep past a deadline this made."""
+        with self._sending:
+            with self._lock:
+                now = now_ms()
+                sends = self._core.poll(now_ms=now)
+            for send in sends:
+                self._send(send)
+        with self._lock:
+            wake = self._core.next_wakeup_ms(now_ms=now)
+            for send in sends:  # its stream fails if unanswered by then (expire_streams)
+                wake = min(wake, now + send.rpc_timeout_ms)
+            if not sends or self._sender_wake_ms == 0 or wake < self._sender_wake_ms:
+                self._poke()
 
     def _send(self, send: ProduceSend) -> None:
         request = protocol.produce_request(
@@ -405,13 +443,22 @@ class Writer:
         self._wakeup.notify()
 
     def _on_answer(self, feed: Callable[[int], None]) -> None:
-        """Feed an answer to the core (on a gRPC callback thread); the sender delivers."""
+        """Feed an answer to the core (on a gRPC callback thread); the sender delivers,
+        or, in a direct Writer, this thread, and the sender wakes only if work is left."""
         with self._lock:
             feed(now_ms())
-            self._poke()
+            if not self._direct:
+                self._poke()
+                return
+            completions = self._core.drain_completions()
+            self._delivering += len(completions)
+            if not self._core.idle():
+                self._poke()
+        self._deliver(completions)
 
     def _deliver(self, completions: list[Completion]) -> None:
-        """Sender thread only: callbacks and futures, in completion order."""
+        """Callbacks and futures, in completion order: on the sender thread, or (direct
+        Writer: futures only) on the thread that drained them."""
         if not completions:
             return
         deliver(completions, self.completion)

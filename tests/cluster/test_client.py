@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from raftmq import (
@@ -669,3 +670,88 @@ def test_the_produce_stream_pipelines_requests_and_answers_each_one(brokers: lis
     late.wait(1, timeout_s=1)
     failure = late.by_request[0]
     assert isinstance(failure, RaftmqError) and failure.code == ErrorCode.BROKER_NOT_AVAILABLE
+
+
+# ---------------------------------------------------------------- the sync Writer's direct path
+
+
+def sending_threads(writer: Writer) -> list[str]:
+    """Record the name of the thread that hands each produce request to its stream."""
+    names: list[str] = []
+    send = writer._send
+
+    def recorded(item: Any) -> None:
+        names.append(threading.current_thread().name)
+        send(item)
+
+    writer._send = recorded  # type: ignore[method-assign]
+    return names
+
+
+def test_a_sync_writer_sends_from_the_calling_thread_and_a_callback_writer_from_its_sender(
+    brokers: list[str],
+) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("direct", partitions=1, replication_factor=3)
+    with Writer(brokers, topic="direct") as writer:
+        writer.write_messages(Message(b"warm", partition=0))  # metadata and producer id
+        names = sending_threads(writer)
+        offsets = [writer.write_messages(Message(b"d%d" % n, partition=0)).result()[0].offset
+                   for n in range(20)]  # fmt: skip
+    assert offsets == list(range(1, 21))
+    assert names == [threading.current_thread().name] * 20
+    done: list[int] = []
+    with Writer(
+        brokers, topic="direct", completion=lambda messages, error: done.append(len(messages))
+    ) as writer:
+        writer.write_messages(Message(b"warm", partition=0))
+        names = sending_threads(writer)
+        for n in range(5):
+            writer.write_messages(Message(b"c%d" % n, partition=0))
+    assert set(names) == {"raftmq-writer"} and len(names) == 5
+    assert done == [1] * 6  # the callback ran for every call, on the sender
+
+
+def test_sync_writes_from_many_threads_keep_each_threads_order_without_retries(
+    brokers: list[str],
+) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("direct-threads", partitions=1, replication_factor=3)
+    threads_count, writes = 6, 100
+    offsets: dict[int, list[int]] = {t: [] for t in range(threads_count)}
+    errors: list[BaseException] = []
+    with Writer(brokers, topic="direct-threads") as writer:
+        writer.write_messages(Message(b"warm", partition=0))
+
+        def write(t: int) -> None:
+            try:
+                for n in range(writes):
+                    [m] = writer.write_messages(Message(b"%d-%d" % (t, n), partition=0)).result()
+                    offsets[t].append(m.offset)
+            except BaseException as e:  # reported below, not lost in the thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(threads_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        stats = writer.stats()
+    assert not errors, errors
+    every = sorted(o for t in offsets.values() for o in t)
+    assert every == list(range(1, 1 + threads_count * writes))  # none lost, none twice
+    for t, mine in offsets.items():
+        assert mine == sorted(mine), t  # each thread's writes in its order
+    assert stats.retries == 0  # sequences never reached the broker out of order
+    read = read_all(brokers, "direct-threads", 0, 1 + threads_count * writes)
+    assert sorted(m.value for m in read[1:]) == sorted(
+        b"%d-%d" % (t, n) for t in range(threads_count) for n in range(writes)
+    )
+
+
+def test_a_sync_write_larger_than_the_buffer_goes_out_in_chunks(brokers: list[str]) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic("direct-chunks", partitions=1, replication_factor=3)
+    with Writer(brokers, topic="direct-chunks", buffered_messages_max=10, batch_size=5) as writer:
+        written = writer.write_messages(*[Message(b"k%d" % n, partition=0) for n in range(100)])
+    assert [m.offset for m in written.result()] == list(range(100))
