@@ -323,10 +323,14 @@ class Writer:
             for send in sends:
                 self._send(send)
         with self._lock:
-            wake = self._core.next_wakeup_ms(now_ms=now)
-            for send in sends:  # its stream fails if unanswered by then (expire_streams)
-                wake = min(wake, now + send.rpc_timeout_ms)
-            if not sends or self._sender_wake_ms == 0 or wake < self._sender_wake_ms:
+            if not sends or self._sender_wake_ms == 0:  # it has work, or looks again anyway
+                self._poke()
+                return
+            # Its stream fails if unanswered by then (expire_streams, on the sender).
+            wake = min(
+                now + min(s.rpc_timeout_ms for s in sends), self._core.next_wakeup_ms(now_ms=now)
+            )
+            if wake < self._sender_wake_ms:
                 self._poke()
 
     def _send(self, send: ProduceSend) -> None:
