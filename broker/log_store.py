@@ -40,6 +40,19 @@ producer that compresses (`compression=lz4`, `zstd`, ...) sends batches snappy c
 shrink, and snappy ran on every flushed and every compacted block: 7 % of a partition
 leader's CPU under `bench produce --message-bytes 100`, whose values it could not shrink
 either (211 MB on disk for 2M messages with it, as without). Compress in the producer.
+
+Flushes and compactions write their SST files with direct I/O (O_DIRECT) where the data
+folder's file system allows it (probed at open, logged as `direct_io` in
+`log_store.opened`): a flushed batch is then copied from the memtable to the disk without
+first being copied into page-cache pages. Under `bench produce --message-bytes 1024` that
+copy was the brokers' largest cost in the kernel (on this project's VM every page-cache page
+a broker has not touched before costs a fault from the host), and the cluster wrote 77
+instead of 70 MiB/s (medians of eight alternating runs of 1M messages, faster in each
+pair; the brokers' system time fell from ~200 to ~120 ticks per 8 s each). The WAL stays
+buffered (it is what survives a kill -9 before an fsync), and reads stay buffered too: a
+consumer catching up reads SST blocks through the page cache (the first read of each from
+the disk; `bench consume` of 1M 1 KiB messages after dropping the page cache read 276-333
+MiB/s with direct flushes, 295-301 without).
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import mmap
+import os
 import struct
 import threading
 from pathlib import Path
@@ -77,6 +92,7 @@ __all__ = [
     "producer_key",
     "producer_key_id",
     "producer_range",
+    "supports_direct_io",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -169,6 +185,36 @@ def _successor(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+# Direct I/O needs buffers, offsets and lengths aligned to the device's logical block; a
+# page is a multiple of every common one (512 B, 4 KiB).
+_DIRECT_IO_PROBE_BYTES = mmap.PAGESIZE
+_DIRECT_IO_PROBE_NAME = ".direct-io-probe"
+
+
+def supports_direct_io(folder: Path) -> bool:
+    """Whether files in `folder` can be written with O_DIRECT (see the module doc).
+
+    Opens a probe file with O_DIRECT and writes one aligned block (an anonymous mmap is
+    page-aligned), as RocksDB's SST writer would: some file systems refuse the flag at
+    open, others only at the first write (EINVAL). The probe file is removed again.
+    """
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False  # not Linux
+    probe = folder / _DIRECT_IO_PROBE_NAME
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o600)
+        try:
+            with mmap.mmap(-1, _DIRECT_IO_PROBE_BYTES) as block:
+                return os.write(fd, block) == _DIRECT_IO_PROBE_BYTES
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 # --- the store ------------------------------------------------------------------------------
 
 
@@ -242,6 +288,9 @@ class LogStore:
         options.set_compression_type(DBCompressionType.none())  # see the module doc
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            # After mkdir: the probe writes a file in the folder the SST files go to.
+            self.direct_io = supports_direct_io(self.path)
+            options.set_use_direct_io_for_flush_and_compaction(self.direct_io)
             self._db = Rdict(str(self.path), options)
         except Exception as e:  # rocksdict raises bare Exception for RocksDB errors
             raise RaftmqError(
@@ -275,6 +324,7 @@ class LogStore:
             path=str(self.path),
             flush_policy=flush_policy.value,
             flush_interval_ms=flush_interval_ms,
+            direct_io=self.direct_io,
         )
 
     # --- partitions -----------------------------------------------------------------------

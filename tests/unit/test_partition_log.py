@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import struct
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from raftmq.broker import log_store
 from raftmq.broker.log_store import FlushPolicy, LogStore, meta_key, partition_prefix
 from raftmq.broker.partition_log import (
     POINT_READS_MAX,
@@ -642,6 +645,76 @@ def test_closed_store_raises_storage_errors(tmp_path: Path) -> None:
     with pytest.raises(RaftmqError) as excinfo:
         store.open_partition(TOPIC, 0)
     assert excinfo.value.code is ErrorCode.KAFKA_STORAGE_ERROR
+
+
+def _rocksdb_option(path: Path, name: str) -> str:
+    """The value RocksDB wrote for option `name` in the newest OPTIONS file of the store."""
+    newest = max(path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    values = [
+        line.split("=", 1)[1].strip()
+        for line in newest.read_text().splitlines()
+        if line.strip().startswith(name + "=")
+    ]
+    assert values, f"{name} not in {newest}"
+    return values[0]
+
+
+def test_flushed_batches_are_written_with_direct_io_and_read_back(
+    store: LogStore, log: PartitionLog, tmp_path: Path
+) -> None:
+    """Where the folder takes O_DIRECT (this machine's file systems do), SST files are
+    written around the page cache; what they hold reads back, also after a reopen."""
+    assert store.direct_io, "the probe found no O_DIRECT on a local file system"
+    path = tmp_path / "store"
+    assert _rocksdb_option(path, "use_direct_io_for_flush_and_compaction") == "true"
+    assert _rocksdb_option(path, "use_direct_reads") == "false"
+    assert not (path / ".direct-io-probe").exists(), "the probe file is removed"
+    fill(log, [3, 1, 4])
+    store._db.flush()  # the memtable into an SST file written with O_DIRECT
+    assert list(path.glob("*.sst")), "the flush wrote no SST file"
+    fill(log, [2])
+    assert [h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=10))] == [
+        3,
+        1,
+        4,
+        2,
+    ]
+    reopened, log = reopen(store, tmp_path)
+    try:
+        assert [
+            h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=10))
+        ] == [3, 1, 4, 2]
+    finally:
+        reopened.close()
+
+
+def test_a_folder_without_direct_io_keeps_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses O_DIRECT (at open or at the first write) makes the probe
+    answer False, and the store flushes through the page cache as before."""
+    real_open = os.open
+
+    def refusing_open(path: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(log_store.os, "open", refusing_open)
+    assert not log_store.supports_direct_io(tmp_path)
+    store = LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE)
+    try:
+        assert not store.direct_io
+        path = tmp_path / "store"
+        assert _rocksdb_option(path, "use_direct_io_for_flush_and_compaction") == "false"
+        log = store.open_partition(TOPIC, 0)
+        fill(log, [5])
+        store._db.flush()
+        assert [
+            h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=5))
+        ] == [5]
+    finally:
+        store.close()
 
 
 def test_a_store_directory_in_use_is_a_storage_error(store: LogStore, tmp_path: Path) -> None:
