@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import os
 import struct
 import subprocess
@@ -659,6 +660,12 @@ def _rocksdb_option(path: Path, name: str) -> str:
     return values[0]
 
 
+def _record_counts(log: PartitionLog, upper_offset: int) -> list[int]:
+    return [
+        h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=upper_offset))
+    ]
+
+
 def test_flushed_batches_are_written_with_direct_io_and_read_back(
     store: LogStore, log: PartitionLog, tmp_path: Path
 ) -> None:
@@ -673,35 +680,41 @@ def test_flushed_batches_are_written_with_direct_io_and_read_back(
     store._db.flush()  # the memtable into an SST file written with O_DIRECT
     assert list(path.glob("*.sst")), "the flush wrote no SST file"
     fill(log, [2])
-    assert [h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=10))] == [
-        3,
-        1,
-        4,
-        2,
-    ]
+    assert _record_counts(log, 10) == [3, 1, 4, 2]
     reopened, log = reopen(store, tmp_path)
     try:
-        assert [
-            h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=10))
-        ] == [3, 1, 4, 2]
+        assert _record_counts(log, 10) == [3, 1, 4, 2]
     finally:
         reopened.close()
 
 
+@pytest.mark.parametrize("refused_at", ["open", "write"])
 def test_a_folder_without_direct_io_keeps_buffered_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    refused_at: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file system that refuses O_DIRECT (at open or at the first write) makes the probe
-    answer False, and the store flushes through the page cache as before."""
-    real_open = os.open
+    """A file system that refuses O_DIRECT, at open or at the first write, makes the probe
+    answer False (and leaves no probe file), and the store flushes through the page cache
+    as before."""
+    real_open, real_write = os.open, os.write
+    direct_fds: set[int] = set()
 
-    def refusing_open(path: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
-        if flags & os.O_DIRECT:
+    def open_(path: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT and refused_at == "open":
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, mode)
+        fd = real_open(path, flags, mode)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
 
-    monkeypatch.setattr(log_store.os, "open", refusing_open)
+    def write(fd: int, data: bytes | memoryview | mmap.mmap) -> int:
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(log_store.os, "open", open_)
+    monkeypatch.setattr(log_store.os, "write", write)
     assert not log_store.supports_direct_io(tmp_path)
+    assert not list(tmp_path.iterdir()), "the probe file is removed"
     store = LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE)
     try:
         assert not store.direct_io
@@ -710,9 +723,7 @@ def test_a_folder_without_direct_io_keeps_buffered_writes(
         log = store.open_partition(TOPIC, 0)
         fill(log, [5])
         store._db.flush()
-        assert [
-            h.record_count for h in headers(log.read(0, max_bytes=1 << 20, upper_offset=5))
-        ] == [5]
+        assert _record_counts(log, 5) == [5]
     finally:
         store.close()
 
