@@ -554,6 +554,9 @@ store = LogStore(sys.argv[1], flush_policy=FlushPolicy.NONE)
 log = store.open_partition(bytes(range(16)), 0)
 for i in range(5):
     log.append_as_leader(encode_batch([Message(b"x", timestamp_ms=0)] * 2), leader_epoch=i // 2)
+    if i == 2 and sys.argv[2] == "flush":
+        assert store.direct_io
+        store._db.flush()  # the first three batches into an SST file written with O_DIRECT
 log.maybe_advance_high_watermark(6)
 log.append_as_leader(encode_batch([Message(b"y", timestamp_ms=0)]), leader_epoch=2)  # carries HW 6
 log.maybe_advance_high_watermark(11)  # never written
@@ -561,9 +564,17 @@ os._exit(0)  # no close(), no WAL fsync: like kill -9
 """
 
 
-def test_a_killed_process_loses_nothing_written_with_flush_policy_none(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flush", ["flush", "no-flush"])
+def test_a_killed_process_loses_nothing_written_with_flush_policy_none(
+    flush: str, tmp_path: Path
+) -> None:
+    """Also when part of the log was flushed to an SST file with direct I/O before the
+    crash and the rest lives only in the WAL."""
     path = tmp_path / "crashed"
-    subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", _CRASHING_WRITER, str(path), flush], check=True, timeout=60
+    )
+    assert bool(list(path.glob("*.sst"))) == (flush == "flush")
     store = LogStore(path, flush_policy=FlushPolicy.NONE)
     log = store.open_partition(TOPIC, 0)
     assert (log.log_start_offset, log.log_end_offset, log.high_watermark) == (0, 11, 6)
