@@ -81,6 +81,8 @@ class BrokerOptions:
     data_dir: Path
     rack: str = ""
     flush_policy: str = "interval"
+    # SST files written with O_DIRECT where the data folder allows it (log_store's doc).
+    log_direct_io: bool = False
     replica_lag_time_max_ms: int = 10_000
     # The cluster this broker must join ("" : whichever its data dir or the quorum says).
     cluster_id: str = ""
@@ -208,7 +210,9 @@ class BrokerNode:
         self._metrics_task: asyncio.Task[None] | None = None
         self._loop_lag_task: asyncio.Task[None] | None = None
         self.store = LogStore(
-            options.data_dir / "log", flush_policy=FlushPolicy(options.flush_policy)
+            options.data_dir / "log",
+            flush_policy=FlushPolicy(options.flush_policy),
+            direct_io=options.log_direct_io,
         )
         self._fsync_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
         durable = AsyncGroupCommit(self.store, self._fsync_executor)

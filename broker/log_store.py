@@ -41,18 +41,19 @@ shrink, and snappy ran on every flushed and every compacted block: 7 % of a part
 leader's CPU under `bench produce --message-bytes 100`, whose values it could not shrink
 either (211 MB on disk for 2M messages with it, as without). Compress in the producer.
 
-Flushes and compactions write their SST files with direct I/O (O_DIRECT) where the data
-folder's file system allows it (probed at open, logged as `direct_io` in
-`log_store.opened`): a flushed batch is then copied from the memtable to the disk without
-first being copied into page-cache pages. Under `bench produce --message-bytes 1024` that
-copy was the brokers' largest cost in the kernel (on this project's VM every page-cache page
-a broker has not touched before costs a fault from the host), and the cluster wrote 77
-instead of 70 MiB/s (medians of eight alternating runs of 1M messages, faster in each
-pair; the brokers' system time fell from ~200 to ~120 ticks per 8 s each). The WAL stays
-buffered (it is what survives a kill -9 before an fsync), and reads stay buffered too: a
-consumer catching up reads SST blocks through the page cache (the first read of each from
-the disk; `bench consume` of 1M 1 KiB messages after dropping the page cache read 276-333
-MiB/s with direct flushes, 295-301 without).
+Flushes and compactions can write their SST files with direct I/O (O_DIRECT): the broker's
+`--log-direct-io`, off by default. The store then probes the data folder (logged as
+`direct_io` in `log_store.opened`) and falls back to buffered writes where its file system
+refuses the flag. A flushed batch is copied from the memtable to the disk without first
+being copied into page-cache pages. The WAL stays buffered (it is what survives a kill -9
+before an fsync), and so do reads. Whether that pays depends on the disk, so it is a choice,
+not a default: under `bench produce --message-bytes 1024` on this project's VM, one day's
+host wrote 77 instead of 70 MiB/s with it (medians of eight alternating runs of 1M
+messages; each page-cache page a broker had not touched before cost a fault from the
+host), another day's 18-25 instead of 32-37 MiB/s (six alternating runs each): there a
+direct write waited for the disk (a `dd` with O_DIRECT of 1 MiB blocks: 77-453 MB/s from
+one run to the next), while buffered flushes let the kernel queue the writeback. Kafka
+itself writes through the page cache.
 """
 
 from __future__ import annotations
@@ -278,7 +279,10 @@ class LogStore:
         *,
         flush_policy: FlushPolicy = FlushPolicy.INTERVAL,
         flush_interval_ms: int = 1000,
+        direct_io: bool = False,
     ) -> None:
+        """`direct_io`: write SST files with O_DIRECT where the folder allows it (see the
+        module doc); `self.direct_io` says whether it does."""
         assert flush_interval_ms > 0
         self.path = Path(path)
         self.flush_policy = flush_policy
@@ -289,7 +293,13 @@ class LogStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             # After mkdir: the probe writes a file in the folder the SST files go to.
-            self.direct_io = supports_direct_io(self.path)
+            self.direct_io = direct_io and supports_direct_io(self.path)
+            if direct_io and not self.direct_io:
+                _log.warning(
+                    "log_store.direct_io_refused",
+                    path=str(self.path),
+                    detail="the data folder's file system refuses O_DIRECT: buffered flushes",
+                )
             options.set_use_direct_io_for_flush_and_compaction(self.direct_io)
             self._db = Rdict(str(self.path), options)
         except Exception as e:  # rocksdict raises bare Exception for RocksDB errors

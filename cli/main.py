@@ -274,6 +274,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir),
             rack=args.rack,
             flush_policy=args.flush_policy,
+            log_direct_io=args.log_direct_io,
             replica_lag_time_max_ms=args.replica_lag_time_max_ms,
             cluster_id=args.cluster_id,
             topic_defaults=TopicDefaults(
@@ -529,6 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-id", default="", help="refuse to join a quorum of any other cluster")
     p.add_argument("--rack", default="")
     p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
+    p.add_argument(
+        "--log-direct-io",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write the log's flushed and compacted files with O_DIRECT, around the page "
+        "cache, where the data folder allows it (faster on some disks, slower on others)",
+    )
     p.add_argument("--replica-lag-time-max-ms", type=int, default=10_000)
     p.add_argument(
         "--auto-create-topics",
@@ -579,6 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
         "BASE+200.., metrics BASE+300.., Kafka listeners BASE+400..",
     )
     p.add_argument("--flush-policy", choices=["none", "interval", "batch"], default="interval")
+    p.add_argument(
+        "--log-direct-io",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="brokers write the log's flushed and compacted files with O_DIRECT, around the page "
+        "cache, where the data folder allows it (faster on some disks, slower on others)",
+    )
     p.add_argument(
         "--no-restart",
         action="store_true",

@@ -145,6 +145,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             f"--flush-policy={args.flush_policy}",
             # Auto-created topics are replicated like the topics people create by hand.
             f"--default-replication-factor={min(3, args.brokers)}",
+            *(["--log-direct-io"] if args.log_direct_io else []),
         ],
     )
     stopping = threading.Event()

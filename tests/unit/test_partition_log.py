@@ -18,6 +18,8 @@ from pathlib import Path
 
 import crc32c
 import pytest
+import structlog
+import structlog.testing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -550,7 +552,7 @@ import os, sys
 from raftmq.broker.log_store import FlushPolicy, LogStore
 from raftmq.message import Message
 from raftmq.record_batch import encode_batch
-store = LogStore(sys.argv[1], flush_policy=FlushPolicy.NONE)
+store = LogStore(sys.argv[1], flush_policy=FlushPolicy.NONE, direct_io=sys.argv[2] == "flush")
 log = store.open_partition(bytes(range(16)), 0)
 for i in range(5):
     log.append_as_leader(encode_batch([Message(b"x", timestamp_ms=0)] * 2), leader_epoch=i // 2)
@@ -677,24 +679,44 @@ def _record_counts(log: PartitionLog, upper_offset: int) -> list[int]:
     ]
 
 
-def test_flushed_batches_are_written_with_direct_io_and_read_back(
-    store: LogStore, log: PartitionLog, tmp_path: Path
+def test_flushes_are_buffered_unless_direct_io_is_asked_for(
+    store: LogStore, tmp_path: Path
 ) -> None:
-    """Where the folder takes O_DIRECT (this machine's file systems do), SST files are
-    written around the page cache; what they hold reads back, also after a reopen."""
-    assert store.direct_io, "the probe found no O_DIRECT on a local file system"
+    """By default (the broker's `--no-log-direct-io`) nothing is probed and SST files go
+    through the page cache."""
+    assert not store.direct_io
+    assert _rocksdb_option(tmp_path / "store", "use_direct_io_for_flush_and_compaction") == "false"
+
+
+@pytest.mark.parametrize("first_direct_io", [True, False])
+def test_flushed_batches_are_written_with_direct_io_and_read_back(
+    first_direct_io: bool, tmp_path: Path
+) -> None:
+    """Where the folder takes O_DIRECT (this machine's file systems do), a store asked for
+    direct I/O writes SST files around the page cache; what they hold reads back, also
+    after a reopen with the setting switched (either way round)."""
     path = tmp_path / "store"
-    assert _rocksdb_option(path, "use_direct_io_for_flush_and_compaction") == "true"
+    store = LogStore(path, flush_policy=FlushPolicy.NONE, direct_io=first_direct_io)
+    assert store.direct_io is first_direct_io, "the probe found no O_DIRECT on a local disk"
+    direct = "true" if first_direct_io else "false"
+    assert _rocksdb_option(path, "use_direct_io_for_flush_and_compaction") == direct
     assert _rocksdb_option(path, "use_direct_reads") == "false"
     assert not (path / ".direct-io-probe").exists(), "the probe file is removed"
+    log = store.open_partition(TOPIC, 0)
     fill(log, [3, 1, 4])
-    store._db.flush()  # the memtable into an SST file written with O_DIRECT
+    store._db.flush()  # the memtable into an SST file
     assert list(path.glob("*.sst")), "the flush wrote no SST file"
     fill(log, [2])
     assert _record_counts(log, 10) == [3, 1, 4, 2]
-    reopened, log = reopen(store, tmp_path)
+    store.close()
+    reopened = LogStore(path, flush_policy=FlushPolicy.NONE, direct_io=not first_direct_io)
     try:
+        assert reopened.direct_io is not first_direct_io
+        log = reopened.open_partition(TOPIC, 0)
         assert _record_counts(log, 10) == [3, 1, 4, 2]
+        fill(log, [5])
+        reopened._db.flush()
+        assert _record_counts(log, 15) == [3, 1, 4, 2, 5]
     finally:
         reopened.close()
 
@@ -704,8 +726,8 @@ def test_a_folder_without_direct_io_keeps_buffered_writes(
     refused_at: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file system that refuses O_DIRECT, at open or at the first write, makes the probe
-    answer False (and leaves no probe file), and the store flushes through the page cache
-    as before."""
+    answer False (and leaves no probe file), and a store asked for direct I/O flushes
+    through the page cache instead."""
     real_open, real_write = os.open, os.write
     direct_fds: set[int] = set()
 
@@ -726,9 +748,14 @@ def test_a_folder_without_direct_io_keeps_buffered_writes(
     monkeypatch.setattr(log_store.os, "write", write)
     assert not log_store.supports_direct_io(tmp_path)
     assert not list(tmp_path.iterdir()), "the probe file is removed"
-    store = LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE)
+    with structlog.testing.capture_logs() as logged:
+        store = LogStore(tmp_path / "store", flush_policy=FlushPolicy.NONE, direct_io=True)
     try:
         assert not store.direct_io
+        refused = [e for e in logged if e["event"] == "log_store.direct_io_refused"]
+        assert [e["log_level"] for e in refused] == ["warning"]
+        opened = [e for e in logged if e["event"] == "log_store.opened"]
+        assert [e["direct_io"] for e in opened] == [False]
         path = tmp_path / "store"
         assert _rocksdb_option(path, "use_direct_io_for_flush_and_compaction") == "false"
         log = store.open_partition(TOPIC, 0)
