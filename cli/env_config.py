@@ -62,6 +62,39 @@ def apply_environment(
         action.required = False
 
 
+def refuse_node_variables_for_up(
+    up: argparse.ArgumentParser,
+    parsers: Mapping[str, argparse.ArgumentParser],
+    environ: Mapping[str, str],
+) -> None:
+    """`raftmq up` (parser `up`) starts every node with its own environment, and `parsers`
+    (command -> parser) are the kinds of node it starts. A `RAFTMQ_*` variable that some of
+    them do not take would make those nodes refuse to start, and be restarted again and
+    again: raises ValueError naming it, and up's own flag for it if there is one, before
+    anything starts."""
+    up_flags = flag_variables(up)
+    accepted = {command: flag_variables(parser) for command, parser in parsers.items()}
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in PROGRAM_VARIABLES:
+            continue
+        if name.startswith(PROGRAM_PREFIXES):
+            continue
+        takers = [command for command, flags in accepted.items() if name in flags]
+        if len(takers) == len(accepted):
+            continue  # every node takes it (RAFTMQ_LOG_JSON, RAFTMQ_CLUSTER_ID, ...)
+        what = (
+            f"sets a flag of raftmq {' and '.join(takers)} only"
+            if takers
+            else "sets no flag of any node"
+        )
+        up_flag = up_flags.get(name)
+        instead = f", and use raftmq up {up_flag.option_strings[0]}" if up_flag else ""
+        raise ValueError(
+            f"environment variable {name} {what}, and raftmq up starts every node with its "
+            f"environment: unset it{instead}"
+        )
+
+
 def _convert(action: argparse.Action, name: str, text: str) -> object:
     if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
         lowered = text.strip().lower()

@@ -830,7 +830,7 @@ SERVER_COMMANDS = ("controller", "broker")
 
 
 def server_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    """The subcommand parser of `command` (controller or broker)."""
+    """The subcommand parser of `command` (controller, broker or up)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             found: argparse.ArgumentParser = action.choices[command]
@@ -839,7 +839,7 @@ def server_parser(parser: argparse.ArgumentParser, command: str) -> argparse.Arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from raftmq.cli.env_config import apply_environment
+    from raftmq.cli.env_config import apply_environment, refuse_node_variables_for_up
 
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
@@ -847,6 +847,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in SERVER_COMMANDS:
         try:
             apply_environment(server_parser(parser, command), command, os.environ)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    if command == "up":
+        try:
+            refuse_node_variables_for_up(
+                server_parser(parser, "up"),
+                {c: server_parser(parser, c) for c in SERVER_COMMANDS},
+                os.environ,
+            )
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE

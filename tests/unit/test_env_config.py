@@ -4,7 +4,12 @@ unknown variable or a bad value is an error."""
 from __future__ import annotations
 
 import pytest
-from raftmq.cli.env_config import apply_environment, flag_variables, variable_of
+from raftmq.cli.env_config import (
+    apply_environment,
+    flag_variables,
+    refuse_node_variables_for_up,
+    variable_of,
+)
 from raftmq.cli.main import build_parser, main, server_parser
 
 
@@ -68,3 +73,39 @@ def test_main_reports_an_unknown_variable_and_exits_2(
     monkeypatch.setenv("RAFTMQ_NODE_IDD", "1")
     assert main(["broker"]) == 2
     assert "unknown environment variable RAFTMQ_NODE_IDD" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        (
+            "RAFTMQ_LOG_DIRECT_IO",
+            "sets a flag of raftmq broker only, and raftmq up starts every node with its "
+            "environment: unset it, and use raftmq up --log-direct-io",
+        ),
+        ("RAFTMQ_VOTERS", "sets a flag of raftmq controller only"),
+        ("RAFTMQ_LISTENR", "sets no flag of any node"),
+    ],
+)
+def test_up_refuses_a_variable_that_some_of_its_nodes_would_refuse(
+    name: str, said: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`raftmq up` hands its environment to every node: a broker-only variable would make
+    its controllers exit at start, and be restarted forever. It says so before starting."""
+    monkeypatch.setenv(name, "1")
+    assert main(["up", "--data-dir", "/nonexistent/never-created"]) == 2
+    err = capsys.readouterr().err
+    assert f"environment variable {name} {said}" in err
+    assert "raftmq up starts every node with its environment" in err
+
+
+def test_up_passes_on_variables_every_node_takes() -> None:
+    parser = build_parser()
+    up = server_parser(parser, "up")
+    parsers = {c: server_parser(parser, c) for c in ("controller", "broker")}
+    refuse_node_variables_for_up(
+        up,
+        parsers,
+        {"RAFTMQ_LOG_JSON": "true", "RAFTMQ_CLUSTER_ID": "c", "RAFTMQ_BOOTSTRAP": "h:1"},
+    )
+    refuse_node_variables_for_up(up, parsers, {"RAFTMQ_CHAOS_SEED": "1", "PATH": "/bin"})
