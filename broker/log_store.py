@@ -51,7 +51,7 @@ not a default: under `bench produce --message-bytes 1024` on this project's VM, 
 host wrote 77 instead of 70 MiB/s with it (medians of eight alternating runs of 1M
 messages; each page-cache page a broker had not touched before cost a fault from the
 host), another day's 18-25 instead of 32-37 MiB/s (six alternating runs each): there a
-direct write waited for the disk (a `dd` with O_DIRECT of 1 MiB blocks: 77-453 MB/s from
+direct write waited for the disk (a `dd` with O_DIRECT of 1 MiB blocks: 63-453 MB/s from
 one run to the next), while buffered flushes let the kernel queue the writeback. Kafka
 itself writes through the page cache.
 """
