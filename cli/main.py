@@ -763,6 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate", type=int, default=None, help="e2e: messages per second (default 1000)")
     p.add_argument(
+        "--client",
+        choices=["sync", "async"],
+        default="sync",
+        help="e2e: the sync Writer and a Reader thread per partition, or the AsyncWriter "
+        "and an AsyncReader task per partition on one event loop",
+    )
+    p.add_argument(
         "--duration",
         type=float,
         default=None,

@@ -10,6 +10,8 @@ partition, each on a thread of this process, reads concurrently from where the m
 messages start. The latency of a message is from just before its `write_messages` call
 to when `read_message` returned it; the send time travels in the value (perf_counter_ns,
 one clock for both ends), with the message's sequence number, so each is counted once.
+`--client async`: the same with an `AsyncWriter` and an `AsyncReader` task per partition,
+all on one event loop (uvloop's, as the brokers') instead of the sync clients' threads.
 
 The sender keeps its schedule (message i is due at start + i / rate) and reports how
 late it issued calls against it: a sender behind its schedule means the client, not the
@@ -20,12 +22,18 @@ cluster, set the pace. `--messages`, or `--duration` seconds of sending (default
 from __future__ import annotations
 
 import argparse
+import asyncio
 import struct
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
+from raftmq.broker.broker import event_loop_factory
+from raftmq.client.async_reader import AsyncReader
+from raftmq.client.async_writer import AsyncWriter
+from raftmq.client.producer_core import WriterStats
 from raftmq.client.reader import LastOffset, Reader
 from raftmq.client.writer import RequireAll, Writer
 from raftmq.errors import RaftmqError
@@ -131,6 +139,17 @@ class _Seen:
     def count(self) -> int:
         return sum(len(s) for s in self.samples_s)
 
+    def record(self, message: Message, received_ns: int, samples_s: list[float]) -> None:
+        """A message a Reader returned at `received_ns` (perf_counter_ns)."""
+        stamp = read_e2e_value(message.value)
+        if stamp is None or not 0 <= stamp[1] < self.messages:
+            return
+        if self.seen[stamp[1]]:
+            self.duplicates += 1
+            return
+        self.seen[stamp[1]] = 1
+        samples_s.append((received_ns - stamp[0]) / 1e9)
+
 
 def e2e_limited_by(
     cpu_hint: str,
@@ -178,15 +197,22 @@ def _read_partition(reader: Reader, samples_s: list[float], seen: _Seen) -> None
         except RaftmqError as e:  # reported with the figures, not lost in a thread
             seen.errors.append(f"reader {reader.topic}-{reader.partition}: {e}")
             return
-        received_ns = time.perf_counter_ns()
-        stamp = read_e2e_value(message.value)
-        if stamp is None or not 0 <= stamp[1] < seen.messages:
+        seen.record(message, time.perf_counter_ns(), samples_s)
+
+
+async def _read_partition_async(reader: AsyncReader, samples_s: list[float], seen: _Seen) -> None:
+    """One AsyncReader's task, as `_read_partition`."""
+    deadline = time.monotonic() + RUN_DURATION_S_MAX + E2E_DRAIN_TIMEOUT_S
+    # Bound: as _read_partition's.
+    while not seen.stop.is_set() and time.monotonic() < deadline:
+        try:
+            message = await reader.read_message(timeout_ms=READ_TIMEOUT_MS)
+        except TimeoutError:
             continue
-        if seen.seen[stamp[1]]:
-            seen.duplicates += 1
-            continue
-        seen.seen[stamp[1]] = 1
-        samples_s.append((received_ns - stamp[0]) / 1e9)
+        except RaftmqError as e:
+            seen.errors.append(f"reader {reader.topic}-{reader.partition}: {e}")
+            return
+        seen.record(message, time.perf_counter_ns(), samples_s)
 
 
 @dataclass
@@ -204,8 +230,13 @@ class _Sent:
     failed: int = 0
     first_error: str | None = None
 
-    def track(self, future: Future[list[Message]], sent_s: float, value_bytes: int) -> None:
-        def done(f: Future[list[Message]]) -> None:
+    def track(
+        self,
+        future: Future[list[Message]] | asyncio.Future[list[Message]],
+        sent_s: float,
+        value_bytes: int,
+    ) -> None:
+        def done(f: Future[list[Message]] | asyncio.Future[list[Message]]) -> None:
             latency_s = time.perf_counter() - sent_s
             error = f.exception()
             with self.lock:
@@ -264,26 +295,86 @@ def _open_readers(args: argparse.Namespace, partitions: int) -> list[Reader]:
     return readers
 
 
-def run(args: argparse.Namespace) -> Result:
-    messages, rate = e2e_plan(args)
-    topic, created = ensure_topic(args)
-    partitions = len(topic.partitions)
-    padding = make_values(1, max(0, args.message_bytes - E2E_STAMP.size))[0]
-    bar = ProgressBar("e2e", messages, "msgs", enabled=progress_wanted(args))
-    sent = _Sent(bar)
-    seen = _Seen(messages, [[] for _ in range(partitions)])
-    with Writer(
-        args.bootstrap,
-        topic=args.topic,
-        required_acks=RequireAll,
-        linger_ms=0,
-        write_timeout_ms=timeout_ms_of(args),
-        async_=True,
-        pipeline_partial_batches=args.pipeline_partial_batches,
-    ) as writer:
-        warm_up = [
-            Message(e2e_value(0, WARMUP_SEQUENCE, b""), partition=p) for p in range(partitions)
-        ]
+async def _send_on_schedule_async(
+    writer: AsyncWriter,
+    sent: _Sent,
+    *,
+    messages: int,
+    rate: float,
+    partitions: int,
+    padding: bytes,
+) -> float:
+    """As `_send_on_schedule`, on the event loop (its timers' resolution shows as SENDER
+    LATE; latency counts from the call, so it costs the figure nothing)."""
+    started_s = time.perf_counter()
+    deadline_s = started_s + RUN_DURATION_S_MAX
+    for i in range(messages):
+        due_s = started_s + i / rate
+        # Bound: until due_s, as in _send_on_schedule.
+        while (wait_s := due_s - time.perf_counter()) > 0:
+            await asyncio.sleep(wait_s)
+        sent_ns = time.perf_counter_ns()
+        if sent_ns / 1e9 >= deadline_s:
+            sent.first_error = sent.first_error or f"stopped after {RUN_DURATION_S_MAX:.0f} s"
+            break
+        value = e2e_value(sent_ns, i, padding)
+        future = await writer.write_messages(Message(value, partition=i % partitions))
+        sent.track(future, sent_ns / 1e9, len(value))
+        sent.late_s.append(sent_ns / 1e9 - due_s)
+        sent.issued += 1
+    return started_s
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    messages: int
+    rate: float
+    partitions: int
+    padding: bytes
+    sent: _Sent
+    seen: _Seen
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    stats: WriterStats
+    warm: WriterStats
+    cpu: Result
+    started_s: float
+    sending_s: float
+    elapsed_s: float
+    pipeline_partial_batches: bool
+
+
+_CPU_WAITING = (
+    "acks=all replication (the followers' fetches, the HW advance) and the Readers' "
+    "long-poll wake-up"
+)
+
+
+def _writer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Both clients' Writer: acks=all, no linger, a future per call."""
+    return {
+        "topic": args.topic,
+        "required_acks": RequireAll,
+        "linger_ms": 0,
+        "write_timeout_ms": timeout_ms_of(args),
+        "async_": True,
+        "pipeline_partial_batches": args.pipeline_partial_batches,
+    }
+
+
+def _warm_up_messages(partitions: int) -> list[Message]:
+    """One unmeasured message per partition: metadata, producer id and streams ready."""
+    return [Message(e2e_value(0, WARMUP_SEQUENCE, b""), partition=p) for p in range(partitions)]
+
+
+def _measure_sync(args: argparse.Namespace, plan: _Plan) -> _Measured:
+    """The sync `Writer` and a `Reader` thread per partition."""
+    messages, rate, partitions, padding = plan.messages, plan.rate, plan.partitions, plan.padding
+    sent, seen = plan.sent, plan.seen
+    with Writer(args.bootstrap, **_writer_options(args)) as writer:
+        warm_up = _warm_up_messages(partitions)
         writer.write_messages(*warm_up).result()
         warm = writer.stats()
         readers = _open_readers(args, partitions)
@@ -317,13 +408,77 @@ def run(args: argparse.Namespace) -> Result:
                 t.join(timeout=READ_TIMEOUT_MS / 1000 + 2)
         elapsed_s = max(time.perf_counter() - started_s, 1e-9)
         stats = writer.stats()
-        cpu = meter.stop(
-            waiting="acks=all replication (the followers' fetches, the HW advance) and the "
-            "Readers' long-poll wake-up"
-        )
-    bar.close()
+        cpu = meter.stop(waiting=_CPU_WAITING)
     for reader in readers:
         reader.close()
+    return _Measured(
+        stats, warm, cpu, started_s, sending_s, elapsed_s, writer.config.pipeline_partial_batches
+    )
+
+
+async def _measure_async(args: argparse.Namespace, plan: _Plan) -> _Measured:
+    """The `AsyncWriter` and an `AsyncReader` task per partition, on one event loop."""
+    messages, rate, partitions, padding = plan.messages, plan.rate, plan.partitions, plan.padding
+    sent, seen = plan.sent, plan.seen
+    async with AsyncWriter(args.bootstrap, **_writer_options(args)) as writer:
+        warm_up = _warm_up_messages(partitions)
+        await (await writer.write_messages(*warm_up))
+        warm = writer.stats()
+        readers = []
+        for p in range(partitions):  # as _open_readers
+            reader = AsyncReader(
+                brokers_of(args), args.topic, p, start_offset=LastOffset, max_wait_ms=FETCH_WAIT_MS
+            )
+            await reader.read_lag()
+            readers.append(reader)
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(_read_partition_async(r, seen.samples_s[r.partition], seen))
+            for r in readers
+        ]
+        meter = CpuMeter()
+        try:
+            started_s = await _send_on_schedule_async(
+                writer, sent, messages=messages, rate=rate, partitions=partitions, padding=padding
+            )
+            sending_s = time.perf_counter() - started_s
+            await asyncio.wait_for(writer.flush(), timeout_ms_of(args) / 1000 + 5)
+            drain_deadline = time.monotonic() + E2E_DRAIN_TIMEOUT_S
+            # Bound: E2E_DRAIN_TIMEOUT_S.
+            while seen.count() < sent.acked and time.monotonic() < drain_deadline:
+                if seen.errors:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            seen.stop.set()
+            await asyncio.wait(tasks, timeout=READ_TIMEOUT_MS / 1000 + 2)
+        elapsed_s = max(time.perf_counter() - started_s, 1e-9)
+        stats = writer.stats()
+        cpu = meter.stop(waiting=_CPU_WAITING)
+    for reader in readers:
+        await reader.close()
+    return _Measured(
+        stats, warm, cpu, started_s, sending_s, elapsed_s, writer.config.pipeline_partial_batches
+    )
+
+
+def run(args: argparse.Namespace) -> Result:
+    messages, rate = e2e_plan(args)
+    topic, created = ensure_topic(args)
+    partitions = len(topic.partitions)
+    padding = make_values(1, max(0, args.message_bytes - E2E_STAMP.size))[0]
+    bar = ProgressBar("e2e", messages, "msgs", enabled=progress_wanted(args))
+    sent = _Sent(bar)
+    seen = _Seen(messages, [[] for _ in range(partitions)])
+    plan = _Plan(messages, rate, partitions, padding, sent, seen)
+    if args.client == "async":
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            measured = runner.run(_measure_async(args, plan))
+    else:
+        measured = _measure_sync(args, plan)
+    stats, warm, cpu = measured.stats, measured.warm, measured.cpu
+    sending_s, elapsed_s = measured.sending_s, measured.elapsed_s
+    bar.close()
     e2e_s = [s for samples in seen.samples_s for s in samples]
     late = latency_summary_ms(sent.late_s, LATENCY_QUANTILES_FINE)
     errors = [e for e in (sent.first_error, *seen.errors) if e]
@@ -360,7 +515,8 @@ def run(args: argparse.Namespace) -> Result:
         # The Writer seals a batch at once (no linger) unless its partition has a batch in
         # flight (or, pipelining partial batches, a full window): more messages per batch
         # means the write path was busy.
-        "pipeline_partial_batches": writer.config.pipeline_partial_batches,
+        "pipeline_partial_batches": measured.pipeline_partial_batches,
+        "client": args.client,
         "batches": stats.batches - warm.batches,
         "batch_messages_avg": round(
             (stats.messages - warm.messages) / max(1, stats.batches - warm.batches), 2
@@ -383,12 +539,13 @@ def render(result: Result) -> str:
         if result["pipeline_partial_batches"]
         else "one at a time per partition while not full"
     )
+    readers = "an AsyncReader" if result["client"] == "async" else "a Reader"
     lines = [
         f"bench e2e: topic {result['topic']} ({result['partitions']} partitions, RF "
         f"{result['replication_factor']}), acks=all, {result['message_bytes']} B, "
         f"{result['rate_requested']:.0f} msgs/s requested ({result['rate_achieved']:.0f} "
         f"issued), one message per write call ({result['batch_messages_avg']:.2f} per "
-        f"batch sent, {batches}), a Reader per partition; {result['messages']} of "
+        f"batch sent, {batches}), {readers} per partition; {result['messages']} of "
         f"{result['acknowledged']} acknowledged messages consumed",
         latency_table("PRODUCE->CONSUME", result["end_to_end_latency"], LATENCY_QUANTILES_FINE),
         latency_table("PRODUCE (ACK)", result["produce_latency"], LATENCY_QUANTILES_FINE),

@@ -118,13 +118,24 @@ def test_failover_on_its_own_quorum(capsys: pytest.CaptureFixture[str]) -> None:
     assert runs.startswith("run 1: killed controller")
 
 
-def test_e2e_at_a_fixed_rate(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
+@pytest.mark.parametrize(("client", "pipelined"), [("sync", True), ("async", False)])
+def test_e2e_at_a_fixed_rate(
+    capsys: pytest.CaptureFixture[str], bootstrap: str, client: str, pipelined: bool
+) -> None:
     result, table, _ = bench(
-        capsys, "e2e", "--bootstrap", bootstrap, "--topic", "bench-e2e", *TOPIC_FLAGS,
-        "--rate", "200", "--duration", "2", "--pipeline-partial-batches",
+        capsys, "e2e", "--bootstrap", bootstrap, "--topic", f"bench-e2e-{client}", *TOPIC_FLAGS,
+        "--rate", "200", "--duration", "2", "--client", client,
+        *(["--pipeline-partial-batches"] if pipelined else []),
     )  # fmt: skip
     assert result["scenario"] == "e2e" and result["error"] is None
-    assert result["pipeline_partial_batches"] is True and "batch sent, pipelined)" in table
+    assert result["client"] == client
+    assert result["pipeline_partial_batches"] is pipelined
+    if pipelined:
+        assert "batch sent, pipelined)" in table
+    else:
+        assert "batch sent, one at a time per partition while not full)" in table
+    reader = "an AsyncReader per partition" if client == "async" else "a Reader per partition"
+    assert reader in table
     assert result["messages_requested"] == 400
     assert result["messages"] == result["acknowledged"] == 400
     assert result["duplicates"] == 0 and result["failed"] == 0

@@ -50,6 +50,10 @@ def test_failover_keeps_the_controller_leader_as_its_default_target() -> None:
 
 def test_the_new_scenarios_parse() -> None:
     assert bench_args("e2e", "--rate", "500").rate == 500
+    assert bench_args("e2e").client == "sync"
+    assert bench_args("e2e", "--client", "async").client == "async"
+    with pytest.raises(SystemExit):
+        bench_args("e2e", "--client", "threads")
     assert bench_args("partitions", "--count", "30").count == 30
     args = bench_args("consumers", "--count", "20", "--duration", "2")
     assert (args.count, args.duration, args.messages) == (20, 2.0, None)
