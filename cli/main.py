@@ -766,8 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--client",
         choices=["sync", "async"],
         default="sync",
-        help="e2e: the sync Writer and a Reader thread per partition, or the AsyncWriter "
-        "and an AsyncReader task per partition on one event loop",
+        help="e2e and latency: the sync Writer and Reader threads, or the AsyncWriter and "
+        "AsyncReader tasks on one event loop",
     )
     p.add_argument(
         "--duration",

@@ -6,18 +6,24 @@ call's duration. A `Reader` on partition 0, on a thread of the same process, rea
 message from where the measured ones start; the produce-to-consume latency is from just
 before the call to when `read_message` returned it (the send time travels in the value,
 so both ends read one clock). After `LATENCY_WARMUP_MESSAGES` unmeasured messages (topic
-metadata, producer id, connections).
+metadata, producer id, connections). `--client async`: an `AsyncWriter` (each call
+awaited) and an `AsyncReader` task, on one event loop (uvloop's, as the brokers').
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from raftmq.broker.broker import event_loop_factory
+from raftmq.client.async_reader import AsyncReader
+from raftmq.client.async_writer import AsyncWriter
 from raftmq.client.reader import LastOffset, Reader
 from raftmq.client.writer import RequireAll, WriteError, Writer
 from raftmq.errors import RaftmqError
@@ -123,20 +129,24 @@ def _send_one_at_a_time(
     return produce_s, []
 
 
-def run(args: argparse.Namespace) -> Result:
-    check_workload(args)
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    produce_s: list[float]
+    e2e_s: list[float]
+    errors: list[str]
+    cpu: Result
+    elapsed_s: float
+
+
+def _waiting(acks: int) -> str:
+    return produce_waiting(acks) + ", the Reader's long poll"
+
+
+def _measure_sync(args: argparse.Namespace, count: int, padding: bytes) -> _Measured:
+    """The sync Writer, its Reader on a thread."""
     acks = ACKS_BY_NAME[args.acks]
-    count = min(args.messages, LATENCY_MESSAGES_MAX)
-    padding = make_values(1, max(0, args.message_bytes - VALUE_STAMP.size))[0]
-    topic, created = ensure_topic(args)
     bar = ProgressBar("latency", count, "msgs", enabled=progress_wanted(args))
-    with Writer(
-        args.bootstrap,
-        topic=args.topic,
-        required_acks=acks,
-        idempotent=acks == RequireAll,
-        write_timeout_ms=timeout_ms_of(args),
-    ) as writer:
+    with Writer(args.bootstrap, **_writer_options(args)) as writer:
 
         def send(kind: int) -> None:
             value = stamped_value(time.perf_counter_ns(), kind, padding)
@@ -155,12 +165,102 @@ def run(args: argparse.Namespace) -> Result:
         finally:
             end_to_end.stop.set()
         elapsed_s = max(time.perf_counter() - started_s, 1e-9)
-        cpu = meter.stop(waiting=produce_waiting(acks) + ", the Reader's long poll")
+        cpu = meter.stop(waiting=_waiting(acks))
         bar.close()
         thread.join(timeout=FETCH_WAIT_MS / 1000 + 1)
     end_to_end.reader.close()
-    e2e_s = end_to_end.samples_s
-    errors += end_to_end.errors
+    return _Measured(produce_s, end_to_end.samples_s, errors + end_to_end.errors, cpu, elapsed_s)
+
+
+async def _read_async(
+    reader: AsyncReader, expected: int, stop: asyncio.Event, samples_s: list[float]
+) -> list[str]:
+    """As `_EndToEnd.run`, on the event loop; returns its errors."""
+    # Bound: `expected` messages, or until `stop`.
+    while len(samples_s) < expected and not stop.is_set():
+        try:
+            message = await reader.read_message(timeout_ms=FETCH_WAIT_MS)
+        except TimeoutError:
+            continue
+        except RaftmqError as e:
+            return [f"reader: {e}"]
+        received_ns = time.perf_counter_ns()
+        stamp = read_stamp(message.value)
+        if stamp is not None and stamp[1] == KIND_MEASURED:
+            samples_s.append((received_ns - stamp[0]) / 1e9)
+    return []
+
+
+async def _measure_async(args: argparse.Namespace, count: int, padding: bytes) -> _Measured:
+    """The AsyncWriter (each call awaited), its AsyncReader a task on the same loop."""
+    acks = ACKS_BY_NAME[args.acks]
+    bar = ProgressBar("latency", count, "msgs", enabled=progress_wanted(args))
+    async with AsyncWriter(args.bootstrap, **_writer_options(args)) as writer:
+
+        async def send(kind: int) -> None:
+            value = stamped_value(time.perf_counter_ns(), kind, padding)
+            await writer.write_messages(Message(value, partition=0))
+
+        for _ in range(LATENCY_WARMUP_MESSAGES):
+            await send(KIND_WARMUP)
+        reader = AsyncReader(
+            brokers_of(args), args.topic, 0, start_offset=LastOffset, max_wait_ms=FETCH_WAIT_MS
+        )
+        await reader.read_lag()  # as _open_reader
+        stop = asyncio.Event()
+        e2e_s: list[float] = []
+        meter = CpuMeter()
+        started_s = time.perf_counter()
+        reading = asyncio.get_running_loop().create_task(_read_async(reader, count, stop, e2e_s))
+        produce_s: list[float] = []
+        errors: list[str] = []
+        deadline = time.monotonic() + RUN_DURATION_S_MAX
+        try:
+            for _ in range(count):  # as _send_one_at_a_time
+                if time.monotonic() >= deadline:
+                    errors.append(f"stopped after {RUN_DURATION_S_MAX:.0f} s")
+                    break
+                sent_s = time.perf_counter()
+                try:
+                    await send(KIND_MEASURED)
+                except WriteError as e:
+                    errors.append(f"writer: {e}")
+                    break
+                produce_s.append(time.perf_counter() - sent_s)
+                bar.advance()
+            await asyncio.wait({reading}, timeout=LATENCY_DRAIN_TIMEOUT_S)
+        finally:
+            stop.set()
+        elapsed_s = max(time.perf_counter() - started_s, 1e-9)
+        cpu = meter.stop(waiting=_waiting(acks))
+        bar.close()
+        errors += await asyncio.wait_for(reading, FETCH_WAIT_MS / 1000 + 1)
+    await reader.close()
+    return _Measured(produce_s, e2e_s, errors, cpu, elapsed_s)
+
+
+def _writer_options(args: argparse.Namespace) -> dict[str, Any]:
+    acks = ACKS_BY_NAME[args.acks]
+    return {
+        "topic": args.topic,
+        "required_acks": acks,
+        "idempotent": acks == RequireAll,
+        "write_timeout_ms": timeout_ms_of(args),
+    }
+
+
+def run(args: argparse.Namespace) -> Result:
+    check_workload(args)
+    count = min(args.messages, LATENCY_MESSAGES_MAX)
+    padding = make_values(1, max(0, args.message_bytes - VALUE_STAMP.size))[0]
+    topic, created = ensure_topic(args)
+    if args.client == "async":
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            measured = runner.run(_measure_async(args, count, padding))
+    else:
+        measured = _measure_sync(args, count, padding)
+    produce_s, e2e_s, errors = measured.produce_s, measured.e2e_s, list(measured.errors)
+    cpu, elapsed_s = measured.cpu, measured.elapsed_s
     if not errors and len(e2e_s) < len(produce_s):
         errors.append(
             f"the Reader saw {len(e2e_s)} of {len(produce_s)} messages within "
@@ -173,6 +273,7 @@ def run(args: argparse.Namespace) -> Result:
         "partition": 0,
         "replication_factor": topic.replication_factor,
         "acks": args.acks,
+        "client": args.client,
         "message_bytes": max(args.message_bytes, VALUE_STAMP.size),
         "messages_requested": args.messages,
         "messages": len(produce_s),
@@ -193,10 +294,15 @@ def render(result: Result) -> str:
         if result["messages_requested"] > result["messages_max"]
         else ""
     )
+    call = (
+        "awaited AsyncWriter.write_messages"
+        if result["client"] == "async"
+        else "sync write_messages"
+    )
     lines = [
         f"bench latency: topic {result['topic']}-0 (RF {result['replication_factor']}), "
-        f"acks={result['acks']}, {result['message_bytes']} B, one message per sync "
-        f"write_messages call, {result['messages']} messages{capped}",
+        f"acks={result['acks']}, {result['message_bytes']} B, one message per {call} call, "
+        f"{result['messages']} messages{capped}",
         latency_table("PRODUCE", result["produce_latency"], LATENCY_QUANTILES_FINE),
         latency_table("PRODUCE->CONSUME", result["end_to_end_latency"], LATENCY_QUANTILES_FINE),
         *footer_lines(result),

@@ -72,12 +72,15 @@ def test_produce_then_consume(capsys: pytest.CaptureFixture[str], bootstrap: str
     assert progress == ""  # stderr is not a terminal and --progress was not given
 
 
-def test_latency(capsys: pytest.CaptureFixture[str], bootstrap: str) -> None:
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_latency(capsys: pytest.CaptureFixture[str], bootstrap: str, client: str) -> None:
     result, table, _ = bench(
-        capsys, "latency", "--bootstrap", bootstrap, "--topic", "bench-l", *TOPIC_FLAGS,
-        "--messages", "40",
+        capsys, "latency", "--bootstrap", bootstrap, "--topic", f"bench-l-{client}",
+        *TOPIC_FLAGS, "--messages", "40", "--client", client,
     )  # fmt: skip
-    assert result["scenario"] == "latency"
+    assert result["scenario"] == "latency" and result["client"] == client
+    call = "awaited AsyncWriter.write_messages" if client == "async" else "sync write_messages"
+    assert f"one message per {call} call" in table
     assert result["messages"] == 40 and result["error"] is None
     assert_latency(result["latency_ms"])
     assert_latency(result["end_to_end_latency_ms"])

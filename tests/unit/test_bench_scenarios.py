@@ -52,6 +52,7 @@ def test_the_new_scenarios_parse() -> None:
     assert bench_args("e2e", "--rate", "500").rate == 500
     assert bench_args("e2e").client == "sync"
     assert bench_args("e2e", "--client", "async").client == "async"
+    assert bench_args("latency", "--client", "async").client == "async"
     with pytest.raises(SystemExit):
         bench_args("e2e", "--client", "threads")
     assert bench_args("partitions", "--count", "30").count == 30
