@@ -27,6 +27,16 @@ def variable_of(option: str) -> str:
     return PREFIX + option.lstrip("-").replace("-", "_").upper()
 
 
+def names_a_flag(name: str) -> bool:
+    """Whether environment variable `name` must set a flag: a `RAFTMQ_*` variable that is
+    not one the program itself reads."""
+    return (
+        name.startswith(PREFIX)
+        and name not in PROGRAM_VARIABLES
+        and not name.startswith(PROGRAM_PREFIXES)
+    )
+
+
 def flag_variables(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Variable name -> the flag's action, for every long flag of `parser`."""
     found: dict[str, argparse.Action] = {}
@@ -46,9 +56,7 @@ def apply_environment(
     unknown `RAFTMQ_*` variable or a value its flag does not accept."""
     flags = flag_variables(parser)
     for name in sorted(environ):
-        if not name.startswith(PREFIX) or name in PROGRAM_VARIABLES:
-            continue
-        if name.startswith(PROGRAM_PREFIXES):
+        if not names_a_flag(name):
             continue
         action = flags.get(name)
         if action is None:
@@ -75,9 +83,7 @@ def refuse_node_variables_for_up(
     up_flags = flag_variables(up)
     accepted = {command: flag_variables(parser) for command, parser in parsers.items()}
     for name in sorted(environ):
-        if not name.startswith(PREFIX) or name in PROGRAM_VARIABLES:
-            continue
-        if name.startswith(PROGRAM_PREFIXES):
+        if not names_a_flag(name):
             continue
         takers = [command for command, flags in accepted.items() if name in flags]
         if len(takers) == len(accepted):

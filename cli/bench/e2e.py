@@ -340,7 +340,6 @@ class _Measured:
     stats: WriterStats
     warm: WriterStats
     cpu: Result
-    started_s: float
     sending_s: float
     elapsed_s: float
     pipeline_partial_batches: bool
@@ -411,9 +410,7 @@ def _measure_sync(args: argparse.Namespace, plan: _Plan) -> _Measured:
         cpu = meter.stop(waiting=_CPU_WAITING)
     for reader in readers:
         reader.close()
-    return _Measured(
-        stats, warm, cpu, started_s, sending_s, elapsed_s, writer.config.pipeline_partial_batches
-    )
+    return _Measured(stats, warm, cpu, sending_s, elapsed_s, writer.config.pipeline_partial_batches)
 
 
 async def _measure_async(args: argparse.Namespace, plan: _Plan) -> _Measured:
@@ -457,9 +454,7 @@ async def _measure_async(args: argparse.Namespace, plan: _Plan) -> _Measured:
         cpu = meter.stop(waiting=_CPU_WAITING)
     for reader in readers:
         await reader.close()
-    return _Measured(
-        stats, warm, cpu, started_s, sending_s, elapsed_s, writer.config.pipeline_partial_batches
-    )
+    return _Measured(stats, warm, cpu, sending_s, elapsed_s, writer.config.pipeline_partial_batches)
 
 
 def run(args: argparse.Namespace) -> Result:

@@ -73,6 +73,14 @@ def read_stamp(value: bytes | None) -> tuple[int, int] | None:
     return int(sent_ns), int(kind)
 
 
+def _record(message: Message, received_ns: int, samples_s: list[float]) -> None:
+    """A message the Reader returned at `received_ns` (perf_counter_ns): a sample if it
+    is a measured one."""
+    stamp = read_stamp(message.value)
+    if stamp is not None and stamp[1] == KIND_MEASURED:
+        samples_s.append((received_ns - stamp[0]) / 1e9)
+
+
 @dataclass
 class _EndToEnd:
     """The Reader thread. `samples_s` and `errors` are appended by that thread only and
@@ -94,10 +102,7 @@ class _EndToEnd:
             except RaftmqError as e:  # reported with the figures, not lost in a thread
                 self.errors.append(f"reader: {e}")
                 return
-            received_ns = time.perf_counter_ns()
-            stamp = read_stamp(message.value)
-            if stamp is not None and stamp[1] == KIND_MEASURED:
-                self.samples_s.append((received_ns - stamp[0]) / 1e9)
+            _record(message, time.perf_counter_ns(), self.samples_s)
 
 
 def _open_reader(args: argparse.Namespace) -> Reader:
@@ -184,10 +189,7 @@ async def _read_async(
             continue
         except RaftmqError as e:
             return [f"reader: {e}"]
-        received_ns = time.perf_counter_ns()
-        stamp = read_stamp(message.value)
-        if stamp is not None and stamp[1] == KIND_MEASURED:
-            samples_s.append((received_ns - stamp[0]) / 1e9)
+        _record(message, time.perf_counter_ns(), samples_s)
     return []
 
 
