@@ -60,6 +60,76 @@ _Response = TypeVar("_Response")
 # reads no more: the client's next requests wait in the stream's flow control. (A Writer
 # keeps at most 5 batches in flight per partition.)
 PRODUCE_STREAM_INFLIGHT_MAX = 128
+# The same for a FetchStream. (A Reader has one fetch in flight; a group's Reader one per
+# partition it is assigned on that broker.)
+FETCH_STREAM_INFLIGHT_MAX = 128
+
+_StreamRequest = TypeVar("_StreamRequest")
+_StreamResponse = TypeVar("_StreamResponse")
+
+
+async def pipelined(
+    request_iterator: AsyncIterator[_StreamRequest],
+    handle: Callable[[_StreamRequest], Awaitable[_StreamResponse | None]],
+    inflight_max: int,
+    log: Any,
+) -> AsyncIterator[_StreamResponse]:
+    """The body of a pipelined stream RPC (ProduceStream, FetchStream): each request is
+    handled as soon as it is read, at most `inflight_max` at a time, and its answer
+    (`handle`'s result; None: it gets none) written when it completes, in completion
+    order. A request that fails with an exception (a bug) ends the stream with it, like a
+    unary call's failure: the client then fails everything it had in flight on this
+    stream and retries it."""
+    # Items: an answer to write, an exception to end the stream with, or None (the client
+    # closed its side and every request was answered).
+    # Invariant: a request holds one of `slots` from before it is handled until its answer
+    # is written (or, unanswered, until it completed), so at most `inflight_max` requests
+    # are in progress and `answers` never holds more items than that plus two.
+    answers: asyncio.Queue[_StreamResponse | Exception | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(inflight_max)
+    handling: set[asyncio.Task[None]] = set()
+
+    async def run(item: _StreamRequest) -> None:
+        try:
+            answer = await handle(item)
+        except Exception as e:
+            log.exception("request_stream.request_failed")
+            answers.put_nowait(e)
+            return
+        if answer is None:
+            slots.release()
+            return
+        answers.put_nowait(answer)
+
+    async def read_requests() -> None:
+        try:
+            # Bound: one iteration per request, until the client closes its side.
+            async for item in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(run(item))
+                handling.add(task)
+                task.add_done_callback(handling.discard)
+            if handling:
+                await asyncio.wait(set(handling))
+            answers.put_nowait(None)
+        except Exception as e:  # the stream broke while reading (not a cancellation)
+            answers.put_nowait(e)
+
+    reader = asyncio.create_task(read_requests())
+    try:
+        # Bound: one iteration per answer, until the reader ends the stream.
+        while True:
+            answer = await answers.get()
+            if answer is None:
+                return
+            if isinstance(answer, Exception):
+                raise answer
+            yield answer
+            slots.release()
+    finally:
+        reader.cancel()
+        for task in list(handling):
+            task.cancel()
 
 
 async def observed(
@@ -163,66 +233,33 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         request_iterator: AsyncIterator[pb.ProduceStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ProduceStreamResponse]:
-        """Pipelined produce (see broker.proto): each request is handled as soon as it is
-        read, at most PRODUCE_STREAM_INFLIGHT_MAX at a time, and answered when it
-        completes; acks=0 requests are not answered. A request that fails with an
-        exception (a bug) ends the stream with it, like a unary call's failure: the client
-        then fails everything it had in flight on this stream and retries it."""
-        # Items: an answer to write, an exception to end the stream with, or None (the
-        # client closed its side and every request was answered).
-        # Invariant: a request holds one of `slots` from before it is handled until its
-        # answer is written (or, acks=0, until it completed), so at most
-        # PRODUCE_STREAM_INFLIGHT_MAX requests are in progress and `answers` never holds
-        # more items than that plus two.
-        answers: asyncio.Queue[pb.ProduceStreamResponse | Exception | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(PRODUCE_STREAM_INFLIGHT_MAX)
-        handling: set[asyncio.Task[None]] = set()
+        """Pipelined produce (see broker.proto): acks=0 requests are not answered."""
 
-        async def handle(item: pb.ProduceStreamRequest) -> None:
-            try:
-                response = await observed(
-                    self.metrics, "Produce", context, self._produce(item.request)
-                )
-            except Exception as e:
-                self.log.exception("produce_stream.request_failed")
-                answers.put_nowait(e)
-                return
+        async def handle(item: pb.ProduceStreamRequest) -> pb.ProduceStreamResponse | None:
+            response = await observed(self.metrics, "Produce", context, self._produce(item.request))
             if item.request.acks == 0:
-                slots.release()
-                return
-            answers.put_nowait(
-                pb.ProduceStreamResponse(correlation_id=item.correlation_id, response=response)
-            )
+                return None
+            return pb.ProduceStreamResponse(correlation_id=item.correlation_id, response=response)
 
-        async def read_requests() -> None:
-            try:
-                # Bound: one iteration per request, until the client closes its side.
-                async for item in request_iterator:
-                    await slots.acquire()
-                    task = asyncio.create_task(handle(item))
-                    handling.add(task)
-                    task.add_done_callback(handling.discard)
-                if handling:
-                    await asyncio.wait(set(handling))
-                answers.put_nowait(None)
-            except Exception as e:  # the stream broke while reading (not a cancellation)
-                answers.put_nowait(e)
+        # An async generator itself: grpc.aio runs any other stream handler on a thread.
+        log = self.log.bind(method="ProduceStream")
+        async for answer in pipelined(request_iterator, handle, PRODUCE_STREAM_INFLIGHT_MAX, log):
+            yield answer
 
-        reader = asyncio.create_task(read_requests())
-        try:
-            # Bound: one iteration per answer, until the reader ends the stream.
-            while True:
-                answer = await answers.get()
-                if answer is None:
-                    return
-                if isinstance(answer, Exception):
-                    raise answer
-                yield answer
-                slots.release()
-        finally:
-            reader.cancel()
-            for task in list(handling):
-                task.cancel()
+    async def FetchStream(
+        self,
+        request_iterator: AsyncIterator[pb.FetchStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.FetchStreamResponse]:
+        """Pipelined consumer fetches (see broker.proto), each answered as a unary Fetch."""
+
+        async def handle(item: pb.FetchStreamRequest) -> pb.FetchStreamResponse:
+            response = await observed(self.metrics, "Fetch", context, self._fetch(item.request))
+            return pb.FetchStreamResponse(correlation_id=item.correlation_id, response=response)
+
+        log = self.log.bind(method="FetchStream")
+        async for answer in pipelined(request_iterator, handle, FETCH_STREAM_INFLIGHT_MAX, log):
+            yield answer
 
     async def _produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
         results = await self.handler.produce(
@@ -259,6 +296,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchResponse:
+        return await self._fetch(request)
+
+    async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
         if request.replica_id >= 0:
             error = wire.error_to_pb(
                 ErrorCode.INVALID_REQUEST,

@@ -1,13 +1,16 @@
-"""Bootstrap addresses, metadata and produce streams for the asyncio shells (`AsyncWriter`,
-`AsyncReader`): `BrokerPool`'s twin, sharing its address order and metadata merge."""
+"""Bootstrap addresses, metadata, and produce and fetch streams for the asyncio shells
+(`AsyncWriter`, `AsyncReader`): `BrokerPool`'s twin, sharing its address order and metadata
+merge."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import structlog
 from raftmq.client.async_conn import AsyncConn
-from raftmq.client.async_produce_stream import AsyncProduceStream
+from raftmq.client.async_request_stream import AsyncRequestStream, fetch_stream, produce_stream
 from raftmq.client.brokers import (
     INIT_PRODUCER_ID_TIMEOUT_MS,
     METADATA_TIMEOUT_MS,
@@ -18,10 +21,14 @@ from raftmq.client.brokers import (
     no_producer_id,
     parse_brokers,
 )
+from raftmq.client.produce_stream import no_answer_error
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError
+from raftmq.v1 import broker_pb2 as pb
 
 _log = structlog.get_logger("raftmq.client")
+
+_Stream = TypeVar("_Stream", bound=AsyncRequestStream[Any, Any])
 
 
 class AsyncBrokerPool:
@@ -30,14 +37,15 @@ class AsyncBrokerPool:
     def __init__(self, bootstrap: Sequence[str] | str) -> None:
         self.bootstrap = parse_brokers(bootstrap)
         self._conns: dict[str, AsyncConn] = {}
-        # At most one open stream per address; a failed one is replaced on next use.
-        self._streams: dict[str, AsyncProduceStream] = {}
-        # Addresses whose broker has no ProduceStream (it answered UNIMPLEMENTED): the
-        # writer sends them unary Produce calls.
-        self._unary_only: set[str] = set()
+        # At most one open stream per (method, address); a failed one is replaced on next
+        # use.
+        self._streams: dict[tuple[str, str], AsyncRequestStream[Any, Any]] = {}
+        # (method, address) pairs whose broker has no such stream (it answered
+        # UNIMPLEMENTED): they get unary calls.
+        self._unary_only: set[tuple[str, str]] = set()
         # Failed streams whose reader task may still be ending: awaited by `close`.
         # Bound: pruned of the ended ones whenever one is added.
-        self._retired: list[AsyncProduceStream] = []
+        self._retired: list[AsyncRequestStream[Any, Any]] = []
         self._closed = False
         self.metadata: ClusterMetadata | None = None
 
@@ -49,27 +57,44 @@ class AsyncBrokerPool:
             conn = self._conns[address] = AsyncConn(address)
         return conn
 
-    def produce_stream(self, address: str) -> AsyncProduceStream | None:
+    def produce_stream(
+        self, address: str
+    ) -> AsyncRequestStream[pb.ProduceRequest, pb.ProduceResponse] | None:
         """The open produce stream to `address` (a new one if none is, or it failed);
         None if that broker has no ProduceStream (send it unary Produce calls instead).
         After `close`, raises BROKER_NOT_AVAILABLE."""
+        return self._stream(address, "ProduceStream", produce_stream)
+
+    def fetch_stream(
+        self, address: str
+    ) -> AsyncRequestStream[pb.FetchRequest, pb.FetchResponse] | None:
+        """As `produce_stream`, for consumer fetches (FetchStream)."""
+        return self._stream(address, "FetchStream", fetch_stream)
+
+    def _stream(
+        self,
+        address: str,
+        method: str,
+        open_stream: Callable[[AsyncConn], _Stream],
+    ) -> _Stream | None:
         conn = self.conn(address)
-        if address in self._unary_only:
+        key = (method, address)
+        if key in self._unary_only:
             return None
-        stream = self._streams.get(address)
+        stream = self._streams.get(key)
         if stream is not None and stream.unimplemented:
-            self._unary_only.add(address)
-            del self._streams[address]
+            self._unary_only.add(key)
+            del self._streams[key]
             self._retire(stream)
-            _log.info("produce_stream.unsupported", endpoint=address)
+            _log.info("request_stream.unsupported", method=method, endpoint=address)
             return None
         if stream is None or stream.failed:
             if stream is not None:
                 self._retire(stream)
-            stream = self._streams[address] = AsyncProduceStream(conn)
-        return stream
+            stream = self._streams[key] = open_stream(conn)
+        return cast(_Stream, stream)  # what open_stream made for this method
 
-    def _retire(self, stream: AsyncProduceStream) -> None:
+    def _retire(self, stream: AsyncRequestStream[Any, Any]) -> None:
         self._retired = [s for s in self._retired if not s.ended] + [stream]
 
     def expire_streams(self, now_ms: int) -> int | None:
@@ -77,6 +102,34 @@ class AsyncBrokerPool:
         no request is waiting for an answer)."""
         deadlines = [d for s in list(self._streams.values()) if (d := s.expire(now_ms)) is not None]
         return min(deadlines, default=None)
+
+    async def call(self, address: str, method: str, request: Any, *, timeout_ms: int) -> Any:
+        """One request to `address` (as `AsyncConn.call`); a Fetch goes on its stream."""
+        if method == "Fetch":
+            return await self.fetch(address, request, timeout_ms=timeout_ms)
+        return await self.conn(address).call(method, request, timeout_ms=timeout_ms)
+
+    async def fetch(
+        self, address: str, request: pb.FetchRequest, *, timeout_ms: int
+    ) -> pb.FetchResponse:
+        """One consumer fetch from `address`: on its FetchStream, or a unary Fetch call if
+        that broker has none. No answer within `timeout_ms` fails the stream (the broker
+        answers every fetch by its max_wait_ms) and raises BROKER_NOT_AVAILABLE, as a
+        unary call's deadline would."""
+        # Bound: a second pass only after the broker said it has no FetchStream, and
+        # then the unary call ends it.
+        while True:
+            stream = self.fetch_stream(address)
+            if stream is None:
+                response: pb.FetchResponse = await self.conn(address).call(
+                    "Fetch", request, timeout_ms=timeout_ms
+                )
+                return response
+            answer = await _ask(stream, request, timeout_ms)
+            if not isinstance(answer, RaftmqError):
+                return answer
+            if not stream.unimplemented:
+                raise answer
 
     async def init_producer_id(
         self, producer_id: int, producer_epoch: int, *, timeout_ms: int | None = None
@@ -140,3 +193,28 @@ class AsyncBrokerPool:
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
+
+
+async def _ask(
+    stream: AsyncRequestStream[pb.FetchRequest, pb.FetchResponse],
+    request: pb.FetchRequest,
+    timeout_ms: int,
+) -> pb.FetchResponse | RaftmqError:
+    """`request`'s answer on `stream`, or the failure that ended the stream; past
+    `timeout_ms` the stream fails (no answer) and that failure is raised."""
+    answered: asyncio.Future[pb.FetchResponse | RaftmqError] = (
+        asyncio.get_running_loop().create_future()
+    )
+
+    def on_answer(answer: pb.FetchResponse | RaftmqError) -> None:
+        if not answered.done():  # not given up on (timed out, or the caller went)
+            answered.set_result(answer)
+
+    stream.send(request, timeout_ms=timeout_ms, on_answer=on_answer)
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            return await answered
+    except TimeoutError:
+        error = no_answer_error(stream.endpoint, stream.method)
+        stream.fail(error)
+        raise error from None

@@ -197,8 +197,8 @@ class AsyncGroupReader:
     async def _perform(self, call: GroupCall) -> None:
         method, request = group_protocol.to_pb(call.request)
         try:
-            response = await self._pool.conn(call.endpoint).call(
-                method, request, timeout_ms=call.timeout_ms
+            response = await self._pool.call(
+                call.endpoint, method, request, timeout_ms=call.timeout_ms
             )
             result = group_protocol.from_pb(call.request, response)
         except RaftmqError as e:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import structlog
+from raftmq.client import protocol
 from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.async_group_reader import AsyncGroupReader
 from raftmq.client.conn import now_ms
@@ -242,17 +243,19 @@ class AsyncReader:
             core.on_offset(step, offset, now_ms=now_ms())
         else:
             assert isinstance(step, FetchStep)
+            request = protocol.fetch_request(
+                [(core.topic, core.partition, step.offset, step.leader_epoch)],
+                max_wait_ms=step.max_wait_ms,
+                min_bytes=step.min_bytes,
+                max_bytes=step.max_bytes,
+                partition_max_bytes=step.max_bytes,
+            )
             try:
-                [result] = await self._pool.conn(step.endpoint).fetch(
-                    [(core.topic, core.partition, step.offset)],
-                    max_wait_ms=step.max_wait_ms,
-                    min_bytes=step.min_bytes,
-                    max_bytes=step.max_bytes,
-                    partition_max_bytes=step.max_bytes,
-                    leader_epoch=step.leader_epoch,
-                    timeout_ms=step.timeout_ms,
+                response = await self._pool.fetch(
+                    step.endpoint, request, timeout_ms=step.timeout_ms
                 )
             except RaftmqError as e:
                 core.on_transport_failure(e, now_ms=now_ms())
                 return
+            [result] = protocol.fetch_results(response)
             core.on_fetch(step, result, now_ms=now_ms())

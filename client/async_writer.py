@@ -5,7 +5,7 @@ asyncio shell on grpc.aio.
         await writer.write_messages(Message(b"one"), Message(b"two"))
 
 One sender task per writer carries out what the core decides: produce requests are
-pipelined on one long-lived produce stream per broker (`client/async_produce_stream.py`;
+pipelined on one long-lived produce stream per broker (`client/async_request_stream.py`;
 unary Produce calls, each its own task, to a broker without one), answers are fed back to
 the core as they come, and one metadata or producer-id request at a time is awaited by
 the sender, bounded by the time the waiting messages have left. Everything runs on the

@@ -25,7 +25,7 @@ import heapq
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import structlog
@@ -43,14 +43,16 @@ PRODUCE_STREAM_QUEUE_MAX = 10_000
 
 _log = structlog.get_logger("raftmq.client")
 
+_Response = TypeVar("_Response")
+
 # Called once per request with its response or with the error that ended the stream.
-Answer = Callable[[pb.ProduceResponse | RaftmqError], None]
+Answer = Callable[[_Response | RaftmqError], None]
 
 
-class PendingAnswers:
+class PendingAnswers(Generic[_Response]):
     """The answers a produce stream owes, by correlation id, with their deadlines, and the
     failure that ended the stream. Pure (no I/O, clock or lock): `ProduceStream` uses it
-    under its lock, `AsyncProduceStream` from its event loop.
+    under its lock, `AsyncRequestStream` (produce and fetch) from its event loop.
 
     Invariants: a request that owes an answer is pending from `add` until `pop` or `fail`
     removes it, exactly once; _deadlines holds (deadline, id) for every pending id (and
@@ -58,12 +60,12 @@ class PendingAnswers:
     after it nothing is pending."""
 
     def __init__(self) -> None:
-        self._pending: dict[int, Answer] = {}
+        self._pending: dict[int, Answer[_Response]] = {}
         self._deadlines: list[tuple[int, int]] = []
         self._next_id = 0
         self.failure: RaftmqError | None = None
 
-    def add(self, on_answer: Answer | None, deadline_ms: int) -> int:
+    def add(self, on_answer: Answer[_Response] | None, deadline_ms: int) -> int:
         """The next correlation id; `on_answer` (None: no answer comes, acks=0) is owed
         an answer by `deadline_ms`."""
         assert self.failure is None, "a failed stream takes no requests"
@@ -74,7 +76,7 @@ class PendingAnswers:
             heapq.heappush(self._deadlines, (deadline_ms, correlation_id))
         return correlation_id
 
-    def pop(self, correlation_id: int) -> Answer | None:
+    def pop(self, correlation_id: int) -> Answer[_Response] | None:
         """The answer owed to `correlation_id`, no longer pending (None: none is)."""
         return self._pending.pop(correlation_id, None)
 
@@ -85,7 +87,7 @@ class PendingAnswers:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
 
-    def fail(self, error: RaftmqError) -> list[Answer] | None:
+    def fail(self, error: RaftmqError) -> list[Answer[_Response]] | None:
         """Record the failure; the answers that were pending (each then owed `error`), or
         None if the stream had failed already."""
         if self.failure is not None:
@@ -97,17 +99,17 @@ class PendingAnswers:
         return pending
 
 
-def queue_full_error(endpoint: str) -> RaftmqError:
+def queue_full_error(endpoint: str, method: str = "ProduceStream") -> RaftmqError:
     return RaftmqError(
         ErrorCode.BROKER_NOT_AVAILABLE,
-        f"{endpoint} ProduceStream: {PRODUCE_STREAM_QUEUE_MAX} requests wait to be sent",
+        f"{endpoint} {method}: {PRODUCE_STREAM_QUEUE_MAX} requests wait to be sent",
     )
 
 
-def no_answer_error(endpoint: str) -> RaftmqError:
+def no_answer_error(endpoint: str, method: str = "ProduceStream") -> RaftmqError:
     return RaftmqError(
         ErrorCode.BROKER_NOT_AVAILABLE,
-        f"{endpoint} ProduceStream: no answer by the request's deadline",
+        f"{endpoint} {method}: no answer by the request's deadline",
     )
 
 
@@ -124,7 +126,7 @@ class ProduceStream:
         )
         # Guarded by _lock. Each request's `on_answer` is called exactly once: by the
         # reader with its answer, or with the failure when the stream fails.
-        self._answers = PendingAnswers()
+        self._answers = PendingAnswers[pb.ProduceResponse]()
         # The broker answered UNIMPLEMENTED: it has no ProduceStream. Set once, before
         # the stream fails.
         self.unimplemented = False
@@ -140,7 +142,11 @@ class ProduceStream:
             return self._answers.failure is not None
 
     def send(
-        self, request: pb.ProduceRequest, *, timeout_ms: int, on_answer: Answer | None
+        self,
+        request: pb.ProduceRequest,
+        *,
+        timeout_ms: int,
+        on_answer: Answer[pb.ProduceResponse] | None,
     ) -> None:
         """Queue `request`. `on_answer` (None for acks=0: no answer comes) is called
         exactly once, on the reader thread, or here at once if the stream has failed."""

@@ -35,6 +35,7 @@ from raftmq import (
     Writer,
 )
 from raftmq.client import protocol
+from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.brokers import BrokerPool
 from raftmq.client.conn import decode_from
 from raftmq.client.controller_client import EndpointPool, call_with_failover
@@ -670,6 +671,90 @@ def test_the_produce_stream_pipelines_requests_and_answers_each_one(brokers: lis
     late.wait(1, timeout_s=1)
     failure = late.by_request[0]
     assert isinstance(failure, RaftmqError) and failure.code == ErrorCode.BROKER_NOT_AVAILABLE
+
+
+# ---------------------------------------------------------------- the fetch stream
+
+
+def test_the_fetch_stream_answers_each_fetch_when_it_completes(brokers: list[str]) -> None:
+    """A long poll past the end and a fetch of records already there, on one FetchStream:
+    the second is answered first, the first when a write fills it; a follower's fetch and
+    an unknown partition get their errors, and the stream goes on serving."""
+    with Admin(brokers) as admin:
+        admin.create_topic("fetch-stream", partitions=1, replication_factor=3)
+    with Writer(brokers, topic="fetch-stream") as writer:
+        writer.write_messages(*(Message(b"m%d" % i) for i in range(3)))
+    leader = Conn.dial_leader(brokers, "fetch-stream", 0)
+    leader.close()
+
+    def fetch(offset: int, *, max_wait_ms: int, topic: str = "fetch-stream") -> pb.FetchRequest:
+        return protocol.fetch_request(
+            [(topic, 0, offset, -1)],
+            max_wait_ms=max_wait_ms,
+            min_bytes=1,
+            max_bytes=1 << 20,
+            partition_max_bytes=1 << 20,
+        )
+
+    async def main() -> None:
+        pool = AsyncBrokerPool(brokers)
+        try:
+            stream = pool.fetch_stream(leader.address)
+            assert stream is not None  # this broker has FetchStream
+            order: list[str] = []
+            answers: dict[str, pb.FetchResponse | RaftmqError] = {}
+            done = asyncio.Event()
+
+            def to(name: str) -> Callable[[pb.FetchResponse | RaftmqError], None]:
+                def on_answer(answer: pb.FetchResponse | RaftmqError) -> None:
+                    order.append(name)
+                    answers[name] = answer
+                    if len(answers) == 4:
+                        done.set()
+
+                return on_answer
+
+            stream.send(fetch(3, max_wait_ms=10_000), timeout_ms=15_000, on_answer=to("poll"))
+            stream.send(fetch(0, max_wait_ms=10_000), timeout_ms=15_000, on_answer=to("there"))
+            follower = fetch(0, max_wait_ms=0)
+            follower.replica_id = 2
+            stream.send(follower, timeout_ms=15_000, on_answer=to("follower"))
+            stream.send(
+                fetch(0, max_wait_ms=0, topic="no-such-topic"),
+                timeout_ms=15_000,
+                on_answer=to("unknown"),
+            )
+            for _ in range(100):  # bound: 5 s for the three answers that need no write
+                if len(answers) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert sorted(order) == ["follower", "there", "unknown"], order
+            async with AsyncWriter(brokers, topic="fetch-stream") as writer:
+                await writer.write_messages(Message(b"m3"))
+            async with asyncio.timeout(10):
+                await done.wait()
+            assert order[-1] == "poll"
+            results = {}
+            for name, answer in answers.items():
+                assert isinstance(answer, pb.FetchResponse), (name, answer)
+                [results[name]] = protocol.fetch_results(answer)
+            assert [m.value for m in decode_from(results["there"].records, "fetch-stream", 0, 0)][
+                :3
+            ] == [b"m0", b"m1", b"m2"]
+            assert [
+                m.value for m in decode_from(results["poll"].records, "fetch-stream", 0, 3)
+            ] == [b"m3"]
+            follower_error = results["follower"].error
+            assert follower_error is not None
+            assert follower_error.code == ErrorCode.INVALID_REQUEST
+            unknown_error = results["unknown"].error
+            assert unknown_error is not None
+            assert unknown_error.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            assert pool.fetch_stream(leader.address) is stream and not stream.failed
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 # ---------------------------------------------------------------- the sync Writer's direct path

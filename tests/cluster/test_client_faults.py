@@ -66,7 +66,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
         self.produce: str | tuple[str, int] = "accept"
         self.fetch: str | tuple[str, int] = "serve"
         self.admin_failures = 0  # CreateTopic answers CONTROLLER_UNAVAILABLE this often
-        self.streams = True  # False: no ProduceStream (an older broker)
+        self.streams = True  # False: no ProduceStream or FetchStream (an older broker)
         self.release = threading.Event()
         self.requests: list[Any] = []
         self._calls: collections.Counter[str] = collections.Counter()
@@ -174,6 +174,19 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
                 log_end_offset=1,
             )
         return response
+
+    def FetchStream(
+        self, request_iterator: Iterator[pb.FetchStreamRequest], context: Any
+    ) -> Iterator[pb.FetchStreamResponse]:
+        """The AsyncReader's path: each fetch answered in turn as Fetch answers it. With
+        `streams` False: UNIMPLEMENTED, as ProduceStream."""
+        self._count("FetchStream")
+        if not self.streams:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        for item in request_iterator:
+            yield pb.FetchStreamResponse(
+                correlation_id=item.correlation_id, response=self.Fetch(item.request, context)
+            )
 
     def CreateTopic(self, request: Any, context: Any) -> cpb.CreateTopicResponse:
         self._count("CreateTopic")
@@ -321,7 +334,31 @@ def test_an_async_produce_stream_to_a_broker_that_never_answers_fails_at_the_dea
         assert len(answers) == 2
         closed = answers[1]
         assert isinstance(closed, RaftmqError) and "closed" in closed.message
-        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-produce")]
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-ProduceStream")]
+        assert tasks == []
+
+    asyncio.run(main())
+
+
+def test_an_async_fetch_on_a_stream_to_a_broker_that_never_answers_fails_at_its_deadline(
+    silent_broker: str,
+) -> None:
+    request = pb.FetchRequest(replica_id=-1, max_wait_ms=100, min_bytes=1, max_bytes=1 << 20)
+
+    async def main() -> None:
+        pool = AsyncBrokerPool([silent_broker])
+        try:
+            started_ms = now_ms()
+            with pytest.raises(RaftmqError) as e:
+                await pool.fetch(silent_broker, request, timeout_ms=300)
+            assert 300 <= now_ms() - started_ms < 2_000
+            assert e.value.code == ErrorCode.BROKER_NOT_AVAILABLE
+            assert "FetchStream: no answer by the request's deadline" in e.value.message
+            stream = pool.fetch_stream(silent_broker)  # the failed one is replaced
+            assert stream is not None and not stream.failed
+        finally:
+            await pool.close()
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-FetchStream")]
         assert tasks == []
 
     asyncio.run(main())
@@ -517,6 +554,42 @@ def test_an_async_writer_falls_back_to_unary_produce_on_a_broker_without_produce
     # request is retried on a new stream, until one sees UNIMPLEMENTED.
     assert old.calls("ProduceStream") >= 1
     assert old.calls("Produce") == 3
+
+
+def test_an_async_reader_fetches_on_one_fetch_stream_per_broker(
+    fakes: list[FakeBroker],
+) -> None:
+    leader = fakes[0]
+
+    async def main() -> tuple[Message, int]:
+        async with AsyncReader([leader.endpoint], "t", 0, max_wait_ms=50, start_offset=0) as reader:
+            message = await reader.read_message(timeout_ms=5_000)
+            with pytest.raises(TimeoutError):  # fetches past the end: answered empty
+                await reader.read_message(timeout_ms=300)
+            return message, reader.offset
+
+    message, offset = asyncio.run(main())
+    assert (message.value, message.offset, offset) == (b"served", 0, 1)
+    fetches = [r for r in leader.requests if isinstance(r, pb.FetchRequest)]
+    assert len(fetches) >= 2 and fetches[-1].partitions[0].fetch_offset == 1
+    assert (leader.calls("FetchStream"), leader.calls("Fetch")) == (1, len(fetches))
+
+
+def test_an_async_reader_falls_back_to_unary_fetch_on_a_broker_without_fetch_stream(
+    fakes: list[FakeBroker],
+) -> None:
+    old = fakes[0]
+    old.streams = False
+
+    async def main() -> Message:
+        async with AsyncReader([old.endpoint], "t", 0, max_wait_ms=50, start_offset=0) as reader:
+            return await reader.read_message(timeout_ms=5_000)
+
+    message = asyncio.run(main())
+    assert (message.value, message.offset) == (b"served", 0)
+    # As the AsyncWriter's fallback: asked once, or again after an INTERNAL race.
+    assert old.calls("FetchStream") >= 1
+    assert old.calls("Fetch") >= 1
 
 
 def test_a_reader_asks_the_leader_a_refusal_names_for_metadata_first(

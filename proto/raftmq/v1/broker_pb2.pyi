@@ -46,6 +46,22 @@ class ProduceStreamResponse(_message.Message):
     response: ProduceResponse
     def __init__(self, correlation_id: _Optional[int] = ..., response: _Optional[_Union[ProduceResponse, _Mapping]] = ...) -> None: ...
 
+class FetchStreamRequest(_message.Message):
+    __slots__ = ("correlation_id", "request")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    request: FetchRequest
+    def __init__(self, correlation_id: _Optional[int] = ..., request: _Optional[_Union[FetchRequest, _Mapping]] = ...) -> None: ...
+
+class FetchStreamResponse(_message.Message):
+    __slots__ = ("correlation_id", "response")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    response: FetchResponse
+    def __init__(self, correlation_id: _Optional[int] = ..., response: _Optional[_Union[FetchResponse, _Mapping]] = ...) -> None: ...
+
 class PartitionProduceResult(_message.Message):
     __slots__ = ("topic", "partition", "error", "base_offset", "log_start_offset", "leader_epoch")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class BrokerServiceStub:
                 request_serializer=raftmq_dot_v1_dot_broker__pb2.FetchRequest.SerializeToString,
                 response_deserializer=raftmq_dot_v1_dot_broker__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.FetchStream = channel.stream_stream(
+                '/raftmq.v1.BrokerService/FetchStream',
+                request_serializer=raftmq_dot_v1_dot_broker__pb2.FetchStreamRequest.SerializeToString,
+                response_deserializer=raftmq_dot_v1_dot_broker__pb2.FetchStreamResponse.FromString,
+                _registered_method=True)
         self.ListOffsets = channel.unary_unary(
                 '/raftmq.v1.BrokerService/ListOffsets',
                 request_serializer=raftmq_dot_v1_dot_broker__pb2.ListOffsetsRequest.SerializeToString,
@@ -149,6 +154,17 @@ class BrokerServiceServicer:
 
     def Fetch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchStream(self, request_iterator, context):
+        """Consumer fetches pipelined on one long-lived stream, as ProduceStream does for
+        produce: each FetchRequest carries a correlation id and is answered once it completes
+        (min_bytes, or max_wait_ms), answers in any order, at most FETCH_STREAM_INFLIGHT_MAX
+        read ahead of their answers. The AsyncReader uses it; a unary Fetch costs a whole
+        call on both sides for every long poll.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -271,6 +287,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.Fetch,
                     request_deserializer=raftmq_dot_v1_dot_broker__pb2.FetchRequest.FromString,
                     response_serializer=raftmq_dot_v1_dot_broker__pb2.FetchResponse.SerializeToString,
+            ),
+            'FetchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.FetchStream,
+                    request_deserializer=raftmq_dot_v1_dot_broker__pb2.FetchStreamRequest.FromString,
+                    response_serializer=raftmq_dot_v1_dot_broker__pb2.FetchStreamResponse.SerializeToString,
             ),
             'ListOffsets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOffsets,
@@ -429,6 +450,33 @@ class BrokerService:
             '/raftmq.v1.BrokerService/Fetch',
             raftmq_dot_v1_dot_broker__pb2.FetchRequest.SerializeToString,
             raftmq_dot_v1_dot_broker__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftmq.v1.BrokerService/FetchStream',
+            raftmq_dot_v1_dot_broker__pb2.FetchStreamRequest.SerializeToString,
+            raftmq_dot_v1_dot_broker__pb2.FetchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

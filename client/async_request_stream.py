@@ -1,5 +1,6 @@
-"""`AsyncProduceStream`: the AsyncWriter's produce requests pipelined on one long-lived
-`ProduceStream` call per broker (grpc.aio), as `ProduceStream` does for the sync Writer.
+"""`AsyncRequestStream`: requests pipelined on one long-lived stream call per broker
+(grpc.aio): the AsyncWriter's produce requests on `ProduceStream`, as `ProduceStream` does
+for the sync Writer, and the AsyncReaders' fetches on `FetchStream`.
 
 A grpc.aio unary call per request sets up a whole call on both sides and a task on the
 client; on an open stream a request is one message each way, answered with its
@@ -7,20 +8,20 @@ correlation id. One event loop, so no locks: `send` queues the request (never bl
 grpc's own task writes the queue out; one reader task hands each answer to its request's
 `on_answer`, exactly once, with the response or with the failure that ended the stream
 (BROKER_NOT_AVAILABLE, like a failed unary call). A request without an answer by its
-deadline fails the whole stream (`expire`, from the writer's loop), and the next send
-opens a new stream. A broker without ProduceStream (an older version, mid rolling upgrade)
-ends the call with UNIMPLEMENTED: the stream then says so (`unimplemented`), its requests
-fail as unsent, and the pool sends to that broker with unary Produce calls. (grpc.aio ends
-a call whose request write fails with INTERNAL, so when the first write races that answer
-the stream fails as any broken one does, the request is retried on a new stream, and one
-of them sees the UNIMPLEMENTED.)
+deadline fails the whole stream (`expire`, from the caller's loop), and the next send
+opens a new stream. A broker without the stream method (an older version, mid rolling
+upgrade) ends the call with UNIMPLEMENTED: the stream then says so (`unimplemented`), its
+requests fail as unsent, and the pool sends to that broker with unary calls. (grpc.aio
+ends a call whose request write fails with INTERNAL, so when the first write races that
+answer the stream fails as any broken one does, the request is retried on a new stream,
+and one of them sees the UNIMPLEMENTED.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -37,30 +38,44 @@ from raftmq.client.produce_stream import (
 from raftmq.errors import ErrorCode, RaftmqError
 from raftmq.v1 import broker_pb2 as pb
 
-__all__ = ["AsyncProduceStream"]
+__all__ = ["AsyncRequestStream", "fetch_stream", "produce_stream"]
 
 _log = structlog.get_logger("raftmq.client")
 
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Response_co = TypeVar("_Response_co", covariant=True)
 
-class AsyncProduceStream:
-    """One open ProduceStream call on `conn`'s channel, created inside the running loop.
-    Once failed (`failed`), it stays failed: open a new one."""
 
-    def __init__(self, conn: AsyncConn) -> None:
+class _StreamAnswer(Protocol[_Response_co]):
+    """A ProduceStreamResponse or FetchStreamResponse."""
+
+    @property
+    def correlation_id(self) -> int: ...
+    @property
+    def response(self) -> _Response_co: ...
+
+
+class AsyncRequestStream(Generic[_Request, _Response]):
+    """One open `method` stream call on `conn`'s channel, created inside the running loop.
+    `wrap` makes a stream message of a correlation id and a request. Once failed
+    (`failed`), it stays failed: open a new one."""
+
+    def __init__(self, conn: AsyncConn, method: str, wrap: Callable[[int, _Request], Any]) -> None:
         self.endpoint = conn.address
+        self.method = method
+        self._wrap = wrap
         # None ends the request iterator (and with it grpc's writing task).
-        self._outbox: asyncio.Queue[pb.ProduceStreamRequest | None] = asyncio.Queue(
-            maxsize=PRODUCE_STREAM_QUEUE_MAX
-        )
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=PRODUCE_STREAM_QUEUE_MAX)
         # Each request's `on_answer` is called exactly once: by the reader with its
         # answer, or with the failure when the stream fails.
-        self._answers = PendingAnswers()
-        # The broker answered UNIMPLEMENTED: it has no ProduceStream. Set once, before
-        # the stream fails.
+        self._answers = PendingAnswers[_Response]()
+        # The broker answered UNIMPLEMENTED: it has no such stream. Set once, before the
+        # stream fails.
         self.unimplemented = False
-        self._call: Any = conn.open_stream("ProduceStream", self._requests())
+        self._call: Any = conn.open_stream(method, self._requests())
         self._reader = asyncio.get_running_loop().create_task(
-            self._read(), name=f"raftmq-produce-stream-{self.endpoint}"
+            self._read(), name=f"raftmq-{method}-{self.endpoint}"
         )
 
     @property
@@ -73,7 +88,7 @@ class AsyncProduceStream:
         return self._reader.done()
 
     def send(
-        self, request: pb.ProduceRequest, *, timeout_ms: int, on_answer: Answer | None
+        self, request: _Request, *, timeout_ms: int, on_answer: Answer[_Response] | None
     ) -> None:
         """Queue `request`. `on_answer` (None for acks=0: no answer comes) is called
         exactly once, from the reader task, or here at once if the stream has failed."""
@@ -81,12 +96,10 @@ class AsyncProduceStream:
         if failure is None:
             correlation_id = self._answers.add(on_answer, now_ms() + timeout_ms)
             try:
-                self._outbox.put_nowait(
-                    pb.ProduceStreamRequest(correlation_id=correlation_id, request=request)
-                )
+                self._outbox.put_nowait(self._wrap(correlation_id, request))
             except asyncio.QueueFull:
                 self._answers.pop(correlation_id)
-                failure = queue_full_error(self.endpoint)
+                failure = queue_full_error(self.endpoint, self.method)
         if failure is not None and on_answer is not None:
             on_answer(failure)
 
@@ -96,12 +109,12 @@ class AsyncProduceStream:
         deadline_ms = self._answers.next_deadline_ms()
         if deadline_ms is None or deadline_ms > now_ms:
             return deadline_ms
-        self.fail(no_answer_error(self.endpoint))
+        self.fail(no_answer_error(self.endpoint, self.method))
         return None
 
     async def close(self) -> None:
         """Fail what is pending (closed) and wait for the reader task to end."""
-        self.fail(closed_error(self.endpoint, "ProduceStream"))
+        self.fail(closed_error(self.endpoint, self.method))
         await asyncio.wait([self._reader])
 
     def fail(self, error: RaftmqError) -> None:
@@ -118,7 +131,8 @@ class AsyncProduceStream:
             self._reader.cancel()
         if pending:
             _log.info(
-                "produce_stream.failed",
+                "request_stream.failed",
+                method=self.method,
                 endpoint=self.endpoint,
                 pending=len(pending),
                 error=str(error),
@@ -126,7 +140,7 @@ class AsyncProduceStream:
         for on_answer in pending:
             on_answer(error)
 
-    async def _requests(self) -> AsyncIterator[pb.ProduceStreamRequest]:
+    async def _requests(self) -> AsyncIterator[Any]:
         """grpc's writing task: what `send` queued, until the stream fails."""
         # Bound: one iteration per request, until fail() queues None.
         while True:
@@ -139,23 +153,46 @@ class AsyncProduceStream:
         """Reader task: each answer to its request, until the stream ends."""
         try:
             # Bound: one iteration per answer, until the call ends.
+            answer: _StreamAnswer[_Response]
             async for answer in self._call:
                 on_answer = self._answers.pop(answer.correlation_id)
                 if on_answer is not None:
                     on_answer(answer.response)
             error = RaftmqError(
-                ErrorCode.BROKER_NOT_AVAILABLE, f"{self.endpoint} ended the ProduceStream"
+                ErrorCode.BROKER_NOT_AVAILABLE, f"{self.endpoint} ended the {self.method}"
             )
         except asyncio.CancelledError:
             # fail() or close() cancelled us (the failure is set), or the loop is going.
-            self.fail(closed_error(self.endpoint, "ProduceStream"))
+            self.fail(closed_error(self.endpoint, self.method))
             raise
         except grpc.RpcError as e:
             self.unimplemented = wire.rpc_status(e) == grpc.StatusCode.UNIMPLEMENTED
-            error = transport_error(self.endpoint, "ProduceStream", e)
+            error = transport_error(self.endpoint, self.method, e)
         except grpc.aio.UsageError:  # the channel was closed under the call
-            error = closed_error(self.endpoint, "ProduceStream")
+            error = closed_error(self.endpoint, self.method)
         except Exception as e:  # a bug in a callback: fail what is pending, say so
-            _log.exception("produce_stream.reader_failed", endpoint=self.endpoint)
-            error = RaftmqError(ErrorCode.UNKNOWN_SERVER_ERROR, f"produce stream reader: {e}")
+            _log.exception(
+                "request_stream.reader_failed", method=self.method, endpoint=self.endpoint
+            )
+            error = RaftmqError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{self.method} reader: {e}")
         self.fail(error)
+
+
+def produce_stream(conn: AsyncConn) -> AsyncRequestStream[pb.ProduceRequest, pb.ProduceResponse]:
+    return AsyncRequestStream(
+        conn,
+        "ProduceStream",
+        lambda correlation_id, request: pb.ProduceStreamRequest(
+            correlation_id=correlation_id, request=request
+        ),
+    )
+
+
+def fetch_stream(conn: AsyncConn) -> AsyncRequestStream[pb.FetchRequest, pb.FetchResponse]:
+    return AsyncRequestStream(
+        conn,
+        "FetchStream",
+        lambda correlation_id, request: pb.FetchStreamRequest(
+            correlation_id=correlation_id, request=request
+        ),
+    )
