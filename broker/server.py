@@ -73,6 +73,7 @@ async def pipelined(
     handle: Callable[[_StreamRequest], Awaitable[_StreamResponse | None]],
     inflight_max: int,
     log: Any,
+    log_noun: str,
 ) -> AsyncIterator[_StreamResponse]:
     """The body of a pipelined stream RPC (ProduceStream, FetchStream): each request is
     handled as soon as it is read, at most `inflight_max` at a time, and its answer
@@ -93,7 +94,7 @@ async def pipelined(
         try:
             answer = await handle(item)
         except Exception as e:
-            log.exception("request_stream.request_failed")
+            log.exception(f"{log_noun}.request_failed")
             answers.put_nowait(e)
             return
         if answer is None:
@@ -242,8 +243,10 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             return pb.ProduceStreamResponse(correlation_id=item.correlation_id, response=response)
 
         # An async generator itself: grpc.aio runs any other stream handler on a thread.
-        log = self.log.bind(method="ProduceStream")
-        async for answer in pipelined(request_iterator, handle, PRODUCE_STREAM_INFLIGHT_MAX, log):
+        answers = pipelined(
+            request_iterator, handle, PRODUCE_STREAM_INFLIGHT_MAX, self.log, "produce_stream"
+        )
+        async for answer in answers:
             yield answer
 
     async def FetchStream(
@@ -257,8 +260,10 @@ class BrokerServicer(rpc.BrokerServiceServicer):
             response = await observed(self.metrics, "Fetch", context, self._fetch(item.request))
             return pb.FetchStreamResponse(correlation_id=item.correlation_id, response=response)
 
-        log = self.log.bind(method="FetchStream")
-        async for answer in pipelined(request_iterator, handle, FETCH_STREAM_INFLIGHT_MAX, log):
+        answers = pipelined(
+            request_iterator, handle, FETCH_STREAM_INFLIGHT_MAX, self.log, "fetch_stream"
+        )
+        async for answer in answers:
             yield answer
 
     async def _produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:

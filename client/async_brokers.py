@@ -86,7 +86,7 @@ class AsyncBrokerPool:
             self._unary_only.add(key)
             del self._streams[key]
             self._retire(stream)
-            _log.info("request_stream.unsupported", method=method, endpoint=address)
+            _log.info(f"{stream.log_noun}.unsupported", endpoint=address)
             return None
         if stream is None or stream.failed:
             if stream is not None:

@@ -42,6 +42,8 @@ __all__ = ["AsyncRequestStream", "fetch_stream", "produce_stream"]
 
 _log = structlog.get_logger("raftmq.client")
 
+_LOG_NOUNS = {"ProduceStream": "produce_stream", "FetchStream": "fetch_stream"}
+
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 _Response_co = TypeVar("_Response_co", covariant=True)
@@ -64,6 +66,8 @@ class AsyncRequestStream(Generic[_Request, _Response]):
     def __init__(self, conn: AsyncConn, method: str, wrap: Callable[[int, _Request], Any]) -> None:
         self.endpoint = conn.address
         self.method = method
+        # Log events name the stream as the sync client's do: produce_stream.failed, ...
+        self.log_noun = _LOG_NOUNS[method]
         self._wrap = wrap
         # None ends the request iterator (and with it grpc's writing task).
         self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=PRODUCE_STREAM_QUEUE_MAX)
@@ -131,8 +135,7 @@ class AsyncRequestStream(Generic[_Request, _Response]):
             self._reader.cancel()
         if pending:
             _log.info(
-                "request_stream.failed",
-                method=self.method,
+                f"{self.log_noun}.failed",
                 endpoint=self.endpoint,
                 pending=len(pending),
                 error=str(error),
@@ -171,9 +174,7 @@ class AsyncRequestStream(Generic[_Request, _Response]):
         except grpc.aio.UsageError:  # the channel was closed under the call
             error = closed_error(self.endpoint, self.method)
         except Exception as e:  # a bug in a callback: fail what is pending, say so
-            _log.exception(
-                "request_stream.reader_failed", method=self.method, endpoint=self.endpoint
-            )
+            _log.exception(f"{self.log_noun}.reader_failed", endpoint=self.endpoint)
             error = RaftmqError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{self.method} reader: {e}")
         self.fail(error)
 
