@@ -60,8 +60,8 @@ _Response = TypeVar("_Response")
 # reads no more: the client's next requests wait in the stream's flow control. (A Writer
 # keeps at most 5 batches in flight per partition.)
 PRODUCE_STREAM_INFLIGHT_MAX = 128
-# The same for a FetchStream. (A Reader has one fetch in flight; a group's Reader one per
-# partition it is assigned on that broker.)
+# The same for a FetchStream. (A Reader keeps one fetch in flight; a group's Reader one per
+# broker, for all its partitions there.)
 FETCH_STREAM_INFLIGHT_MAX = 128
 
 _StreamRequest = TypeVar("_StreamRequest")
