@@ -345,6 +345,47 @@ def test_an_idempotent_writer_loses_and_duplicates_nothing_across_a_leader_kill(
     assert failed == [] or set(failed).isdisjoint(set(acknowledged))
 
 
+def test_an_async_reader_reads_on_across_a_kill_of_the_leader_its_fetch_stream_goes_to(
+    cluster: LocalCluster, brokers: list[str]
+) -> None:
+    with Admin(brokers) as admin:
+        admin.create_topic(
+            "read-across-kill",
+            partitions=1,
+            replication_factor=3,
+            configs={"min.insync.replicas": "2"},
+        )
+    with Writer(brokers, topic="read-across-kill") as writer:
+        writer.write_messages(*(Message(b"before-%d" % i) for i in range(50)))
+    with Admin(brokers) as admin:
+        [topic] = admin.describe_topics("read-across-kill")
+    leader = topic.partitions[0].leader
+
+    async def main() -> list[bytes]:
+        values: list[bytes] = []
+        async with AsyncReader(
+            brokers, "read-across-kill", 0, start_offset=FirstOffset, max_wait_ms=200
+        ) as reader:
+            # Bound: 50 reads, each within its timeout.
+            for _ in range(50):
+                values.append((await reader.read_message(timeout_ms=10_000)).value or b"")
+            cluster.brokers[leader].kill()  # the broker its FetchStream is open to
+            async with AsyncWriter(
+                brokers, topic="read-across-kill", write_timeout_ms=30_000
+            ) as writer:
+                await writer.write_messages(*(Message(b"after-%d" % i) for i in range(50)))
+            for _ in range(50):
+                values.append((await reader.read_message(timeout_ms=30_000)).value or b"")
+        return values
+
+    try:
+        values = asyncio.run(asyncio.wait_for(main(), 120))
+    finally:
+        cluster.brokers[leader].start()
+    cluster.wait_ready(timeout_s=60)  # every broker back for the tests after this one
+    assert values == [b"before-%d" % i for i in range(50)] + [b"after-%d" % i for i in range(50)]
+
+
 def test_writer_stats_count_messages_bytes_batches_errors_and_batch_sizes(
     brokers: list[str],
 ) -> None:
