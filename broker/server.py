@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -74,7 +74,7 @@ async def pipelined(
     inflight_max: int,
     log: Any,
     log_noun: str,
-) -> AsyncIterator[_StreamResponse]:
+) -> AsyncGenerator[_StreamResponse, None]:
     """The body of a pipelined stream RPC (ProduceStream, FetchStream): each request is
     handled as soon as it is read, at most `inflight_max` at a time, and its answer
     (`handle`'s result; None: it gets none) written when it completes, in completion
@@ -242,12 +242,15 @@ class BrokerServicer(rpc.BrokerServiceServicer):
                 return None
             return pb.ProduceStreamResponse(correlation_id=item.correlation_id, response=response)
 
-        # An async generator itself: grpc.aio runs any other stream handler on a thread.
+        # An async generator itself: grpc.aio runs any other stream handler on a thread;
+        # aclosing: when grpc drops this one mid-stream, pipelined's tasks end now, not
+        # when the garbage collector finalizes it.
         answers = pipelined(
             request_iterator, handle, PRODUCE_STREAM_INFLIGHT_MAX, self.log, "produce_stream"
         )
-        async for answer in answers:
-            yield answer
+        async with contextlib.aclosing(answers):  # its tasks end with the call
+            async for answer in answers:
+                yield answer
 
     async def FetchStream(
         self,
@@ -263,8 +266,9 @@ class BrokerServicer(rpc.BrokerServiceServicer):
         answers = pipelined(
             request_iterator, handle, FETCH_STREAM_INFLIGHT_MAX, self.log, "fetch_stream"
         )
-        async for answer in answers:
-            yield answer
+        async with contextlib.aclosing(answers):  # its tasks end with the call
+            async for answer in answers:
+                yield answer
 
     async def _produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
         results = await self.handler.produce(

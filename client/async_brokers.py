@@ -21,6 +21,7 @@ from raftmq.client.brokers import (
     no_producer_id,
     parse_brokers,
 )
+from raftmq.client.deadlines import DEADLINE_MARGIN_MS
 from raftmq.client.produce_stream import no_answer_error
 from raftmq.client.protocol import ClusterMetadata
 from raftmq.errors import ErrorCode, RaftmqError
@@ -113,9 +114,9 @@ class AsyncBrokerPool:
         self, address: str, request: pb.FetchRequest, *, timeout_ms: int
     ) -> pb.FetchResponse:
         """One consumer fetch from `address`: on its FetchStream, or a unary Fetch call if
-        that broker has none. No answer within `timeout_ms` fails the stream (the broker
-        answers every fetch by its max_wait_ms) and raises BROKER_NOT_AVAILABLE, as a
-        unary call's deadline would."""
+        that broker has none. No answer within `timeout_ms` raises BROKER_NOT_AVAILABLE,
+        as a unary call's deadline would (see `_ask`: it also fails the stream when the
+        broker was overdue)."""
         # Bound: a second pass only after the broker said it has no FetchStream, and
         # then the unary call ends it.
         while True:
@@ -200,8 +201,11 @@ async def _ask(
     request: pb.FetchRequest,
     timeout_ms: int,
 ) -> pb.FetchResponse | RaftmqError:
-    """`request`'s answer on `stream`, or the failure that ended the stream; past
-    `timeout_ms` the stream fails (no answer) and that failure is raised."""
+    """`request`'s answer on `stream`, or the failure that ended the stream. Past
+    `timeout_ms` it raises BROKER_NOT_AVAILABLE, as a unary call's deadline does: if the
+    broker was due to answer by then (max_wait_ms and the round trip's margin had
+    passed), the stream fails with it; if the caller's deadline was shorter than that,
+    only this request is given up, and the stream goes on."""
     answered: asyncio.Future[pb.FetchResponse | RaftmqError] = (
         asyncio.get_running_loop().create_future()
     )
@@ -210,11 +214,19 @@ async def _ask(
         if not answered.done():  # not given up on (timed out, or the caller went)
             answered.set_result(answer)
 
-    stream.send(request, timeout_ms=timeout_ms, on_answer=on_answer)
+    correlation_id = stream.send(request, timeout_ms=timeout_ms, on_answer=on_answer)
     try:
         async with asyncio.timeout(timeout_ms / 1000):
             return await answered
     except TimeoutError:
-        error = no_answer_error(stream.endpoint, stream.method)
-        stream.fail(error)
+        if timeout_ms >= request.max_wait_ms + DEADLINE_MARGIN_MS:
+            error = no_answer_error(stream.endpoint, stream.method)
+            stream.fail(error)
+        else:
+            assert correlation_id is not None  # refused at once: answered, no timeout
+            stream.abandon(correlation_id)
+            error = RaftmqError(
+                ErrorCode.BROKER_NOT_AVAILABLE,
+                f"{stream.endpoint} {stream.method} failed: DEADLINE_EXCEEDED",
+            )
         raise error from None

@@ -8,13 +8,14 @@ correlation id. One event loop, so no locks: `send` queues the request (never bl
 grpc's own task writes the queue out; one reader task hands each answer to its request's
 `on_answer`, exactly once, with the response or with the failure that ended the stream
 (BROKER_NOT_AVAILABLE, like a failed unary call). A request without an answer by its
-deadline fails the whole stream (`expire`, from the caller's loop), and the next send
-opens a new stream. A broker without the stream method (an older version, mid rolling
-upgrade) ends the call with UNIMPLEMENTED: the stream then says so (`unimplemented`), its
-requests fail as unsent, and the pool sends to that broker with unary calls. (grpc.aio
-ends a call whose request write fails with INTERNAL, so when the first write races that
-answer the stream fails as any broken one does, the request is retried on a new stream,
-and one of them sees the UNIMPLEMENTED.)
+deadline fails the whole stream (the AsyncWriter's `expire`; a fetch's own timer, when the
+broker was due to answer by then), and the next send opens a new stream. A broker without
+the stream method (an older version, mid rolling upgrade) ends the call with
+UNIMPLEMENTED: the stream then says so (`unimplemented`), its requests fail as unsent,
+and the pool sends to that broker with unary calls. (grpc.aio ends a call whose request
+write fails with INTERNAL, so when the first write races that answer the stream fails as
+any broken one does, the request is retried on a new stream, and one of them sees the
+UNIMPLEMENTED.)
 """
 
 from __future__ import annotations
@@ -93,19 +94,27 @@ class AsyncRequestStream(Generic[_Request, _Response]):
 
     def send(
         self, request: _Request, *, timeout_ms: int, on_answer: Answer[_Response] | None
-    ) -> None:
-        """Queue `request`. `on_answer` (None for acks=0: no answer comes) is called
-        exactly once, from the reader task, or here at once if the stream has failed."""
+    ) -> int | None:
+        """Queue `request`; its correlation id (None: refused at once). `on_answer` (None
+        for acks=0: no answer comes) is called exactly once, from the reader task, or here
+        at once if the stream has failed; not at all after `abandon`."""
         failure = self._answers.failure
         if failure is None:
             correlation_id = self._answers.add(on_answer, now_ms() + timeout_ms)
             try:
                 self._outbox.put_nowait(self._wrap(correlation_id, request))
+                return correlation_id
             except asyncio.QueueFull:
                 self._answers.pop(correlation_id)
                 failure = queue_full_error(self.endpoint, self.method)
-        if failure is not None and on_answer is not None:
+        if on_answer is not None:
             on_answer(failure)
+        return None
+
+    def abandon(self, correlation_id: int) -> None:
+        """The caller no longer waits for this request: its answer, if one comes, is
+        dropped, and the stream goes on (a caller's own deadline, not a stuck broker)."""
+        self._answers.pop(correlation_id)
 
     def expire(self, now_ms: int) -> int | None:
         """Fail the stream if a request is past its deadline; else the next deadline

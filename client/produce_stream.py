@@ -41,6 +41,10 @@ __all__ = ["PRODUCE_STREAM_QUEUE_MAX", "Answer", "PendingAnswers", "ProduceStrea
 # request rather than block its caller.
 PRODUCE_STREAM_QUEUE_MAX = 10_000
 
+# Stale deadline pairs a stream may hold beyond its pending requests before it rebuilds the
+# heap from them (see PendingAnswers).
+STALE_DEADLINES_SLACK = 64
+
 _log = structlog.get_logger("raftmq.client")
 
 _Response = TypeVar("_Response")
@@ -55,9 +59,11 @@ class PendingAnswers(Generic[_Response]):
     under its lock, `AsyncRequestStream` (produce and fetch) from its event loop.
 
     Invariants: a request that owes an answer is pending from `add` until `pop` or `fail`
-    removes it, exactly once; _deadlines holds (deadline, id) for every pending id (and
-    stale pairs of answered ones, skipped when they surface); `failure` is set once, and
-    after it nothing is pending."""
+    removes it, exactly once; _deadlines holds (deadline, id) for every pending id, and
+    stale pairs of answered ones: dropped when they surface, and all of them once they
+    outnumber the pending ones (+ STALE_DEADLINES_SLACK), so the heap stays within twice
+    the pending requests plus that slack however long the stream lives; `failure` is set
+    once, and after it nothing is pending."""
 
     def __init__(self) -> None:
         self._pending: dict[int, Answer[_Response]] = {}
@@ -78,14 +84,28 @@ class PendingAnswers(Generic[_Response]):
 
     def pop(self, correlation_id: int) -> Answer[_Response] | None:
         """The answer owed to `correlation_id`, no longer pending (None: none is)."""
-        return self._pending.pop(correlation_id, None)
+        on_answer = self._pending.pop(correlation_id, None)
+        if on_answer is not None:
+            self._drop_stale()
+        return on_answer
 
     def next_deadline_ms(self) -> int | None:
         """The earliest deadline of a pending request (None: nothing is pending)."""
+        self._drop_stale()
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def deadlines_held(self) -> int:
+        """Pairs in the deadline heap, stale ones included (for the bound's tests)."""
+        return len(self._deadlines)
+
+    def _drop_stale(self) -> None:
         # Bound: pops each answered request's stale pair once.
         while self._deadlines and self._deadlines[0][1] not in self._pending:
             heapq.heappop(self._deadlines)
-        return self._deadlines[0][0] if self._deadlines else None
+        if len(self._deadlines) > 2 * len(self._pending) + STALE_DEADLINES_SLACK:
+            # Stale pairs stuck behind a long-pending one: rebuild from the pending.
+            self._deadlines = [(d, i) for d, i in self._deadlines if i in self._pending]
+            heapq.heapify(self._deadlines)
 
     def fail(self, error: RaftmqError) -> list[Answer[_Response]] | None:
         """Record the failure; the answers that were pending (each then owed `error`), or

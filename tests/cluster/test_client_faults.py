@@ -21,9 +21,11 @@ from typing import Any
 import grpc
 import pytest
 from raftmq import AsyncAdmin, AsyncReader, AsyncWriter, Message, Reader, WriteError, Writer, wire
+from raftmq.client import protocol
 from raftmq.client.async_brokers import AsyncBrokerPool
 from raftmq.client.brokers import BrokerPool
 from raftmq.client.conn import now_ms
+from raftmq.client.deadlines import DEADLINE_MARGIN_MS
 from raftmq.errors import ErrorCode, OutcomeUnknownError, RaftmqError, WriterClosedError
 from raftmq.local_cluster import wait_until
 from raftmq.metadata import NO_LEADER, BrokerRegistration, PartitionRecord, TopicRecord
@@ -55,8 +57,8 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
     """One broker of a cluster with one topic, "t", that behaves as a test sets: who it
     says leads each partition (`leaders`: (broker id or NO_LEADER, leader epoch) per
     partition), what it answers to Produce (`produce`: "accept", "stall", or
-    ("not_leader", id)) and Fetch (`fetch`: "serve" or ("not_leader", id)). It counts its
-    calls and keeps the produce and fetch requests."""
+    ("not_leader", id)) and Fetch (`fetch`: "serve", "stall", or ("not_leader", id)). It
+    counts its calls and keeps the produce and fetch requests."""
 
     def __init__(self, broker_id: int) -> None:
         self.broker_id = broker_id
@@ -154,6 +156,11 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
 
     def Fetch(self, request: Any, context: Any) -> pb.FetchResponse:
         self._count("Fetch", request)
+        return self._fetch_response(request)
+
+    def _fetch_response(self, request: Any) -> pb.FetchResponse:
+        if self.fetch == "stall":
+            self.release.wait(STALL_S_MAX)
         response = pb.FetchResponse()
         for data in request.partitions:
             if isinstance(self.fetch, tuple):
@@ -184,8 +191,9 @@ class FakeBroker(broker_pb2_grpc.BrokerServiceServicer):
         if not self.streams:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         for item in request_iterator:
+            self._count("FetchStream request", item.request)
             yield pb.FetchStreamResponse(
-                correlation_id=item.correlation_id, response=self.Fetch(item.request, context)
+                correlation_id=item.correlation_id, response=self._fetch_response(item.request)
             )
 
     def CreateTopic(self, request: Any, context: Any) -> cpb.CreateTopicResponse:
@@ -335,30 +343,6 @@ def test_an_async_produce_stream_to_a_broker_that_never_answers_fails_at_the_dea
         closed = answers[1]
         assert isinstance(closed, RaftmqError) and "closed" in closed.message
         tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-ProduceStream")]
-        assert tasks == []
-
-    asyncio.run(main())
-
-
-def test_an_async_fetch_on_a_stream_to_a_broker_that_never_answers_fails_at_its_deadline(
-    silent_broker: str,
-) -> None:
-    request = pb.FetchRequest(replica_id=-1, max_wait_ms=100, min_bytes=1, max_bytes=1 << 20)
-
-    async def main() -> None:
-        pool = AsyncBrokerPool([silent_broker])
-        try:
-            started_ms = now_ms()
-            with pytest.raises(RaftmqError) as e:
-                await pool.fetch(silent_broker, request, timeout_ms=300)
-            assert 300 <= now_ms() - started_ms < 2_000
-            assert e.value.code == ErrorCode.BROKER_NOT_AVAILABLE
-            assert "FetchStream: no answer by the request's deadline" in e.value.message
-            stream = pool.fetch_stream(silent_broker)  # the failed one is replaced
-            assert stream is not None and not stream.failed
-        finally:
-            await pool.close()
-        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-FetchStream")]
         assert tasks == []
 
     asyncio.run(main())
@@ -572,7 +556,9 @@ def test_an_async_reader_fetches_on_one_fetch_stream_per_broker(
     assert (message.value, message.offset, offset) == (b"served", 0, 1)
     fetches = [r for r in leader.requests if isinstance(r, pb.FetchRequest)]
     assert len(fetches) >= 2 and fetches[-1].partitions[0].fetch_offset == 1
-    assert (leader.calls("FetchStream"), leader.calls("Fetch")) == (1, len(fetches))
+    # One stream opened, every fetch on it, none unary.
+    assert leader.calls("FetchStream") == 1
+    assert (leader.calls("FetchStream request"), leader.calls("Fetch")) == (len(fetches), 0)
 
 
 def test_an_async_reader_falls_back_to_unary_fetch_on_a_broker_without_fetch_stream(
@@ -581,15 +567,82 @@ def test_an_async_reader_falls_back_to_unary_fetch_on_a_broker_without_fetch_str
     old = fakes[0]
     old.streams = False
 
-    async def main() -> Message:
+    async def main() -> tuple[Message, int]:
         async with AsyncReader([old.endpoint], "t", 0, max_wait_ms=50, start_offset=0) as reader:
-            return await reader.read_message(timeout_ms=5_000)
+            message = await reader.read_message(timeout_ms=5_000)
+            asked = old.calls("FetchStream")
+            with pytest.raises(TimeoutError):  # more fetches past the end, all unary
+                await reader.read_message(timeout_ms=300)
+            return message, asked
 
-    message = asyncio.run(main())
+    message, asked = asyncio.run(main())
     assert (message.value, message.offset) == (b"served", 0)
-    # As the AsyncWriter's fallback: asked once, or again after an INTERNAL race.
-    assert old.calls("FetchStream") >= 1
-    assert old.calls("Fetch") >= 1
+    # As the AsyncWriter's fallback: asked once, or again after an INTERNAL race; then
+    # remembered: the later fetches did not ask again.
+    assert 1 <= asked <= 3 and old.calls("FetchStream") == asked
+    assert old.calls("FetchStream request") == 0
+    assert old.calls("Fetch") >= 2
+
+
+def test_an_async_fetch_stream_fails_only_when_the_broker_is_overdue(
+    fakes: list[FakeBroker],
+) -> None:
+    """A broker that stops answering fetches. A caller's own deadline, shorter than
+    max_wait_ms and the round trip's margin, gives up only its request: the stream stays.
+    Past that the broker is overdue: the stream fails, and a fresh one serves again."""
+    leader = fakes[0]
+    leader.fetch = "stall"
+    patient = protocol.fetch_request(
+        [("t", 0, 0, -1)],
+        max_wait_ms=5_000,
+        min_bytes=1,
+        max_bytes=1 << 20,
+        partition_max_bytes=1 << 20,
+    )
+    overdue = protocol.fetch_request(
+        [("t", 0, 0, -1)],
+        max_wait_ms=100,
+        min_bytes=1,
+        max_bytes=1 << 20,
+        partition_max_bytes=1 << 20,
+    )
+
+    async def main() -> None:
+        pool = AsyncBrokerPool([leader.endpoint])
+        try:
+            stream = pool.fetch_stream(leader.endpoint)
+            assert stream is not None
+            started_ms = now_ms()
+            with pytest.raises(RaftmqError) as e:
+                await pool.fetch(leader.endpoint, patient, timeout_ms=300)
+            assert 300 <= now_ms() - started_ms < 2_000
+            assert e.value.code == ErrorCode.BROKER_NOT_AVAILABLE
+            assert "FetchStream failed: DEADLINE_EXCEEDED" in e.value.message
+            assert pool.fetch_stream(leader.endpoint) is stream and not stream.failed
+
+            timeout_ms = overdue.max_wait_ms + DEADLINE_MARGIN_MS
+            started_ms = now_ms()
+            with pytest.raises(RaftmqError) as e:
+                await pool.fetch(leader.endpoint, overdue, timeout_ms=timeout_ms)
+            assert timeout_ms <= now_ms() - started_ms < timeout_ms + 2_000
+            assert e.value.code == ErrorCode.BROKER_NOT_AVAILABLE
+            assert "FetchStream: no answer by the request's deadline" in e.value.message
+            assert stream.failed
+
+            leader.fetch = "serve"
+            leader.release.set()
+            fresh = pool.fetch_stream(leader.endpoint)  # the failed one is replaced
+            assert fresh is not None and fresh is not stream and not fresh.failed
+            response = await pool.fetch(leader.endpoint, overdue, timeout_ms=timeout_ms)
+            [result] = protocol.fetch_results(response)
+            assert result.error is None and result.high_watermark == 1
+        finally:
+            await pool.close()
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftmq-FetchStream")]
+        assert tasks == []
+
+    asyncio.run(main())
+    assert leader.calls("FetchStream") == 2 and leader.calls("Fetch") == 0
 
 
 def test_a_reader_asks_the_leader_a_refusal_names_for_metadata_first(

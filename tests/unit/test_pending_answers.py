@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from raftmq.client.produce_stream import PendingAnswers
+from raftmq.client.produce_stream import STALE_DEADLINES_SLACK, PendingAnswers
 from raftmq.errors import ErrorCode, RaftmqError
 
 Answers = list[object]
@@ -45,3 +45,19 @@ def test_failing_hands_back_what_was_pending_once_and_takes_nothing_after() -> N
     assert answers.next_deadline_ms() is None
     with pytest.raises(AssertionError, match="takes no requests"):
         answers.add(got.append, deadline_ms=30)
+
+
+def test_answered_deadlines_do_not_pile_up_on_a_stream_nobody_expires() -> None:
+    """A Reader's fetch stream answers request after request and never calls
+    `next_deadline_ms` (only writers expire their streams): the heap stays bounded, also
+    behind one request that stays pending the whole time."""
+    answers = PendingAnswers[object]()
+    got: Answers = []
+    long_pending = answers.add(got.append, deadline_ms=1)  # the earliest: at the top
+    for n in range(10_000):
+        correlation_id = answers.add(got.append, deadline_ms=1_000 + n)
+        assert answers.pop(correlation_id) is not None
+        assert answers.deadlines_held() <= 2 * 1 + STALE_DEADLINES_SLACK + 1
+    assert answers.next_deadline_ms() == 1
+    assert answers.pop(long_pending) is not None
+    assert answers.next_deadline_ms() is None and answers.deadlines_held() == 0

@@ -121,3 +121,32 @@ def test_a_stream_whose_client_stays_open_waits_for_more_requests() -> None:
         return answered
 
     assert asyncio.run(main()) == ["answer 7"]
+
+
+def test_closing_the_stream_midway_cancels_the_requests_in_progress() -> None:
+    """grpc ends a call (the client went) while long polls are in progress: closing the
+    generator (as the servicer's aclosing does) cancels them at once."""
+
+    async def main() -> tuple[list[str], int]:
+        closed = asyncio.Event()
+        cancelled = 0
+
+        async def handle(n: int) -> str:
+            nonlocal cancelled
+            if n == 0:
+                return "answer 0"
+            try:
+                await asyncio.sleep(60)  # a long poll that nothing fills
+            except asyncio.CancelledError:
+                cancelled += 1
+                raise
+            return f"answer {n}"
+
+        answers = pipelined(requests([0, 1, 2], closed), handle, 4, LOG, "t")
+        got = [await anext(answers)]
+        await asyncio.sleep(0.01)  # requests 1 and 2 are in progress
+        await answers.aclose()
+        await asyncio.sleep(0)  # the cancellations run
+        return got, cancelled
+
+    assert asyncio.run(main()) == (["answer 0"], 2)
