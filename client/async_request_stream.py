@@ -61,10 +61,10 @@ class _StreamAnswer(Protocol[_Response_co]):
 
 class AsyncRequestStream(Generic[_Request, _Response]):
     """One open `method` stream call on `conn`'s channel, created inside the running loop.
-    `wrap` makes a stream message of a correlation id and a request. Once failed
+    `wrap` is the stream message type (`correlation_id=`, `request=`). Once failed
     (`failed`), it stays failed: open a new one."""
 
-    def __init__(self, conn: AsyncConn, method: str, wrap: Callable[[int, _Request], Any]) -> None:
+    def __init__(self, conn: AsyncConn, method: str, wrap: Callable[..., Any]) -> None:
         self.endpoint = conn.address
         self.method = method
         # Log events name the stream as the sync client's do: produce_stream.failed, ...
@@ -102,7 +102,7 @@ class AsyncRequestStream(Generic[_Request, _Response]):
         if failure is None:
             correlation_id = self._answers.add(on_answer, now_ms() + timeout_ms)
             try:
-                self._outbox.put_nowait(self._wrap(correlation_id, request))
+                self._outbox.put_nowait(self._wrap(correlation_id=correlation_id, request=request))
                 return correlation_id
             except asyncio.QueueFull:
                 self._answers.pop(correlation_id)
@@ -189,20 +189,8 @@ class AsyncRequestStream(Generic[_Request, _Response]):
 
 
 def produce_stream(conn: AsyncConn) -> AsyncRequestStream[pb.ProduceRequest, pb.ProduceResponse]:
-    return AsyncRequestStream(
-        conn,
-        "ProduceStream",
-        lambda correlation_id, request: pb.ProduceStreamRequest(
-            correlation_id=correlation_id, request=request
-        ),
-    )
+    return AsyncRequestStream(conn, "ProduceStream", pb.ProduceStreamRequest)
 
 
 def fetch_stream(conn: AsyncConn) -> AsyncRequestStream[pb.FetchRequest, pb.FetchResponse]:
-    return AsyncRequestStream(
-        conn,
-        "FetchStream",
-        lambda correlation_id, request: pb.FetchStreamRequest(
-            correlation_id=correlation_id, request=request
-        ),
-    )
+    return AsyncRequestStream(conn, "FetchStream", pb.FetchStreamRequest)
